@@ -1,0 +1,172 @@
+"""Job configuration: one frozen dataclass per job, from YAML plus ``key=value`` overrides.
+
+Fields carry their help text in ``metadata={"help": ...}``; the CLI prints it for ``--help``.
+Unknown keys, bad types and bad choices raise :class:`ConfigError` with what to do instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the job cannot run with; the message says how to fix it."""
+
+
+MISSING = dataclasses.MISSING
+
+
+def option(default: Any = MISSING, help: str = "", **kwargs) -> Any:  # noqa: A002 - mirrors argparse
+    """A config field with help text; no default means required."""
+    if isinstance(default, list | dict | set):
+        raise TypeError("use a tuple for sequence defaults: config objects are frozen")
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "|".join(str(a) for a in get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Turn ``value`` (from YAML or a ``key=value`` string) into ``tp`` or raise ConfigError."""
+    origin = get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, arg, value)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{name}: bad value {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin is tuple:
+        (inner,) = get_args(tp)[:1]
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return tuple(_coerce(name, inner, v) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{name}: unsupported config type {tp!r}")
+
+
+def fields_of(cls) -> dict[str, dataclasses.Field]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        f.type = hints[f.name]
+        out[f.name] = f
+    return out
+
+
+def build(cls, values: dict[str, Any]):
+    """Validate ``values`` against the dataclass ``cls`` and build it."""
+    fields = fields_of(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)}; valid options are: {', '.join(sorted(fields))}"
+        )
+    kwargs = {name: _coerce(name, fields[name].type, v) for name, v in values.items()}
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise ConfigError(
+            f"missing required option(s): {', '.join(missing)} (give them as --{missing[0].replace('_', '-')} "
+            f"or {missing[0]}=... or in --config FILE.yaml)"
+        )
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"expected key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def load_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of option: value at the top level")
+    return data
+
+
+def to_dict(config) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def config_hash(config, keys: typing.Iterable[str]) -> str:
+    """A short stable hash of the fields that change a job's output."""
+    values = to_dict(config)
+    payload = json.dumps({k: values[k] for k in sorted(keys)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def help_lines(cls) -> list[str]:
+    lines = []
+    for name, f in fields_of(cls).items():
+        default = "required" if f.default is MISSING else f"default: {f.default!r}"
+        lines.append(f"  {name} ({_type_name(f.type)}; {default})\n      {f.metadata.get('help', '')}")
+    return lines

@@ -1,0 +1,102 @@
+"""What travels between stages: column names, flag values and Arrow schemas.
+
+Every other module imports its column names from here, so a schema change is one edit.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Per-frame flags, in order of precedence when a face fails more than one test.
+FLAG_OK = "ok"
+FLAG_NO_FACE = "no_face"
+FLAG_MULTI_FACE = "multi_face"
+FLAG_LOW_PROB = "low_prob"
+FLAG_SMALL_FACE = "small_face"
+FRAME_FLAGS = (FLAG_OK, FLAG_NO_FACE, FLAG_MULTI_FACE, FLAG_LOW_PROB, FLAG_SMALL_FACE)
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+# Video-level failure reasons. The text after the reason (``reason: detail``) is free-form.
+REASON_MISSING_FILE = "missing_file"
+REASON_UNSAFE_PATH = "unsafe_path"
+REASON_DUPLICATE_ID = "duplicate_id"
+REASON_BAD_METADATA = "bad_metadata"
+REASON_BAD_LABEL = "bad_label"
+REASON_DECODE_ERROR = "decode_error"
+REASON_TOO_LARGE = "too_large"
+REASON_TIMEOUT = "timeout"
+REASON_READ_ERROR = "read_error"
+REASON_INTERNAL = "internal_error"
+
+LABEL_FAKE = 1
+LABEL_REAL = 0
+
+# One row per input video, before any processing.
+CATALOG_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("filename", pa.string()),
+        ("part", pa.string()),
+        ("label", pa.int8()),  # 1 FAKE, 0 REAL, null unknown
+        ("original", pa.string()),
+        ("error", pa.string()),  # set when the catalog already knows the video cannot be processed
+    ]
+)
+
+# One row per frame and face track under ``faces/``. A frame with no face has one row with
+# a null track and box, so every decoded frame is accounted for.
+FACES_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("part", pa.string()),
+        ("label", pa.int8()),
+        ("frame_idx", pa.int32()),
+        ("track_id", pa.int32()),
+        ("flag", pa.string()),
+        ("prob", pa.float32()),
+        ("box_x1", pa.float32()),
+        ("box_y1", pa.float32()),
+        ("box_x2", pa.float32()),
+        ("box_y2", pa.float32()),
+        ("face_jpeg", pa.binary()),
+    ]
+)
+
+# One row per input video under ``videos/``: the manifest.
+VIDEOS_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("filename", pa.string()),
+        ("part", pa.string()),
+        ("label", pa.int8()),
+        ("original", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("n_frames", pa.int32()),  # decoded frames kept (after stride and cap)
+        ("fps", pa.float32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("rotation", pa.int16()),
+        ("frame_stride", pa.int16()),
+        ("n_tracks", pa.int32()),
+        *[(f"n_{flag}", pa.int32()) for flag in FRAME_FLAGS],
+        ("faces_uri", pa.string()),
+        ("config_hash", pa.string()),
+        ("elapsed_s", pa.float32()),
+    ]
+)
+
+
+def reason_of(error: str | None) -> str | None:
+    """The reason code of an ``error`` string (``"decode_error: moov atom not found"`` -> ``decode_error``)."""
+    if not error:
+        return None
+    return error.split(":", 1)[0].strip()
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()

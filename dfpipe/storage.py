@@ -1,0 +1,237 @@
+"""How bytes move: one fsspec layer for local paths, ``file://`` and ``s3://``.
+
+Stages and jobs pass URIs around; this module turns a URI into a filesystem and a path.
+Ray Data and pyarrow get the same fsspec filesystem wrapped for Arrow, because pyarrow's
+native S3 client ignores ``AWS_ENDPOINT_URL`` and would silently break S3-compatible stores.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import re
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Overrides for object stores; credentials never live here (they come from the environment)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    anon: bool = False
+
+    def for_protocol(self, protocol: str) -> dict:
+        if protocol != "s3":
+            return {}
+        endpoint = (
+            self.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        client_kwargs: dict = {}
+        if endpoint:
+            client_kwargs["endpoint_url"] = endpoint
+        if self.region:
+            client_kwargs["region_name"] = self.region
+        opts: dict = {"anon": self.anon}
+        if client_kwargs:
+            opts["client_kwargs"] = client_kwargs
+        return opts
+
+
+def protocol_of(uri: str) -> str:
+    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
+    return match.group(1).lower() if match else "file"
+
+
+def is_local(uri: str) -> bool:
+    return protocol_of(uri) == "file"
+
+
+def strip_protocol(uri: str) -> str:
+    if protocol_of(uri) == "file":
+        path = uri[len("file://") :] if uri.startswith("file://") else uri
+        return os.path.abspath(os.path.expanduser(path))
+    return uri.split("://", 1)[1].rstrip("/")
+
+
+def normalize(uri: str) -> str:
+    """A canonical form: absolute local paths without ``file://``, object-store URIs without a trailing slash."""
+    if is_local(uri):
+        return strip_protocol(uri)
+    return f"{protocol_of(uri)}://{strip_protocol(uri)}"
+
+
+def filesystem(uri: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``uri`` and the path inside it."""
+    protocol = protocol_of(uri)
+    opts = (options or StorageOptions()).for_protocol(protocol)
+    fs = fsspec.filesystem(protocol, **opts)
+    return fs, strip_protocol(uri)
+
+
+def arrow_filesystem(uri: str, options: StorageOptions | None = None):
+    """A pyarrow filesystem over the same fsspec filesystem, plus the path, for Ray Data and pyarrow."""
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+    if is_local(uri):
+        return LocalFileSystem(), strip_protocol(uri)
+    fs, path = filesystem(uri, options)
+    return PyFileSystem(FSSpecHandler(fs)), path
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_local(uri):
+        return os.path.join(strip_protocol(uri), *parts)
+    return posixpath.join(normalize(uri), *parts)
+
+
+def with_protocol(uri_like: str, path: str) -> str:
+    """Put the protocol of ``uri_like`` in front of a bare ``path`` returned by an fsspec listing."""
+    if is_local(uri_like):
+        return path
+    return f"{protocol_of(uri_like)}://{path}"
+
+
+def exists(uri: str, options: StorageOptions | None = None) -> bool:
+    fs, path = filesystem(uri, options)
+    return fs.exists(path)
+
+
+def is_dir(uri: str, options: StorageOptions | None = None) -> bool:
+    fs, path = filesystem(uri, options)
+    return fs.isdir(path)
+
+
+def size(uri: str, options: StorageOptions | None = None) -> int:
+    fs, path = filesystem(uri, options)
+    return int(fs.size(path))
+
+
+def find(uri: str, options: StorageOptions | None = None) -> list[str]:
+    """Every file below ``uri`` as a full URI, sorted, so listings are deterministic."""
+    fs, path = filesystem(uri, options)
+    if not fs.exists(path):
+        return []
+    return sorted(with_protocol(uri, p) for p in fs.find(path))
+
+
+def read_bytes(uri: str, options: StorageOptions | None = None) -> bytes:
+    fs, path = filesystem(uri, options)
+    return fs.cat_file(path)
+
+
+def read_text(uri: str, options: StorageOptions | None = None) -> str:
+    return read_bytes(uri, options).decode("utf-8-sig")
+
+
+def write_bytes(uri: str, data: bytes, options: StorageOptions | None = None) -> None:
+    """Write so that readers see the old object or the whole new one, never a partial file.
+
+    Object stores publish an object only when its upload completes; on local disk we write a
+    temporary file in the same folder and rename it into place.
+    """
+    fs, path = filesystem(uri, options)
+    if is_local(uri):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    else:
+        fs.pipe_file(path, data)
+
+
+def write_text(uri: str, text: str, options: StorageOptions | None = None) -> None:
+    write_bytes(uri, text.encode("utf-8"), options)
+
+
+def write_json(uri: str, obj, options: StorageOptions | None = None) -> None:
+    write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", options)
+
+
+def read_json(uri: str, options: StorageOptions | None = None):
+    return json.loads(read_text(uri, options))
+
+
+def write_parquet(table: pa.Table, uri: str, options: StorageOptions | None = None) -> None:
+    """One Parquet file, written atomically (see :func:`write_bytes`)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_bytes(uri, buf.getvalue(), options)
+
+
+def read_parquet_dir(
+    uri: str,
+    columns: list[str] | None = None,
+    schema: pa.Schema | None = None,
+    options: StorageOptions | None = None,
+) -> pa.Table:
+    """All ``*.parquet`` files below ``uri`` as one table (empty table of ``schema`` when none).
+
+    For small tables (manifests, summaries); large ones go through Ray Data.
+    """
+    files = [f for f in find(uri, options) if f.endswith(".parquet") and not _is_hidden(f)]
+    if not files:
+        if schema is None:
+            return pa.table({})
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    tables = []
+    for f in files:
+        fs, path = filesystem(f, options)
+        with fs.open(path, "rb") as fh:
+            tables.append(pq.read_table(fh, columns=columns, schema=schema))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def delete(uri: str, options: StorageOptions | None = None) -> None:
+    fs, path = filesystem(uri, options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+@contextmanager
+def local_copy(uri: str, options: StorageOptions | None = None) -> Iterator[str]:
+    """A local path holding ``uri``'s bytes: the file itself when local, else a temporary download."""
+    if is_local(uri):
+        yield strip_protocol(uri)
+        return
+    fs, path = filesystem(uri, options)
+    suffix = os.path.splitext(path)[1]
+    tmp = os.path.join(tempfile.gettempdir(), f"dfpipe-{uuid.uuid4().hex}{suffix}")
+    try:
+        fs.get_file(path, tmp)
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def safe_name(key: str) -> str:
+    """A file name derived from an id: stable, readable, and unable to leave its folder."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), key)
+    if cleaned.startswith("."):
+        cleaned = "%2E" + cleaned[1:]
+    return cleaned or "_"
+
+
+def _is_hidden(uri: str) -> bool:
+    return posixpath.basename(uri).startswith((".", "_"))
