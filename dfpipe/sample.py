@@ -127,9 +127,9 @@ class _Scene:
         self.face_boxes: list[tuple[float, float, float, float]] = []
         x1, y1, x2, y2 = _HEAD_CROP
         head = photo[y1:y2, x1:x2]
-        positions = {0: [], 1: [0.5], 2: [0.3, 0.7]}[spec.n_faces]
+        positions = {0: [], 1: [0.5], 2: [0.28, 0.72]}[spec.n_faces]
         for k, cx_frac in enumerate(positions):
-            self._paste_head(head, rng, cx_frac, scale_div=len(positions) + (k * 0.1))
+            self._paste_head(head, rng, cx_frac, scale_div=1.0 if len(positions) == 1 else 1.35 + 0.1 * k)
         if spec.n_faces == 0:
             for _ in range(6):
                 color = tuple(int(c) for c in rng.integers(0, 255, 3))
@@ -207,7 +207,7 @@ class _FaceSwap:
         pad = 8
         face = photo[fy1 - pad : fy2 + pad, fx1 - pad : fx2 + pad]
         # Donor identity: another colour cast and a mild warp.
-        gains = self.rng.uniform(0.75, 1.25, size=3)
+        gains = self.rng.uniform(0.85, 1.15, size=3)
         self.donor = np.clip(face.astype(np.float32) * gains, 0, 255)
         self.donor = cv2.flip(self.donor, 1) if self.rng.random() < 0.5 else self.donor
         self.warp = self.rng.uniform(-0.06, 0.06, size=2)

@@ -1,0 +1,137 @@
+"""The command line: ``dfpipe <job> --input URI --output URI [--config FILE.yaml] [key=value ...]``.
+
+Every job has the same shape: parse config -> run -> print summary -> exit code. ``--name value``
+sets any config field (``--input`` and ``--output`` are just the common ones), ``key=value`` does
+too, and ``--config`` reads a YAML file first. Exit codes: 0 done, 2 bad arguments or config,
+1 the job failed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import typing
+from typing import Any
+
+from dfpipe import config as C
+
+# job name -> module under dfpipe.jobs with NAME, SUMMARY, a Config dataclass, run() and format_summary().
+JOBS = {
+    "extract": ("dfpipe.jobs.extract", "ExtractConfig"),
+}
+
+
+def _job(name: str):
+    module_name, config_name = JOBS[name]
+    module = importlib.import_module(module_name)
+    return module, getattr(module, config_name)
+
+
+def usage() -> str:
+    lines = ["usage: dfpipe <job> --input URI --output URI [--config FILE.yaml] [key=value ...]", "", "jobs:"]
+    for name in JOBS:
+        module, _ = _job(name)
+        lines.append(f"  {name:<18} {module.SUMMARY}")
+    lines.append("\n'dfpipe <job> --help' lists a job's options.")
+    return "\n".join(lines)
+
+
+def job_help(name: str) -> str:
+    module, cls = _job(name)
+    return "\n".join(
+        [
+            f"usage: dfpipe {name} --input URI --output URI [--config FILE.yaml] [--option value] [option=value ...]",
+            "",
+            module.SUMMARY,
+            "",
+            "options (as --option value, option=value, or keys of the --config YAML file):",
+            *C.help_lines(cls),
+        ]
+    )
+
+
+def parse_args(cls, argv: list[str]) -> Any:
+    """Build the config dataclass ``cls`` from ``argv``; raises ConfigError with a fix on bad input."""
+    fields = C.fields_of(cls)
+    from_file: dict[str, Any] = {}
+    given: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--"):
+            key, _, inline = token[2:].partition("=")
+            key = key.replace("-", "_")
+            if key == "config":
+                path = inline or (argv[i + 1] if i + 1 < len(argv) else "")
+                if not path:
+                    raise C.ConfigError("--config needs a YAML file path")
+                from dfpipe import storage
+
+                try:
+                    from_file = C.load_yaml(storage.read_text(path), path)
+                except FileNotFoundError:
+                    raise C.ConfigError(f"--config {path}: no such file") from None
+                i += 1 if inline else 2
+                continue
+            if key not in fields:
+                raise C.ConfigError(f"unknown option --{key.replace('_', '-')}; see --help for the options")
+            is_bool = fields[key].type is bool
+            is_seq = typing.get_origin(fields[key].type) is tuple
+            if inline:
+                value, step = inline, 1
+            elif is_bool and (i + 1 >= len(argv) or argv[i + 1].startswith("--") or "=" in argv[i + 1]):
+                value, step = "true", 1
+            elif i + 1 < len(argv):
+                value, step = argv[i + 1], 2
+            else:
+                raise C.ConfigError(f"--{key.replace('_', '-')} needs a value")
+            if is_seq:
+                given.setdefault(key, []).append(value)
+            else:
+                given[key] = value
+            i += step
+        elif "=" in token:
+            given.update(C.parse_overrides([token]))
+            i += 1
+        else:
+            raise C.ConfigError(f"unexpected argument {token!r}: options are --name value or name=value")
+    return C.build(cls, {**from_file, **given})
+
+
+def run_job(name: str, argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(job_help(name))
+        return 0
+    module, cls = _job(name)
+    try:
+        cfg = parse_args(cls, argv)
+    except C.ConfigError as exc:
+        print(f"dfpipe {name}: error: {exc}", file=sys.stderr)
+        print(f"run 'dfpipe {name} --help' for the options", file=sys.stderr)
+        return 2
+    try:
+        summary = module.run(cfg)
+    except C.ConfigError as exc:
+        print(f"dfpipe {name}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\n== {name} done ==")
+    print(module.format_summary(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in JOBS:
+        print(f"dfpipe: unknown job {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return run_job(name, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

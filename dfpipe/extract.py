@@ -1,0 +1,168 @@
+"""The extraction stage: catalog rows in, one manifest row out per video, face shard written per video.
+
+Each video's face rows go to ``faces/<video_id>.parquet``, a name derived from the video's
+identity and written atomically, so a rerun or a retried actor overwrites rather than duplicates.
+Any failure is caught per video and recorded on its manifest row; the stage never raises for input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from dfpipe import records as R
+from dfpipe import storage
+from dfpipe.decode import DecodeError, DecodeLimits, VideoReader
+from dfpipe.faces import FaceDetector, crop_face, encode_jpeg, face_flags
+from dfpipe.tracks import link_tracks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage needs; the runner maps this onto Ray."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int = 1
+    max_workers: int | None = None
+
+
+@dataclass
+class FaceExtractStage:
+    """Decode, detect, crop and track the faces of each video in a batch of catalog rows."""
+
+    faces_uri: str
+    config_hash: str = ""
+    frame_stride: int = 1
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    max_bytes: int = 2 * 1024**3
+    detect_long_side: int = 640
+    detect_batch: int = 16
+    min_face_size: int = 20
+    min_prob: float = 0.9
+    min_face_px: int = 40
+    crop_margin: float = 0.2
+    face_size: int = 160
+    jpeg_quality: int = 90
+    track_iou: float = 0.3
+    track_max_gap: int = 5
+    device: str = "auto"
+    torch_threads: int = 1
+    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    resources: Resources = field(default_factory=Resources)
+
+    def setup(self) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, self.torch_threads))
+        self.detector = FaceDetector(self.detect_long_side, self.min_face_size, device=self.device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if not hasattr(self, "detector"):
+            self.setup()
+        rows = [self.process(row) for row in batch.to_pylist()]
+        return pa.Table.from_pylist(rows, schema=R.VIDEOS_SCHEMA)
+
+    def process(self, video: dict) -> dict:
+        """One manifest row for one catalog row; never raises for bad input."""
+        start = time.monotonic()
+        row = manifest_row(video, self.config_hash)
+        row["frame_stride"] = self.frame_stride
+        if video.get("error"):
+            return row
+        try:
+            nbytes = storage.size(video["uri"], self.storage_options)
+            if nbytes == 0:
+                raise DecodeError(R.REASON_DECODE_ERROR, "empty file (0 bytes)")
+            if nbytes > self.max_bytes:
+                raise DecodeError(R.REASON_TOO_LARGE, f"{nbytes} bytes exceeds max_bytes={self.max_bytes}")
+            with storage.local_copy(video["uri"], self.storage_options) as path:
+                table, info, stats = self._extract(path, video)
+            faces_uri = storage.join(self.faces_uri, storage.safe_name(video["video_id"]) + ".parquet")
+            storage.write_parquet(table, faces_uri, self.storage_options)
+            row.update(info)
+            row.update(stats)
+            row.update(status=R.STATUS_OK, faces_uri=faces_uri)
+        except DecodeError as exc:
+            row.update(status=R.STATUS_FAILED, error=str(exc))
+            log.warning("extract %s: %s", video["video_id"], exc)
+        except OSError as exc:
+            row.update(status=R.STATUS_FAILED, error=f"{R.REASON_READ_ERROR}: {type(exc).__name__}: {exc}")
+            log.warning("extract %s: cannot read %s: %s", video["video_id"], video["uri"], exc)
+        except Exception as exc:  # noqa: BLE001 - one bad video must not fail the dataset
+            row.update(status=R.STATUS_FAILED, error=f"{R.REASON_INTERNAL}: {type(exc).__name__}: {exc}")
+            log.exception("extract %s: unexpected failure", video["video_id"])
+        row["elapsed_s"] = time.monotonic() - start
+        return row
+
+    def _extract(self, path: str, video: dict) -> tuple[pa.Table, dict, dict]:
+        reader = VideoReader(path, self.frame_stride, self.limits, chunk=self.detect_batch)
+        frame_idx: list[int] = []
+        boxes: list[np.ndarray] = []
+        probs: list[np.ndarray] = []
+        crops: list[list[bytes]] = []
+        for idx, frames in reader:
+            for i, frame, (b, p) in zip(idx, frames, self.detector.detect(frames), strict=True):
+                frame_idx.append(i)
+                boxes.append(b)
+                probs.append(p)
+                crops.append([encode_jpeg(crop_face(frame, box, self.crop_margin, self.face_size), self.jpeg_quality) for box in b])
+        if not frame_idx:
+            raise DecodeError(R.REASON_DECODE_ERROR, "no frame could be decoded")
+        track_ids = link_tracks(frame_idx, boxes, self.track_iou, self.track_max_gap)
+        cols: dict[str, list] = {name: [] for name in R.FACES_SCHEMA.names}
+        for i, b, p, t, c in zip(frame_idx, boxes, probs, track_ids, crops, strict=True):
+            flags = face_flags(b, p, self.min_prob, self.min_face_px)
+            if len(b) == 0:
+                _append(cols, video, i, None, R.FLAG_NO_FACE, None, None, None)
+            for k in range(len(b)):
+                _append(cols, video, i, int(t[k]), flags[k], float(p[k]), b[k], c[k])
+        table = pa.table(cols, schema=R.FACES_SCHEMA)
+        info = reader.info
+        flag_counts = dict.fromkeys(R.FRAME_FLAGS, 0)
+        for f in cols["flag"]:
+            flag_counts[f] += 1
+        stats = {f"n_{k}": v for k, v in flag_counts.items()}
+        stats["n_frames"] = len(frame_idx)
+        stats["n_tracks"] = len({t for t in cols["track_id"] if t is not None})
+        declared = info.declared_frames
+        truncated = not reader.capped and declared > 0 and reader.frames_read < 0.9 * declared
+        meta = dict(
+            fps=info.fps, width=info.width, height=info.height, rotation=info.rotation,
+            error=f"truncated: decoded {reader.frames_read} of {declared} declared frames" if truncated else None,
+        )
+        return table, meta, stats
+
+
+def _append(cols, video, frame_idx, track_id, flag, prob, box, jpeg) -> None:
+    cols["video_id"].append(video["video_id"])
+    cols["part"].append(video["part"])
+    cols["label"].append(video["label"])
+    cols["frame_idx"].append(frame_idx)
+    cols["track_id"].append(track_id)
+    cols["flag"].append(flag)
+    cols["prob"].append(prob)
+    for k, name in enumerate(("box_x1", "box_y1", "box_x2", "box_y2")):
+        cols[name].append(None if box is None else float(box[k]))
+    cols["face_jpeg"].append(jpeg)
+
+
+def manifest_row(video: dict, config_hash: str) -> dict:
+    """A manifest row for a catalog row, failed with the catalog's error if it has one."""
+    row = dict.fromkeys(R.VIDEOS_SCHEMA.names)
+    for key in ("video_id", "uri", "filename", "part", "label", "original"):
+        row[key] = video.get(key)
+    row["config_hash"] = config_hash
+    row["status"] = R.STATUS_FAILED if video.get("error") else None
+    row["error"] = video.get("error")
+    for flag in R.FRAME_FLAGS:
+        row[f"n_{flag}"] = 0
+    row["n_frames"] = 0
+    row["n_tracks"] = 0
+    return row

@@ -1,0 +1,235 @@
+"""Face extraction: a dataset URI in, ``faces/`` shards, a ``videos/`` manifest and ``stats.json`` out."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dfpipe import config as C
+from dfpipe import records as R
+from dfpipe import runner, storage
+from dfpipe.catalog import build_catalog
+from dfpipe.decode import DecodeLimits
+from dfpipe.extract import FaceExtractStage, Resources, manifest_row
+
+log = logging.getLogger(__name__)
+
+NAME = "extract"
+SUMMARY = "Detect and crop faces in every video of a dataset into Parquet shards with per-frame flags."
+
+# Fields that change the rows written; their hash goes on every manifest row.
+OUTPUT_FIELDS = (
+    "frame_stride", "max_frames", "detect_long_side", "min_face_size", "min_prob", "min_face_px",
+    "crop_margin", "face_size", "jpeg_quality", "track_iou", "track_max_gap",
+)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    input: str = C.option(help="dataset URI (local path, file:// or s3://): DFDC metadata.json parts, a labels.csv, or a folder of videos")
+    output: str = C.option(help="output URI; faces/, videos/, stats.json and config.json are written under it")
+    overwrite: bool = C.option(False, "redo every video instead of only those missing from the manifest")
+    frame_stride: int = C.option(1, "keep every k-th frame")
+    max_frames: int = C.option(300, "frame cap per video (kept frames)")
+    max_bytes: int = C.option(2 * 1024**3, "refuse files larger than this many bytes")
+    max_pixels: int = C.option(3840 * 2160, "refuse streams with more pixels per frame than this")
+    max_seconds_per_video: float = C.option(600.0, "give up on a video after this many seconds of decoding")
+    detect_long_side: int = C.option(640, "frames are shrunk so their long side is at most this before detection")
+    detect_batch: int = C.option(16, "frames per MTCNN batch (and per decode window)")
+    min_face_size: int = C.option(20, "MTCNN's smallest face, in pixels of the detection frame")
+    min_prob: float = C.option(0.9, "faces below this detection probability are flagged low_prob")
+    min_face_px: int = C.option(40, "faces whose short side is below this (full-resolution pixels) are flagged small_face")
+    crop_margin: float = C.option(0.2, "crop margin around the box, as a fraction of its size, per side")
+    face_size: int = C.option(160, "side of the square face crops, in pixels")
+    jpeg_quality: int = C.option(90, "JPEG quality of the crops")
+    track_iou: float = C.option(0.3, "least box overlap (IoU) for a face to continue a track")
+    track_max_gap: int = C.option(5, "frames a track may miss and still continue")
+    device: Literal["auto", "cpu", "cuda"] = C.option("auto", "where MTCNN runs: auto uses the GPU Ray gives an actor")
+    num_workers: int | None = C.option(None, "actors in the pool (default: as many as the cluster fits)")
+    cpus_per_worker: float = C.option(1.0, "CPUs per extraction actor (also its torch threads)")
+    gpus_per_worker: float | None = C.option(None, "GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
+    manifest_flush_rows: int = C.option(500, "manifest rows per videos/ file (also flushed every 60 s)")
+    s3_endpoint_url: str | None = C.option(None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    s3_region: str | None = C.option(None, "S3 region (default: the AWS environment)")
+    s3_anon: bool = C.option(False, "anonymous S3 access (public buckets)")
+    ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+
+    def __post_init__(self):
+        for name in ("frame_stride", "max_frames", "max_bytes", "max_pixels", "detect_long_side", "detect_batch", "face_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.min_prob <= 1:
+            raise ValueError(f"min_prob must be within [0, 1], got {self.min_prob}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be within [1, 100], got {self.jpeg_quality}")
+        if storage.normalize(self.input) == storage.normalize(self.output):
+            raise ValueError("output must differ from input: write results beside the dataset, not into it")
+
+    @property
+    def storage_options(self) -> storage.StorageOptions:
+        return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
+
+
+def layout(output: str) -> dict[str, str]:
+    return {
+        "faces": storage.join(output, "faces"),
+        "videos": storage.join(output, "videos"),
+        "stats": storage.join(output, "stats.json"),
+        "config": storage.join(output, "config.json"),
+    }
+
+
+def read_manifest(output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None) -> pa.Table:
+    return storage.read_parquet_dir(layout(output)["videos"], columns=columns, schema=R.VIDEOS_SCHEMA, options=options)
+
+
+class _ManifestWriter:
+    """Buffers manifest rows and writes them as files named by their content, atomically."""
+
+    def __init__(self, videos_uri: str, options: storage.StorageOptions, flush_rows: int, flush_seconds: float = 60.0):
+        self.videos_uri, self.options = videos_uri, options
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.pending: list[pa.Table] = []
+        self.n_pending = 0
+        self.last_flush = time.monotonic()
+        self.written = 0
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.pending.append(table)
+            self.n_pending += table.num_rows
+        if self.n_pending >= self.flush_rows or (self.n_pending and time.monotonic() - self.last_flush > self.flush_seconds):
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.n_pending:
+            return
+        table = pa.concat_tables(self.pending).cast(R.VIDEOS_SCHEMA)
+        ids = sorted(table.column("video_id").to_pylist())
+        name = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:20]
+        storage.write_parquet(table, storage.join(self.videos_uri, f"part-{name}.parquet"), self.options)
+        self.written += table.num_rows
+        self.pending, self.n_pending, self.last_flush = [], 0, time.monotonic()
+
+
+def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtractStage:
+    return FaceExtractStage(
+        faces_uri=faces_uri,
+        config_hash=C.config_hash(cfg, OUTPUT_FIELDS),
+        frame_stride=cfg.frame_stride,
+        limits=DecodeLimits(cfg.max_pixels, cfg.max_frames, cfg.max_seconds_per_video),
+        max_bytes=cfg.max_bytes,
+        detect_long_side=cfg.detect_long_side,
+        detect_batch=cfg.detect_batch,
+        min_face_size=cfg.min_face_size,
+        min_prob=cfg.min_prob,
+        min_face_px=cfg.min_face_px,
+        crop_margin=cfg.crop_margin,
+        face_size=cfg.face_size,
+        jpeg_quality=cfg.jpeg_quality,
+        track_iou=cfg.track_iou,
+        track_max_gap=cfg.track_max_gap,
+        device="cuda" if num_gpus > 0 and cfg.device == "auto" else cfg.device,
+        torch_threads=max(1, int(cfg.cpus_per_worker)),
+        storage_options=cfg.storage_options,
+        resources=Resources(num_cpus=cfg.cpus_per_worker, num_gpus=num_gpus, batch_size=1, max_workers=cfg.num_workers),
+    )
+
+
+def run(cfg: ExtractConfig) -> dict:
+    """Extract every video of ``cfg.input`` not yet in the manifest under ``cfg.output``."""
+    started = time.monotonic()
+    opts = cfg.storage_options
+    paths = layout(cfg.output)
+    if not storage.exists(cfg.input, opts):
+        raise C.ConfigError(f"input {cfg.input!r} does not exist: check the path (and for s3:// the endpoint and credentials)")
+    if cfg.overwrite:
+        for key in ("videos", "faces"):
+            storage.delete(paths[key], opts)
+    catalog = build_catalog(cfg.input, opts)
+    done = read_manifest(cfg.output, opts, columns=["video_id", "config_hash"])
+    config_hash = C.config_hash(cfg, OUTPUT_FIELDS)
+    stale = pc.sum(pc.not_equal(done.column("config_hash"), config_hash)).as_py() or 0
+    if stale:
+        log.warning("%d videos in %s were extracted with other settings; pass --overwrite to redo them", stale, cfg.output)
+    pending = catalog.filter(pc.invert(pc.is_in(catalog.column("video_id"), done.column("video_id"))))
+    storage.write_json(paths["config"], {"job": NAME, "config": C.to_dict(cfg), "config_hash": config_hash}, opts)
+
+    writer = _ManifestWriter(paths["videos"], opts, cfg.manifest_flush_rows)
+    # Entries the catalog already knows are broken go straight to the manifest.
+    broken = pending.filter(pc.is_valid(pending.column("error")))
+    todo = pending.filter(pc.is_null(pending.column("error")))
+    if broken.num_rows:
+        writer.add(pa.Table.from_pylist([manifest_row(r, config_hash) for r in broken.to_pylist()], schema=R.VIDEOS_SCHEMA))
+    print(f"extract: {catalog.num_rows} videos in catalog, {done.num_rows} already in manifest, "
+          f"{todo.num_rows} to process, {broken.num_rows} unusable entries", flush=True)
+
+    frames_this_run = 0
+    if todo.num_rows:
+        runner.ensure_ray(cfg.ray_address)
+        if cfg.gpus_per_worker is not None:
+            num_gpus = cfg.gpus_per_worker
+        else:
+            num_gpus = 1.0 if cfg.device != "cpu" and runner.cluster_gpus() > 0 else 0.0
+        stage = build_stage(cfg, paths["faces"], num_gpus)
+        ds = runner.map_stage(runner.dataset_from_table(todo), stage, num_gpus=num_gpus)
+        for table in runner.iter_tables(ds):
+            frames_this_run += int(pc.sum(table.column("n_frames")).as_py() or 0)
+            writer.add(table)
+            print(f"extract: {writer.written + writer.n_pending}/{pending.num_rows} videos done", flush=True)
+    writer.flush()
+    elapsed = time.monotonic() - started
+    stats = compute_stats(cfg.output, opts, catalog.num_rows)
+    stats["run"] = {
+        "videos_processed": int(pending.num_rows),
+        "frames": frames_this_run,
+        "seconds": round(elapsed, 2),
+        "frames_per_s": round(frames_this_run / elapsed, 2) if elapsed > 0 else None,
+    }
+    stats["config_hash"] = config_hash
+    storage.write_json(paths["stats"], stats, opts)
+    return stats
+
+
+def compute_stats(output: str, options: storage.StorageOptions | None, catalog_rows: int) -> dict:
+    """Counts over the whole manifest, so stats always agree with the rows on disk."""
+    cols = ["video_id", "status", "error", "n_frames", "n_tracks"] + [f"n_{f}" for f in R.FRAME_FLAGS]
+    m = read_manifest(output, options, columns=cols).to_pandas()
+    failed = m[m.status == R.STATUS_FAILED]
+    reasons = failed.error.map(R.reason_of).value_counts().to_dict()
+    return {
+        "videos": {
+            "catalog": int(catalog_rows),
+            "manifest": int(len(m)),
+            "unique": int(m.video_id.nunique()),
+            "ok": int((m.status == R.STATUS_OK).sum()),
+            "failed": int(len(failed)),
+            "failed_by_reason": {str(k): int(v) for k, v in sorted(reasons.items())},
+        },
+        "frames": {
+            "decoded": int(m.n_frames.sum()),
+            **{flag: int(m[f"n_{flag}"].sum()) for flag in R.FRAME_FLAGS},
+        },
+        "tracks": int(m.n_tracks.sum()),
+    }
+
+
+def format_summary(stats: dict) -> str:
+    v, f, r = stats["videos"], stats["frames"], stats.get("run", {})
+    lines = [
+        f"videos: {v['manifest']} in manifest ({v['ok']} ok, {v['failed']} failed) of {v['catalog']} in catalog",
+    ]
+    for reason, n in v["failed_by_reason"].items():
+        lines.append(f"  failed {reason}: {n}")
+    lines.append("frames: " + ", ".join(f"{k} {f[k]}" for k in ("decoded", *R.FRAME_FLAGS)))
+    if r:
+        fps = r.get("frames_per_s")
+        lines.append(f"this run: {r['videos_processed']} videos, {r['frames']} frames in {r['seconds']} s"
+                     + (f" ({fps} frames/s)" if fps else ""))
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Link per-frame face boxes into tracks by box overlap, so two people are two tracks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (n,4) with every box in ``b`` (m,4), boxes as x1, y1, x2, y2."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float32)
+    a = a[:, None, :].astype(np.float32)
+    b = b[None, :, :].astype(np.float32)
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / np.maximum(area_a + area_b - inter, 1e-6)
+
+
+def link_tracks(
+    frame_indices: list[int], boxes: list[np.ndarray], min_iou: float = 0.3, max_gap: int = 5
+) -> list[np.ndarray]:
+    """Track ids for each frame's boxes (same shapes as ``boxes``), matching greedily by IoU.
+
+    A box joins the track whose last box overlaps it most (at least ``min_iou``) and was seen at
+    most ``max_gap`` frames ago; otherwise it starts a new track. Ids count up from 0 in order of
+    first appearance, so the result is deterministic.
+    """
+    last_box: list[np.ndarray] = []
+    last_frame: list[int] = []
+    out: list[np.ndarray] = []
+    for frame, frame_boxes in zip(frame_indices, boxes, strict=True):
+        ids = np.full(len(frame_boxes), -1, dtype=np.int32)
+        live = [t for t in range(len(last_box)) if frame - last_frame[t] <= max_gap]
+        if len(frame_boxes) and live:
+            ious = iou_matrix(np.asarray(frame_boxes), np.stack([last_box[t] for t in live]))
+            pairs = sorted(
+                ((ious[i, j], i, j) for i in range(ious.shape[0]) for j in range(ious.shape[1])),
+                key=lambda p: (-p[0], p[1], p[2]),
+            )
+            used_tracks: set[int] = set()
+            for score, i, j in pairs:
+                if score < min_iou:
+                    break
+                if ids[i] >= 0 or j in used_tracks:
+                    continue
+                ids[i] = live[j]
+                used_tracks.add(j)
+        for i in range(len(frame_boxes)):
+            if ids[i] < 0:
+                ids[i] = len(last_box)
+                last_box.append(np.asarray(frame_boxes[i]))
+                last_frame.append(frame)
+            else:
+                last_box[ids[i]] = np.asarray(frame_boxes[i])
+                last_frame[ids[i]] = frame
+        out.append(ids)
+    return out

@@ -1,0 +1,10 @@
+"""Face extraction job: ``python jobs/extract.py --input URI --output URI [--config FILE] [key=value ...]``."""
+
+import sys
+
+import _bootstrap  # noqa: F401  (puts the checkout on sys.path)
+
+from dfpipe.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["extract", *sys.argv[1:]]))
