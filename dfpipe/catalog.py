@@ -68,7 +68,14 @@ class _Builder:
                 return f"{R.REASON_UNSAFE_PATH}: {rel!r} is a link to {real}, outside the dataset folder"
         return None
 
-    def add(self, rel: str, part: str, label: int | None = None, original: str | None = None, error: str | None = None):
+    def add(
+        self,
+        rel: str,
+        part: str,
+        label: int | None = None,
+        original: str | None = None,
+        error: str | None = None,
+    ):
         rel = rel.replace("\\", "/")
         if error is None:
             error = self.check_inside(rel)
@@ -80,7 +87,8 @@ class _Builder:
     def videos_in(self, folder: str) -> list[str]:
         prefix = f"{folder}/" if folder else ""
         return sorted(
-            f for f in self.files
+            f
+            for f in self.files
             if f.startswith(prefix) and f.lower().endswith(VIDEO_EXTENSIONS) and "/" not in f[len(prefix) :]
         )
 
@@ -94,8 +102,13 @@ class _Builder:
                 raise ValueError(f"top level is {type(meta).__name__}, expected an object")
         except (ValueError, UnicodeDecodeError) as exc:
             self.entries.append(
-                _Entry(f"{part}/metadata.json", self.uri_of(meta_rel), "metadata.json", part,
-                       error=f"{R.REASON_BAD_METADATA}: {exc}")
+                _Entry(
+                    f"{part}/metadata.json",
+                    self.uri_of(meta_rel),
+                    "metadata.json",
+                    part,
+                    error=f"{R.REASON_BAD_METADATA}: {exc}",
+                )
             )
             meta = {}
         for name, info in sorted(meta.items()):
@@ -125,17 +138,26 @@ class _Builder:
         fields = {f.strip().lower(): f for f in (reader.fieldnames or [])}
         if "filename" not in fields:
             self.entries.append(
-                _Entry(csv_rel, self.uri_of(csv_rel), csv_rel, ".",
-                       error=f"{R.REASON_BAD_METADATA}: {csv_rel} needs a 'filename' column (filename,label)")
+                _Entry(
+                    csv_rel,
+                    self.uri_of(csv_rel),
+                    csv_rel,
+                    ".",
+                    error=f"{R.REASON_BAD_METADATA}: {csv_rel} needs a 'filename' column (filename,label)",
+                )
             )
             return
         for row in reader:
             name = (row.get(fields["filename"]) or "").strip()
             raw = (row.get(fields["label"]) or "").strip() if "label" in fields else ""
             label = LABELS.get(raw.upper()) if raw else None
-            error = f"{R.REASON_BAD_LABEL}: {raw!r} is not REAL, FAKE, 1 or 0" if raw and label is None else None
+            error = (
+                f"{R.REASON_BAD_LABEL}: {raw!r} is not REAL, FAKE, 1 or 0" if raw and label is None else None
+            )
             original = (row.get(fields["original"]) or "").strip() if "original" in fields else ""
-            self.add(name, posixpath.dirname(name) or ".", label, _stem(original) if original else None, error)
+            self.add(
+                name, posixpath.dirname(name) or ".", label, _stem(original) if original else None, error
+            )
 
     def from_folder(self) -> None:
         for rel in sorted(f for f in self.files if f.lower().endswith(VIDEO_EXTENSIONS)):

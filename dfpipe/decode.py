@@ -56,7 +56,9 @@ class VideoReader:
         self._cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
         if not self._cap.isOpened():
             self._cap.release()
-            raise DecodeError(R.REASON_DECODE_ERROR, "not a readable video (container or codec not recognised)")
+            raise DecodeError(
+                R.REASON_DECODE_ERROR, "not a readable video (container or codec not recognised)"
+            )
         cap = self._cap
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
@@ -72,7 +74,13 @@ class VideoReader:
         if rotation in (90, 270):
             width, height = height, width
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.info = VideoInfo(width, height, fps if np.isfinite(fps) else 0.0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), rotation)
+        self.info = VideoInfo(
+            width,
+            height,
+            fps if np.isfinite(fps) else 0.0,
+            int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0),
+            rotation,
+        )
 
     def __iter__(self) -> Iterator[tuple[list[int], list[np.ndarray]]]:
         start = time.monotonic()
@@ -84,7 +92,9 @@ class VideoReader:
                     self.capped = True
                     break
                 if time.monotonic() - start > self.limits.max_seconds:
-                    raise DecodeError(R.REASON_TIMEOUT, f"decoding took longer than {self.limits.max_seconds:.0f} s")
+                    raise DecodeError(
+                        R.REASON_TIMEOUT, f"decoding took longer than {self.limits.max_seconds:.0f} s"
+                    )
                 keep = self.frames_read % self.stride == 0
                 ok = self._cap.grab()
                 if not ok:

@@ -112,7 +112,14 @@ class FaceExtractStage:
                 frame_idx.append(i)
                 boxes.append(b)
                 probs.append(p)
-                crops.append([encode_jpeg(crop_face(frame, box, self.crop_margin, self.face_size), self.jpeg_quality) for box in b])
+                crops.append(
+                    [
+                        encode_jpeg(
+                            crop_face(frame, box, self.crop_margin, self.face_size), self.jpeg_quality
+                        )
+                        for box in b
+                    ]
+                )
         if not frame_idx:
             raise DecodeError(R.REASON_DECODE_ERROR, "no frame could be decoded")
         track_ids = link_tracks(frame_idx, boxes, self.track_iou, self.track_max_gap)
@@ -134,8 +141,13 @@ class FaceExtractStage:
         declared = info.declared_frames
         truncated = not reader.capped and declared > 0 and reader.frames_read < 0.9 * declared
         meta = dict(
-            fps=info.fps, width=info.width, height=info.height, rotation=info.rotation,
-            error=f"truncated: decoded {reader.frames_read} of {declared} declared frames" if truncated else None,
+            fps=info.fps,
+            width=info.width,
+            height=info.height,
+            rotation=info.rotation,
+            error=f"truncated: decoded {reader.frames_read} of {declared} declared frames"
+            if truncated
+            else None,
         )
         return table, meta, stats
 

@@ -45,8 +45,12 @@ class FaceDetector:
         self.device = pick_device(self.device)
         # The MTCNN weights ship inside the facenet-pytorch wheel: no download here.
         self._mtcnn = MTCNN(
-            keep_all=True, min_face_size=self.min_face_size, thresholds=list(self.thresholds),
-            device=self.device, select_largest=False, post_process=False,
+            keep_all=True,
+            min_face_size=self.min_face_size,
+            thresholds=list(self.thresholds),
+            device=self.device,
+            select_largest=False,
+            post_process=False,
         )
 
     def detect(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -57,10 +61,16 @@ class FaceDetector:
             return []
         h, w = frames[0].shape[:2]
         scale = detection_scale(w, h, self.long_side)
-        small = frames if scale == 1.0 else [
-            cv2.resize(f, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-            for f in frames
-        ]
+        small = (
+            frames
+            if scale == 1.0
+            else [
+                cv2.resize(
+                    f, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+                )
+                for f in frames
+            ]
+        )
         with torch.inference_mode():
             boxes, probs = self._mtcnn.detect(np.stack(small))
         out = []

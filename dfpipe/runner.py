@@ -70,7 +70,13 @@ def map_stage(ds, stage, num_gpus: float = 0.0):
 
     res = stage.resources
     size = pool_size(stage, num_gpus)
-    log.info("%s: actor pool of up to %d (cpus=%s, gpus=%s each)", type(stage).__name__, size, res.num_cpus, num_gpus)
+    log.info(
+        "%s: actor pool of up to %d (cpus=%s, gpus=%s each)",
+        type(stage).__name__,
+        size,
+        res.num_cpus,
+        num_gpus,
+    )
     return ds.map_batches(
         _StageActor,
         fn_constructor_kwargs={"stage": stage},
@@ -94,5 +100,4 @@ def dataset_from_table(table: pa.Table, rows_per_block: int = 1):
 
 def iter_tables(ds) -> Iterator[pa.Table]:
     """Stream a dataset's output to the driver block by block (never all of it at once)."""
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield batch
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")

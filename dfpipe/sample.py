@@ -91,7 +91,9 @@ def plan(cfg: SampleConfig) -> list[ClipSpec]:
     clips: list[ClipSpec] = []
     reals: list[ClipSpec] = []
     for i in range(n_real):
-        clip = ClipSpec(ids[i], "REAL", i % cfg.parts, cfg.width, cfg.height, scene_seed=int(seeds[i]), **common)
+        clip = ClipSpec(
+            ids[i], "REAL", i % cfg.parts, cfg.width, cfg.height, scene_seed=int(seeds[i]), **common
+        )
         reals.append(clip)
         clips.append(clip)
     for j in range(cfg.videos - n_real):
@@ -99,18 +101,64 @@ def plan(cfg: SampleConfig) -> list[ClipSpec]:
         i = n_real + j
         clips.append(
             ClipSpec(
-                ids[i], "FAKE", src.part, src.width, src.height, scene_seed=src.scene_seed,
-                swap_seed=int(seeds[len(ids) + i]), original=src.video_id, **common,
+                ids[i],
+                "FAKE",
+                src.part,
+                src.width,
+                src.height,
+                scene_seed=src.scene_seed,
+                swap_seed=int(seeds[len(ids) + i]),
+                original=src.video_id,
+                **common,
             )
         )
     if cfg.specials:
         base = cfg.videos
         pw, ph = cfg.portrait_size
         clips += [
-            ClipSpec(ids[base], "REAL", 0, cfg.width, cfg.height, scene_seed=int(seeds[base]), n_faces=0, kind="no_face", **common),
-            ClipSpec(ids[base + 1], "REAL", 0, cfg.width, cfg.height, scene_seed=int(seeds[base + 1]), n_faces=2, kind="two_faces", **common),
-            ClipSpec(ids[base + 2], "REAL", 0, pw, ph, cfg.portrait_frames, cfg.fps, int(seeds[base + 2]), kind="portrait"),
-            ClipSpec(ids[base + 3], "REAL", 0, cfg.width | 1, (cfg.height - 1) | 1, scene_seed=int(seeds[base + 3]), kind="odd_size", **common),
+            ClipSpec(
+                ids[base],
+                "REAL",
+                0,
+                cfg.width,
+                cfg.height,
+                scene_seed=int(seeds[base]),
+                n_faces=0,
+                kind="no_face",
+                **common,
+            ),
+            ClipSpec(
+                ids[base + 1],
+                "REAL",
+                0,
+                cfg.width,
+                cfg.height,
+                scene_seed=int(seeds[base + 1]),
+                n_faces=2,
+                kind="two_faces",
+                **common,
+            ),
+            ClipSpec(
+                ids[base + 2],
+                "REAL",
+                0,
+                pw,
+                ph,
+                cfg.portrait_frames,
+                cfg.fps,
+                int(seeds[base + 2]),
+                kind="portrait",
+            ),
+            ClipSpec(
+                ids[base + 3],
+                "REAL",
+                0,
+                cfg.width | 1,
+                (cfg.height - 1) | 1,
+                scene_seed=int(seeds[base + 3]),
+                kind="odd_size",
+                **common,
+            ),
         ]
     return clips
 
@@ -148,7 +196,9 @@ class _Scene:
         bg += cv2.resize(noise, (self.cw, self.ch), interpolation=cv2.INTER_LINEAR)
         return np.clip(bg, 0, 255).astype(np.uint8)
 
-    def _paste_head(self, head: np.ndarray, rng: np.random.Generator, cx_frac: float, scale_div: float) -> None:
+    def _paste_head(
+        self, head: np.ndarray, rng: np.random.Generator, cx_frac: float, scale_div: float
+    ) -> None:
         # Identity: colour (hue, saturation, brightness) and geometry (aspect, shear).
         hsv = cv2.cvtColor(head, cv2.COLOR_BGR2HSV).astype(np.int16)
         hsv[..., 0] = (hsv[..., 0] + int(rng.integers(-8, 9))) % 180
@@ -164,7 +214,12 @@ class _Scene:
         m = np.array([[sx, shear * sy, max(0.0, -shear * hh * sy)], [0, sy, 0]], dtype=np.float32)
         warped = cv2.warpAffine(head, m, (out_w, out_h), flags=cv2.INTER_LINEAR)
         mask = cv2.warpAffine(np.full((hh, hw), 255, np.uint8), m, (out_w, out_h))
-        mask = cv2.GaussianBlur(cv2.erode(mask, np.ones((5, 5), np.uint8)), (9, 9), 0).astype(np.float32)[..., None] / 255
+        mask = (
+            cv2.GaussianBlur(cv2.erode(mask, np.ones((5, 5), np.uint8)), (9, 9), 0).astype(np.float32)[
+                ..., None
+            ]
+            / 255
+        )
         x0 = int(self.cw * (0.5 + (cx_frac - 0.5) / 1.5) - out_w / 2)
         y0 = int(self.ch / 2 - out_h / 2 + self.spec.height * 0.08)
         x0 = min(max(x0, 0), self.cw - out_w)
@@ -192,8 +247,11 @@ class _Scene:
     def frame(self, i: int, canvas: np.ndarray | None = None) -> np.ndarray:
         m = self.camera(i / self.spec.fps)
         return cv2.warpAffine(
-            self.canvas if canvas is None else canvas, m, (self.spec.width, self.spec.height),
-            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT,
+            self.canvas if canvas is None else canvas,
+            m,
+            (self.spec.width, self.spec.height),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REFLECT,
         )
 
 
@@ -235,14 +293,18 @@ class _FaceSwap:
             return out
         roi = out[oy + sy0 : oy + ey, ox + sx0 : ox + ex].astype(np.float32)
         d, mk = donor[sy0:ey, sx0:ex], mask[sy0:ey, sx0:ex]
-        out[oy + sy0 : oy + ey, ox + sx0 : ox + ex] = np.clip(roi * (1 - mk) + d * mk, 0, 255).astype(np.uint8)
+        out[oy + sy0 : oy + ey, ox + sx0 : ox + ex] = np.clip(roi * (1 - mk) + d * mk, 0, 255).astype(
+            np.uint8
+        )
         return out
 
 
 def _ffmpeg() -> str:
     exe = shutil.which("ffmpeg")
     if exe is None:
-        raise RuntimeError("ffmpeg is not installed; install it (apt-get install ffmpeg) to generate H.264 clips")
+        raise RuntimeError(
+            "ffmpeg is not installed; install it (apt-get install ffmpeg) to generate H.264 clips"
+        )
     return exe
 
 
@@ -254,10 +316,37 @@ def write_clip(spec: ClipSpec, path: str, photo: np.ndarray | None = None, crf: 
     # Odd sizes need 4:4:4 chroma; libx264's 4:2:0 requires even dimensions.
     pix_fmt = "yuv420p" if spec.width % 2 == 0 and spec.height % 2 == 0 else "yuv444p"
     cmd = [
-        _ffmpeg(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
-        "-s", f"{spec.width}x{spec.height}", "-r", str(spec.fps), "-i", "-",
-        "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", pix_fmt,
-        "-threads", "1", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-movflags", "+faststart", path,
+        _ffmpeg(),
+        "-y",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{spec.width}x{spec.height}",
+        "-r",
+        str(spec.fps),
+        "-i",
+        "-",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        str(crf),
+        "-pix_fmt",
+        pix_fmt,
+        "-threads",
+        "1",
+        "-fflags",
+        "+bitexact",
+        "-flags:v",
+        "+bitexact",
+        "-movflags",
+        "+faststart",
+        path,
     ]
     tmp = path + ".part.mp4"
     cmd[-1] = tmp
@@ -308,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=15.0)
     p.add_argument("--frames", type=int, default=45, help="frames per regular clip")
     p.add_argument("--parts", type=int, default=2, help="dfdc_train_part_K folders")
-    p.add_argument("--no-specials", action="store_true", help="skip the no-face, two-face, portrait and odd-size clips")
+    p.add_argument(
+        "--no-specials", action="store_true", help="skip the no-face, two-face, portrait and odd-size clips"
+    )
     p.add_argument("--portrait-size", default="1080x1920", help="WxH of the portrait clip")
     p.add_argument("--portrait-frames", type=int, default=12)
     args = p.parse_args(argv)
@@ -319,9 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.videos < 0 or args.frames < 1 or args.parts < 1 or args.width < 16 or args.height < 16:
         p.error("need --videos >= 0, --frames >= 1, --parts >= 1 and a frame of at least 16x16")
     cfg = SampleConfig(
-        videos=args.videos, seed=args.seed, width=args.width, height=args.height, fps=args.fps,
-        frames=args.frames, parts=args.parts, specials=not args.no_specials,
-        portrait_size=(pw, ph), portrait_frames=args.portrait_frames,
+        videos=args.videos,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        frames=args.frames,
+        parts=args.parts,
+        specials=not args.no_specials,
+        portrait_size=(pw, ph),
+        portrait_frames=args.portrait_frames,
     )
     clips = generate(args.out, cfg)
     n_fake = sum(c.label == "FAKE" for c in clips)

@@ -35,9 +35,7 @@ class StorageOptions:
         if protocol != "s3":
             return {}
         endpoint = (
-            self.endpoint_url
-            or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL")
+            self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         )
         client_kwargs: dict = {}
         if endpoint:

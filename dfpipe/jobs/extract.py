@@ -25,43 +25,74 @@ SUMMARY = "Detect and crop faces in every video of a dataset into Parquet shards
 
 # Fields that change the rows written; their hash goes on every manifest row.
 OUTPUT_FIELDS = (
-    "frame_stride", "max_frames", "detect_long_side", "min_face_size", "min_prob", "min_face_px",
-    "crop_margin", "face_size", "jpeg_quality", "track_iou", "track_max_gap",
+    "frame_stride",
+    "max_frames",
+    "detect_long_side",
+    "min_face_size",
+    "min_prob",
+    "min_face_px",
+    "crop_margin",
+    "face_size",
+    "jpeg_quality",
+    "track_iou",
+    "track_max_gap",
 )
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    input: str = C.option(help="dataset URI (local path, file:// or s3://): DFDC metadata.json parts, a labels.csv, or a folder of videos")
-    output: str = C.option(help="output URI; faces/, videos/, stats.json and config.json are written under it")
+    input: str = C.option(
+        help="dataset URI (local path, file:// or s3://): DFDC metadata.json parts, a labels.csv, or a folder of videos"
+    )
+    output: str = C.option(
+        help="output URI; faces/, videos/, stats.json and config.json are written under it"
+    )
     overwrite: bool = C.option(False, "redo every video instead of only those missing from the manifest")
     frame_stride: int = C.option(1, "keep every k-th frame")
     max_frames: int = C.option(300, "frame cap per video (kept frames)")
     max_bytes: int = C.option(2 * 1024**3, "refuse files larger than this many bytes")
     max_pixels: int = C.option(3840 * 2160, "refuse streams with more pixels per frame than this")
     max_seconds_per_video: float = C.option(600.0, "give up on a video after this many seconds of decoding")
-    detect_long_side: int = C.option(640, "frames are shrunk so their long side is at most this before detection")
+    detect_long_side: int = C.option(
+        640, "frames are shrunk so their long side is at most this before detection"
+    )
     detect_batch: int = C.option(16, "frames per MTCNN batch (and per decode window)")
     min_face_size: int = C.option(20, "MTCNN's smallest face, in pixels of the detection frame")
     min_prob: float = C.option(0.9, "faces below this detection probability are flagged low_prob")
-    min_face_px: int = C.option(40, "faces whose short side is below this (full-resolution pixels) are flagged small_face")
+    min_face_px: int = C.option(
+        40, "faces whose short side is below this (full-resolution pixels) are flagged small_face"
+    )
     crop_margin: float = C.option(0.2, "crop margin around the box, as a fraction of its size, per side")
     face_size: int = C.option(160, "side of the square face crops, in pixels")
     jpeg_quality: int = C.option(90, "JPEG quality of the crops")
     track_iou: float = C.option(0.3, "least box overlap (IoU) for a face to continue a track")
     track_max_gap: int = C.option(5, "frames a track may miss and still continue")
-    device: Literal["auto", "cpu", "cuda"] = C.option("auto", "where MTCNN runs: auto uses the GPU Ray gives an actor")
+    device: Literal["auto", "cpu", "cuda"] = C.option(
+        "auto", "where MTCNN runs: auto uses the GPU Ray gives an actor"
+    )
     num_workers: int | None = C.option(None, "actors in the pool (default: as many as the cluster fits)")
     cpus_per_worker: float = C.option(1.0, "CPUs per extraction actor (also its torch threads)")
-    gpus_per_worker: float | None = C.option(None, "GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
+    gpus_per_worker: float | None = C.option(
+        None, "GPUs per actor (default: 1 when the cluster has GPUs, else 0)"
+    )
     manifest_flush_rows: int = C.option(500, "manifest rows per videos/ file (also flushed every 60 s)")
-    s3_endpoint_url: str | None = C.option(None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    s3_endpoint_url: str | None = C.option(
+        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
+    )
     s3_region: str | None = C.option(None, "S3 region (default: the AWS environment)")
     s3_anon: bool = C.option(False, "anonymous S3 access (public buckets)")
     ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):
-        for name in ("frame_stride", "max_frames", "max_bytes", "max_pixels", "detect_long_side", "detect_batch", "face_size"):
+        for name in (
+            "frame_stride",
+            "max_frames",
+            "max_bytes",
+            "max_pixels",
+            "detect_long_side",
+            "detect_batch",
+            "face_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.min_prob <= 1:
@@ -85,14 +116,20 @@ def layout(output: str) -> dict[str, str]:
     }
 
 
-def read_manifest(output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None) -> pa.Table:
-    return storage.read_parquet_dir(layout(output)["videos"], columns=columns, schema=R.VIDEOS_SCHEMA, options=options)
+def read_manifest(
+    output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None
+) -> pa.Table:
+    return storage.read_parquet_dir(
+        layout(output)["videos"], columns=columns, schema=R.VIDEOS_SCHEMA, options=options
+    )
 
 
 class _ManifestWriter:
     """Buffers manifest rows and writes them as files named by their content, atomically."""
 
-    def __init__(self, videos_uri: str, options: storage.StorageOptions, flush_rows: int, flush_seconds: float = 60.0):
+    def __init__(
+        self, videos_uri: str, options: storage.StorageOptions, flush_rows: int, flush_seconds: float = 60.0
+    ):
         self.videos_uri, self.options = videos_uri, options
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self.pending: list[pa.Table] = []
@@ -104,7 +141,9 @@ class _ManifestWriter:
         if table.num_rows:
             self.pending.append(table)
             self.n_pending += table.num_rows
-        if self.n_pending >= self.flush_rows or (self.n_pending and time.monotonic() - self.last_flush > self.flush_seconds):
+        if self.n_pending >= self.flush_rows or (
+            self.n_pending and time.monotonic() - self.last_flush > self.flush_seconds
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -138,7 +177,9 @@ def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtr
         device="cuda" if num_gpus > 0 and cfg.device == "auto" else cfg.device,
         torch_threads=max(1, int(cfg.cpus_per_worker)),
         storage_options=cfg.storage_options,
-        resources=Resources(num_cpus=cfg.cpus_per_worker, num_gpus=num_gpus, batch_size=1, max_workers=cfg.num_workers),
+        resources=Resources(
+            num_cpus=cfg.cpus_per_worker, num_gpus=num_gpus, batch_size=1, max_workers=cfg.num_workers
+        ),
     )
 
 
@@ -148,7 +189,9 @@ def run(cfg: ExtractConfig) -> dict:
     opts = cfg.storage_options
     paths = layout(cfg.output)
     if not storage.exists(cfg.input, opts):
-        raise C.ConfigError(f"input {cfg.input!r} does not exist: check the path (and for s3:// the endpoint and credentials)")
+        raise C.ConfigError(
+            f"input {cfg.input!r} does not exist: check the path (and for s3:// the endpoint and credentials)"
+        )
     if cfg.overwrite:
         for key in ("videos", "faces"):
             storage.delete(paths[key], opts)
@@ -157,18 +200,31 @@ def run(cfg: ExtractConfig) -> dict:
     config_hash = C.config_hash(cfg, OUTPUT_FIELDS)
     stale = pc.sum(pc.not_equal(done.column("config_hash"), config_hash)).as_py() or 0
     if stale:
-        log.warning("%d videos in %s were extracted with other settings; pass --overwrite to redo them", stale, cfg.output)
+        log.warning(
+            "%d videos in %s were extracted with other settings; pass --overwrite to redo them",
+            stale,
+            cfg.output,
+        )
     pending = catalog.filter(pc.invert(pc.is_in(catalog.column("video_id"), done.column("video_id"))))
-    storage.write_json(paths["config"], {"job": NAME, "config": C.to_dict(cfg), "config_hash": config_hash}, opts)
+    storage.write_json(
+        paths["config"], {"job": NAME, "config": C.to_dict(cfg), "config_hash": config_hash}, opts
+    )
 
     writer = _ManifestWriter(paths["videos"], opts, cfg.manifest_flush_rows)
     # Entries the catalog already knows are broken go straight to the manifest.
     broken = pending.filter(pc.is_valid(pending.column("error")))
     todo = pending.filter(pc.is_null(pending.column("error")))
     if broken.num_rows:
-        writer.add(pa.Table.from_pylist([manifest_row(r, config_hash) for r in broken.to_pylist()], schema=R.VIDEOS_SCHEMA))
-    print(f"extract: {catalog.num_rows} videos in catalog, {done.num_rows} already in manifest, "
-          f"{todo.num_rows} to process, {broken.num_rows} unusable entries", flush=True)
+        writer.add(
+            pa.Table.from_pylist(
+                [manifest_row(r, config_hash) for r in broken.to_pylist()], schema=R.VIDEOS_SCHEMA
+            )
+        )
+    print(
+        f"extract: {catalog.num_rows} videos in catalog, {done.num_rows} already in manifest, "
+        f"{todo.num_rows} to process, {broken.num_rows} unusable entries",
+        flush=True,
+    )
 
     frames_this_run = 0
     if todo.num_rows:
@@ -230,6 +286,8 @@ def format_summary(stats: dict) -> str:
     lines.append("frames: " + ", ".join(f"{k} {f[k]}" for k in ("decoded", *R.FRAME_FLAGS)))
     if r:
         fps = r.get("frames_per_s")
-        lines.append(f"this run: {r['videos_processed']} videos, {r['frames']} frames in {r['seconds']} s"
-                     + (f" ({fps} frames/s)" if fps else ""))
+        lines.append(
+            f"this run: {r['videos_processed']} videos, {r['frames']} frames in {r['seconds']} s"
+            + (f" ({fps} frames/s)" if fps else "")
+        )
     return "\n".join(lines)

@@ -1,0 +1,36 @@
+# dfpipe: every target installs what it needs first, so each works on a fresh clone.
+PYTHON ?= python3
+DEMO_DIR ?= out/demo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-deps demo test test-all lint bench clean
+
+system-deps:
+	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg; }
+
+install: system-deps
+	$(PYTHON) -m pip install -q -r requirements-test.txt
+	$(PYTHON) -m pip install -q --no-deps -e .
+
+# The main job on the embedded default: generated sample data, a local Ray, local files.
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(PYTHON) -m dfpipe.sample $(DEMO_DIR)/dataset --videos 8 --seed 0
+	$(PYTHON) jobs/extract.py --input $(DEMO_DIR)/dataset --output $(DEMO_DIR)/extract
+
+test: install
+	$(PYTHON) -m pytest
+
+# Everything, including the slow tier.
+test-all: install
+	$(PYTHON) -m pytest -m "not gpu"
+
+lint:
+	$(PYTHON) -m ruff check dfpipe jobs tests bench
+	$(PYTHON) -m ruff format --check dfpipe jobs tests bench
+
+bench: install
+	$(PYTHON) bench/extract.py
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

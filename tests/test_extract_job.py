@@ -1,0 +1,165 @@
+"""Tier 2: the extraction job end to end on a session-wide local Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dfpipe import records as R
+from dfpipe import storage
+from dfpipe.catalog import build_catalog
+from dfpipe.cli import main
+from dfpipe.jobs.extract import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["face_size=64", "detect_batch=8"]
+
+
+def extract(input_uri: str, output_uri: str, *extra: str) -> int:
+    return main(["extract", "--input", input_uri, "--output", output_uri, *FAST, *extra])
+
+
+def faces_table(output: str):
+    return storage.read_parquet_dir(storage.join(output, "faces"), schema=R.FACES_SCHEMA)
+
+
+def check_output_complete(dataset: str, output: str) -> dict:
+    """Every catalog video in the manifest exactly once; face rows only for ok videos; stats agree."""
+    catalog = build_catalog(dataset)
+    manifest = read_manifest(output).to_pandas()
+    assert manifest.video_id.is_unique
+    assert set(manifest.video_id) == set(catalog.column("video_id").to_pylist())
+    faces = faces_table(output).drop_columns(["face_jpeg"]).to_pandas()
+    ok = manifest[manifest.status == "ok"].set_index("video_id")
+    assert set(faces.video_id) <= set(ok.index)
+    per_video = faces.groupby("video_id").frame_idx.nunique()
+    for vid, n in per_video.items():
+        assert n == ok.loc[vid, "n_frames"], f"{vid}: every decoded frame has a row"
+    assert not faces.duplicated(["video_id", "frame_idx", "track_id"]).any()
+    stats = json.loads(Path(output, "stats.json").read_text())
+    assert stats["videos"]["manifest"] == len(manifest) == stats["videos"]["unique"]
+    assert stats["frames"]["decoded"] == int(manifest.n_frames.sum())
+    return {"manifest": manifest, "faces": faces, "stats": stats}
+
+
+def test_extract_sample_end_to_end(ray_session, sample_dataset, tmp_path):
+    out = str(tmp_path / "out")
+    assert extract(str(sample_dataset), out) == 0
+    res = check_output_complete(str(sample_dataset), out)
+    m = res["manifest"].set_index("filename")
+    assert (m.status == "ok").all()
+    faces = res["faces"]
+    from conftest import SMALL
+
+    from dfpipe.sample import SampleConfig, plan
+
+    kinds = {f"{c.video_id}.mp4": c for c in plan(SampleConfig(**SMALL))}
+    for filename, clip in kinds.items():
+        row = m.loc[filename]
+        assert (row.width, row.height) == (clip.width, clip.height)
+        assert row.label == (1 if clip.label == "FAKE" else 0)
+        vf = faces[faces.video_id == clip.video_id]
+        if clip.kind == "no_face":
+            assert row.n_no_face == row.n_frames and row.n_tracks == 0
+        elif clip.kind == "two_faces":
+            assert row.n_tracks == 2 and row.n_multi_face >= row.n_frames
+            assert set(vf.track_id.dropna()) == {0, 1}
+        else:
+            assert row.n_ok >= 0.8 * row.n_frames, f"{clip.kind} {filename}: face found in most frames"
+            assert vf[vf.flag == "ok"].track_id.nunique() == 1
+    assert res["stats"]["run"]["frames"] == int(res["manifest"].n_frames.sum())
+    assert Path(out, "config.json").exists()
+
+
+def test_extract_bad_inputs_are_recorded_not_fatal(ray_session, messy_dataset, tmp_path):
+    root, expected = messy_dataset
+    out = str(tmp_path / "out")
+    assert extract(str(root), out) == 0
+    res = check_output_complete(str(root), out)
+    m = res["manifest"].set_index("video_id")
+    for vid, reason in expected.items():
+        assert m.loc[vid, "status"] == "failed", vid
+        assert R.reason_of(m.loc[vid, "error"]) == reason, (vid, m.loc[vid, "error"])
+    # The truncated clip decodes what it can; the videos next to the broken metadata still count.
+    assert m.loc["truncated", "status"] in ("ok", "failed")
+    assert (
+        m.loc["unlabelled", "status"] == "ok" and m.loc["unlabelled", "label"] != m.loc["unlabelled", "label"]
+    )
+    good = m[~m.part.isin(["dfdc_train_part_8", "dfdc_train_part_9"])]
+    assert (good.status == "ok").all() and (good.n_frames > 0).all()
+
+
+def test_rerun_is_noop_and_overwrite_identical(ray_session, sample_dataset, tmp_path):
+    out = str(tmp_path / "out")
+    assert extract(str(sample_dataset), out) == 0
+    first_manifest = read_manifest(out).drop_columns(["elapsed_s"]).sort_by("video_id")
+    first_faces = faces_table(out).sort_by(
+        [("video_id", "ascending"), ("frame_idx", "ascending"), ("track_id", "ascending")]
+    )
+    files = sorted(p.name for p in Path(out, "videos").iterdir())
+
+    assert extract(str(sample_dataset), out) == 0
+    stats = json.loads(Path(out, "stats.json").read_text())
+    assert stats["run"]["videos_processed"] == 0
+    assert sorted(p.name for p in Path(out, "videos").iterdir()) == files
+
+    assert extract(str(sample_dataset), out, "--overwrite") == 0
+    again = read_manifest(out).drop_columns(["elapsed_s"]).sort_by("video_id")
+    assert again.equals(first_manifest)
+    again_faces = faces_table(out).sort_by(
+        [("video_id", "ascending"), ("frame_idx", "ascending"), ("track_id", "ascending")]
+    )
+    assert again_faces.drop_columns(["face_jpeg"]).equals(first_faces.drop_columns(["face_jpeg"]))
+    assert again_faces.column("face_jpeg").equals(first_faces.column("face_jpeg"))
+
+
+def test_rerun_after_partial_output_completes_without_duplicates(ray_session, sample_dataset, tmp_path):
+    """Simulates a driver killed mid-run: some manifest files and face shards are gone."""
+    out = tmp_path / "out"
+    assert extract(str(sample_dataset), str(out), "manifest_flush_rows=2") == 0
+    files = sorted((out / "videos").iterdir())
+    assert len(files) >= 2
+    import pyarrow.parquet as pq
+
+    lost_ids = set(pq.read_table(files[0]).column("video_id").to_pylist())
+    files[0].unlink()
+    for vid in lost_ids:
+        (out / "faces" / f"{vid}.parquet").unlink(missing_ok=True)
+    assert extract(str(sample_dataset), str(out)) == 0
+    res = check_output_complete(str(sample_dataset), str(out))
+    assert res["stats"]["run"]["videos_processed"] == len(lost_ids)
+
+
+def test_wrong_arguments_exit_2_with_a_message(capsys, tmp_path):
+    assert main(["extract", "--input", str(tmp_path)]) == 2
+    assert "missing required option(s): output" in capsys.readouterr().err
+    assert main(["extract", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["nosuchjob"]) == 2
+    assert main(["extract", "--help"]) == 0
+    assert "frame_stride" in capsys.readouterr().out
+
+
+def test_job_script_runs_as_a_subprocess(tmp_path):
+    """`python jobs/extract.py --help` works from a checkout, as `ray job submit` runs it."""
+    proc = subprocess.run(
+        [sys.executable, "jobs/extract.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "--input" in proc.stdout
+
+
+def test_extract_shared_dfdc(ray_session, shared_dfdc, tmp_path):
+    out = str(tmp_path / "out")
+    assert extract(str(shared_dfdc), out, "max_frames=30") == 0
+    res = check_output_complete(str(shared_dfdc), out)
+    m = res["manifest"]
+    meta_entries = sum(len(json.loads(p.read_text())) for p in shared_dfdc.glob("*/metadata.json"))
+    assert len(m) >= meta_entries
+    present = {p.stem for p in shared_dfdc.glob("*/*.mp4")}
+    missing = m[~m.video_id.isin(present)]
+    assert (missing.error.map(R.reason_of) == R.REASON_MISSING_FILE).all() and len(missing) > 0
+    real = m[m.video_id.isin(present)]
+    assert (real.status == "ok").all() and (real.n_frames == 30).all()
+    assert (real.n_ok > 0).all(), "real DFDC clips have faces"

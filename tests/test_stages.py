@@ -1,0 +1,267 @@
+"""Tier 1: stages and helpers on tiny inputs, no Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from dfpipe import config as C
+from dfpipe import records as R
+from dfpipe import storage
+from dfpipe.catalog import build_catalog
+from dfpipe.decode import DecodeError, DecodeLimits, VideoReader
+from dfpipe.faces import crop_face, decode_jpeg, detection_scale, encode_jpeg, face_flags
+from dfpipe.jobs.extract import ExtractConfig
+from dfpipe.sample import ClipSpec, SampleConfig, plan, write_clip
+from dfpipe.tracks import iou_matrix, link_tracks
+
+
+def test_iou_matrix_values():
+    a = np.array([[0, 0, 10, 10]], np.float32)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
+    np.testing.assert_allclose(iou_matrix(a, b), [[1.0, 50 / 150, 0.0]], rtol=1e-5)
+
+
+def test_link_tracks_two_people_and_gap():
+    left, right = np.array([10, 10, 50, 50.0]), np.array([200, 10, 240, 50.0])
+    frames = [0, 1, 2, 3, 10]
+    boxes = [
+        np.stack([left, right]),
+        np.stack([right + 2, left + 1]),
+        np.stack([left + 2]),
+        np.zeros((0, 4)),
+        np.stack([left]),
+    ]
+    ids = link_tracks(frames, boxes, min_iou=0.3, max_gap=5)
+    assert ids[0].tolist() == [0, 1]
+    assert ids[1].tolist() == [1, 0]  # order within a frame does not matter
+    assert ids[2].tolist() == [0]
+    assert ids[3].tolist() == []
+    assert ids[4].tolist() == [2]  # 8 frames later: beyond max_gap, a new track
+
+
+def test_face_flags_precedence():
+    boxes = np.array([[0, 0, 100, 100], [200, 0, 300, 100], [0, 0, 10, 10], [0, 0, 100, 100]], np.float32)
+    probs = np.array([0.99, 0.99, 0.99, 0.5], np.float32)
+    assert face_flags(boxes, probs, min_prob=0.9, min_face_px=40) == [
+        R.FLAG_MULTI_FACE,
+        R.FLAG_MULTI_FACE,
+        R.FLAG_SMALL_FACE,
+        R.FLAG_LOW_PROB,
+    ]
+    assert face_flags(boxes[:1], probs[:1], 0.9, 40) == [R.FLAG_OK]
+
+
+def test_detection_scale_bounds_long_side():
+    assert detection_scale(320, 240, 640) == 1.0
+    assert detection_scale(1920, 1080, 640) == pytest.approx(1 / 3)
+    assert detection_scale(1080, 1920, 640) == pytest.approx(1 / 3)
+
+
+def test_crop_face_is_square_and_centred():
+    frame = np.zeros((200, 300, 3), np.uint8)
+    frame[50:150, 100:200] = 255
+    crop = crop_face(frame, np.array([100, 50, 200, 150]), margin=0.0, size=64)
+    assert crop.shape == (64, 64, 3)
+    assert crop[5:59, 5:59].min() > 200
+    edge = crop_face(frame, np.array([-20, -20, 20, 20]), margin=0.2, size=32)  # beyond the frame edge
+    assert edge.shape == (32, 32, 3)
+    back = decode_jpeg(encode_jpeg(crop))
+    assert back.shape == crop.shape and np.abs(back.astype(int) - crop).mean() < 8
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    write_clip(ClipSpec("clip", "REAL", 0, 160, 120, n_frames=12, fps=10.0, scene_seed=1), str(path))
+    return path
+
+
+def test_video_reader_stride_and_cap(clip):
+    reader = VideoReader(str(clip), stride=3, limits=DecodeLimits(max_frames=3), chunk=2)
+    chunks = list(reader)
+    assert [idx for idx, _ in chunks] == [[0, 3], [6]]
+    assert chunks[0][1][0].shape == (120, 160, 3)
+    assert reader.capped
+    reader = VideoReader(str(clip))
+    assert sum(len(i) for i, _ in reader) == 12 and not reader.capped
+    assert (reader.info.width, reader.info.height, reader.info.fps) == (160, 120, 10.0)
+
+
+def test_video_reader_refuses_by_limit_and_garbage(clip, tmp_path):
+    with pytest.raises(DecodeError) as exc:
+        VideoReader(str(clip), limits=DecodeLimits(max_pixels=100 * 100))
+    assert exc.value.reason == R.REASON_TOO_LARGE
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(DecodeError) as exc:
+        list(VideoReader(str(junk)))
+    assert exc.value.reason == R.REASON_DECODE_ERROR
+
+
+def test_sample_plan_is_deterministic_and_labelled():
+    cfg = SampleConfig(videos=5, seed=7)
+    a, b = plan(cfg), plan(cfg)
+    assert a == b
+    fakes = [c for c in a if c.label == "FAKE"]
+    reals = {c.video_id: c for c in a if c.label == "REAL"}
+    assert len(fakes) == 2 and all(f.original in reals and reals[f.original].part == f.part for f in fakes)
+    assert {c.kind for c in a} >= {"no_face", "two_faces", "portrait", "odd_size"}
+    odd = next(c for c in a if c.kind == "odd_size")
+    assert odd.width % 2 == 1 and odd.height % 2 == 1
+    assert plan(SampleConfig(videos=5, seed=8))[0].video_id != a[0].video_id
+
+
+def test_sample_clip_bytes_are_deterministic(tmp_path):
+    spec = ClipSpec("x", "FAKE", 0, 96, 64, n_frames=4, fps=10.0, scene_seed=3, swap_seed=4, original="y")
+    write_clip(spec, str(tmp_path / "a.mp4"))
+    write_clip(spec, str(tmp_path / "b.mp4"))
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+
+
+def test_catalog_dfdc_with_bad_entries(tmp_path):
+    part = tmp_path / "dfdc_train_part_3"
+    part.mkdir()
+    (part / "good.mp4").write_bytes(b"x")
+    (part / "unlisted.mp4").write_bytes(b"x")
+    (part / "metadata.json").write_text(
+        "\ufeff"
+        + json.dumps(
+            {
+                "good.mp4": {"label": "FAKE", "original": "src.mp4"},
+                "gone.mp4": {"label": "REAL"},
+                "../up.mp4": {"label": "REAL"},
+                "/etc/passwd": {"label": "REAL"},
+                "odd.mp4": {"label": 7},
+                "weird.mp4": "REAL",
+            }
+        )
+    )
+    other = tmp_path / "dfdc_train_part_4"
+    other.mkdir()
+    (other / "good.mp4").write_bytes(b"x")  # same id as in part 3
+    (other / "metadata.json").write_text(json.dumps({"good.mp4": {"label": "REAL"}}))
+    rows = {(r["part"], r["filename"]): r for r in build_catalog(str(tmp_path)).to_pylist()}
+    good = rows[("dfdc_train_part_3", "good.mp4")]
+    assert (good["label"], good["original"], good["error"]) == (1, "src", None)
+    assert rows[("dfdc_train_part_3", "unlisted.mp4")]["label"] is None
+    assert R.reason_of(rows[("dfdc_train_part_3", "gone.mp4")]["error"]) == R.REASON_MISSING_FILE
+    assert R.reason_of(rows[("dfdc_train_part_3", "up.mp4")]["error"]) == R.REASON_UNSAFE_PATH
+    assert R.reason_of(rows[("dfdc_train_part_3", "passwd")]["error"]) == R.REASON_UNSAFE_PATH
+    assert R.reason_of(rows[("dfdc_train_part_3", "odd.mp4")]["error"]) == R.REASON_BAD_LABEL
+    assert R.reason_of(rows[("dfdc_train_part_3", "weird.mp4")]["error"]) == R.REASON_BAD_METADATA
+    dup = rows[("dfdc_train_part_4", "good.mp4")]
+    assert R.reason_of(dup["error"]) == R.REASON_DUPLICATE_ID
+    ids = [r["video_id"] for r in rows.values()]
+    assert len(ids) == len(set(ids)), "manifest ids must stay unique"
+
+
+def test_catalog_symlink_outside_is_refused(tmp_path):
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"x")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "link.mp4").symlink_to(outside)
+    (root / "fine.mp4").write_bytes(b"x")
+    rows = {r["video_id"]: r for r in build_catalog(str(root)).to_pylist()}
+    assert R.reason_of(rows["link"]["error"]) == R.REASON_UNSAFE_PATH
+    assert rows["fine"]["error"] is None and rows["fine"]["label"] is None
+
+
+def test_catalog_labels_csv(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.mp4").write_bytes(b"x")
+    (tmp_path / "labels.csv").write_text("filename,label\na.mp4,FAKE\nsub/b.mp4,0\nc.mp4,1\n")
+    rows = {r["video_id"]: r for r in build_catalog(str(tmp_path)).to_pylist()}
+    assert rows["a"]["label"] == 1 and rows["b"]["label"] == 0 and rows["b"]["part"] == "sub"
+    assert R.reason_of(rows["c"]["error"]) == R.REASON_MISSING_FILE
+
+
+def test_catalog_missing_input_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        build_catalog(str(tmp_path / "nope"))
+
+
+def test_config_overrides_and_errors(tmp_path):
+    from dfpipe.cli import parse_args
+
+    cfg = parse_args(
+        ExtractConfig, ["--input", "/a", "--output", "/b", "frame_stride=2", "--overwrite", "device=cpu"]
+    )
+    assert (cfg.frame_stride, cfg.overwrite, cfg.device, cfg.num_workers) == (2, True, "cpu", None)
+    yml = tmp_path / "c.yaml"
+    yml.write_text("input: /a\noutput: /b\nface_size: 96\n")
+    assert parse_args(ExtractConfig, ["--config", str(yml), "face_size=64"]).face_size == 64
+    for argv, match in [
+        (["--input", "/a"], "missing required option"),
+        (["--input", "/a", "--output", "/b", "devise=cpu"], "unknown option"),
+        (["--input", "/a", "--output", "/b", "device=tpu"], "not one of"),
+        (["--input", "/a", "--output", "/b", "frame_stride=two"], "expected an integer"),
+        (["--input", "/a", "--output", "/a"], "output must differ"),
+    ]:
+        with pytest.raises(C.ConfigError, match=match):
+            parse_args(ExtractConfig, argv)
+
+
+def test_storage_roundtrip_and_safe_names(tmp_path):
+    uri = "file://" + str(tmp_path / "x" / "y.json")
+    storage.write_json(uri, {"a": 1})
+    assert storage.read_json(str(tmp_path / "x" / "y.json")) == {"a": 1}
+    assert not list((tmp_path / "x").glob(".tmp-*"))
+    assert storage.safe_name("abc-1.2_x") == "abc-1.2_x"
+    assert "/" not in storage.safe_name("../../etc/passwd") and not storage.safe_name("..").startswith(".")
+    assert storage.safe_name("a/b") != storage.safe_name("a_b")
+
+
+def test_extract_stage_without_ray(clip, tmp_path):
+    from dfpipe.extract import FaceExtractStage
+
+    stage = FaceExtractStage(faces_uri=str(tmp_path / "faces"), face_size=64, min_face_px=10)
+    rows = [
+        {
+            "video_id": "clip",
+            "uri": str(clip),
+            "filename": "clip.mp4",
+            "part": "p",
+            "label": 0,
+            "original": None,
+            "error": None,
+        },
+        {
+            "video_id": "gone",
+            "uri": str(tmp_path / "gone.mp4"),
+            "filename": "gone.mp4",
+            "part": "p",
+            "label": 1,
+            "original": None,
+            "error": None,
+        },
+        {
+            "video_id": "known",
+            "uri": "x",
+            "filename": "x",
+            "part": "p",
+            "label": None,
+            "original": None,
+            "error": "missing_file: x",
+        },
+    ]
+    import pyarrow as pa
+
+    out = {r["video_id"]: r for r in stage(pa.Table.from_pylist(rows, schema=R.CATALOG_SCHEMA)).to_pylist()}
+    assert out["clip"]["status"] == "ok" and out["clip"]["n_frames"] == 12
+    assert out["clip"]["n_ok"] + out["clip"]["n_no_face"] + out["clip"]["n_low_prob"] >= 12
+    assert R.reason_of(out["gone"]["error"]) == R.REASON_READ_ERROR
+    assert out["known"]["status"] == "failed" and out["known"]["error"] == "missing_file: x"
+    faces = pq.read_table(out["clip"]["faces_uri"])
+    assert faces.schema.equals(R.FACES_SCHEMA)
+    assert sorted(set(faces.column("frame_idx").to_pylist())) == list(range(12))
+    ok = faces.filter(pc.equal(faces.column("flag"), "ok"))
+    assert ok.num_rows > 6, "the generated face should be found in most frames"
+    assert decode_jpeg(ok.column("face_jpeg")[0].as_py()).shape == (64, 64, 3)
