@@ -19,6 +19,7 @@ from dfpipe import config as C
 # job name -> module under dfpipe.jobs with NAME, SUMMARY, a Config dataclass, run() and format_summary().
 JOBS = {
     "extract": ("dfpipe.jobs.extract", "ExtractConfig"),
+    "segment": ("dfpipe.jobs.segment", "SegmentConfig"),
 }
 
 

@@ -91,6 +91,49 @@ VIDEOS_SCHEMA = pa.schema(
 )
 
 
+# One row per window under ``windows/``: ``n_frames`` frames of one track, consecutive at
+# ``frame_stride``, from ``start_frame`` to ``end_frame`` inclusive.
+WINDOWS_SCHEMA = pa.schema(
+    [
+        ("window_id", pa.string()),
+        ("video_id", pa.string()),
+        ("track_id", pa.int32()),
+        ("label", pa.int8()),
+        ("part", pa.string()),
+        ("split", pa.string()),
+        ("start_frame", pa.int32()),
+        ("end_frame", pa.int32()),
+        ("n_frames", pa.int32()),
+        ("frame_stride", pa.int16()),
+        ("faces_uri", pa.string()),
+    ]
+)
+
+SPLITS = ("train", "val", "test")
+# Why frames of a video ended up in no window (besides the unusable flags themselves).
+DROP_REASONS = (*FRAME_FLAGS, "short_run", "remainder", "duplicate")
+
+# One row per video under the segmenter's ``videos/``, windows or not.
+SEGMENTS_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("label", pa.int8()),
+        ("part", pa.string()),
+        ("original", pa.string()),
+        ("split", pa.string()),
+        ("extract_status", pa.string()),
+        ("reason", pa.string()),  # why the video has no window; null when it has some
+        ("n_frames", pa.int32()),
+        ("n_tracks", pa.int32()),
+        ("n_runs", pa.int32()),
+        ("n_short_runs", pa.int32()),
+        ("n_windows", pa.int32()),
+        *[(f"dropped_{r}", pa.int32()) for r in DROP_REASONS],
+        ("config_hash", pa.string()),
+    ]
+)
+
+
 def reason_of(error: str | None) -> str | None:
     """The reason code of an ``error`` string (``"decode_error: moov atom not found"`` -> ``decode_error``)."""
     if not error:

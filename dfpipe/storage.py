@@ -7,12 +7,14 @@ native S3 client ignores ``AWS_ENDPOINT_URL`` and would silently break S3-compat
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import posixpath
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -198,6 +200,64 @@ def read_parquet_dir(
         with fs.open(path, "rb") as fh:
             tables.append(pq.read_table(fh, columns=columns, schema=schema))
     return pa.concat_tables(tables, promote_options="default")
+
+
+class ChunkedParquetWriter:
+    """Buffers rows for one or more folders and writes them as Parquet chunks, each atomically.
+
+    ``folders`` maps a name to ``(folder_uri, schema)``; the last one is the marker. A flush writes
+    one file per folder, all named by a hash of the sorted ``key`` values in the marker rows, and
+    writes the marker's file last: a chunk counts as done only once its marker exists, and files
+    without their marker are left-overs of a crash (:meth:`remove_orphans`). No name depends on
+    time or chance. Flushes every ``flush_rows`` marker rows or ``flush_seconds`` seconds.
+    """
+
+    def __init__(self, folders: dict[str, tuple[str, pa.Schema]], key: str, options: StorageOptions | None = None,
+                 flush_rows: int = 500, flush_seconds: float = 60.0):
+        self.folders, self.key, self.options = folders, key, options
+        self.marker = list(folders)[-1]
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.pending: dict[str, list[pa.Table]] = {name: [] for name in folders}
+        self.n_pending = 0
+        self.written = 0
+        self.last_flush = time.monotonic()
+
+    def add(self, **tables: pa.Table) -> None:
+        for name, table in tables.items():
+            if table.num_rows:
+                self.pending[name].append(table)
+        self.n_pending += tables[self.marker].num_rows
+        due = time.monotonic() - self.last_flush > self.flush_seconds
+        if self.n_pending >= self.flush_rows or (self.n_pending and due):
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.n_pending:
+            return
+        marker_rows = pa.concat_tables(self.pending[self.marker])
+        keys = sorted(str(k) for k in marker_rows.column(self.key).to_pylist())
+        name = f"part-{hashlib.sha256(chr(10).join(keys).encode()).hexdigest()[:20]}.parquet"
+        for folder, (uri, schema) in self.folders.items():
+            parts = self.pending[folder]
+            table = pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()
+            write_parquet(table, join(uri, name), self.options)
+        self.written += marker_rows.num_rows
+        self.pending = {name: [] for name in self.folders}
+        self.n_pending, self.last_flush = 0, time.monotonic()
+
+    def remove_orphans(self) -> int:
+        """Delete chunk files whose marker file is missing (a crash between the two); returns how many."""
+        marker_uri = self.folders[self.marker][0]
+        markers = {posixpath.basename(f) for f in find(marker_uri, self.options)}
+        removed = 0
+        for folder, (uri, _) in self.folders.items():
+            if folder == self.marker:
+                continue
+            for f in find(uri, self.options):
+                if f.endswith(".parquet") and posixpath.basename(f) not in markers:
+                    delete(f, self.options)
+                    removed += 1
+        return removed
 
 
 def delete(uri: str, options: StorageOptions | None = None) -> None:

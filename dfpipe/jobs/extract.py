@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -124,39 +123,6 @@ def read_manifest(
     )
 
 
-class _ManifestWriter:
-    """Buffers manifest rows and writes them as files named by their content, atomically."""
-
-    def __init__(
-        self, videos_uri: str, options: storage.StorageOptions, flush_rows: int, flush_seconds: float = 60.0
-    ):
-        self.videos_uri, self.options = videos_uri, options
-        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
-        self.pending: list[pa.Table] = []
-        self.n_pending = 0
-        self.last_flush = time.monotonic()
-        self.written = 0
-
-    def add(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self.pending.append(table)
-            self.n_pending += table.num_rows
-        if self.n_pending >= self.flush_rows or (
-            self.n_pending and time.monotonic() - self.last_flush > self.flush_seconds
-        ):
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.n_pending:
-            return
-        table = pa.concat_tables(self.pending).cast(R.VIDEOS_SCHEMA)
-        ids = sorted(table.column("video_id").to_pylist())
-        name = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:20]
-        storage.write_parquet(table, storage.join(self.videos_uri, f"part-{name}.parquet"), self.options)
-        self.written += table.num_rows
-        self.pending, self.n_pending, self.last_flush = [], 0, time.monotonic()
-
-
 def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtractStage:
     return FaceExtractStage(
         faces_uri=faces_uri,
@@ -210,7 +176,7 @@ def run(cfg: ExtractConfig) -> dict:
         paths["config"], {"job": NAME, "config": C.to_dict(cfg), "config_hash": config_hash}, opts
     )
 
-    writer = _ManifestWriter(paths["videos"], opts, cfg.manifest_flush_rows)
+    writer = storage.ChunkedParquetWriter({"videos": (paths["videos"], R.VIDEOS_SCHEMA)}, "video_id", opts, cfg.manifest_flush_rows)
     # Entries the catalog already knows are broken go straight to the manifest.
     broken = pending.filter(pc.is_valid(pending.column("error")))
     todo = pending.filter(pc.is_null(pending.column("error")))
@@ -237,7 +203,7 @@ def run(cfg: ExtractConfig) -> dict:
         ds = runner.map_stage(runner.dataset_from_table(todo), stage, num_gpus=num_gpus)
         for table in runner.iter_tables(ds):
             frames_this_run += int(pc.sum(table.column("n_frames")).as_py() or 0)
-            writer.add(table)
+            writer.add(videos=table)
             print(f"extract: {writer.written + writer.n_pending}/{pending.num_rows} videos done", flush=True)
     writer.flush()
     elapsed = time.monotonic() - started

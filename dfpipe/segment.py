@@ -1,0 +1,96 @@
+"""The segmentation stage: manifest rows in, one summary row per video out, its windows nested.
+
+Reads only ``video_id``, ``track_id``, ``frame_idx`` and ``flag`` from each video's face shard
+(Parquet column projection: the JPEG bytes are never read).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dfpipe import records as R
+from dfpipe import storage
+from dfpipe.extract import Resources
+from dfpipe.windows import SplitRule, WindowSpec, segment_video, window_id
+
+log = logging.getLogger(__name__)
+
+FACE_COLUMNS = ["video_id", "track_id", "frame_idx", "flag"]
+
+_WINDOW_STRUCT = pa.struct([("track_id", pa.int32()), ("start_frame", pa.int32()), ("end_frame", pa.int32()), ("n_frames", pa.int32())])
+# What the stage returns: a summary row per video plus its windows, flattened by the job.
+STAGE_OUTPUT_SCHEMA = R.SEGMENTS_SCHEMA.append(pa.field("windows", pa.list_(_WINDOW_STRUCT))).append(
+    pa.field("frame_stride", pa.int16())
+).append(pa.field("faces_uri", pa.string()))
+
+
+@dataclass
+class SegmentStage:
+    spec: WindowSpec = field(default_factory=WindowSpec)
+    split_rule: SplitRule = field(default_factory=SplitRule)
+    usable_flags: tuple[str, ...] = (R.FLAG_OK, R.FLAG_MULTI_FACE)
+    config_hash: str = ""
+    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=32))
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([self.process(v) for v in batch.to_pylist()], schema=STAGE_OUTPUT_SCHEMA)
+
+    def process(self, video: dict) -> dict:
+        row = dict.fromkeys(STAGE_OUTPUT_SCHEMA.names, 0)
+        for key in ("video_id", "label", "part", "original", "faces_uri"):
+            row[key] = video.get(key)
+        row.update(
+            split=self.split_rule.split(video["video_id"], video.get("part"), video.get("label"), video.get("original")),
+            extract_status=video.get("status"), reason=None, windows=[], config_hash=self.config_hash,
+            frame_stride=video.get("frame_stride") or 1,
+        )
+        if video.get("status") != R.STATUS_OK:
+            row["reason"] = f"extract_failed: {video.get('error')}"
+            return row
+        try:
+            faces = self._read_faces(video["faces_uri"])
+            windows, counts = segment_video(faces, self.usable_flags, self.spec, row["frame_stride"])
+        except Exception as exc:  # noqa: BLE001 - a bad shard is recorded on its video, never fatal
+            log.warning("segment %s: cannot read %s: %s", video["video_id"], video.get("faces_uri"), exc)
+            row["reason"] = f"{R.REASON_READ_ERROR}: {type(exc).__name__}: {exc}"
+            return row
+        dropped = counts.pop("dropped")
+        row.update(counts)
+        row.update({f"dropped_{k}": v for k, v in dropped.items()})
+        row["windows"] = windows
+        if not windows:
+            if counts["n_runs"] == 0:
+                row["reason"] = "no_usable_frames"
+            else:
+                row["reason"] = f"runs_too_short: longest usable run is shorter than min_len={self.spec.min_len}"
+        return row
+
+    def _read_faces(self, uri: str) -> pa.Table:
+        fs, path = storage.filesystem(uri, self.storage_options)
+        with fs.open(path, "rb") as fh:
+            return pq.read_table(fh, columns=FACE_COLUMNS)
+
+
+def flatten_windows(stage_output: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Split the stage's output into the summary table and the windows table."""
+    summary = stage_output.select(R.SEGMENTS_SCHEMA.names).cast(R.SEGMENTS_SCHEMA)
+    rows = []
+    for v in stage_output.select(["video_id", "label", "part", "split", "windows", "frame_stride", "faces_uri"]).to_pylist():
+        for w in v["windows"]:
+            rows.append(
+                {
+                    "window_id": window_id(v["video_id"], w["track_id"], w["start_frame"]),
+                    "video_id": v["video_id"], "track_id": w["track_id"], "label": v["label"], "part": v["part"],
+                    "split": v["split"], "start_frame": w["start_frame"], "end_frame": w["end_frame"],
+                    "n_frames": w["n_frames"], "frame_stride": v["frame_stride"], "faces_uri": v["faces_uri"],
+                }
+            )
+    return summary, pa.Table.from_pylist(rows, schema=R.WINDOWS_SCHEMA)

@@ -1,0 +1,207 @@
+"""Windows of consecutive usable frames per face track (the two-pointer scan), and leak-free splits.
+
+The classifier assumes a constant interval between frames, so a window may only cover frames that
+are consecutive at the extraction stride and usable for their track. All functions here are
+Ray-free and work on any number of videos at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dfpipe import records as R
+
+Remainder = Literal["drop", "align_end"]
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    window_len: int = 16
+    window_stride: int = 8
+    min_len: int = 16
+    remainder: Remainder = "drop"
+
+    def __post_init__(self):
+        if self.window_len < 1 or self.window_stride < 1:
+            raise ValueError("window_len and window_stride must be >= 1")
+        if self.min_len < self.window_len:
+            raise ValueError(
+                f"min_len ({self.min_len}) must be >= window_len ({self.window_len}): "
+                "a shorter run cannot hold a whole window"
+            )
+        if self.remainder not in ("drop", "align_end"):
+            raise ValueError(f"remainder must be drop or align_end, got {self.remainder!r}")
+
+
+def runs_of(frames: np.ndarray, usable: np.ndarray, stride: int = 1) -> list[tuple[int, int]]:
+    """Maximal runs of usable frames consecutive at ``stride``, as ``(first, last)`` positions.
+
+    ``frames`` must be sorted and unique. Two pointers: ``i`` opens a run at a usable frame, ``j``
+    walks while the next frame is usable and exactly ``stride`` later.
+    """
+    out: list[tuple[int, int]] = []
+    n = len(frames)
+    i = 0
+    while i < n:
+        if not usable[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and usable[j + 1] and frames[j + 1] - frames[j] == stride:
+            j += 1
+        out.append((i, j))
+        i = j + 1
+    return out
+
+
+def window_starts(run_len: int, spec: WindowSpec) -> list[int]:
+    """Offsets (in frames of the run) where windows start; empty for runs shorter than ``min_len``."""
+    if run_len < spec.min_len:
+        return []
+    starts = list(range(0, run_len - spec.window_len + 1, spec.window_stride))
+    last = run_len - spec.window_len
+    if spec.remainder == "align_end" and starts and starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+@dataclass
+class TrackWindows:
+    """The windows of one track, ``(start_frame, end_frame)`` with the end inclusive, and what was dropped."""
+
+    windows: list[tuple[int, int]]
+    n_runs: int = 0
+    n_short_runs: int = 0
+    short_run_frames: int = 0
+    remainder_frames: int = 0
+    duplicates: int = 0
+
+
+def windows_for_track(frames: Iterable[int], usable: Iterable[bool], spec: WindowSpec, stride: int = 1) -> TrackWindows:
+    """Every window of one track, in any row order.
+
+    Duplicated frames are de-duplicated (and counted); a duplicated frame is usable only if all
+    of its rows are.
+    """
+    frames = np.asarray(list(frames) if not isinstance(frames, np.ndarray) else frames, dtype=np.int64)
+    usable = np.asarray(list(usable) if not isinstance(usable, np.ndarray) else usable, dtype=bool)
+    order = np.lexsort((usable, frames))  # per frame, an unusable duplicate sorts first and is kept
+    frames, usable = frames[order], usable[order]
+    first = np.ones(len(frames), dtype=bool)
+    first[1:] = frames[1:] != frames[:-1]
+    out = TrackWindows([], duplicates=int((~first).sum()))
+    frames, usable = frames[first], usable[first]
+    for i, j in runs_of(frames, usable, stride):
+        length = j - i + 1
+        out.n_runs += 1
+        starts = window_starts(length, spec)
+        if not starts:
+            out.n_short_runs += 1
+            out.short_run_frames += length
+            continue
+        covered = np.zeros(length, dtype=bool)
+        for s in starts:
+            covered[s : s + spec.window_len] = True
+            out.windows.append((int(frames[i + s]), int(frames[i + s + spec.window_len - 1])))
+        out.remainder_frames += int((~covered).sum())
+    return out
+
+
+def window_id(video_id: str, track_id: int, start_frame: int) -> str:
+    return hashlib.sha1(f"{video_id}\x00{track_id}\x00{start_frame}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """Assign ``train``/``val``/``test`` per video without leakage.
+
+    With ``val_parts``/``test_parts`` (part names, or integer ranges like ``35-39`` matched against
+    the number at the end of the part name), parts decide; other parts are ``train``. Otherwise a
+    stable hash of the group key decides, where a FAKE's group is its ``original``, so a fake and
+    its source always share a split.
+    """
+
+    val_parts: tuple[str, ...] = ()
+    test_parts: tuple[str, ...] = ()
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    salt: str = "dfpipe"
+
+    def __post_init__(self):
+        if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
+
+    @staticmethod
+    def _part_matches(part: str, patterns: tuple[str, ...]) -> bool:
+        match = re.search(r"(\d+)$", part or "")
+        number = int(match.group(1)) if match else None
+        for pat in patterns:
+            rng = re.fullmatch(r"(\d+)-(\d+)", pat)
+            if rng and number is not None and int(rng.group(1)) <= number <= int(rng.group(2)):
+                return True
+            if pat.isdigit() and number is not None and int(pat) == number:
+                return True
+            if pat == part:
+                return True
+        return False
+
+    def group_key(self, video_id: str, label: int | None, original: str | None) -> str:
+        return original if label == R.LABEL_FAKE and original else video_id
+
+    def split(self, video_id: str, part: str, label: int | None, original: str | None) -> str:
+        if self.val_parts or self.test_parts:
+            if self._part_matches(part, self.test_parts):
+                return "test"
+            if self._part_matches(part, self.val_parts):
+                return "val"
+            return "train"
+        key = self.group_key(video_id, label, original)
+        u = int(hashlib.sha256(f"{self.salt}\x00{key}".encode()).hexdigest()[:15], 16) / 16**15
+        if u < self.test_fraction:
+            return "test"
+        if u < self.test_fraction + self.val_fraction:
+            return "val"
+        return "train"
+
+
+def segment_video(faces: pa.Table, usable_flags: tuple[str, ...], spec: WindowSpec, stride: int) -> tuple[list[dict], dict]:
+    """Windows of one video's face rows, and its counts: runs, windows, frames dropped by reason."""
+    video_frames = faces.column("frame_idx").to_numpy(zero_copy_only=False)
+    n_frames = len(np.unique(video_frames)) if len(video_frames) else 0
+    counts = {"n_frames": n_frames, "n_runs": 0, "n_short_runs": 0, "n_windows": 0, "n_tracks": 0}
+    dropped = {flag: 0 for flag in R.FRAME_FLAGS if flag not in usable_flags}
+    dropped["short_run"] = 0
+    dropped["remainder"] = 0
+    dropped["duplicate"] = 0
+    flags = faces.column("flag").to_pylist()
+    for f in flags:
+        if f in dropped:
+            dropped[f] += 1
+    tracked = faces.filter(pc.is_valid(faces.column("track_id")))
+    windows: list[dict] = []
+    if tracked.num_rows:
+        track = tracked.column("track_id").to_numpy()
+        frame = tracked.column("frame_idx").to_numpy()
+        usable = pc.is_in(tracked.column("flag"), pa.array(usable_flags)).to_numpy(zero_copy_only=False)
+        for t in np.unique(track):
+            sel = track == t
+            tw = windows_for_track(frame[sel], usable[sel], spec, stride)
+            counts["n_tracks"] += 1
+            counts["n_runs"] += tw.n_runs
+            counts["n_short_runs"] += tw.n_short_runs
+            dropped["short_run"] += tw.short_run_frames
+            dropped["remainder"] += tw.remainder_frames
+            dropped["duplicate"] += tw.duplicates
+            windows += [
+                {"track_id": int(t), "start_frame": a, "end_frame": b, "n_frames": spec.window_len} for a, b in tw.windows
+            ]
+    counts["n_windows"] = len(windows)
+    return windows, {**counts, "dropped": dropped}
