@@ -30,7 +30,9 @@ def make_clips(folder: str, n: int, frames: int, width: int, height: int) -> lis
     for i in range(n):
         path = os.path.join(folder, f"bench{i:03d}.mp4")
         if not os.path.exists(path):
-            write_clip(ClipSpec(f"bench{i:03d}", "REAL", 0, width, height, frames, 30.0, scene_seed=100 + i), path)
+            write_clip(
+                ClipSpec(f"bench{i:03d}", "REAL", 0, width, height, frames, 30.0, scene_seed=100 + i), path
+            )
         paths.append(path)
     return paths
 
@@ -57,7 +59,18 @@ def stage_in_process(paths: list[str], out: str, threads: int) -> tuple[int, flo
 
     stage = FaceExtractStage(faces_uri=out, torch_threads=threads)
     stage.setup()
-    rows = [dict(video_id=os.path.basename(p)[:-4], uri=p, filename=os.path.basename(p), part="bench", label=0, original=None, error=None) for p in paths]
+    rows = [
+        dict(
+            video_id=os.path.basename(p)[:-4],
+            uri=p,
+            filename=os.path.basename(p),
+            part="bench",
+            label=0,
+            original=None,
+            error=None,
+        )
+        for p in paths
+    ]
     start = time.perf_counter()
     res = stage(pa.Table.from_pylist(rows, schema=R.CATALOG_SCHEMA))
     return sum(res.column("n_frames").to_pylist()), time.perf_counter() - start
@@ -99,7 +112,15 @@ def main() -> int:
     if not args.skip_job:
         results["job"] = job(data, os.path.join(args.workdir, "job-out"), cpus)
     floor = results["decode"][0] / results["decode"][1]
-    rows = {k: {"frames": n, "seconds": round(s, 2), "frames_per_s": round(n / s, 2), "x_decode": round(n / s / floor, 3)} for k, (n, s) in results.items()}
+    rows = {
+        k: {
+            "frames": n,
+            "seconds": round(s, 2),
+            "frames_per_s": round(n / s, 2),
+            "x_decode": round(n / s / floor, 3),
+        }
+        for k, (n, s) in results.items()
+    }
     meta = {"videos": args.videos, "frames": args.frames, "size": args.size, "cpus": cpus}
     if args.json:
         print(json.dumps({"meta": meta, "results": rows}, indent=2))

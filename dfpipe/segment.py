@@ -21,11 +21,20 @@ log = logging.getLogger(__name__)
 
 FACE_COLUMNS = ["video_id", "track_id", "frame_idx", "flag"]
 
-_WINDOW_STRUCT = pa.struct([("track_id", pa.int32()), ("start_frame", pa.int32()), ("end_frame", pa.int32()), ("n_frames", pa.int32())])
+_WINDOW_STRUCT = pa.struct(
+    [
+        ("track_id", pa.int32()),
+        ("start_frame", pa.int32()),
+        ("end_frame", pa.int32()),
+        ("n_frames", pa.int32()),
+    ]
+)
 # What the stage returns: a summary row per video plus its windows, flattened by the job.
-STAGE_OUTPUT_SCHEMA = R.SEGMENTS_SCHEMA.append(pa.field("windows", pa.list_(_WINDOW_STRUCT))).append(
-    pa.field("frame_stride", pa.int16())
-).append(pa.field("faces_uri", pa.string()))
+STAGE_OUTPUT_SCHEMA = (
+    R.SEGMENTS_SCHEMA.append(pa.field("windows", pa.list_(_WINDOW_STRUCT)))
+    .append(pa.field("frame_stride", pa.int16()))
+    .append(pa.field("faces_uri", pa.string()))
+)
 
 
 @dataclass
@@ -48,8 +57,13 @@ class SegmentStage:
         for key in ("video_id", "label", "part", "original", "faces_uri"):
             row[key] = video.get(key)
         row.update(
-            split=self.split_rule.split(video["video_id"], video.get("part"), video.get("label"), video.get("original")),
-            extract_status=video.get("status"), reason=None, windows=[], config_hash=self.config_hash,
+            split=self.split_rule.split(
+                video["video_id"], video.get("part"), video.get("label"), video.get("original")
+            ),
+            extract_status=video.get("status"),
+            reason=None,
+            windows=[],
+            config_hash=self.config_hash,
             frame_stride=video.get("frame_stride") or 1,
         )
         if video.get("status") != R.STATUS_OK:
@@ -70,7 +84,9 @@ class SegmentStage:
             if counts["n_runs"] == 0:
                 row["reason"] = "no_usable_frames"
             else:
-                row["reason"] = f"runs_too_short: longest usable run is shorter than min_len={self.spec.min_len}"
+                row["reason"] = (
+                    f"runs_too_short: longest usable run is shorter than min_len={self.spec.min_len}"
+                )
         return row
 
     def _read_faces(self, uri: str) -> pa.Table:
@@ -83,14 +99,23 @@ def flatten_windows(stage_output: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Split the stage's output into the summary table and the windows table."""
     summary = stage_output.select(R.SEGMENTS_SCHEMA.names).cast(R.SEGMENTS_SCHEMA)
     rows = []
-    for v in stage_output.select(["video_id", "label", "part", "split", "windows", "frame_stride", "faces_uri"]).to_pylist():
+    for v in stage_output.select(
+        ["video_id", "label", "part", "split", "windows", "frame_stride", "faces_uri"]
+    ).to_pylist():
         for w in v["windows"]:
             rows.append(
                 {
                     "window_id": window_id(v["video_id"], w["track_id"], w["start_frame"]),
-                    "video_id": v["video_id"], "track_id": w["track_id"], "label": v["label"], "part": v["part"],
-                    "split": v["split"], "start_frame": w["start_frame"], "end_frame": w["end_frame"],
-                    "n_frames": w["n_frames"], "frame_stride": v["frame_stride"], "faces_uri": v["faces_uri"],
+                    "video_id": v["video_id"],
+                    "track_id": w["track_id"],
+                    "label": v["label"],
+                    "part": v["part"],
+                    "split": v["split"],
+                    "start_frame": w["start_frame"],
+                    "end_frame": w["end_frame"],
+                    "n_frames": w["n_frames"],
+                    "frame_stride": v["frame_stride"],
+                    "faces_uri": v["faces_uri"],
                 }
             )
     return summary, pa.Table.from_pylist(rows, schema=R.WINDOWS_SCHEMA)

@@ -212,8 +212,14 @@ class ChunkedParquetWriter:
     time or chance. Flushes every ``flush_rows`` marker rows or ``flush_seconds`` seconds.
     """
 
-    def __init__(self, folders: dict[str, tuple[str, pa.Schema]], key: str, options: StorageOptions | None = None,
-                 flush_rows: int = 500, flush_seconds: float = 60.0):
+    def __init__(
+        self,
+        folders: dict[str, tuple[str, pa.Schema]],
+        key: str,
+        options: StorageOptions | None = None,
+        flush_rows: int = 500,
+        flush_seconds: float = 60.0,
+    ):
         self.folders, self.key, self.options = folders, key, options
         self.marker = list(folders)[-1]
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds

@@ -85,7 +85,9 @@ class TrackWindows:
     duplicates: int = 0
 
 
-def windows_for_track(frames: Iterable[int], usable: Iterable[bool], spec: WindowSpec, stride: int = 1) -> TrackWindows:
+def windows_for_track(
+    frames: Iterable[int], usable: Iterable[bool], spec: WindowSpec, stride: int = 1
+) -> TrackWindows:
     """Every window of one track, in any row order.
 
     Duplicated frames are de-duplicated (and counted); a duplicated frame is usable only if all
@@ -172,7 +174,9 @@ class SplitRule:
         return "train"
 
 
-def segment_video(faces: pa.Table, usable_flags: tuple[str, ...], spec: WindowSpec, stride: int) -> tuple[list[dict], dict]:
+def segment_video(
+    faces: pa.Table, usable_flags: tuple[str, ...], spec: WindowSpec, stride: int
+) -> tuple[list[dict], dict]:
     """Windows of one video's face rows, and its counts: runs, windows, frames dropped by reason."""
     video_frames = faces.column("frame_idx").to_numpy(zero_copy_only=False)
     n_frames = len(np.unique(video_frames)) if len(video_frames) else 0
@@ -201,7 +205,8 @@ def segment_video(faces: pa.Table, usable_flags: tuple[str, ...], spec: WindowSp
             dropped["remainder"] += tw.remainder_frames
             dropped["duplicate"] += tw.duplicates
             windows += [
-                {"track_id": int(t), "start_frame": a, "end_frame": b, "n_frames": spec.window_len} for a, b in tw.windows
+                {"track_id": int(t), "start_frame": a, "end_frame": b, "n_frames": spec.window_len}
+                for a, b in tw.windows
             ]
     counts["n_windows"] = len(windows)
     return windows, {**counts, "dropped": dropped}

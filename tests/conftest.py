@@ -115,3 +115,13 @@ def shared_dfdc() -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def extracted_sample(ray_session, sample_dataset, tmp_path_factory) -> Path:
+    """The sample dataset through the extraction job once, for the stages after it."""
+    from dfpipe.cli import main
+
+    out = tmp_path_factory.mktemp("extracted") / "extract"
+    assert main(["extract", "--input", str(sample_dataset), "--output", str(out), "face_size=64"]) == 0
+    return out

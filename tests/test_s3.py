@@ -46,11 +46,20 @@ def test_storage_on_s3(bucket):
     assert type(fs).__name__ == "PyFileSystem" and path == "dfpipe-test/storage/a.json"
 
 
-def test_extract_from_s3_to_s3(bucket, messy_dataset, tmp_path):
-    root, expected = messy_dataset
+SRC, EXTRACTED = "s3://dfpipe-test/messy", "s3://dfpipe-test/extract-out"
+
+
+@pytest.fixture(scope="module")
+def s3_extracted(bucket, messy_dataset):
+    root, _ = messy_dataset
     bucket.put(str(root), "dfpipe-test/messy", recursive=True)
-    src, out = "s3://dfpipe-test/messy", "s3://dfpipe-test/extract-out"
-    assert main(["extract", "--input", src, "--output", out, "face_size=64", "max_frames=10"]) == 0
+    assert main(["extract", "--input", SRC, "--output", EXTRACTED, "face_size=64", "max_frames=20"]) == 0
+    return EXTRACTED
+
+
+def test_extract_from_s3_to_s3(s3_extracted, messy_dataset):
+    root, expected = messy_dataset
+    src, out = SRC, s3_extracted
     manifest = read_manifest(out).to_pandas().set_index("video_id")
     local_ids = {p.stem for p in root.glob("*/*.mp4")}
     assert local_ids - {"escape"} <= set(manifest.index)
@@ -63,5 +72,19 @@ def test_extract_from_s3_to_s3(bucket, messy_dataset, tmp_path):
     assert faces.num_rows >= ok.n_frames.sum()
     assert storage.read_json(out + "/stats.json")["videos"]["ok"] == len(ok)
     # A rerun against S3 finds everything done.
-    assert main(["extract", "--input", src, "--output", out, "face_size=64", "max_frames=10"]) == 0
+    assert main(["extract", "--input", src, "--output", out, "face_size=64", "max_frames=20"]) == 0
     assert storage.read_json(out + "/stats.json")["run"]["videos_processed"] == 0
+
+
+def test_segment_on_s3(s3_extracted):
+    from dfpipe.jobs.segment import read_summary, read_windows
+
+    out = "s3://dfpipe-test/segment-out"
+    assert main(["segment", "--input", s3_extracted, "--output", out, "window_len=8", "window_stride=4"]) == 0
+    summary = read_summary(out).to_pandas()
+    manifest = read_manifest(s3_extracted).to_pandas()
+    assert set(summary.video_id) == set(manifest.video_id)
+    windows = read_windows(out).to_pandas()
+    assert len(windows) > 0 and windows.faces_uri.str.startswith("s3://").all()
+    failed = summary[summary.extract_status == "failed"]
+    assert len(failed) > 0 and failed.reason.str.startswith("extract_failed").all()

@@ -176,13 +176,15 @@ def run(cfg: ExtractConfig) -> dict:
         paths["config"], {"job": NAME, "config": C.to_dict(cfg), "config_hash": config_hash}, opts
     )
 
-    writer = storage.ChunkedParquetWriter({"videos": (paths["videos"], R.VIDEOS_SCHEMA)}, "video_id", opts, cfg.manifest_flush_rows)
+    writer = storage.ChunkedParquetWriter(
+        {"videos": (paths["videos"], R.VIDEOS_SCHEMA)}, "video_id", opts, cfg.manifest_flush_rows
+    )
     # Entries the catalog already knows are broken go straight to the manifest.
     broken = pending.filter(pc.is_valid(pending.column("error")))
     todo = pending.filter(pc.is_null(pending.column("error")))
     if broken.num_rows:
         writer.add(
-            pa.Table.from_pylist(
+            videos=pa.Table.from_pylist(
                 [manifest_row(r, config_hash) for r in broken.to_pylist()], schema=R.VIDEOS_SCHEMA
             )
         )

@@ -23,15 +23,25 @@ NAME = "segment"
 SUMMARY = "Cut each face track into windows of consecutive usable frames and assign leak-free splits."
 
 OUTPUT_FIELDS = (
-    "usable_flags", "window_len", "window_stride", "min_len", "remainder",
-    "val_parts", "test_parts", "val_fraction", "test_fraction", "split_salt",
+    "usable_flags",
+    "window_len",
+    "window_stride",
+    "min_len",
+    "remainder",
+    "val_parts",
+    "test_parts",
+    "val_fraction",
+    "test_fraction",
+    "split_salt",
 )
 
 
 @dataclass(frozen=True)
 class SegmentConfig:
     input: str = C.option(help="an extraction output URI (with faces/ and videos/)")
-    output: str = C.option(help="output URI; windows/, videos/, stats.json and config.json are written under it")
+    output: str = C.option(
+        help="output URI; windows/, videos/, stats.json and config.json are written under it"
+    )
     overwrite: bool = C.option(False, "redo every video instead of only those missing from the output")
     usable_flags: tuple[str, ...] = C.option(
         (R.FLAG_OK, R.FLAG_MULTI_FACE),
@@ -43,7 +53,9 @@ class SegmentConfig:
     remainder: Literal["drop", "align_end"] = C.option(
         "drop", "a run's tail that no window covers: drop it, or add one last window aligned to the run's end"
     )
-    val_parts: tuple[str, ...] = C.option((), "parts (names or ranges like 35-39) for val; with test_parts, parts decide splits")
+    val_parts: tuple[str, ...] = C.option(
+        (), "parts (names or ranges like 35-39) for val; with test_parts, parts decide splits"
+    )
     test_parts: tuple[str, ...] = C.option((), "parts (names or ranges like 40-49) for test")
     val_fraction: float = C.option(0.15, "share of groups in val when splitting by hash")
     test_fraction: float = C.option(0.15, "share of groups in test when splitting by hash")
@@ -51,7 +63,9 @@ class SegmentConfig:
     videos_per_task: int = C.option(32, "videos per batch handed to a worker")
     num_workers: int | None = C.option(None, "workers (default: as many as the cluster fits)")
     manifest_flush_rows: int = C.option(2000, "summary rows per videos/ file")
-    s3_endpoint_url: str | None = C.option(None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    s3_endpoint_url: str | None = C.option(
+        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
+    )
     s3_region: str | None = C.option(None, "S3 region")
     s3_anon: bool = C.option(False, "anonymous S3 access")
     ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -59,7 +73,9 @@ class SegmentConfig:
     def __post_init__(self):
         bad = sorted(set(self.usable_flags) - set(R.FRAME_FLAGS))
         if bad:
-            raise ValueError(f"usable_flags: unknown flag(s) {', '.join(bad)}; flags are {', '.join(R.FRAME_FLAGS)}")
+            raise ValueError(
+                f"usable_flags: unknown flag(s) {', '.join(bad)}; flags are {', '.join(R.FRAME_FLAGS)}"
+            )
         self.window_spec  # noqa: B018 - validates window_len, window_stride, min_len and remainder
         self.split_rule  # noqa: B018
         if storage.normalize(self.input) == storage.normalize(self.output):
@@ -67,11 +83,15 @@ class SegmentConfig:
 
     @property
     def window_spec(self) -> WindowSpec:
-        return WindowSpec(self.window_len, self.window_stride, self.min_len or self.window_len, self.remainder)
+        return WindowSpec(
+            self.window_len, self.window_stride, self.min_len or self.window_len, self.remainder
+        )
 
     @property
     def split_rule(self) -> SplitRule:
-        return SplitRule(self.val_parts, self.test_parts, self.val_fraction, self.test_fraction, self.split_salt)
+        return SplitRule(
+            self.val_parts, self.test_parts, self.val_fraction, self.test_fraction, self.split_salt
+        )
 
     @property
     def storage_options(self) -> storage.StorageOptions:
@@ -87,12 +107,20 @@ def layout(output: str) -> dict[str, str]:
     }
 
 
-def read_summary(output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None):
-    return storage.read_parquet_dir(layout(output)["videos"], columns=columns, schema=R.SEGMENTS_SCHEMA, options=options)
+def read_summary(
+    output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None
+):
+    return storage.read_parquet_dir(
+        layout(output)["videos"], columns=columns, schema=R.SEGMENTS_SCHEMA, options=options
+    )
 
 
-def read_windows(output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None):
-    return storage.read_parquet_dir(layout(output)["windows"], columns=columns, schema=R.WINDOWS_SCHEMA, options=options)
+def read_windows(
+    output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None
+):
+    return storage.read_parquet_dir(
+        layout(output)["windows"], columns=columns, schema=R.WINDOWS_SCHEMA, options=options
+    )
 
 
 def run(cfg: SegmentConfig) -> dict:
@@ -100,7 +128,9 @@ def run(cfg: SegmentConfig) -> dict:
     opts = cfg.storage_options
     paths = layout(cfg.output)
     if not storage.exists(extract_job.layout(cfg.input)["videos"], opts):
-        raise C.ConfigError(f"{cfg.input!r} is not an extraction output (no videos/ manifest): run 'dfpipe extract' first")
+        raise C.ConfigError(
+            f"{cfg.input!r} is not an extraction output (no videos/ manifest): run 'dfpipe extract' first"
+        )
     config_hash = C.config_hash(cfg, OUTPUT_FIELDS)
     if cfg.overwrite:
         for key in ("videos", "windows"):
@@ -112,25 +142,40 @@ def run(cfg: SegmentConfig) -> dict:
             f"{cfg.output} holds windows made with other settings (config hash {sorted(other)[0]}); "
             "pass --overwrite to redo them, or choose another output"
         )
-    source = storage.read_json(extract_job.layout(cfg.input)["config"], opts) if storage.exists(
-        extract_job.layout(cfg.input)["config"], opts) else {}
-    storage.write_json(paths["config"], {
-        "job": NAME, "config": C.to_dict(cfg), "config_hash": config_hash,
-        "source": {"uri": storage.normalize(cfg.input), "config_hash": source.get("config_hash")},
-    }, opts)
+    source = (
+        storage.read_json(extract_job.layout(cfg.input)["config"], opts)
+        if storage.exists(extract_job.layout(cfg.input)["config"], opts)
+        else {}
+    )
+    storage.write_json(
+        paths["config"],
+        {
+            "job": NAME,
+            "config": C.to_dict(cfg),
+            "config_hash": config_hash,
+            "source": {"uri": storage.normalize(cfg.input), "config_hash": source.get("config_hash")},
+        },
+        opts,
+    )
 
     manifest = extract_job.read_manifest(
-        cfg.input, opts,
+        cfg.input,
+        opts,
         columns=["video_id", "label", "part", "original", "status", "error", "frame_stride", "faces_uri"],
     )
     pending = manifest.filter(pc.invert(pc.is_in(manifest.column("video_id"), done.column("video_id"))))
-    print(f"segment: {manifest.num_rows} videos in manifest, {done.num_rows} already segmented, {pending.num_rows} to do", flush=True)
+    print(
+        f"segment: {manifest.num_rows} videos in manifest, {done.num_rows} already segmented, {pending.num_rows} to do",
+        flush=True,
+    )
 
     # Windows and summary rows of the same videos share a chunk name; the summary file is written
     # last and marks the chunk done, so a crash leaves at most windows without a summary (removed here).
     writer = storage.ChunkedParquetWriter(
         {"windows": (paths["windows"], R.WINDOWS_SCHEMA), "videos": (paths["videos"], R.SEGMENTS_SCHEMA)},
-        "video_id", opts, cfg.manifest_flush_rows,
+        "video_id",
+        opts,
+        cfg.manifest_flush_rows,
     )
     orphans = writer.remove_orphans()
     if orphans:
@@ -139,7 +184,10 @@ def run(cfg: SegmentConfig) -> dict:
     if pending.num_rows:
         runner.ensure_ray(cfg.ray_address)
         stage = SegmentStage(
-            spec=cfg.window_spec, split_rule=cfg.split_rule, usable_flags=cfg.usable_flags, config_hash=config_hash,
+            spec=cfg.window_spec,
+            split_rule=cfg.split_rule,
+            usable_flags=cfg.usable_flags,
+            config_hash=config_hash,
             storage_options=opts,
             resources=Resources(num_cpus=1, batch_size=cfg.videos_per_task, max_workers=cfg.num_workers),
         )
@@ -198,11 +246,15 @@ def format_summary(stats: dict) -> str:
     lines.append("frames dropped: " + ", ".join(f"{k} {v}" for k, v in stats["frames_dropped"].items() if v))
     lines.append("splits:")
     for split, d in stats["splits"].items():
-        lines.append(f"  {split:<5} {d['videos']:>6} videos ({d['real']} real, {d['fake']} fake), {d['windows']} windows")
+        lines.append(
+            f"  {split:<5} {d['videos']:>6} videos ({d['real']} real, {d['fake']} fake), {d['windows']} windows"
+        )
     for split in ("val", "test"):
         if stats["splits"][split]["videos_with_windows"] == 0 and stats["videos_with_windows"]:
             lines.append(f"warning: the {split} split has no windows; adjust val/test parts or fractions")
     r = stats.get("run")
     if r:
-        lines.append(f"this run: {r['videos_processed']} videos, {r['frame_rows']} frames in {r['seconds']} s")
+        lines.append(
+            f"this run: {r['videos_processed']} videos, {r['frame_rows']} frames in {r['seconds']} s"
+        )
     return "\n".join(lines)
