@@ -101,3 +101,111 @@ def dataset_from_table(table: pa.Table, rows_per_block: int = 1):
 def iter_tables(ds) -> Iterator[pa.Table]:
     """Stream a dataset's output to the driver block by block (never all of it at once)."""
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+class RayTrainContext:
+    """A :class:`dfpipe.training.TrainContext` backed by Ray Train, inside a TorchTrainer worker."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def batches(self, name, batch_size, shuffle=False):
+        import ray.train
+
+        shard = ray.train.get_dataset_shard(name)
+        yield from shard.iter_batches(
+            batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * batch_size if shuffle else None
+        )
+
+    def prepare(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def latest_checkpoint(self):
+        import ray.train
+
+        from dfpipe.modelio import load_state
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder, open(os.path.join(folder, "state.pt"), "rb") as f:
+            return load_state(f.read(), "checkpoint state.pt")
+
+    def report(self, metrics, state):
+        import tempfile
+
+        import ray.train
+        import torch
+
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, os.path.join(folder, "state.pt"))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def all_gather(self, obj):
+        import torch.distributed as dist
+
+        if self.world_size == 1 or not dist.is_initialized():
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def _train_worker(config: dict) -> None:
+    config["loop"](config["config"], RayTrainContext())
+
+
+def fit(loop, loop_config: dict, datasets: dict, *, num_workers: int, use_gpu: bool, storage_path: str, name: str,
+        storage_options=None, max_failures: int = 0, keep_checkpoints: int = 2):
+    """Run ``loop`` on a TorchTrainer; rerunning with the same ``storage_path`` and ``name`` resumes.
+
+    Returns ``(best_state, latest_state)``: the checkpoint states with the lowest ``val_loss`` and
+    the last one (whose history covers every epoch).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from dfpipe import storage
+    from dfpipe.modelio import load_state
+
+    fs, path = storage.arrow_filesystem(storage_path, storage_options)
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"loop": loop, "config": loop_config},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=path,
+            storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=keep_checkpoints, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+            ),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+
+    def read(checkpoint):
+        with checkpoint.as_directory() as folder, open(os.path.join(folder, "state.pt"), "rb") as f:
+            return load_state(f.read(), "checkpoint state.pt")
+
+    ranked = [(m.get("val_loss"), i, c) for i, (c, m) in enumerate(result.best_checkpoints)]
+    finite = [r for r in ranked if r[0] is not None and r[0] == r[0]]
+    best = min(finite, key=lambda r: (r[0], r[1]))[2] if finite else result.checkpoint
+    return read(best), read(result.checkpoint)
+
+
+def map_fn(ds, fn, batch_size: int, num_cpus: float = 1.0):
+    """``ds.map_batches`` with a plain callable (no state to load) in tasks."""
+    return ds.map_batches(fn, batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus)

@@ -1,0 +1,218 @@
+"""From windows to face pixels and codes: the stages between segmentation and the models.
+
+``WindowFacesStage`` reads each video's face shard once per batch and returns, per window, its
+face crops (or a sample of single faces for the embedder); ``decode_faces`` turns JPEG crops
+into normalised tensors with optional augmentation; ``WindowEmbedStage`` turns a window's crops
+into a sequence of codes with a trained embedder.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dfpipe import storage
+from dfpipe.extract import Resources
+
+log = logging.getLogger(__name__)
+
+def window_frames(start: int, end: int, stride: int) -> list[int]:
+    return list(range(start, end + 1, max(1, stride)))
+
+
+@dataclass
+class FaceCropsStage:
+    """Rows naming ``faces_uri``, ``track_id`` and ``frames`` (a list) in; the same rows plus ``faces``.
+
+    Each video's shard is read once per batch (keep a video's rows together for that), with only
+    the columns needed. A row whose crops are missing gets ``faces = null`` and a log line.
+    """
+
+    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=64))
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        faces_col: list[list[bytes] | None] = [None] * len(rows)
+        by_uri: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_uri.setdefault(r["faces_uri"], []).append(i)
+        for uri, idx in by_uri.items():
+            crops = self._read(uri, {rows[i]["track_id"] for i in idx})
+            for i in idx:
+                faces = [crops.get((rows[i]["track_id"], f)) for f in rows[i]["frames"]]
+                if any(f is None for f in faces):
+                    log.warning("%s track %s: face crops missing from %s", rows[i].get("video_id"), rows[i]["track_id"], uri)
+                else:
+                    faces_col[i] = faces
+        return batch.append_column("faces", pa.array(faces_col, pa.list_(pa.binary())))
+
+    def _read(self, faces_uri: str, tracks: set[int]) -> dict[tuple[int, int], bytes]:
+        fs, path = storage.filesystem(faces_uri, self.storage_options)
+        with fs.open(path, "rb") as fh:
+            t = pq.read_table(fh, columns=["track_id", "frame_idx", "face_jpeg"])
+        t = t.filter(pc.is_in(t.column("track_id"), pa.array(sorted(tracks), pa.int32())))
+        cols = (t.column("track_id").to_pylist(), t.column("frame_idx").to_pylist(), t.column("face_jpeg").to_pylist())
+        return {(tr, fr): jpg for tr, fr, jpg in zip(*cols, strict=True) if jpg is not None}
+
+
+def sample_faces(windows: pa.Table, faces_per_window: int) -> pa.Table:
+    """Single-face rows for the embedder: ``faces_per_window`` evenly spaced frames of each window,
+    de-duplicated across overlapping windows, each with ``frames = [frame]``."""
+    seen: set[tuple] = set()
+    out = []
+    for w in windows.select(["video_id", "track_id", "label", "faces_uri", "start_frame", "end_frame", "frame_stride"]).to_pylist():
+        frames = window_frames(w["start_frame"], w["end_frame"], w["frame_stride"])
+        picks = np.linspace(0, len(frames) - 1, min(faces_per_window, len(frames))).round().astype(int)
+        for i in dict.fromkeys(picks.tolist()):
+            key = (w["video_id"], w["track_id"], frames[i])
+            if key not in seen:
+                seen.add(key)
+                out.append({"video_id": w["video_id"], "track_id": w["track_id"], "label": w["label"],
+                            "faces_uri": w["faces_uri"], "frames": [frames[i]]})
+    schema = pa.schema([("video_id", pa.string()), ("track_id", pa.int32()), ("label", pa.int8()),
+                        ("faces_uri", pa.string()), ("frames", pa.list_(pa.int32()))])
+    return pa.Table.from_pylist(out, schema=schema).sort_by("faces_uri")
+
+
+def with_frames(windows: pa.Table) -> pa.Table:
+    """Windows plus their ``frames`` list, sorted by video so each shard is read once per batch."""
+    frames = [window_frames(a, b, s) for a, b, s in zip(
+        windows.column("start_frame").to_pylist(), windows.column("end_frame").to_pylist(),
+        windows.column("frame_stride").to_pylist(), strict=True)]
+    return windows.append_column("frames", pa.array(frames, pa.list_(pa.int32()))).sort_by("faces_uri")
+
+
+def normalise(rgb: np.ndarray) -> np.ndarray:
+    """uint8 HWC -> float32 CHW in facenet's scale."""
+    return ((rgb.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)
+
+
+def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Flip, colour jitter and a JPEG re-compression: what social-media copies of a video go through."""
+    if rng.random() < 0.5:
+        rgb = rgb[:, ::-1]
+    x = rgb.astype(np.float32)
+    x = (x - x.mean()) * rng.uniform(0.8, 1.2) + x.mean() * rng.uniform(0.85, 1.15)
+    gray = x.mean(axis=2, keepdims=True)
+    x = gray + (x - gray) * rng.uniform(0.8, 1.2)
+    rgb = np.clip(x, 0, 255).astype(np.uint8)
+    if rng.random() < 0.5:
+        ok, buf = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
+        if ok:
+            rgb = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return np.ascontiguousarray(rgb)
+
+
+def decode_crop(data: bytes, size: int) -> np.ndarray:
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("undecodable face crop")
+    if bgr.shape[0] != size or bgr.shape[1] != size:
+        bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA if bgr.shape[0] > size else cv2.INTER_LINEAR)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@dataclass
+class FaceTensors:
+    """Rows with ``faces`` (one JPEG each) -> ``image`` (N, 3, S, S) float32 and ``label``, augmented if asked."""
+
+    face_size: int
+    augment: bool = False
+    seed: int = 0
+
+    def __call__(self, batch: dict) -> dict:
+        keep = [i for i, f in enumerate(batch["faces"]) if f is not None and len(f)]
+        jpegs = [batch["faces"][i][0] for i in keep]
+        labels = np.asarray(batch["label"], np.float32)[keep]
+        # Seeded by the config seed and the batch's content: reproducible, yet different per batch.
+        first = jpegs[0] if jpegs else b""
+        rng = np.random.default_rng([self.seed, zlib.crc32(first), len(jpegs)]) if self.augment else None
+        images = []
+        for data in jpegs:
+            rgb = decode_crop(data, self.face_size)
+            if rng is not None:
+                rgb = augment(rgb, rng)
+            images.append(normalise(rgb))
+        return {"image": np.stack(images) if images else np.zeros((0, 3, self.face_size, self.face_size), np.float32),
+                "label": labels}
+
+
+EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        ("window_id", pa.string()),
+        ("video_id", pa.string()),
+        ("track_id", pa.int32()),
+        ("label", pa.int8()),
+        ("part", pa.string()),
+        ("split", pa.string()),
+        ("start_frame", pa.int32()),
+        ("n_frames", pa.int32()),
+        ("code_dim", pa.int32()),
+        ("codes", pa.list_(pa.float32())),  # n_frames * code_dim, row-major
+    ]
+)
+
+
+@dataclass
+class WindowEmbedStage:
+    """Window crops in, code sequences out, with the embedder in ``model_dir`` (GPU when given one)."""
+
+    model_dir: str
+    device: str = "auto"
+    batch_faces: int = 128
+    torch_threads: int = 1
+    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=16))
+
+    def setup(self) -> None:
+        import torch
+
+        from dfpipe.faces import pick_device
+        from dfpipe.modelio import load_model
+
+        torch.set_num_threads(max(1, self.torch_threads))
+        self.device = pick_device(self.device)
+        self.model, self.meta = load_model(self.model_dir, "face_embedder", self.storage_options)
+        self.model.to(self.device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        if not hasattr(self, "model"):
+            self.setup()
+        rows = [r for r in batch.to_pylist() if r["faces"]]
+        size = self.meta["face_size"]
+        images = np.stack([normalise(decode_crop(f, size)) for r in rows for f in r["faces"]]) if rows else None
+        codes = []
+        with torch.inference_mode():
+            for i in range(0, 0 if images is None else len(images), self.batch_faces):
+                x = torch.from_numpy(images[i : i + self.batch_faces]).to(self.device)
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
+                    codes.append(self.model(x).float().cpu().numpy())
+        flat = np.concatenate(codes) if codes else np.zeros((0, self.model.code_dim), np.float32)
+        out, k = [], 0
+        for r in rows:
+            n = len(r["faces"])
+            out.append({key: r[key] for key in ("window_id", "video_id", "track_id", "label", "part", "split", "start_frame")}
+                       | {"n_frames": n, "code_dim": flat.shape[1], "codes": flat[k : k + n].reshape(-1).tolist()})
+            k += n
+        return pa.Table.from_pylist(out, schema=EMBEDDINGS_SCHEMA)
+
+
+def codes_array(table_or_batch, n_frames: int, code_dim: int) -> np.ndarray:
+    """The ``codes`` column as (N, n_frames, code_dim) float32."""
+    col = table_or_batch["codes"]
+    arr = np.stack([np.asarray(c, np.float32) for c in col]) if len(col) else np.zeros((0, n_frames * code_dim), np.float32)
+    return arr.reshape(-1, n_frames, code_dim)
+

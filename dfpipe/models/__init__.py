@@ -1,0 +1,1 @@
+"""Pure ``torch.nn.Module``s and losses; nothing here knows about Ray, storage or records."""

@@ -1,0 +1,283 @@
+"""Training loops for the embedder and the window classifier, free of Ray.
+
+A loop gets its data, checkpoints and collective operations through a :class:`TrainContext`; the
+runner supplies one backed by Ray Train (``TorchTrainer``), tests can supply :class:`LocalContext`.
+Every worker runs exactly ``steps_per_epoch`` steps, so DDP workers never wait on each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from dfpipe import metrics as M
+
+log = logging.getLogger(__name__)
+
+
+class TrainContext(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def batches(self, name: str, batch_size: int, shuffle: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """One pass over this worker's share of dataset ``name``."""
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module: ...
+
+    def latest_checkpoint(self) -> dict | None: ...
+
+    def report(self, metrics: dict, state: dict | None) -> None: ...
+
+    def all_gather(self, obj: Any) -> list: ...
+
+
+class LocalContext:
+    """One in-process worker over in-memory datasets (dicts of numpy arrays)."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, datasets: dict[str, dict[str, np.ndarray]], seed: int = 0):
+        self.datasets, self.device = datasets, torch.device("cpu")
+        self.reports: list[dict] = []
+        self.state: dict | None = None
+        self.rng = np.random.default_rng(seed)
+
+    def batches(self, name, batch_size, shuffle=False):
+        data = self.datasets[name]
+        n = len(next(iter(data.values())))
+        order = self.rng.permutation(n) if shuffle else np.arange(n)
+        for i in range(0, n, batch_size):
+            yield {k: v[order[i : i + batch_size]] for k, v in data.items()}
+
+    def prepare(self, model):
+        return model.to(self.device)
+
+    def latest_checkpoint(self):
+        return self.state
+
+    def report(self, metrics, state):
+        self.reports.append(metrics)
+        if state is not None:
+            self.state = state
+
+    def all_gather(self, obj):
+        return [obj]
+
+
+def _cycle(ctx: TrainContext, name: str, batch_size: int) -> Iterator[dict]:
+    """Batches of ``name`` forever, a new shuffled pass whenever one ends."""
+    while True:
+        empty = True
+        for batch in ctx.batches(name, batch_size, shuffle=True):
+            if len(next(iter(batch.values()))):
+                empty = False
+                yield batch
+        if empty:
+            raise ValueError(f"dataset {name!r} is empty on worker {ctx.rank}")
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _seed(seed: int, rank: int) -> None:
+    torch.manual_seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+
+
+def _resume(ctx: TrainContext, model, optimizer) -> tuple[int, list[dict]]:
+    state = ctx.latest_checkpoint()
+    if not state:
+        return 0, []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ctx.rank == 0:
+        print(f"resuming from the checkpoint of epoch {state['epoch']}", flush=True)
+    return int(state["epoch"]) + 1, list(state["history"])
+
+
+def _autocast(ctx: TrainContext):
+    """bf16 autocast on GPU (mixed precision); a no-op on CPU."""
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda")
+
+
+def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
+    """Triplet (or contrastive) training on class-balanced batches: half REAL, half FAKE faces."""
+    from dfpipe import modelio
+    from dfpipe.models.losses import LOSSES
+
+    _seed(cfg["seed"], ctx.rank)
+    model = modelio.build(cfg["meta"])
+    if cfg.get("init_state"):
+        model.load_state_dict(cfg["init_state"], strict=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    start, history = _resume(ctx, model, optimizer)
+    model = ctx.prepare(model)
+    loss_fn = LOSSES[cfg["loss"]]
+    half = max(1, cfg["batch_size"] // 2)
+    for epoch in range(start, cfg["epochs"]):
+        model.train()
+        real, fake = _cycle(ctx, "train_real", half), _cycle(ctx, "train_fake", half)
+        losses = []
+        for _ in range(cfg["steps_per_epoch"]):
+            r, f = next(real), next(fake)
+            x = torch.from_numpy(np.concatenate([r["image"], f["image"]])).to(ctx.device)
+            y = torch.from_numpy(np.concatenate([r["label"], f["label"]])).to(ctx.device)
+            with _autocast(ctx):
+                codes = model(x)
+            loss = loss_fn(codes.float(), y, cfg["margin"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+        metrics = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+        metrics.update(_validate_embedder(_unwrap(model), ctx, cfg, loss_fn))
+        history.append(metrics)
+        _report(ctx, metrics, model, optimizer, epoch, history)
+        if cfg.get("stop_after_epochs") and epoch + 1 - start >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
+            break
+
+
+def _validate_embedder(model, ctx: TrainContext, cfg: dict, loss_fn) -> dict:
+    model.eval()
+    codes, labels = [], []
+    with torch.inference_mode():
+        for batch in ctx.batches("val", cfg["batch_size"]):
+            if len(batch["label"]):
+                codes.append(model(torch.from_numpy(batch["image"]).to(ctx.device)).float().cpu().numpy())
+                labels.append(batch["label"])
+    gathered = ctx.all_gather((np.concatenate(codes) if codes else None, np.concatenate(labels) if labels else None))
+    c = np.concatenate([g[0] for g in gathered if g[0] is not None]) if any(g[0] is not None for g in gathered) else None
+    if c is None:
+        return {"val_loss": float("nan"), "val_auc": float("nan")}
+    y = np.concatenate([g[1] for g in gathered if g[1] is not None])
+    keep = np.random.default_rng(0).permutation(len(y))[:4096]  # bound the pairwise distance matrix
+    val_loss = float(loss_fn(torch.from_numpy(c[keep]), torch.from_numpy(y[keep]), cfg["margin"]))
+    # How well codes separate the classes: AUC of the distance to the REAL centroid (FAKE = far).
+    real = c[y == 0]
+    auc = M.roc_auc(y, np.linalg.norm(c - real.mean(0), axis=1)) if len(real) else float("nan")
+    return {"val_loss": val_loss, "val_auc": auc, "val_faces": int(len(y))}
+
+
+def classifier_loop(cfg: dict, ctx: TrainContext) -> None:
+    """LSTM over windows of codes with BCE (``pos_weight`` balances FAKE against REAL)."""
+    from dfpipe import modelio
+
+    _seed(cfg["seed"], ctx.rank)
+    model = modelio.build(cfg["meta"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    start, history = _resume(ctx, model, optimizer)
+    model = ctx.prepare(model)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg["pos_weight"], device=ctx.device))
+    shape = (cfg["meta"]["n_frames"], cfg["meta"]["code_dim"])
+    for epoch in range(start, cfg["epochs"]):
+        model.train()
+        batches = _cycle(ctx, "train", cfg["batch_size"])
+        losses = []
+        for _ in range(cfg["steps_per_epoch"]):
+            b = next(batches)
+            x = torch.from_numpy(b["codes"].reshape(-1, *shape)).to(ctx.device)
+            y = torch.from_numpy(b["label"].astype(np.float32)).to(ctx.device)
+            with _autocast(ctx):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+        metrics = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+        metrics.update(_validate_classifier(_unwrap(model), ctx, cfg, shape))
+        history.append(metrics)
+        _report(ctx, metrics, model, optimizer, epoch, history)
+        if cfg.get("stop_after_epochs") and epoch + 1 - start >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
+            break
+
+
+def window_logits(model, batches: Iterator[dict], shape: tuple[int, int], device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(logits, labels, video_ids)`` of every window in ``batches``."""
+    model.eval()
+    logits, labels, videos = [], [], []
+    with torch.inference_mode():
+        for b in batches:
+            if len(b["label"]):
+                x = torch.from_numpy(b["codes"].reshape(-1, *shape)).to(device)
+                logits.append(model(x).float().cpu().numpy())
+                labels.append(np.asarray(b["label"], np.float32))
+                videos.append(np.asarray(b["video_id"]))
+    if not logits:
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=object)
+    return np.concatenate(logits), np.concatenate(labels), np.concatenate(videos)
+
+
+def video_probs(probs: np.ndarray, labels: np.ndarray, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean window probability per video (validation's aggregation), with each video's label."""
+    out_p, out_y = [], []
+    for v in np.unique(videos):
+        sel = videos == v
+        out_p.append(float(probs[sel].mean()))
+        out_y.append(float(labels[sel][0]))
+    return np.asarray(out_p), np.asarray(out_y)
+
+
+def _validate_classifier(model, ctx: TrainContext, cfg: dict, shape) -> dict:
+    logits, labels, videos = window_logits(model, ctx.batches("val", cfg["batch_size"]), shape, ctx.device)
+    parts = ctx.all_gather((logits, labels, videos))
+    logits = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    videos = np.concatenate([p[2] for p in parts])
+    if not len(labels):
+        return {"val_loss": float("nan")}
+    probs = M.sigmoid(logits)
+    vp, vy = video_probs(probs, labels, videos)
+    return {
+        "val_loss": M.log_loss(labels, probs),
+        "val_acc": M.accuracy(labels, probs),
+        "val_auc": M.roc_auc(labels, probs),
+        "val_video_loss": M.log_loss(vy, vp),
+        "val_video_acc": M.accuracy(vy, vp),
+        "val_video_auc": M.roc_auc(vy, vp),
+        "val_windows": int(len(labels)),
+        "val_videos": int(len(vy)),
+    }
+
+
+def _report(ctx: TrainContext, metrics: dict, model, optimizer, epoch: int, history: list[dict]) -> None:
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    if ctx.rank == 0:
+        print("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in clean.items()), flush=True)
+    state = None
+    if ctx.rank == 0:
+        state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history}
+    ctx.report({k: v for k, v in metrics.items()}, state)
+
+
+def plot_curves(history: list[dict], path: str, title: str) -> None:
+    """A PNG of the training curves: losses on the left, the other validation metrics on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in sorted({k for h in history for k in h}):
+        values = [h.get(key) for h in history]
+        if key == "epoch" or not all(isinstance(v, float | int) for v in values):
+            continue
+        (a if "loss" in key else b).plot(epochs, values, marker="o", label=key)
+    for ax, name in ((a, "loss"), (b, "validation metrics")):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
