@@ -20,6 +20,8 @@ from dfpipe import config as C
 JOBS = {
     "extract": ("dfpipe.jobs.extract", "ExtractConfig"),
     "segment": ("dfpipe.jobs.segment", "SegmentConfig"),
+    "train_embedder": ("dfpipe.jobs.train_embedder", "TrainEmbedderConfig"),
+    "train_classifier": ("dfpipe.jobs.train_classifier", "TrainClassifierConfig"),
 }
 
 

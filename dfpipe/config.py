@@ -67,6 +67,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         (inner,) = get_args(tp)[:1]
         if isinstance(value, str):
             value = [v for v in (s.strip() for s in value.split(",")) if v]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         return tuple(_coerce(name, inner, v) for v in value)

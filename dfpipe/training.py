@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dfpipe import metrics as M
+from dfpipe.embed import FaceTensors
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,13 @@ def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
     model = ctx.prepare(model)
     loss_fn = LOSSES[cfg["loss"]]
     half = max(1, cfg["batch_size"] // 2)
+    to_tensors = FaceTensors(cfg["face_size"], augment=True, seed=cfg["seed"] + ctx.rank)
     for epoch in range(start, cfg["epochs"]):
         model.train()
         real, fake = _cycle(ctx, "train_real", half), _cycle(ctx, "train_fake", half)
         losses = []
         for _ in range(cfg["steps_per_epoch"]):
-            r, f = next(real), next(fake)
+            r, f = to_tensors(next(real)), to_tensors(next(fake))
             x = torch.from_numpy(np.concatenate([r["image"], f["image"]])).to(ctx.device)
             y = torch.from_numpy(np.concatenate([r["label"], f["label"]])).to(ctx.device)
             with _autocast(ctx):
@@ -147,8 +149,10 @@ def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
 def _validate_embedder(model, ctx: TrainContext, cfg: dict, loss_fn) -> dict:
     model.eval()
     codes, labels = [], []
+    to_tensors = FaceTensors(cfg["face_size"], augment=False)
     with torch.inference_mode():
-        for batch in ctx.batches("val", cfg["batch_size"]):
+        for raw in ctx.batches("val", cfg["batch_size"]):
+            batch = to_tensors(raw)
             if len(batch["label"]):
                 codes.append(model(torch.from_numpy(batch["image"]).to(ctx.device)).float().cpu().numpy())
                 labels.append(batch["label"])

@@ -1,0 +1,96 @@
+"""What the two training jobs share: reading windows, guarding the output, exporting the model."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dfpipe import __version__, storage
+from dfpipe import config as C
+from dfpipe import records as R
+from dfpipe.jobs import segment as segment_job
+from dfpipe.modelio import save_model
+from dfpipe.training import plot_curves
+
+# Fields that may change between a run and its resumption without invalidating it.
+OPERATIONAL_FIELDS = {
+    "overwrite", "num_workers", "use_gpu", "max_failures", "stop_after_epochs", "ray_address",
+    "s3_endpoint_url", "s3_region", "s3_anon",
+}
+
+
+def training_hash(cfg) -> str:
+    return C.config_hash(cfg, [k for k in C.fields_of(type(cfg)) if k not in OPERATIONAL_FIELDS])
+
+
+def load_windows(segment_output: str, options, splits: tuple[str, ...]) -> pa.Table:
+    """Windows of ``splits``, checked: each split non-empty and holding both classes."""
+    if not storage.exists(segment_job.layout(segment_output)["windows"], options):
+        raise C.ConfigError(f"{segment_output!r} is not a segmenter output (no windows/): run 'dfpipe segment' first")
+    windows = segment_job.read_windows(segment_output, options)
+    windows = windows.filter(pc.is_valid(windows.column("label")))
+    for split in splits:
+        part = windows.filter(pc.equal(windows.column("split"), split))
+        if part.num_rows == 0:
+            raise C.ConfigError(
+                f"the {split} split has no labelled windows in {segment_output}; re-run 'dfpipe segment' with "
+                "val_parts/test_parts or val_fraction/test_fraction that give it videos"
+            )
+        classes = set(part.column("label").to_pylist())
+        if classes != {R.LABEL_REAL, R.LABEL_FAKE}:
+            only = "REAL" if classes == {R.LABEL_REAL} else "FAKE"
+            raise C.ConfigError(f"the {split} split holds only {only} windows; it needs both REAL and FAKE videos")
+    return windows.filter(pc.is_in(windows.column("split"), pa.array(list(splits))))
+
+
+def prepare_output(cfg, job: str) -> dict | None:
+    """Guard the model directory: returns the existing model.json if training already finished."""
+    opts = cfg.storage_options
+    if cfg.overwrite:
+        storage.delete(cfg.output, opts)
+    cfg_uri = storage.join(cfg.output, "config.json")
+    digest = training_hash(cfg)
+    if storage.exists(cfg_uri, opts):
+        previous = storage.read_json(cfg_uri, opts)
+        if previous.get("config_hash") != digest:
+            raise C.ConfigError(
+                f"{cfg.output} holds a {previous.get('job')} run with other settings; pass --overwrite to start "
+                "again, or choose another output"
+            )
+        meta_uri = storage.join(cfg.output, "model.json")
+        if storage.exists(meta_uri, opts):
+            meta = storage.read_json(meta_uri, opts)
+            if meta.get("epochs_trained", 0) >= cfg.epochs:
+                return meta
+    storage.write_json(cfg_uri, {"job": job, "config": C.to_dict(cfg), "config_hash": digest}, opts)
+    return None
+
+
+def export(cfg, best: dict, latest: dict, meta: dict, title: str) -> dict:
+    """Write model.pt/model.json (best checkpoint), metrics.json (every epoch) and curves.png."""
+    opts = cfg.storage_options
+    history = latest["history"]
+    best_epoch = int(best["epoch"])
+    meta = {
+        **meta,
+        "dfpipe_version": __version__,
+        "epochs_trained": len(history),
+        "best_epoch": best_epoch,
+        "best_metrics": next((h for h in history if h["epoch"] == best_epoch), {}),
+        "seed": cfg.seed,
+    }
+    save_model(cfg.output, best["model"], meta, opts)
+    storage.write_json(storage.join(cfg.output, "metrics.json"), {"epochs": history}, opts)
+    with tempfile.TemporaryDirectory() as tmp:
+        png = os.path.join(tmp, "curves.png")
+        plot_curves(history, png, title)
+        with open(png, "rb") as f:
+            storage.write_bytes(storage.join(cfg.output, "curves.png"), f.read(), opts)
+    return meta
+
+
+def train_dir(cfg) -> str:
+    return storage.join(cfg.output, "_train")

@@ -1,0 +1,134 @@
+"""Train the face embedder (InceptionResnetV1 -> 128-d) with a triplet loss on Ray Train."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow.compute as pc
+
+from dfpipe import config as C
+from dfpipe import records as R
+from dfpipe import runner, storage
+from dfpipe.embed import FaceCropsStage, sample_faces
+from dfpipe.jobs import _training as T
+from dfpipe.modelio import load_state
+from dfpipe.models.embedder import MIN_FACE_SIZE
+from dfpipe.training import embedder_loop
+
+NAME = "train_embedder"
+SUMMARY = "Train the triplet-loss face embedder on the train split's face crops (Ray Train)."
+
+
+@dataclass(frozen=True)
+class TrainEmbedderConfig:
+    input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
+    output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
+    overwrite: bool = C.option(False, "start again, deleting what the output holds")
+    init: str = C.option(
+        "random", "initial weights: random (offline), vggface2 (downloads facenet-pytorch's weights), or a state-dict URI"
+    )
+    code_dim: int = C.option(128, "size of the face code")
+    face_size: int = C.option(160, f"side of the faces fed to the network (crops are resized; >= {MIN_FACE_SIZE})")
+    dropout: float = C.option(0.2, "dropout before the backbone's last layer")
+    loss: Literal["triplet", "contrastive_l1"] = C.option(
+        "triplet",
+        "triplet: batch-hard triplet loss (default: mines the hardest pair per anchor, so it keeps learning once easy "
+        "pairs are solved); contrastive_l1: the seed project's pairwise L1 contrastive loss, for comparison",
+    )
+    margin: float = C.option(0.5, "margin of the loss")
+    lr: float = C.option(3e-4, "Adam learning rate")
+    weight_decay: float = C.option(1e-5, "Adam weight decay")
+    epochs: int = C.option(5, "epochs")
+    batch_size: int = C.option(32, "faces per step and worker: half REAL, half FAKE")
+    steps_per_epoch: int | None = C.option(None, "steps per epoch (default: one pass over the smaller class)")
+    faces_per_window: int = C.option(4, "faces sampled per window (evenly spaced; overlapping windows share faces)")
+    seed: int = C.option(0, "random seed (recorded in model.json)")
+    num_workers: int = C.option(2, "Ray Train workers (one DDP process each)")
+    use_gpu: bool | None = C.option(None, "train on GPUs (default: when the cluster has them)")
+    max_failures: int = C.option(1, "worker failures Ray Train recovers from by restarting at the last checkpoint")
+    stop_after_epochs: int | None = C.option(None, "stop this invocation after this many epochs; a rerun resumes")
+    s3_endpoint_url: str | None = C.option(None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    s3_region: str | None = C.option(None, "S3 region")
+    s3_anon: bool = C.option(False, "anonymous S3 access")
+    ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+
+    def __post_init__(self):
+        if self.face_size < MIN_FACE_SIZE:
+            raise ValueError(f"face_size must be >= {MIN_FACE_SIZE} for InceptionResnetV1, got {self.face_size}")
+        for name in ("code_dim", "epochs", "num_workers", "faces_per_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.batch_size < 4:
+            raise ValueError("batch_size must be >= 4 (two faces of each class at least)")
+
+    @property
+    def storage_options(self) -> storage.StorageOptions:
+        return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
+
+
+def initial_state(cfg: TrainEmbedderConfig) -> dict | None:
+    if cfg.init == "random":
+        return None
+    if cfg.init == "vggface2":
+        from dfpipe.models.embedder import FaceEmbedder, load_vggface2_backbone
+
+        model = FaceEmbedder(cfg.code_dim, cfg.dropout)
+        load_vggface2_backbone(model)
+        return model.state_dict()
+    if not storage.exists(cfg.init, cfg.storage_options):
+        raise C.ConfigError(f"init: {cfg.init!r} is neither random, vggface2 nor an existing weights file")
+    state = load_state(storage.read_bytes(cfg.init, cfg.storage_options), cfg.init)
+    state = state.get("model", state)
+    # A bare InceptionResnetV1 state dict initialises the backbone only.
+    if not any(k.startswith(("backbone.", "head.")) for k in state):
+        state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("logits.")}
+    return state
+
+
+def run(cfg: TrainEmbedderConfig) -> dict:
+    done = T.prepare_output(cfg, NAME)
+    if done:
+        print(f"train_embedder: {cfg.output} already holds a model trained for {done['epochs_trained']} epochs")
+        return done
+    opts = cfg.storage_options
+    windows = T.load_windows(cfg.input, opts, ("train", "val"))
+    init_state = initial_state(cfg)
+    runner.ensure_ray(cfg.ray_address)
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
+
+    crops = FaceCropsStage(storage_options=opts)
+    datasets, counts = {}, {}
+    for name, split, label in (("train_real", "train", R.LABEL_REAL), ("train_fake", "train", R.LABEL_FAKE), ("val", "val", None)):
+        sel = pc.equal(windows.column("split"), split)
+        if label is not None:
+            sel = pc.and_(sel, pc.equal(windows.column("label"), label))
+        faces = sample_faces(windows.filter(sel), cfg.faces_per_window)
+        counts[name] = faces.num_rows
+        # JPEG crops are small: materialise them before training so the data stages never compete with
+        # the training workers for CPUs; decoding and augmentation happen in the loop, fresh each epoch.
+        datasets[name] = runner.map_stage(runner.dataset_from_table(faces, rows_per_block=64), crops).materialize()
+    half = cfg.batch_size // 2
+    steps = cfg.steps_per_epoch or max(1, math.ceil(min(counts["train_real"], counts["train_fake"]) / (cfg.num_workers * half)))
+    print(f"train_embedder: faces train REAL {counts['train_real']}, FAKE {counts['train_fake']}, val {counts['val']}; "
+          f"{steps} steps per epoch on {cfg.num_workers} worker(s){' with GPUs' if use_gpu else ''}", flush=True)
+    meta = {"architecture": "face_embedder", "code_dim": cfg.code_dim, "face_size": cfg.face_size, "dropout": cfg.dropout,
+            "loss": cfg.loss, "margin": cfg.margin}
+    loop_cfg = {
+        "meta": meta, "init_state": init_state, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "loss": cfg.loss,
+        "margin": cfg.margin, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "steps_per_epoch": steps,
+        "seed": cfg.seed, "stop_after_epochs": cfg.stop_after_epochs, "face_size": cfg.face_size,
+    }
+    best, latest = runner.fit(
+        embedder_loop, loop_cfg, datasets, num_workers=cfg.num_workers, use_gpu=use_gpu,
+        storage_path=T.train_dir(cfg), name="embedder", storage_options=opts, max_failures=cfg.max_failures,
+    )
+    meta["faces"] = counts
+    return T.export(cfg, best, latest, meta, "face embedder")
+
+
+def format_summary(meta: dict) -> str:
+    m = meta.get("best_metrics", {})
+    return (f"embedder: {meta['epochs_trained']} epochs, best epoch {meta['best_epoch']}: "
+            f"val_loss {m.get('val_loss', float('nan')):.4f}, val AUC (distance to REAL centroid) {m.get('val_auc', float('nan')):.3f}")

@@ -1,0 +1,10 @@
+"""Training job: ``python jobs/train_embedder.py --input SEGMENT_URI --output MODEL_DIR [--config FILE] [key=value ...]``."""
+
+import sys
+
+import _bootstrap  # noqa: F401  (puts the checkout on sys.path)
+
+from dfpipe.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train_embedder", *sys.argv[1:]]))
