@@ -137,7 +137,7 @@ def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses))}
         metrics.update(_validate_embedder(_unwrap(model), ctx, cfg, loss_fn))
         history.append(metrics)
@@ -186,21 +186,29 @@ def classifier_loop(cfg: dict, ctx: TrainContext) -> None:
         losses = []
         for _ in range(cfg["steps_per_epoch"]):
             b = next(batches)
-            x = torch.from_numpy(b["codes"].reshape(-1, *shape)).to(ctx.device)
-            y = torch.from_numpy(b["label"].astype(np.float32)).to(ctx.device)
+            x = torch.from_numpy(_codes(b, shape)).to(ctx.device)
+            y = torch.from_numpy(np.asarray(b["label"], np.float32)).to(ctx.device)
             with _autocast(ctx):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses))}
         metrics.update(_validate_classifier(_unwrap(model), ctx, cfg, shape))
         history.append(metrics)
         _report(ctx, metrics, model, optimizer, epoch, history)
         if cfg.get("stop_after_epochs") and epoch + 1 - start >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
             break
+
+
+def _codes(batch: dict, shape: tuple[int, int]) -> np.ndarray:
+    """The batch's code sequences as (B, T, D) float32, whether stored flat per row or already stacked."""
+    codes = batch["codes"]
+    if isinstance(codes, np.ndarray) and codes.dtype != object:
+        return codes.astype(np.float32).reshape(-1, *shape)
+    return np.stack([np.asarray(c, np.float32) for c in codes]).reshape(-1, *shape)
 
 
 def window_logits(model, batches: Iterator[dict], shape: tuple[int, int], device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -210,7 +218,7 @@ def window_logits(model, batches: Iterator[dict], shape: tuple[int, int], device
     with torch.inference_mode():
         for b in batches:
             if len(b["label"]):
-                x = torch.from_numpy(b["codes"].reshape(-1, *shape)).to(device)
+                x = torch.from_numpy(_codes(b, shape)).to(device)
                 logits.append(model(x).float().cpu().numpy())
                 labels.append(np.asarray(b["label"], np.float32))
                 videos.append(np.asarray(b["video_id"]))
