@@ -36,7 +36,9 @@ def video_faces(rng: np.random.Generator, video_id: str, n_frames: int) -> pa.Ta
             s = rng.integers(0, n_frames)
             present[s : s + rng.integers(1, 20)] = False
         f = np.nonzero(present)[0]
-        fl = np.where(rng.random(len(f)) < 0.02, R.FLAG_LOW_PROB, R.FLAG_MULTI_FACE if tracks > 1 else R.FLAG_OK)
+        fl = np.where(
+            rng.random(len(f)) < 0.02, R.FLAG_LOW_PROB, R.FLAG_MULTI_FACE if tracks > 1 else R.FLAG_OK
+        )
         frame.append(f)
         track.append(np.full(len(f), t))
         flag.append(fl)
@@ -72,8 +74,19 @@ def generate(root: str, rows: int, per_video: int, seed: int = 0) -> tuple[int, 
         path = os.path.join(root, "faces", vid + ".parquet")
         pq.write_table(t, path)
         total += t.num_rows
-        manifest.append(dict(video_id=vid, uri=vid, filename=vid, part="bench", label=0, status="ok",
-                             n_frames=per_video, frame_stride=1, faces_uri=path))
+        manifest.append(
+            dict(
+                video_id=vid,
+                uri=vid,
+                filename=vid,
+                part="bench",
+                label=0,
+                status="ok",
+                n_frames=per_video,
+                frame_stride=1,
+                faces_uri=path,
+            )
+        )
         i += 1
     os.makedirs(os.path.dirname(marker), exist_ok=True)
     pq.write_table(pa.Table.from_pylist(manifest, schema=R.VIDEOS_SCHEMA), marker)
@@ -86,7 +99,9 @@ def core(root: str) -> tuple[int, float]:
     files = sorted(os.listdir(os.path.join(root, "faces")))
     start, rows = time.perf_counter(), 0
     for f in files:
-        t = pq.read_table(os.path.join(root, "faces", f), columns=["video_id", "track_id", "frame_idx", "flag"])
+        t = pq.read_table(
+            os.path.join(root, "faces", f), columns=["video_id", "track_id", "frame_idx", "flag"]
+        )
         segment_video(t, (R.FLAG_OK, R.FLAG_MULTI_FACE), WindowSpec(), 1)
         rows += t.num_rows
     return rows, time.perf_counter() - start
@@ -100,7 +115,9 @@ def job(root: str, out: str, cpus: int, rows: int) -> tuple[int, float]:
 
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
-        cfg = parse_args(segment.SegmentConfig, ["--input", root, "--output", out, "--overwrite", "videos_per_task=200"])
+        cfg = parse_args(
+            segment.SegmentConfig, ["--input", root, "--output", out, "--overwrite", "videos_per_task=200"]
+        )
         start = time.perf_counter()
         stats = segment.run(cfg)
         assert stats["videos"] == stats["run"]["videos_processed"]
@@ -121,10 +138,19 @@ def main() -> int:
     videos, rows = generate(root, args.rows, args.frames_per_video)
     gen_s = time.perf_counter() - t0
     cpus = os.cpu_count() or 1
-    results = {"core (1 process)": core(root), f"job (Ray, {cpus} CPUs)": job(root, os.path.join(args.workdir, "out"), cpus, rows)}
-    table = {k: {"rows": n, "seconds": round(s, 2), "rows_per_s": round(n / s)} for k, (n, s) in results.items()}
+    results = {
+        "core (1 process)": core(root),
+        f"job (Ray, {cpus} CPUs)": job(root, os.path.join(args.workdir, "out"), cpus, rows),
+    }
+    table = {
+        k: {"rows": n, "seconds": round(s, 2), "rows_per_s": round(n / s)} for k, (n, s) in results.items()
+    }
     if args.json:
-        print(json.dumps({"videos": videos, "rows": rows, "generate_s": round(gen_s, 1), "results": table}, indent=2))
+        print(
+            json.dumps(
+                {"videos": videos, "rows": rows, "generate_s": round(gen_s, 1), "results": table}, indent=2
+            )
+        )
     else:
         print(f"\n{videos} videos, {rows} frame rows (generated in {gen_s:.0f} s)")
         for k, r in table.items():

@@ -23,6 +23,7 @@ from dfpipe.extract import Resources
 
 log = logging.getLogger(__name__)
 
+
 def window_frames(start: int, end: int, stride: int) -> list[int]:
     return list(range(start, end + 1, max(1, stride)))
 
@@ -52,7 +53,12 @@ class FaceCropsStage:
             for i in idx:
                 faces = [crops.get((rows[i]["track_id"], f)) for f in rows[i]["frames"]]
                 if any(f is None for f in faces):
-                    log.warning("%s track %s: face crops missing from %s", rows[i].get("video_id"), rows[i]["track_id"], uri)
+                    log.warning(
+                        "%s track %s: face crops missing from %s",
+                        rows[i].get("video_id"),
+                        rows[i]["track_id"],
+                        uri,
+                    )
                 else:
                     faces_col[i] = faces
         return batch.append_column("faces", pa.array(faces_col, pa.list_(pa.binary())))
@@ -62,7 +68,11 @@ class FaceCropsStage:
         with fs.open(path, "rb") as fh:
             t = pq.read_table(fh, columns=["track_id", "frame_idx", "face_jpeg"])
         t = t.filter(pc.is_in(t.column("track_id"), pa.array(sorted(tracks), pa.int32())))
-        cols = (t.column("track_id").to_pylist(), t.column("frame_idx").to_pylist(), t.column("face_jpeg").to_pylist())
+        cols = (
+            t.column("track_id").to_pylist(),
+            t.column("frame_idx").to_pylist(),
+            t.column("face_jpeg").to_pylist(),
+        )
         return {(tr, fr): jpg for tr, fr, jpg in zip(*cols, strict=True) if jpg is not None}
 
 
@@ -71,25 +81,47 @@ def sample_faces(windows: pa.Table, faces_per_window: int) -> pa.Table:
     de-duplicated across overlapping windows, each with ``frames = [frame]``."""
     seen: set[tuple] = set()
     out = []
-    for w in windows.select(["video_id", "track_id", "label", "faces_uri", "start_frame", "end_frame", "frame_stride"]).to_pylist():
+    for w in windows.select(
+        ["video_id", "track_id", "label", "faces_uri", "start_frame", "end_frame", "frame_stride"]
+    ).to_pylist():
         frames = window_frames(w["start_frame"], w["end_frame"], w["frame_stride"])
         picks = np.linspace(0, len(frames) - 1, min(faces_per_window, len(frames))).round().astype(int)
         for i in dict.fromkeys(picks.tolist()):
             key = (w["video_id"], w["track_id"], frames[i])
             if key not in seen:
                 seen.add(key)
-                out.append({"video_id": w["video_id"], "track_id": w["track_id"], "label": w["label"],
-                            "faces_uri": w["faces_uri"], "frames": [frames[i]]})
-    schema = pa.schema([("video_id", pa.string()), ("track_id", pa.int32()), ("label", pa.int8()),
-                        ("faces_uri", pa.string()), ("frames", pa.list_(pa.int32()))])
+                out.append(
+                    {
+                        "video_id": w["video_id"],
+                        "track_id": w["track_id"],
+                        "label": w["label"],
+                        "faces_uri": w["faces_uri"],
+                        "frames": [frames[i]],
+                    }
+                )
+    schema = pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("track_id", pa.int32()),
+            ("label", pa.int8()),
+            ("faces_uri", pa.string()),
+            ("frames", pa.list_(pa.int32())),
+        ]
+    )
     return pa.Table.from_pylist(out, schema=schema).sort_by("faces_uri")
 
 
 def with_frames(windows: pa.Table) -> pa.Table:
     """Windows plus their ``frames`` list, sorted by video so each shard is read once per batch."""
-    frames = [window_frames(a, b, s) for a, b, s in zip(
-        windows.column("start_frame").to_pylist(), windows.column("end_frame").to_pylist(),
-        windows.column("frame_stride").to_pylist(), strict=True)]
+    frames = [
+        window_frames(a, b, s)
+        for a, b, s in zip(
+            windows.column("start_frame").to_pylist(),
+            windows.column("end_frame").to_pylist(),
+            windows.column("frame_stride").to_pylist(),
+            strict=True,
+        )
+    ]
     return windows.append_column("frames", pa.array(frames, pa.list_(pa.int32()))).sort_by("faces_uri")
 
 
@@ -119,7 +151,9 @@ def decode_crop(data: bytes, size: int) -> np.ndarray:
     if bgr is None:
         raise ValueError("undecodable face crop")
     if bgr.shape[0] != size or bgr.shape[1] != size:
-        bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA if bgr.shape[0] > size else cv2.INTER_LINEAR)
+        bgr = cv2.resize(
+            bgr, (size, size), interpolation=cv2.INTER_AREA if bgr.shape[0] > size else cv2.INTER_LINEAR
+        )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -144,8 +178,12 @@ class FaceTensors:
             if rng is not None:
                 rgb = augment(rgb, rng)
             images.append(normalise(rgb))
-        return {"image": np.stack(images) if images else np.zeros((0, 3, self.face_size, self.face_size), np.float32),
-                "label": labels}
+        return {
+            "image": np.stack(images)
+            if images
+            else np.zeros((0, 3, self.face_size, self.face_size), np.float32),
+            "label": labels,
+        }
 
 
 EMBEDDINGS_SCHEMA = pa.schema(
@@ -193,7 +231,9 @@ class WindowEmbedStage:
             self.setup()
         rows = [r for r in batch.to_pylist() if r["faces"]]
         size = self.meta["face_size"]
-        images = np.stack([normalise(decode_crop(f, size)) for r in rows for f in r["faces"]]) if rows else None
+        images = (
+            np.stack([normalise(decode_crop(f, size)) for r in rows for f in r["faces"]]) if rows else None
+        )
         codes = []
         with torch.inference_mode():
             for i in range(0, 0 if images is None else len(images), self.batch_faces):
@@ -204,8 +244,13 @@ class WindowEmbedStage:
         out, k = [], 0
         for r in rows:
             n = len(r["faces"])
-            out.append({key: r[key] for key in ("window_id", "video_id", "track_id", "label", "part", "split", "start_frame")}
-                       | {"n_frames": n, "code_dim": flat.shape[1], "codes": flat[k : k + n].reshape(-1).tolist()})
+            out.append(
+                {
+                    key: r[key]
+                    for key in ("window_id", "video_id", "track_id", "label", "part", "split", "start_frame")
+                }
+                | {"n_frames": n, "code_dim": flat.shape[1], "codes": flat[k : k + n].reshape(-1).tolist()}
+            )
             k += n
         return pa.Table.from_pylist(out, schema=EMBEDDINGS_SCHEMA)
 
@@ -213,6 +258,9 @@ class WindowEmbedStage:
 def codes_array(table_or_batch, n_frames: int, code_dim: int) -> np.ndarray:
     """The ``codes`` column as (N, n_frames, code_dim) float32."""
     col = table_or_batch["codes"]
-    arr = np.stack([np.asarray(c, np.float32) for c in col]) if len(col) else np.zeros((0, n_frames * code_dim), np.float32)
+    arr = (
+        np.stack([np.asarray(c, np.float32) for c in col])
+        if len(col)
+        else np.zeros((0, n_frames * code_dim), np.float32)
+    )
     return arr.reshape(-1, n_frames, code_dim)
-

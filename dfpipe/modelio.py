@@ -29,11 +29,15 @@ def load_state(data: bytes, source: str) -> dict:
         ) from None
 
 
-def save_model(dir_uri: str, state_dict: dict, meta: dict, options: storage.StorageOptions | None = None) -> None:
+def save_model(
+    dir_uri: str, state_dict: dict, meta: dict, options: storage.StorageOptions | None = None
+) -> None:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
     storage.write_bytes(storage.join(dir_uri, "model.pt"), buf.getvalue(), options)
-    storage.write_json(storage.join(dir_uri, "model.json"), {**meta, "format_version": FORMAT_VERSION}, options)
+    storage.write_json(
+        storage.join(dir_uri, "model.json"), {**meta, "format_version": FORMAT_VERSION}, options
+    )
 
 
 def read_meta(dir_uri: str, options: storage.StorageOptions | None = None) -> dict:
@@ -51,7 +55,9 @@ def load_model(dir_uri: str, expected: str, options: storage.StorageOptions | No
     meta = read_meta(dir_uri, options)
     if meta.get("architecture") != expected:
         raise ModelError(f"{dir_uri} holds a {meta.get('architecture')!r} model, expected {expected!r}")
-    state = load_state(storage.read_bytes(storage.join(dir_uri, "model.pt"), options), storage.join(dir_uri, "model.pt"))
+    state = load_state(
+        storage.read_bytes(storage.join(dir_uri, "model.pt"), options), storage.join(dir_uri, "model.pt")
+    )
     model = build(meta)
     model.load_state_dict(state)
     return model.eval(), meta
@@ -68,8 +74,11 @@ def build(meta: dict):
         from dfpipe.models.classifier import WindowClassifier
 
         return WindowClassifier(
-            code_dim=meta["code_dim"], hidden_size=meta["hidden_size"], num_layers=meta["num_layers"],
-            bidirectional=meta["bidirectional"], dropout=meta.get("dropout", 0.2),
+            code_dim=meta["code_dim"],
+            hidden_size=meta["hidden_size"],
+            num_layers=meta["num_layers"],
+            bidirectional=meta["bidirectional"],
+            dropout=meta.get("dropout", 0.2),
         )
     raise ModelError(f"unknown architecture {arch!r}")
 

@@ -119,7 +119,9 @@ class RayTrainContext:
 
         shard = ray.train.get_dataset_shard(name)
         yield from shard.iter_batches(
-            batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * batch_size if shuffle else None
+            batch_size=batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=4 * batch_size if shuffle else None,
         )
 
     def prepare(self, model):
@@ -165,8 +167,19 @@ def _train_worker(config: dict) -> None:
     config["loop"](config["config"], RayTrainContext())
 
 
-def fit(loop, loop_config: dict, datasets: dict, *, num_workers: int, use_gpu: bool, storage_path: str, name: str,
-        storage_options=None, max_failures: int = 0, keep_checkpoints: int = 2):
+def fit(
+    loop,
+    loop_config: dict,
+    datasets: dict,
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    storage_path: str,
+    name: str,
+    storage_options=None,
+    max_failures: int = 0,
+    keep_checkpoints: int = 2,
+):
     """Run ``loop`` on a TorchTrainer; rerunning with the same ``storage_path`` and ``name`` resumes.
 
     Returns ``(best_state, latest_state)``: the checkpoint states with the lowest ``val_loss`` and
@@ -188,7 +201,9 @@ def fit(loop, loop_config: dict, datasets: dict, *, num_workers: int, use_gpu: b
             storage_path=path,
             storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(
-                num_to_keep=keep_checkpoints, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+                num_to_keep=keep_checkpoints,
+                checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min",
             ),
             failure_config=FailureConfig(max_failures=max_failures),
         ),

@@ -142,7 +142,11 @@ def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
         metrics.update(_validate_embedder(_unwrap(model), ctx, cfg, loss_fn))
         history.append(metrics)
         _report(ctx, metrics, model, optimizer, epoch, history)
-        if cfg.get("stop_after_epochs") and epoch + 1 - start >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
+        if (
+            cfg.get("stop_after_epochs")
+            and epoch + 1 - start >= cfg["stop_after_epochs"]
+            and epoch + 1 < cfg["epochs"]
+        ):
             break
 
 
@@ -156,8 +160,14 @@ def _validate_embedder(model, ctx: TrainContext, cfg: dict, loss_fn) -> dict:
             if len(batch["label"]):
                 codes.append(model(torch.from_numpy(batch["image"]).to(ctx.device)).float().cpu().numpy())
                 labels.append(batch["label"])
-    gathered = ctx.all_gather((np.concatenate(codes) if codes else None, np.concatenate(labels) if labels else None))
-    c = np.concatenate([g[0] for g in gathered if g[0] is not None]) if any(g[0] is not None for g in gathered) else None
+    gathered = ctx.all_gather(
+        (np.concatenate(codes) if codes else None, np.concatenate(labels) if labels else None)
+    )
+    c = (
+        np.concatenate([g[0] for g in gathered if g[0] is not None])
+        if any(g[0] is not None for g in gathered)
+        else None
+    )
     if c is None:
         return {"val_loss": float("nan"), "val_auc": float("nan")}
     y = np.concatenate([g[1] for g in gathered if g[1] is not None])
@@ -199,7 +209,11 @@ def classifier_loop(cfg: dict, ctx: TrainContext) -> None:
         metrics.update(_validate_classifier(_unwrap(model), ctx, cfg, shape))
         history.append(metrics)
         _report(ctx, metrics, model, optimizer, epoch, history)
-        if cfg.get("stop_after_epochs") and epoch + 1 - start >= cfg["stop_after_epochs"] and epoch + 1 < cfg["epochs"]:
+        if (
+            cfg.get("stop_after_epochs")
+            and epoch + 1 - start >= cfg["stop_after_epochs"]
+            and epoch + 1 < cfg["epochs"]
+        ):
             break
 
 
@@ -211,7 +225,9 @@ def _codes(batch: dict, shape: tuple[int, int]) -> np.ndarray:
     return np.stack([np.asarray(c, np.float32) for c in codes]).reshape(-1, *shape)
 
 
-def window_logits(model, batches: Iterator[dict], shape: tuple[int, int], device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def window_logits(
+    model, batches: Iterator[dict], shape: tuple[int, int], device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(logits, labels, video_ids)`` of every window in ``batches``."""
     model.eval()
     logits, labels, videos = [], [], []
@@ -262,10 +278,19 @@ def _validate_classifier(model, ctx: TrainContext, cfg: dict, shape) -> dict:
 def _report(ctx: TrainContext, metrics: dict, model, optimizer, epoch: int, history: list[dict]) -> None:
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
     if ctx.rank == 0:
-        print("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in clean.items()), flush=True)
+        print(
+            "epoch "
+            + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in clean.items()),
+            flush=True,
+        )
     state = None
     if ctx.rank == 0:
-        state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history}
+        state = {
+            "model": _unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "history": history,
+        }
     ctx.report({k: v for k, v in metrics.items()}, state)
 
 

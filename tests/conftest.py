@@ -125,3 +125,27 @@ def extracted_sample(ray_session, sample_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("extracted") / "extract"
     assert main(["extract", "--input", str(sample_dataset), "--output", str(out), "face_size=64"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def segmented_sample(extracted_sample, tmp_path_factory) -> Path:
+    """Windows of the sample, part 1 held out for validation (REAL and FAKE in each split)."""
+    from dfpipe.cli import main
+
+    out = tmp_path_factory.mktemp("segmented") / "segment"
+    assert (
+        main(
+            [
+                "segment",
+                "--input",
+                str(extracted_sample),
+                "--output",
+                str(out),
+                "val_parts=dfdc_train_part_1",
+                "window_len=8",
+                "window_stride=4",
+            ]
+        )
+        == 0
+    )
+    return out

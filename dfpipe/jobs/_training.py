@@ -17,8 +17,15 @@ from dfpipe.training import plot_curves
 
 # Fields that may change between a run and its resumption without invalidating it.
 OPERATIONAL_FIELDS = {
-    "overwrite", "num_workers", "use_gpu", "max_failures", "stop_after_epochs", "ray_address",
-    "s3_endpoint_url", "s3_region", "s3_anon",
+    "overwrite",
+    "num_workers",
+    "use_gpu",
+    "max_failures",
+    "stop_after_epochs",
+    "ray_address",
+    "s3_endpoint_url",
+    "s3_region",
+    "s3_anon",
 }
 
 
@@ -29,7 +36,9 @@ def training_hash(cfg) -> str:
 def load_windows(segment_output: str, options, splits: tuple[str, ...]) -> pa.Table:
     """Windows of ``splits``, checked: each split non-empty and holding both classes."""
     if not storage.exists(segment_job.layout(segment_output)["windows"], options):
-        raise C.ConfigError(f"{segment_output!r} is not a segmenter output (no windows/): run 'dfpipe segment' first")
+        raise C.ConfigError(
+            f"{segment_output!r} is not a segmenter output (no windows/): run 'dfpipe segment' first"
+        )
     windows = segment_job.read_windows(segment_output, options)
     windows = windows.filter(pc.is_valid(windows.column("label")))
     for split in splits:
@@ -42,7 +51,9 @@ def load_windows(segment_output: str, options, splits: tuple[str, ...]) -> pa.Ta
         classes = set(part.column("label").to_pylist())
         if classes != {R.LABEL_REAL, R.LABEL_FAKE}:
             only = "REAL" if classes == {R.LABEL_REAL} else "FAKE"
-            raise C.ConfigError(f"the {split} split holds only {only} windows; it needs both REAL and FAKE videos")
+            raise C.ConfigError(
+                f"the {split} split holds only {only} windows; it needs both REAL and FAKE videos"
+            )
     return windows.filter(pc.is_in(windows.column("split"), pa.array(list(splits))))
 
 

@@ -19,15 +19,21 @@ from dfpipe.jobs import segment as segment_job
 from dfpipe.training import classifier_loop, window_logits
 
 NAME = "train_classifier"
-SUMMARY = "Embed every window with the trained embedder (cached) and train the LSTM window classifier (Ray Train)."
+SUMMARY = (
+    "Embed every window with the trained embedder (cached) and train the LSTM window classifier (Ray Train)."
+)
 
 
 @dataclass(frozen=True)
 class TrainClassifierConfig:
     input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
     embedder: str = C.option(help="the embedder's model directory (from train_embedder)")
-    output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png, embeddings/")
-    overwrite: bool = C.option(False, "start again, deleting what the output holds (including cached embeddings)")
+    output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
+    overwrite: bool = C.option(False, "start again, deleting what the output holds")
+    embeddings_cache: str | None = C.option(
+        None,
+        "where window codes are cached (default: INPUT/embeddings/<embedder version>/, shared by every classifier run)",
+    )
     hidden_size: int = C.option(64, "LSTM hidden size")
     num_layers: int = C.option(1, "LSTM layers")
     bidirectional: bool = C.option(True, "bidirectional LSTM")
@@ -40,10 +46,16 @@ class TrainClassifierConfig:
     seed: int = C.option(0, "random seed (recorded in model.json)")
     embed_batch_faces: int = C.option(128, "faces per embedder forward pass")
     num_workers: int = C.option(2, "Ray Train workers")
-    use_gpu: bool | None = C.option(None, "use GPUs for embedding and training (default: when the cluster has them)")
+    use_gpu: bool | None = C.option(
+        None, "use GPUs for embedding and training (default: when the cluster has them)"
+    )
     max_failures: int = C.option(1, "worker failures Ray Train recovers from")
-    stop_after_epochs: int | None = C.option(None, "stop this invocation after this many epochs; a rerun resumes")
-    s3_endpoint_url: str | None = C.option(None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    stop_after_epochs: int | None = C.option(
+        None, "stop this invocation after this many epochs; a rerun resumes"
+    )
+    s3_endpoint_url: str | None = C.option(
+        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
+    )
     s3_region: str | None = C.option(None, "S3 region")
     s3_anon: bool = C.option(False, "anonymous S3 access")
     ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -58,30 +70,53 @@ class TrainClassifierConfig:
         return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
 
 
-def embed_windows(windows: pa.Table, embedder_dir: str, cache_uri: str, opts, use_gpu: bool, batch_faces: int) -> str:
-    """Codes for every window, cached under ``cache_uri`` and keyed by the embedder's version.
+def embed_windows(
+    windows: pa.Table, embedder_dir: str, cache_uri: str, opts, use_gpu: bool, batch_faces: int
+) -> tuple[str, int]:
+    """Codes for every window, cached under ``cache_uri`` (named by the embedder's version).
 
     Windows already in the cache are not embedded again, so retraining the LSTM costs no embedding.
+    Returns the cache's rows URI and how many windows were embedded now.
     """
     version = modelio.model_version(embedder_dir, opts)
     meta_uri = storage.join(cache_uri, "cache.json")
-    if storage.exists(meta_uri, opts) and storage.read_json(meta_uri, opts).get("embedder_version") != version:
-        storage.delete(cache_uri, opts)
-    storage.write_json(meta_uri, {"embedder": storage.normalize(embedder_dir), "embedder_version": version}, opts)
+    if (
+        storage.exists(meta_uri, opts)
+        and storage.read_json(meta_uri, opts).get("embedder_version") != version
+    ):
+        raise C.ConfigError(
+            f"embeddings_cache {cache_uri} holds codes of another embedder; give another embeddings_cache"
+        )
+    storage.write_json(
+        meta_uri, {"embedder": storage.normalize(embedder_dir), "embedder_version": version}, opts
+    )
     rows_uri = storage.join(cache_uri, "windows")
     done = storage.read_parquet_dir(rows_uri, columns=["window_id"], schema=EMBEDDINGS_SCHEMA, options=opts)
     todo = windows.filter(pc.invert(pc.is_in(windows.column("window_id"), done.column("window_id"))))
-    print(f"train_classifier: {windows.num_rows} windows, {done.num_rows} embeddings cached, {todo.num_rows} to embed", flush=True)
+    print(
+        f"train_classifier: {windows.num_rows} windows, {done.num_rows} embeddings cached, {todo.num_rows} to embed",
+        flush=True,
+    )
     if todo.num_rows:
         num_gpus = 1.0 if use_gpu else 0.0
-        crops = runner.map_stage(runner.dataset_from_table(with_frames(todo), rows_per_block=32), FaceCropsStage(storage_options=opts))
-        stage = WindowEmbedStage(embedder_dir, device="cuda" if use_gpu else "cpu", batch_faces=batch_faces,
-                                 storage_options=opts, resources=Resources(num_cpus=1, num_gpus=num_gpus, batch_size=32))
-        writer = storage.ChunkedParquetWriter({"windows": (rows_uri, EMBEDDINGS_SCHEMA)}, "window_id", opts, flush_rows=5000)
+        crops = runner.map_stage(
+            runner.dataset_from_table(with_frames(todo), rows_per_block=32),
+            FaceCropsStage(storage_options=opts),
+        )
+        stage = WindowEmbedStage(
+            embedder_dir,
+            device="cuda" if use_gpu else "cpu",
+            batch_faces=batch_faces,
+            storage_options=opts,
+            resources=Resources(num_cpus=1, num_gpus=num_gpus, batch_size=32),
+        )
+        writer = storage.ChunkedParquetWriter(
+            {"windows": (rows_uri, EMBEDDINGS_SCHEMA)}, "window_id", opts, flush_rows=5000
+        )
         for table in runner.iter_tables(runner.map_stage(crops, stage, num_gpus=num_gpus)):
             writer.add(windows=table)
         writer.flush()
-    return rows_uri
+    return rows_uri, todo.num_rows
 
 
 def read_split(rows_uri: str, split: str, opts):
@@ -89,56 +124,98 @@ def read_split(rows_uri: str, split: str, opts):
     import ray
 
     fs, path = storage.arrow_filesystem(rows_uri, opts)
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=["window_id", "video_id", "label", "split", "codes"])
+    ds = ray.data.read_parquet(
+        path, filesystem=fs, columns=["window_id", "video_id", "label", "split", "codes"]
+    )
     return ds.filter(lambda row: row["split"] == split)
 
 
 def run(cfg: TrainClassifierConfig) -> dict:
     done = T.prepare_output(cfg, NAME)
     if done:
-        print(f"train_classifier: {cfg.output} already holds a model trained for {done['epochs_trained']} epochs")
+        print(
+            f"train_classifier: {cfg.output} already holds a model trained for {done['epochs_trained']} epochs"
+        )
         return done
     opts = cfg.storage_options
     embedder_meta = modelio.read_meta(cfg.embedder, opts)
     if embedder_meta.get("architecture") != "face_embedder":
-        raise C.ConfigError(f"--embedder {cfg.embedder} holds a {embedder_meta.get('architecture')} model, not a face_embedder")
+        raise C.ConfigError(
+            f"--embedder {cfg.embedder} holds a {embedder_meta.get('architecture')} model, not a face_embedder"
+        )
     windows = T.load_windows(cfg.input, opts, ("train", "val"))
     lengths = set(windows.column("n_frames").to_pylist())
     if len(lengths) != 1:
-        raise C.ConfigError(f"windows of several lengths {sorted(lengths)} in {cfg.input}; segment with one window_len")
+        raise C.ConfigError(
+            f"windows of several lengths {sorted(lengths)} in {cfg.input}; segment with one window_len"
+        )
     n_frames = lengths.pop()
     runner.ensure_ray(cfg.ray_address)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
-    rows_uri = embed_windows(windows, cfg.embedder, storage.join(cfg.output, "embeddings"), opts, use_gpu, cfg.embed_batch_faces)
+    cache = cfg.embeddings_cache or storage.join(
+        cfg.input, "embeddings", modelio.model_version(cfg.embedder, opts)
+    )
+    rows_uri, embedded = embed_windows(windows, cfg.embedder, cache, opts, use_gpu, cfg.embed_batch_faces)
 
     train = windows.filter(pc.equal(windows.column("split"), "train"))
     n_fake = int(pc.sum(pc.equal(train.column("label"), R.LABEL_FAKE)).as_py())
     n_real = train.num_rows - n_fake
     steps = cfg.steps_per_epoch or max(1, -(-train.num_rows // (cfg.num_workers * cfg.batch_size)))
-    datasets = {"train": read_split(rows_uri, "train", opts).materialize(), "val": read_split(rows_uri, "val", opts).materialize()}
-    print(f"train_classifier: train windows REAL {n_real}, FAKE {n_fake} (pos_weight {n_real / n_fake:.3f}); "
-          f"{steps} steps per epoch on {cfg.num_workers} worker(s)", flush=True)
+    datasets = {
+        "train": read_split(rows_uri, "train", opts).materialize(),
+        "val": read_split(rows_uri, "val", opts).materialize(),
+    }
+    print(
+        f"train_classifier: train windows REAL {n_real}, FAKE {n_fake} (pos_weight {n_real / n_fake:.3f}); "
+        f"{steps} steps per epoch on {cfg.num_workers} worker(s)",
+        flush=True,
+    )
     meta = {
-        "architecture": "window_classifier", "code_dim": embedder_meta["code_dim"], "n_frames": n_frames,
-        "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers, "bidirectional": cfg.bidirectional,
-        "dropout": cfg.dropout, "embedder_version": modelio.model_version(cfg.embedder, opts),
-        "embedder": storage.normalize(cfg.embedder), "face_size": embedder_meta["face_size"],
-        "window_len": n_frames, "frame_stride": int(pc.max(windows.column("frame_stride")).as_py()),
+        "architecture": "window_classifier",
+        "code_dim": embedder_meta["code_dim"],
+        "n_frames": n_frames,
+        "hidden_size": cfg.hidden_size,
+        "num_layers": cfg.num_layers,
+        "bidirectional": cfg.bidirectional,
+        "dropout": cfg.dropout,
+        "embedder_version": modelio.model_version(cfg.embedder, opts),
+        "embedder": storage.normalize(cfg.embedder),
+        "face_size": embedder_meta["face_size"],
+        "window_len": n_frames,
+        "frame_stride": int(pc.max(windows.column("frame_stride")).as_py()),
         "prior_fake": n_fake / max(1, train.num_rows),
+        "embeddings_cache": cache,
+        "windows_embedded_this_run": embedded,
     }
     loop_cfg = {
-        "meta": meta, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-        "steps_per_epoch": steps, "seed": cfg.seed, "stop_after_epochs": cfg.stop_after_epochs,
+        "meta": meta,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "steps_per_epoch": steps,
+        "seed": cfg.seed,
+        "stop_after_epochs": cfg.stop_after_epochs,
         "pos_weight": n_real / max(1, n_fake),
     }
     best, latest = runner.fit(
-        classifier_loop, loop_cfg, datasets, num_workers=cfg.num_workers, use_gpu=use_gpu,
-        storage_path=T.train_dir(cfg), name="classifier", storage_options=opts, max_failures=cfg.max_failures,
+        classifier_loop,
+        loop_cfg,
+        datasets,
+        num_workers=cfg.num_workers,
+        use_gpu=use_gpu,
+        storage_path=T.train_dir(cfg),
+        name="classifier",
+        storage_options=opts,
+        max_failures=cfg.max_failures,
     )
     meta["temperature"] = calibrate(best["model"], meta, rows_uri, opts)
     segment_cfg = storage.read_json(segment_job.layout(cfg.input)["config"], opts)
-    meta["segment"] = {"uri": storage.normalize(cfg.input), "config_hash": segment_cfg.get("config_hash"),
-                       "usable_flags": segment_cfg["config"]["usable_flags"]}
+    meta["segment"] = {
+        "uri": storage.normalize(cfg.input),
+        "config_hash": segment_cfg.get("config_hash"),
+        "usable_flags": segment_cfg["config"]["usable_flags"],
+    }
     return T.export(cfg, best, latest, meta, "window classifier")
 
 
@@ -146,22 +223,33 @@ def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
     """A temperature for the window logits, fitted on the val split (log loss of sigmoid(logit / T))."""
     model = modelio.build(meta)
     model.load_state_dict(state)
-    val = storage.read_parquet_dir(rows_uri, columns=["video_id", "label", "split", "codes"], schema=EMBEDDINGS_SCHEMA, options=opts)
+    val = storage.read_parquet_dir(
+        rows_uri, columns=["video_id", "label", "split", "codes"], schema=EMBEDDINGS_SCHEMA, options=opts
+    )
     val = val.filter(pc.equal(val.column("split"), "val"))
-    batch = {"codes": codes_array(val, meta["n_frames"], meta["code_dim"]), "label": np.asarray(val.column("label").to_pylist()),
-             "video_id": np.asarray(val.column("video_id").to_pylist())}
+    batch = {
+        "codes": codes_array(val, meta["n_frames"], meta["code_dim"]),
+        "label": np.asarray(val.column("label").to_pylist()),
+        "video_id": np.asarray(val.column("video_id").to_pylist()),
+    }
     logits, labels, _ = window_logits(model, iter([batch]), (meta["n_frames"], meta["code_dim"]), "cpu")
     temperature = M.fit_temperature(labels, logits)
-    print(f"train_classifier: temperature {temperature:.3f} (val window log loss "
-          f"{M.log_loss(labels, M.sigmoid(logits)):.4f} -> {M.log_loss(labels, M.sigmoid(logits / temperature)):.4f})")
+    print(
+        f"train_classifier: temperature {temperature:.3f} (val window log loss "
+        f"{M.log_loss(labels, M.sigmoid(logits)):.4f} -> {M.log_loss(labels, M.sigmoid(logits / temperature)):.4f})"
+    )
     return temperature
 
 
 def format_summary(meta: dict) -> str:
     m = meta.get("best_metrics", {})
+
     def f(k):
         v = m.get(k)
         return "n/a" if v is None else f"{v:.4f}"
-    return (f"classifier: {meta['epochs_trained']} epochs, best epoch {meta['best_epoch']}, temperature {meta.get('temperature', 1.0):.3f}\n"
-            f"  val windows: log loss {f('val_loss')}, accuracy {f('val_acc')}, AUC {f('val_auc')}\n"
-            f"  val videos:  log loss {f('val_video_loss')}, accuracy {f('val_video_acc')}, AUC {f('val_video_auc')}")
+
+    return (
+        f"classifier: {meta['epochs_trained']} epochs, best epoch {meta['best_epoch']}, temperature {meta.get('temperature', 1.0):.3f}\n"
+        f"  val windows: log loss {f('val_loss')}, accuracy {f('val_acc')}, AUC {f('val_auc')}\n"
+        f"  val videos:  log loss {f('val_video_loss')}, accuracy {f('val_video_acc')}, AUC {f('val_video_auc')}"
+    )

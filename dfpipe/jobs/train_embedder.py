@@ -27,10 +27,13 @@ class TrainEmbedderConfig:
     output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
     overwrite: bool = C.option(False, "start again, deleting what the output holds")
     init: str = C.option(
-        "random", "initial weights: random (offline), vggface2 (downloads facenet-pytorch's weights), or a state-dict URI"
+        "random",
+        "initial weights: random (offline), vggface2 (downloads facenet-pytorch's weights), or a state-dict URI",
     )
     code_dim: int = C.option(128, "size of the face code")
-    face_size: int = C.option(160, f"side of the faces fed to the network (crops are resized; >= {MIN_FACE_SIZE})")
+    face_size: int = C.option(
+        160, f"side of the faces fed to the network (crops are resized; >= {MIN_FACE_SIZE})"
+    )
     dropout: float = C.option(0.2, "dropout before the backbone's last layer")
     loss: Literal["triplet", "contrastive_l1"] = C.option(
         "triplet",
@@ -43,20 +46,30 @@ class TrainEmbedderConfig:
     epochs: int = C.option(5, "epochs")
     batch_size: int = C.option(32, "faces per step and worker: half REAL, half FAKE")
     steps_per_epoch: int | None = C.option(None, "steps per epoch (default: one pass over the smaller class)")
-    faces_per_window: int = C.option(4, "faces sampled per window (evenly spaced; overlapping windows share faces)")
+    faces_per_window: int = C.option(
+        4, "faces sampled per window (evenly spaced; overlapping windows share faces)"
+    )
     seed: int = C.option(0, "random seed (recorded in model.json)")
     num_workers: int = C.option(2, "Ray Train workers (one DDP process each)")
     use_gpu: bool | None = C.option(None, "train on GPUs (default: when the cluster has them)")
-    max_failures: int = C.option(1, "worker failures Ray Train recovers from by restarting at the last checkpoint")
-    stop_after_epochs: int | None = C.option(None, "stop this invocation after this many epochs; a rerun resumes")
-    s3_endpoint_url: str | None = C.option(None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    max_failures: int = C.option(
+        1, "worker failures Ray Train recovers from by restarting at the last checkpoint"
+    )
+    stop_after_epochs: int | None = C.option(
+        None, "stop this invocation after this many epochs; a rerun resumes"
+    )
+    s3_endpoint_url: str | None = C.option(
+        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
+    )
     s3_region: str | None = C.option(None, "S3 region")
     s3_anon: bool = C.option(False, "anonymous S3 access")
     ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):
         if self.face_size < MIN_FACE_SIZE:
-            raise ValueError(f"face_size must be >= {MIN_FACE_SIZE} for InceptionResnetV1, got {self.face_size}")
+            raise ValueError(
+                f"face_size must be >= {MIN_FACE_SIZE} for InceptionResnetV1, got {self.face_size}"
+            )
         for name in ("code_dim", "epochs", "num_workers", "faces_per_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -90,7 +103,9 @@ def initial_state(cfg: TrainEmbedderConfig) -> dict | None:
 def run(cfg: TrainEmbedderConfig) -> dict:
     done = T.prepare_output(cfg, NAME)
     if done:
-        print(f"train_embedder: {cfg.output} already holds a model trained for {done['epochs_trained']} epochs")
+        print(
+            f"train_embedder: {cfg.output} already holds a model trained for {done['epochs_trained']} epochs"
+        )
         return done
     opts = cfg.storage_options
     windows = T.load_windows(cfg.input, opts, ("train", "val"))
@@ -100,7 +115,11 @@ def run(cfg: TrainEmbedderConfig) -> dict:
 
     crops = FaceCropsStage(storage_options=opts)
     datasets, counts = {}, {}
-    for name, split, label in (("train_real", "train", R.LABEL_REAL), ("train_fake", "train", R.LABEL_FAKE), ("val", "val", None)):
+    for name, split, label in (
+        ("train_real", "train", R.LABEL_REAL),
+        ("train_fake", "train", R.LABEL_FAKE),
+        ("val", "val", None),
+    ):
         sel = pc.equal(windows.column("split"), split)
         if label is not None:
             sel = pc.and_(sel, pc.equal(windows.column("label"), label))
@@ -108,21 +127,50 @@ def run(cfg: TrainEmbedderConfig) -> dict:
         counts[name] = faces.num_rows
         # JPEG crops are small: materialise them before training so the data stages never compete with
         # the training workers for CPUs; decoding and augmentation happen in the loop, fresh each epoch.
-        datasets[name] = runner.map_stage(runner.dataset_from_table(faces, rows_per_block=64), crops).materialize()
+        datasets[name] = runner.map_stage(
+            runner.dataset_from_table(faces, rows_per_block=64), crops
+        ).materialize()
     half = cfg.batch_size // 2
-    steps = cfg.steps_per_epoch or max(1, math.ceil(min(counts["train_real"], counts["train_fake"]) / (cfg.num_workers * half)))
-    print(f"train_embedder: faces train REAL {counts['train_real']}, FAKE {counts['train_fake']}, val {counts['val']}; "
-          f"{steps} steps per epoch on {cfg.num_workers} worker(s){' with GPUs' if use_gpu else ''}", flush=True)
-    meta = {"architecture": "face_embedder", "code_dim": cfg.code_dim, "face_size": cfg.face_size, "dropout": cfg.dropout,
-            "loss": cfg.loss, "margin": cfg.margin}
+    steps = cfg.steps_per_epoch or max(
+        1, math.ceil(min(counts["train_real"], counts["train_fake"]) / (cfg.num_workers * half))
+    )
+    print(
+        f"train_embedder: faces train REAL {counts['train_real']}, FAKE {counts['train_fake']}, val {counts['val']}; "
+        f"{steps} steps per epoch on {cfg.num_workers} worker(s){' with GPUs' if use_gpu else ''}",
+        flush=True,
+    )
+    meta = {
+        "architecture": "face_embedder",
+        "code_dim": cfg.code_dim,
+        "face_size": cfg.face_size,
+        "dropout": cfg.dropout,
+        "loss": cfg.loss,
+        "margin": cfg.margin,
+    }
     loop_cfg = {
-        "meta": meta, "init_state": init_state, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "loss": cfg.loss,
-        "margin": cfg.margin, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "steps_per_epoch": steps,
-        "seed": cfg.seed, "stop_after_epochs": cfg.stop_after_epochs, "face_size": cfg.face_size,
+        "meta": meta,
+        "init_state": init_state,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "loss": cfg.loss,
+        "margin": cfg.margin,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "steps_per_epoch": steps,
+        "seed": cfg.seed,
+        "stop_after_epochs": cfg.stop_after_epochs,
+        "face_size": cfg.face_size,
     }
     best, latest = runner.fit(
-        embedder_loop, loop_cfg, datasets, num_workers=cfg.num_workers, use_gpu=use_gpu,
-        storage_path=T.train_dir(cfg), name="embedder", storage_options=opts, max_failures=cfg.max_failures,
+        embedder_loop,
+        loop_cfg,
+        datasets,
+        num_workers=cfg.num_workers,
+        use_gpu=use_gpu,
+        storage_path=T.train_dir(cfg),
+        name="embedder",
+        storage_options=opts,
+        max_failures=cfg.max_failures,
     )
     meta["faces"] = counts
     return T.export(cfg, best, latest, meta, "face embedder")
@@ -130,5 +178,7 @@ def run(cfg: TrainEmbedderConfig) -> dict:
 
 def format_summary(meta: dict) -> str:
     m = meta.get("best_metrics", {})
-    return (f"embedder: {meta['epochs_trained']} epochs, best epoch {meta['best_epoch']}: "
-            f"val_loss {m.get('val_loss', float('nan')):.4f}, val AUC (distance to REAL centroid) {m.get('val_auc', float('nan')):.3f}")
+    return (
+        f"embedder: {meta['epochs_trained']} epochs, best epoch {meta['best_epoch']}: "
+        f"val_loss {m.get('val_loss', float('nan')):.4f}, val AUC (distance to REAL centroid) {m.get('val_auc', float('nan')):.3f}"
+    )

@@ -9,12 +9,22 @@ from torch import nn
 class WindowClassifier(nn.Module):
     """``(B, T, code_dim)`` -> ``(B,)`` logits, from the LSTM's last hidden state of each direction."""
 
-    def __init__(self, code_dim: int = 128, hidden_size: int = 64, num_layers: int = 1,
-                 bidirectional: bool = True, dropout: float = 0.2):
+    def __init__(
+        self,
+        code_dim: int = 128,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        bidirectional: bool = True,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         self.lstm = nn.LSTM(
-            code_dim, hidden_size, num_layers=num_layers, batch_first=True,
-            bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0,
+            code_dim,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
         )
         out = hidden_size * (2 if bidirectional else 1)
         self.dropout = nn.Dropout(dropout)

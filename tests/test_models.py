@@ -1,0 +1,150 @@
+"""Tier 1: losses, model shapes, metrics, model files and the training loops on a LocalContext (no Ray)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from dfpipe import metrics as M
+from dfpipe import modelio
+from dfpipe.models.classifier import WindowClassifier
+from dfpipe.models.losses import batch_hard_triplet_loss, contrastive_l1_loss
+from dfpipe.training import LocalContext, classifier_loop
+
+
+def test_triplet_loss_hand_computed():
+    codes = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.5], [0.0, 3.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # anchor 0: hardest pos d=1 (to 1), nearest neg d=1.5 (to 2) -> relu(1 - 1.5 + 1) = 0.5
+    # anchor 1: pos 1, neg min(|(1,-1.5)|=1.803, |(1,-3)|=3.162) -> relu(1 - 1.803 + 1) = 0.197
+    # anchor 2: pos 1.5 (to 3), neg 1.5 (to 0) -> 1.0 ; anchor 3: pos 1.5, neg 3 -> relu(1.5 - 3 + 1) = 0
+    expected = (0.5 + (2 - np.sqrt(1 + 1.5**2)) + 1.0 + 0.0) / 4
+    assert float(batch_hard_triplet_loss(codes, labels, margin=1.0)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_triplet_mining_picks_the_hardest_pair():
+    codes = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [0.2, 0.0], [9.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    loss = batch_hard_triplet_loss(codes, labels, margin=0.5)
+    loss.backward()
+    # anchor 0's hardest positive is code 2 (d=5), its hardest negative code 3 (d=0.2): both get gradient
+    assert codes.grad[2].abs().sum() > 0 and codes.grad[3].abs().sum() > 0
+    anchor0 = 5.0 - 0.2 + 0.5
+    assert float(loss) >= anchor0 / 5
+
+
+def test_triplet_loss_without_both_classes_is_zero():
+    codes = torch.randn(4, 8)
+    assert float(batch_hard_triplet_loss(codes, torch.zeros(4))) == 0.0
+
+
+def test_contrastive_l1_hand_computed():
+    codes = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.5]])
+    labels = torch.tensor([0, 0, 1])
+    # pairs (ordered, off-diagonal): same (0,1),(1,0): L1=2 each; different: (0,2),(2,0): relu(1-0.5)=0.5; (1,2),(2,1): relu(1-1.5)=0
+    assert float(contrastive_l1_loss(codes, labels, margin=1.0)) == pytest.approx((2 + 2 + 0.5 + 0.5) / 6)
+
+
+@pytest.mark.parametrize("bidirectional,layers", [(True, 1), (False, 2)])
+def test_window_classifier_shapes(bidirectional, layers):
+    model = WindowClassifier(code_dim=16, hidden_size=8, num_layers=layers, bidirectional=bidirectional)
+    assert model(torch.randn(5, 12, 16)).shape == (5,)
+
+
+def test_embedder_output_is_unit_length():
+    from dfpipe.models.embedder import FaceEmbedder
+
+    model = FaceEmbedder(code_dim=16).eval()
+    codes = model(torch.randn(2, 3, 80, 80))
+    assert codes.shape == (2, 16)
+    assert torch.allclose(codes.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_metrics():
+    y = np.array([0, 0, 1, 1])
+    assert M.roc_auc(y, [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert M.roc_auc(y, [0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.5)
+    assert M.accuracy(y, [0.1, 0.6, 0.7, 0.9]) == pytest.approx(0.75)
+    assert M.log_loss([1, 0], [0.5, 0.5]) == pytest.approx(np.log(2))
+    assert M.balanced_log_loss([1, 0, 0, 0], [0.9, 0.1, 0.1, 0.1]) == pytest.approx(-np.log(0.9))
+    logits = np.array([-8.0, -6.0, 6.0, 8.0, 7.0, -7.0])
+    t = M.fit_temperature(np.array([0, 0, 1, 1, 0, 1]), logits)
+    assert t > 1, "over-confident logits with mistakes get softened"
+
+
+def test_model_files_roundtrip_and_refuse_pickles(tmp_path):
+    model = WindowClassifier(code_dim=4, hidden_size=3)
+    meta = {
+        "architecture": "window_classifier",
+        "code_dim": 4,
+        "hidden_size": 3,
+        "num_layers": 1,
+        "bidirectional": True,
+    }
+    modelio.save_model(str(tmp_path / "m"), model.state_dict(), meta)
+    loaded, back = modelio.load_model(str(tmp_path / "m"), "window_classifier")
+    assert back["code_dim"] == 4 and not loaded.training
+    x = torch.randn(2, 5, 4)
+    assert torch.allclose(loaded(x), model.eval()(x))
+    with pytest.raises(modelio.ModelError, match="holds a 'window_classifier' model"):
+        modelio.load_model(str(tmp_path / "m"), "face_embedder")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this would have run",))
+
+    buf = io.BytesIO()
+    torch.save({"x": Evil()}, buf)
+    (tmp_path / "m" / "model.pt").write_bytes(buf.getvalue())
+    with pytest.raises(modelio.ModelError, match="weights_only"):
+        modelio.load_model(str(tmp_path / "m"), "window_classifier")
+    with pytest.raises(modelio.ModelError, match="not a model directory"):
+        modelio.load_model(str(tmp_path / "nothing"), "window_classifier")
+
+
+def _toy_windows(n: int, rng) -> dict:
+    """Windows whose FAKE codes jitter frame to frame and REAL codes drift smoothly."""
+    labels = rng.integers(0, 2, n)
+    base = rng.normal(size=(n, 1, 8))
+    noise = rng.normal(size=(n, 6, 8)) * np.where(labels[:, None, None] == 1, 1.0, 0.05)
+    codes = (base + noise).astype(np.float32).reshape(n, -1)
+    return {
+        "codes": codes,
+        "label": labels.astype(np.float32),
+        "video_id": np.array([f"v{i // 2}" for i in range(n)]),
+    }
+
+
+def test_classifier_loop_learns_and_resumes():
+    rng = np.random.default_rng(0)
+    meta = {
+        "architecture": "window_classifier",
+        "code_dim": 8,
+        "n_frames": 6,
+        "hidden_size": 16,
+        "num_layers": 1,
+        "bidirectional": True,
+        "dropout": 0.0,
+    }
+    cfg = {
+        "meta": meta,
+        "lr": 1e-2,
+        "weight_decay": 0.0,
+        "epochs": 6,
+        "batch_size": 32,
+        "steps_per_epoch": 8,
+        "seed": 0,
+        "pos_weight": 1.0,
+        "stop_after_epochs": 3,
+    }
+    ctx = LocalContext({"train": _toy_windows(256, rng), "val": _toy_windows(64, rng)})
+    classifier_loop(cfg, ctx)
+    assert [r["epoch"] for r in ctx.reports] == [0, 1, 2], "stopped after 3 epochs"
+    classifier_loop(cfg, ctx)  # the rerun resumes at the next epoch
+    assert [r["epoch"] for r in ctx.reports] == [0, 1, 2, 3, 4, 5]
+    assert len(ctx.state["history"]) == 6
+    assert ctx.reports[-1]["train_loss"] < ctx.reports[0]["train_loss"]
+    assert ctx.reports[-1]["val_acc"] > 0.75 and ctx.reports[-1]["val_loss"] < ctx.reports[0]["val_loss"]

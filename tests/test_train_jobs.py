@@ -1,0 +1,135 @@
+"""Tier 2: both training jobs end to end on Ray Train (2 CPU workers, a few steps), with resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dfpipe import modelio
+from dfpipe.cli import main
+
+EMBEDDER_ARGS = ["face_size=80", "epochs=3", "batch_size=8", "steps_per_epoch=3", "num_workers=2", "lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def embedder(segmented_sample, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "embedder"
+    args = ["train_embedder", "--input", str(segmented_sample), "--output", str(out), *EMBEDDER_ARGS]
+    assert main([*args, "stop_after_epochs=1"]) == 0  # a run stopped after its first epoch...
+    first = json.loads((out / "model.json").read_text())
+    assert first["epochs_trained"] == 1
+    assert main(args) == 0  # ...and the rerun resumes from its checkpoint
+    return out
+
+
+def test_embedder_artefacts_resume_and_reload(embedder):
+    meta = json.loads((embedder / "model.json").read_text())
+    assert meta["epochs_trained"] == 3 and meta["architecture"] == "face_embedder" and meta["code_dim"] == 128
+    history = json.loads((embedder / "metrics.json").read_text())["epochs"]
+    assert [h["epoch"] for h in history] == [0, 1, 2], "the resumed run continued at epoch 1"
+    assert history[-1]["train_loss"] < history[0]["train_loss"], "loss goes down"
+    assert all(0.0 <= h["val_auc"] <= 1.0 for h in history)
+    assert (embedder / "curves.png").stat().st_size > 1000
+    config = json.loads((embedder / "config.json").read_text())
+    assert config["config"]["seed"] == meta["seed"] == 0
+    model, _ = modelio.load_model(str(embedder), "face_embedder")
+    assert sum(p.numel() for p in model.parameters()) > 1e6
+    # finished: a rerun does nothing; other settings on the same output are refused
+    assert (
+        main(
+            [
+                "train_embedder",
+                "--input",
+                str(json.loads((embedder / "config.json").read_text())["config"]["input"]),
+                "--output",
+                str(embedder),
+                *EMBEDDER_ARGS,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train_embedder",
+                "--input",
+                config["config"]["input"],
+                "--output",
+                str(embedder),
+                *EMBEDDER_ARGS,
+                "margin=0.3",
+            ]
+        )
+        == 2
+    )
+
+
+def test_classifier_end_to_end_reuses_cached_embeddings(segmented_sample, embedder, tmp_path):
+    out = tmp_path / "classifier"
+    base = [
+        "train_classifier",
+        "--input",
+        str(segmented_sample),
+        "--embedder",
+        str(embedder),
+        "epochs=3",
+        "batch_size=8",
+        "num_workers=2",
+        "hidden_size=16",
+    ]
+    assert main([*base, "--output", str(out)]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["windows_embedded_this_run"] > 0
+    assert meta["n_frames"] == 8 and meta["window_len"] == 8 and 0.05 <= meta["temperature"] <= 20
+    history = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert len(history) == 3 and {"val_loss", "val_video_acc", "val_video_auc", "val_auc"} <= set(history[0])
+    model, _ = modelio.load_model(str(out), "window_classifier")
+    assert model.lstm.hidden_size == 16
+    # Retraining the LSTM with other settings embeds nothing again.
+    assert main([*base[:-1], "hidden_size=8", "--output", str(tmp_path / "classifier2")]) == 0
+    assert json.loads((tmp_path / "classifier2" / "model.json").read_text())["windows_embedded_this_run"] == 0
+
+
+def test_training_refuses_bad_inputs(segmented_sample, extracted_sample, tmp_path, capsys):
+    assert main(["train_embedder", "--input", str(extracted_sample), "--output", str(tmp_path / "m")]) == 2
+    assert "run 'dfpipe segment' first" in capsys.readouterr().err
+    # all videos in train: the val split is empty
+    from dfpipe.cli import main as run
+
+    seg = tmp_path / "seg_all_train"
+    assert (
+        run(
+            [
+                "segment",
+                "--input",
+                str(extracted_sample),
+                "--output",
+                str(seg),
+                "val_fraction=0",
+                "test_fraction=0",
+                "window_len=8",
+                "window_stride=4",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["train_embedder", "--input", str(seg), "--output", str(tmp_path / "m2"), "face_size=80"]) == 2
+    )
+    assert "the val split has no labelled windows" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train_embedder",
+                "--input",
+                str(segmented_sample),
+                "--output",
+                str(tmp_path / "m3"),
+                "face_size=64",
+            ]
+        )
+        == 2
+    )
+    assert "face_size must be >= 80" in capsys.readouterr().err
