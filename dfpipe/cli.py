@@ -22,6 +22,8 @@ JOBS = {
     "segment": ("dfpipe.jobs.segment", "SegmentConfig"),
     "train_embedder": ("dfpipe.jobs.train_embedder", "TrainEmbedderConfig"),
     "train_classifier": ("dfpipe.jobs.train_classifier", "TrainClassifierConfig"),
+    "score": ("dfpipe.jobs.score", "ScoreConfig"),
+    "evaluate": ("dfpipe.jobs.evaluate", "EvaluateConfig"),
 }
 
 

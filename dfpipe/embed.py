@@ -256,8 +256,10 @@ class WindowEmbedStage:
 
 
 def codes_array(table_or_batch, n_frames: int, code_dim: int) -> np.ndarray:
-    """The ``codes`` column as (N, n_frames, code_dim) float32."""
-    col = table_or_batch["codes"]
+    """The ``codes`` column (or a list of flat code lists) as (N, n_frames, code_dim) float32."""
+    col = table_or_batch if isinstance(table_or_batch, list) else table_or_batch["codes"]
+    if hasattr(col, "to_pylist"):
+        col = col.to_pylist()
     arr = (
         np.stack([np.asarray(c, np.float32) for c in col])
         if len(col)

@@ -134,6 +134,40 @@ SEGMENTS_SCHEMA = pa.schema(
 )
 
 
+# One row per video and model version under ``scores/``; every video of the dataset has one.
+SCORES_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("filename", pa.string()),
+        ("part", pa.string()),
+        ("split", pa.string()),
+        ("prob_fake", pa.float32()),
+        ("label", pa.int8()),
+        ("n_windows", pa.int32()),
+        ("n_tracks", pa.int32()),
+        ("reason", pa.string()),  # why the probability is a fallback (no usable window, failed extraction)
+        ("model_version", pa.string()),
+        ("scored_at", pa.string()),
+    ]
+)
+
+# One row per scored window under ``window_scores/``.
+WINDOW_SCORES_SCHEMA = pa.schema(
+    [
+        ("window_id", pa.string()),
+        ("video_id", pa.string()),
+        ("track_id", pa.int32()),
+        ("start_frame", pa.int32()),
+        ("label", pa.int8()),
+        ("part", pa.string()),
+        ("logit", pa.float32()),
+        ("prob_fake", pa.float32()),
+        ("model_version", pa.string()),
+    ]
+)
+
+
 def reason_of(error: str | None) -> str | None:
     """The reason code of an ``error`` string (``"decode_error: moov atom not found"`` -> ``decode_error``)."""
     if not error:

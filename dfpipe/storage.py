@@ -209,7 +209,7 @@ class ChunkedParquetWriter:
     one file per folder, all named by a hash of the sorted ``key`` values in the marker rows, and
     writes the marker's file last: a chunk counts as done only once its marker exists, and files
     without their marker are left-overs of a crash (:meth:`remove_orphans`). No name depends on
-    time or chance. Flushes every ``flush_rows`` marker rows or ``flush_seconds`` seconds.
+    time or chance (``salt`` separates chunks of the same keys, e.g. per model version). Flushes every ``flush_rows`` marker rows or ``flush_seconds`` seconds.
     """
 
     def __init__(
@@ -219,8 +219,9 @@ class ChunkedParquetWriter:
         options: StorageOptions | None = None,
         flush_rows: int = 500,
         flush_seconds: float = 60.0,
+        salt: str = "",
     ):
-        self.folders, self.key, self.options = folders, key, options
+        self.folders, self.key, self.options, self.salt = folders, key, options, salt
         self.marker = list(folders)[-1]
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self.pending: dict[str, list[pa.Table]] = {name: [] for name in folders}
@@ -241,7 +242,9 @@ class ChunkedParquetWriter:
         if not self.n_pending:
             return
         marker_rows = pa.concat_tables(self.pending[self.marker])
-        keys = sorted(str(k) for k in marker_rows.column(self.key).to_pylist())
+        keys = ([self.salt] if self.salt else []) + sorted(
+            str(k) for k in marker_rows.column(self.key).to_pylist()
+        )
         name = f"part-{hashlib.sha256(chr(10).join(keys).encode()).hexdigest()[:20]}.parquet"
         for folder, (uri, schema) in self.folders.items():
             parts = self.pending[folder]
@@ -264,6 +267,10 @@ class ChunkedParquetWriter:
                     delete(f, self.options)
                     removed += 1
         return removed
+
+
+def copy(src_uri: str, dst_uri: str, options: StorageOptions | None = None) -> None:
+    write_bytes(dst_uri, read_bytes(src_uri, options), options)
 
 
 def delete(uri: str, options: StorageOptions | None = None) -> None:

@@ -5,17 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from dfpipe import config as C
 from dfpipe import metrics as M
 from dfpipe import modelio, runner, storage
 from dfpipe import records as R
-from dfpipe.embed import EMBEDDINGS_SCHEMA, FaceCropsStage, WindowEmbedStage, codes_array, with_frames
-from dfpipe.extract import Resources
+from dfpipe.embed import EMBEDDINGS_SCHEMA, codes_array
 from dfpipe.jobs import _training as T
 from dfpipe.jobs import segment as segment_job
+from dfpipe.jobs._codes import embed_windows, read_split
 from dfpipe.training import classifier_loop, window_logits
 
 NAME = "train_classifier"
@@ -68,66 +67,6 @@ class TrainClassifierConfig:
     @property
     def storage_options(self) -> storage.StorageOptions:
         return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
-
-
-def embed_windows(
-    windows: pa.Table, embedder_dir: str, cache_uri: str, opts, use_gpu: bool, batch_faces: int
-) -> tuple[str, int]:
-    """Codes for every window, cached under ``cache_uri`` (named by the embedder's version).
-
-    Windows already in the cache are not embedded again, so retraining the LSTM costs no embedding.
-    Returns the cache's rows URI and how many windows were embedded now.
-    """
-    version = modelio.model_version(embedder_dir, opts)
-    meta_uri = storage.join(cache_uri, "cache.json")
-    if (
-        storage.exists(meta_uri, opts)
-        and storage.read_json(meta_uri, opts).get("embedder_version") != version
-    ):
-        raise C.ConfigError(
-            f"embeddings_cache {cache_uri} holds codes of another embedder; give another embeddings_cache"
-        )
-    storage.write_json(
-        meta_uri, {"embedder": storage.normalize(embedder_dir), "embedder_version": version}, opts
-    )
-    rows_uri = storage.join(cache_uri, "windows")
-    done = storage.read_parquet_dir(rows_uri, columns=["window_id"], schema=EMBEDDINGS_SCHEMA, options=opts)
-    todo = windows.filter(pc.invert(pc.is_in(windows.column("window_id"), done.column("window_id"))))
-    print(
-        f"train_classifier: {windows.num_rows} windows, {done.num_rows} embeddings cached, {todo.num_rows} to embed",
-        flush=True,
-    )
-    if todo.num_rows:
-        num_gpus = 1.0 if use_gpu else 0.0
-        crops = runner.map_stage(
-            runner.dataset_from_table(with_frames(todo), rows_per_block=32),
-            FaceCropsStage(storage_options=opts),
-        )
-        stage = WindowEmbedStage(
-            embedder_dir,
-            device="cuda" if use_gpu else "cpu",
-            batch_faces=batch_faces,
-            storage_options=opts,
-            resources=Resources(num_cpus=1, num_gpus=num_gpus, batch_size=32),
-        )
-        writer = storage.ChunkedParquetWriter(
-            {"windows": (rows_uri, EMBEDDINGS_SCHEMA)}, "window_id", opts, flush_rows=5000
-        )
-        for table in runner.iter_tables(runner.map_stage(crops, stage, num_gpus=num_gpus)):
-            writer.add(windows=table)
-        writer.flush()
-    return rows_uri, todo.num_rows
-
-
-def read_split(rows_uri: str, split: str, opts):
-    """A Ray dataset of the cached code sequences of one split (streamed from Parquet)."""
-    import ray
-
-    fs, path = storage.arrow_filesystem(rows_uri, opts)
-    ds = ray.data.read_parquet(
-        path, filesystem=fs, columns=["window_id", "video_id", "label", "split", "codes"]
-    )
-    return ds.filter(lambda row: row["split"] == split)
 
 
 def run(cfg: TrainClassifierConfig) -> dict:
@@ -215,8 +154,17 @@ def run(cfg: TrainClassifierConfig) -> dict:
         "uri": storage.normalize(cfg.input),
         "config_hash": segment_cfg.get("config_hash"),
         "usable_flags": segment_cfg["config"]["usable_flags"],
+        # Scoring assigns the same splits, so its report can single out held-out videos.
+        "split": {
+            k: segment_cfg["config"][k]
+            for k in ("val_parts", "test_parts", "val_fraction", "test_fraction", "split_salt")
+        },
     }
-    return T.export(cfg, best, latest, meta, "window classifier")
+    meta = T.export(cfg, best, latest, meta, "window classifier")
+    # The classifier directory carries its embedder, so it can be copied and scored anywhere.
+    for name in ("model.pt", "model.json"):
+        storage.copy(storage.join(cfg.embedder, name), storage.join(cfg.output, "embedder", name), opts)
+    return meta
 
 
 def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:

@@ -1,0 +1,68 @@
+"""Evaluation of a scoring output: report.json, report.md and plots."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+from dfpipe import config as C
+from dfpipe import records as R
+from dfpipe import report as rep
+from dfpipe import storage
+
+NAME = "evaluate"
+SUMMARY = "Evaluate scores against known labels: log loss, accuracy, AUC, AP, EER, per part, with plots."
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    input: str = C.option(help="a scoring output URI (with scores/ and window_scores/)")
+    output: str = C.option(
+        help="report folder URI: report.json, report.md, roc.png, histogram.png, reliability.png"
+    )
+    model_version: str | None = C.option(None, "which model's scores (default: the last scoring run's model)")
+    s3_endpoint_url: str | None = C.option(
+        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
+    )
+    s3_region: str | None = C.option(None, "S3 region")
+    s3_anon: bool = C.option(False, "anonymous S3 access")
+
+    @property
+    def storage_options(self) -> storage.StorageOptions:
+        return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
+
+
+def run(cfg: EvaluateConfig) -> dict:
+    opts = cfg.storage_options
+    scores_uri = storage.join(cfg.input, "scores")
+    if not storage.exists(scores_uri, opts):
+        raise C.ConfigError(f"{cfg.input!r} has no scores/: run 'dfpipe score' first")
+    version = (
+        cfg.model_version or storage.read_json(storage.join(cfg.input, "config.json"), opts)["model_version"]
+    )
+    videos = storage.read_parquet_dir(scores_uri, schema=R.SCORES_SCHEMA, options=opts).to_pandas()
+    videos = videos[videos.model_version == version]
+    windows = storage.read_parquet_dir(
+        storage.join(cfg.input, "window_scores"), schema=R.WINDOW_SCORES_SCHEMA, options=opts
+    ).to_pandas()
+    windows = windows[windows.model_version == version]
+    labelled = videos[videos.label.notna()]
+    if labelled.empty or labelled.label.nunique() < 2:
+        raise C.ConfigError(
+            f"{cfg.input}: evaluation needs labelled REAL and FAKE videos scored by model {version}"
+        )
+    report = rep.evaluate(videos, windows)
+    report["model_version"] = version
+    storage.write_json(storage.join(cfg.output, "report.json"), report, opts)
+    storage.write_text(storage.join(cfg.output, "report.md"), rep.markdown(report, version), opts)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in rep.plots(videos, tmp):
+            with open(path, "rb") as f:
+                storage.write_bytes(storage.join(cfg.output, os.path.basename(path)), f.read(), opts)
+    report["report_uri"] = storage.normalize(cfg.output)
+    return report
+
+
+def format_summary(report: dict) -> str:
+    return f"{rep.table(report)}\nreport: {report['report_uri']}/report.md (plots: roc.png, histogram.png, reliability.png)"

@@ -1,0 +1,361 @@
+"""Bulk scoring: every video of a dataset to a calibrated, clipped probability of FAKE.
+
+Extraction and segmentation run first for videos not yet done (their outputs are reused); only
+videos with no score for this model version are scored, so a rerun, or a new dump under the same
+output, touches only what is new.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import posixpath
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dfpipe import config as C
+from dfpipe import modelio, runner, storage
+from dfpipe import records as R
+from dfpipe.extract import Resources
+from dfpipe.jobs import extract as extract_job
+from dfpipe.jobs import segment as segment_job
+from dfpipe.jobs._codes import cache_uri_for, embed_windows
+from dfpipe.score import WindowScoreStage, video_row, window_probs
+
+NAME = "score"
+SUMMARY = "Score every video of a dataset (or an extraction output) to a calibrated probability of FAKE."
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    input: str = C.option(
+        help="a dataset URI (extracted first, reusing what exists) or an extraction output URI"
+    )
+    model: str = C.option(help="a classifier model directory (from train_classifier; carries its embedder)")
+    output: str = C.option(
+        help="output URI: scores/, window_scores/, submission.csv, report/ and the intermediate steps"
+    )
+    all: bool = C.option(False, "score every video again, even those already scored by this model version")
+    aggregation: Literal["max_track_mean", "mean", "confident"] = C.option(
+        "max_track_mean",
+        "window -> video: max_track_mean (default: the most suspicious person decides), mean, or confident (DFDC winner's rule)",
+    )
+    clip_low: float = C.option(0.01, "lowest probability written (one confident mistake dominates log loss)")
+    clip_high: float = C.option(0.99, "highest probability written")
+    fallback: Literal["prior", "half"] = C.option(
+        "prior", "probability of videos with no usable window: the training prior or 0.5"
+    )
+    window_stride: int | None = C.option(
+        None, "stride of scoring windows (default: half the model's window length)"
+    )
+    max_frames: int = C.option(300, "frame cap per video during extraction")
+    evaluate: bool = C.option(True, "write an evaluation report when labels are known")
+    num_workers: int | None = C.option(None, "workers per stage (default: as many as the cluster fits)")
+    use_gpu: bool | None = C.option(None, "use GPUs (default: when the cluster has them)")
+    s3_endpoint_url: str | None = C.option(
+        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
+    )
+    s3_region: str | None = C.option(None, "S3 region")
+    s3_anon: bool = C.option(False, "anonymous S3 access")
+    ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+
+    def __post_init__(self):
+        if not 0 <= self.clip_low < self.clip_high <= 1:
+            raise ValueError("need 0 <= clip_low < clip_high <= 1")
+
+    @property
+    def storage_options(self) -> storage.StorageOptions:
+        return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
+
+
+def layout(output: str) -> dict[str, str]:
+    names = ("extract", "scores", "window_scores", "submission.csv", "report", "stats.json", "config.json")
+    return {name.split(".")[0]: storage.join(output, name) for name in names}
+
+
+def load_model_meta(model: str, opts) -> tuple[dict, str, str]:
+    """The classifier's meta, its embedder directory and the combined model version."""
+    try:
+        meta = modelio.read_meta(model, opts)
+        embedder = storage.join(model, "embedder")
+        modelio.read_meta(embedder, opts)
+    except modelio.ModelError as exc:
+        raise C.ConfigError(f"--model: {exc}") from None
+    if meta.get("architecture") != "window_classifier":
+        raise C.ConfigError(
+            f"--model {model} holds a {meta.get('architecture')} model; give a train_classifier output"
+        )
+    version = hashlib.sha256(
+        (modelio.model_version(model, opts) + modelio.model_version(embedder, opts)).encode()
+    ).hexdigest()[:12]
+    return meta, embedder, version
+
+
+def is_extraction_output(uri: str, opts) -> bool:
+    return storage.exists(extract_job.layout(uri)["videos"], opts) and storage.exists(
+        extract_job.layout(uri)["config"], opts
+    )
+
+
+def segment_config(meta: dict, extract_uri: str, output: str, cfg: ScoreConfig) -> segment_job.SegmentConfig:
+    window_len = int(meta["window_len"])
+    stride = cfg.window_stride or max(1, window_len // 2)
+    flags = tuple(meta.get("segment", {}).get("usable_flags") or (R.FLAG_OK, R.FLAG_MULTI_FACE))
+    split = meta.get("segment", {}).get("split", {})
+    return segment_job.SegmentConfig(
+        val_parts=tuple(split.get("val_parts", ())),
+        test_parts=tuple(split.get("test_parts", ())),
+        val_fraction=split.get("val_fraction", 0.15),
+        test_fraction=split.get("test_fraction", 0.15),
+        split_salt=split.get("split_salt", "dfpipe"),
+        input=extract_uri,
+        output=storage.join(output, f"segment-w{window_len}-s{stride}"),
+        window_len=window_len,
+        window_stride=stride,
+        remainder="align_end",
+        usable_flags=flags,
+        s3_endpoint_url=cfg.s3_endpoint_url,
+        s3_region=cfg.s3_region,
+        s3_anon=cfg.s3_anon,
+        ray_address=cfg.ray_address,
+    )
+
+
+def read_scores(
+    output: str, opts, model_version: str | None = None, columns: list[str] | None = None
+) -> pa.Table:
+    t = storage.read_parquet_dir(
+        layout(output)["scores"], columns=columns, schema=R.SCORES_SCHEMA, options=opts
+    )
+    if model_version is not None and t.num_rows:
+        t = t.filter(pc.equal(t.column("model_version"), model_version))
+    return t
+
+
+def run(cfg: ScoreConfig) -> dict:
+    started = time.monotonic()
+    opts = cfg.storage_options
+    paths = layout(cfg.output)
+    meta, embedder, version = load_model_meta(cfg.model, opts)
+    if not storage.exists(cfg.input, opts):
+        raise C.ConfigError(f"input {cfg.input!r} does not exist")
+    storage.write_json(
+        paths["config"], {"job": NAME, "config": C.to_dict(cfg), "model_version": version}, opts
+    )
+
+    # 1-2. Extraction and segmentation, each doing only what is missing.
+    if is_extraction_output(cfg.input, opts):
+        extract_uri = cfg.input
+    else:
+        extract_uri = paths["extract"]
+        extract_job.run(
+            extract_job.ExtractConfig(
+                input=cfg.input,
+                output=extract_uri,
+                max_frames=cfg.max_frames,
+                num_workers=cfg.num_workers,
+                s3_endpoint_url=cfg.s3_endpoint_url,
+                s3_region=cfg.s3_region,
+                s3_anon=cfg.s3_anon,
+                ray_address=cfg.ray_address,
+            )
+        )
+    seg_cfg = segment_config(meta, extract_uri, cfg.output, cfg)
+    segment_job.run(seg_cfg)
+
+    # 3. Which videos need a score from this model version.
+    manifest = extract_job.read_manifest(extract_uri, opts)
+    summary = segment_job.read_summary(
+        seg_cfg.output, opts, columns=["video_id", "split", "n_tracks", "reason"]
+    )
+    scored = read_scores(cfg.output, opts, version, columns=["video_id", "model_version"])
+    pending = (
+        manifest
+        if cfg.all
+        else manifest.filter(pc.invert(pc.is_in(manifest.column("video_id"), scored.column("video_id"))))
+    )
+    print(
+        f"score: {manifest.num_rows} videos, {scored.num_rows} already scored by model {version}, {pending.num_rows} to score",
+        flush=True,
+    )
+    n_frames = int(pc.sum(pending.column("n_frames")).as_py() or 0)
+
+    window_rows: dict[str, list[dict]] = {}
+    if pending.num_rows:
+        windows = segment_job.read_windows(seg_cfg.output, opts)
+        windows = windows.filter(pc.is_in(windows.column("video_id"), pending.column("video_id")))
+        runner.ensure_ray(cfg.ray_address)
+        use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
+        if windows.num_rows:
+            rows_uri, _ = embed_windows(
+                windows, embedder, cache_uri_for(seg_cfg.output, embedder, opts), opts, use_gpu, 128
+            )
+            window_rows = score_windows(
+                rows_uri, set(windows.column("window_id").to_pylist()), cfg.model, opts, cfg.num_workers
+            )
+
+    # 4. One row per pending video, windows or not; window scores beside them.
+    scored_at = datetime.now(UTC).isoformat(timespec="seconds")
+    writer = storage.ChunkedParquetWriter(
+        {
+            "window_scores": (paths["window_scores"], R.WINDOW_SCORES_SCHEMA),
+            "scores": (paths["scores"], R.SCORES_SCHEMA),
+        },
+        "video_id",
+        opts,
+        flush_rows=5000,
+        salt=version,
+    )
+    writer.remove_orphans()
+    if cfg.all and scored.num_rows:
+        remove_version(cfg.output, version, opts)
+    segments = {r["video_id"]: r for r in summary.to_pylist()}
+    batch_scores, batch_windows = [], []
+    for video in pending.to_pylist():
+        seg = segments.get(video["video_id"], {})
+        video = {
+            **video,
+            "split": seg.get("split"),
+            "n_tracks": seg.get("n_tracks", video.get("n_tracks")),
+            "segment_reason": seg.get("reason"),
+        }
+        wins = window_rows.get(video["video_id"], [])
+        batch_scores.append(
+            video_row(
+                video,
+                wins,
+                meta,
+                cfg.aggregation,
+                cfg.clip_low,
+                cfg.clip_high,
+                cfg.fallback,
+                version,
+                scored_at,
+            )
+        )
+        probs = window_probs([w["logit"] for w in wins], meta.get("temperature", 1.0)) if wins else []
+        batch_windows += [
+            {**w, "prob_fake": float(p), "model_version": version} for w, p in zip(wins, probs, strict=True)
+        ]
+        if len(batch_scores) >= 1000:
+            writer.add(
+                window_scores=pa.Table.from_pylist(batch_windows, schema=R.WINDOW_SCORES_SCHEMA),
+                scores=pa.Table.from_pylist(batch_scores, schema=R.SCORES_SCHEMA),
+            )
+            batch_scores, batch_windows = [], []
+    writer.add(
+        window_scores=pa.Table.from_pylist(batch_windows, schema=R.WINDOW_SCORES_SCHEMA),
+        scores=pa.Table.from_pylist(batch_scores, schema=R.SCORES_SCHEMA),
+    )
+    writer.flush()
+
+    all_scores = read_scores(cfg.output, opts, version)
+    write_submission(all_scores, paths["submission"], opts)
+    elapsed = time.monotonic() - started
+    stats = {
+        "model_version": version,
+        "videos": all_scores.num_rows,
+        "scored_this_run": pending.num_rows,
+        "fallback_by_reason": _reasons(all_scores),
+        "seconds": round(elapsed, 2),
+        "videos_per_s": round(pending.num_rows / elapsed, 3) if elapsed else None,
+        "frames_per_s": round(n_frames / elapsed, 2) if elapsed else None,
+    }
+    storage.write_json(paths["stats"], stats, opts)
+    if cfg.evaluate and pc.sum(pc.is_valid(all_scores.column("label"))).as_py():
+        from dfpipe.jobs import evaluate
+
+        stats["report"] = evaluate.run(
+            evaluate.EvaluateConfig(
+                input=cfg.output,
+                output=paths["report"],
+                model_version=version,
+                s3_endpoint_url=cfg.s3_endpoint_url,
+                s3_region=cfg.s3_region,
+                s3_anon=cfg.s3_anon,
+            )
+        )
+    return stats
+
+
+def score_windows(
+    rows_uri: str, window_ids: set[str], model: str, opts, num_workers: int | None
+) -> dict[str, list[dict]]:
+    """Logits of the cached windows in ``window_ids``, grouped by video."""
+    import ray
+
+    fs, path = storage.arrow_filesystem(rows_uri, opts)
+    ds = ray.data.read_parquet(path, filesystem=fs).filter(lambda r: r["window_id"] in window_ids)
+    stage = WindowScoreStage(
+        model, storage_options=opts, resources=Resources(num_cpus=1, batch_size=256, max_workers=num_workers)
+    )
+    out: dict[str, list[dict]] = {}
+    for table in runner.iter_tables(runner.map_stage(ds, stage)):
+        for row in table.to_pylist():
+            out.setdefault(row["video_id"], []).append(row)
+    for rows in out.values():
+        rows.sort(key=lambda r: (r["track_id"], r["start_frame"]))
+    return out
+
+
+def remove_version(output: str, version: str, opts) -> int:
+    """Delete the score chunks of one model version (``--all``); the rows are written again right after."""
+    removed = 0
+    for f in storage.find(layout(output)["scores"], opts):
+        fs, path = storage.filesystem(f, opts)
+        with fs.open(path, "rb") as fh:
+            versions = set(pq.read_table(fh, columns=["model_version"]).column("model_version").to_pylist())
+        if versions == {version}:
+            name = posixpath.basename(f)
+            storage.delete(storage.join(layout(output)["window_scores"], name), opts)
+            storage.delete(f, opts)
+            removed += 1
+    return removed
+
+
+def write_submission(scores: pa.Table, uri: str, opts) -> None:
+    """``filename,label`` with label = probability of FAKE, as the DFDC competition asked."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["filename", "label"])
+    for name, vid, p in sorted(
+        zip(
+            scores.column("filename").to_pylist(),
+            scores.column("video_id").to_pylist(),
+            scores.column("prob_fake").to_pylist(),
+            strict=True,
+        ),
+        key=lambda r: r[1],
+    ):
+        w.writerow([name or f"{vid}.mp4", f"{p:.6f}"])
+    storage.write_text(uri, buf.getvalue(), opts)
+
+
+def _reasons(scores: pa.Table) -> dict:
+    out: dict[str, int] = {}
+    for r in scores.column("reason").to_pylist():
+        if r:
+            key = R.reason_of(r) or r
+            out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def format_summary(stats: dict) -> str:
+    lines = [
+        f"scores: {stats['videos']} videos by model {stats['model_version']} ({stats['scored_this_run']} this run, "
+        f"{stats['videos_per_s']} videos/s, {stats['frames_per_s']} frames/s)"
+    ]
+    for reason, n in stats["fallback_by_reason"].items():
+        lines.append(f"  fallback probability, {reason}: {n}")
+    if "report" in stats:
+        from dfpipe.jobs import evaluate
+
+        lines.append(evaluate.format_summary(stats["report"]))
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""Evaluation report: metric tables and plots from scores (Ray-free)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from dfpipe import metrics as M
+
+HEADLINE = ("n", "log_loss", "balanced_log_loss", "accuracy", "roc_auc", "average_precision", "eer")
+
+
+def evaluate(videos: pd.DataFrame, windows: pd.DataFrame) -> dict:
+    """Video- and window-level metrics, per part and per split, from labelled rows."""
+    v = videos[videos.label.notna()]
+    w = windows[windows.label.notna()]
+    report = {
+        "video": M.summary(v.label.to_numpy(int), v.prob_fake.to_numpy(float)),
+        "window": M.summary(w.label.to_numpy(int), w.prob_fake.to_numpy(float)) if len(w) else None,
+        "by_part": {
+            str(k): M.summary(g.label.to_numpy(int), g.prob_fake.to_numpy(float))
+            for k, g in v.groupby("part")
+        },
+        "by_split": {
+            str(k): M.summary(g.label.to_numpy(int), g.prob_fake.to_numpy(float))
+            for k, g in v.groupby("split")
+        },
+        "unlabelled_videos": int(videos.label.isna().sum()),
+        "fallback_videos": int(videos.reason.notna().sum()),
+    }
+    return _finite(report)
+
+
+def _finite(obj):
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def table(report: dict) -> str:
+    """The headline table, as Markdown."""
+    rows = [("video", report["video"]), ("window", report["window"])]
+    rows += [(f"video, split {k}", s) for k, s in report["by_split"].items()]
+    rows += [(f"video, part {k}", s) for k, s in report["by_part"].items()]
+    lines = ["| level | " + " | ".join(HEADLINE) + " |", "|---|" + "---|" * len(HEADLINE)]
+    for name, s in rows:
+        if s:
+            lines.append(f"| {name} | " + " | ".join(_fmt(s.get(k)) for k in HEADLINE) + " |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict, model_version: str) -> str:
+    c = report["video"]["confusion"]
+    return "\n".join(
+        [
+            f"# Evaluation of model {model_version}",
+            "",
+            table(report),
+            "",
+            "Video confusion matrix at 0.5 (rows: truth, columns: prediction):",
+            "",
+            "| | REAL | FAKE |",
+            "|---|---|---|",
+            f"| REAL | {c['true_real']} | {c['false_fake']} |",
+            f"| FAKE | {c['false_real']} | {c['true_fake']} |",
+            "",
+            f"Unlabelled videos: {report['unlabelled_videos']}; videos scored with the fallback probability: {report['fallback_videos']}.",
+            "",
+            "Plots: roc.png, histogram.png, reliability.png.",
+            "",
+        ]
+    )
+
+
+def plots(videos: pd.DataFrame, folder: str) -> list[str]:
+    """ROC curve, score histograms by class and a reliability curve, as PNGs in ``folder``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = videos[videos.label.notna()]
+    y, p = v.label.to_numpy(int), v.prob_fake.to_numpy(float)
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if len(np.unique(y)) == 2:
+        fpr, tpr = M.roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"AUC {M.roc_auc(y, p):.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (videos)")
+    ax.legend(loc="lower right")
+    paths.append(_save(fig, folder, "roc.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, 1, 21)
+    ax.hist(p[y == 0], bins=bins, alpha=0.6, label="REAL")
+    ax.hist(p[y == 1], bins=bins, alpha=0.6, label="FAKE")
+    ax.set(xlabel="probability of FAKE", ylabel="videos", title="Scores by class")
+    ax.legend()
+    paths.append(_save(fig, folder, "histogram.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    edges = np.linspace(0, 1, 11)
+    idx = np.clip(np.digitize(p, edges) - 1, 0, 9)
+    xs = [p[idx == b].mean() for b in range(10) if (idx == b).any()]
+    ys = [y[idx == b].mean() for b in range(10) if (idx == b).any()]
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.plot(xs, ys, marker="o")
+    ax.set(xlabel="mean predicted probability", ylabel="share FAKE", title="Reliability (videos)")
+    paths.append(_save(fig, folder, "reliability.png"))
+    return paths
+
+
+def _save(fig, folder: str, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(folder, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

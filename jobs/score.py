@@ -1,0 +1,10 @@
+"""Score job: ``python jobs/score.py --input URI --output URI [--config FILE] [key=value ...]``."""
+
+import sys
+
+import _bootstrap  # noqa: F401  (puts the checkout on sys.path)
+
+from dfpipe.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["score", *sys.argv[1:]]))
