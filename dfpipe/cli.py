@@ -24,6 +24,7 @@ JOBS = {
     "train_classifier": ("dfpipe.jobs.train_classifier", "TrainClassifierConfig"),
     "score": ("dfpipe.jobs.score", "ScoreConfig"),
     "evaluate": ("dfpipe.jobs.evaluate", "EvaluateConfig"),
+    "score-video": ("dfpipe.jobs.score_video", "ScoreVideoConfig"),
 }
 
 
@@ -120,8 +121,14 @@ def run_job(name: str, argv: list[str]) -> int:
     except C.ConfigError as exc:
         print(f"dfpipe {name}: error: {exc}", file=sys.stderr)
         return 2
-    print(f"\n== {name} done ==")
-    print(module.format_summary(summary))
+    except C.JobError as exc:
+        print(f"dfpipe {name}: {exc}", file=sys.stderr)
+        return 1
+    if hasattr(module, "print_result"):
+        module.print_result(summary, cfg)
+    else:
+        print(f"\n== {name} done ==")
+        print(module.format_summary(summary))
     return 0
 
 
@@ -132,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
+    if name == "score-video" and rest and not rest[0].startswith("-") and "=" not in rest[0]:
+        rest = ["--video", *rest]  # dfpipe score-video FILE.mp4 --model DIR
     if name not in JOBS:
         print(f"dfpipe: unknown job {name!r}\n\n{usage()}", file=sys.stderr)
         return 2

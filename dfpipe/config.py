@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """A configuration the job cannot run with; the message says how to fix it."""
 
 
+class JobError(RuntimeError):
+    """A job that cannot finish for a reason the user can act on (exit code 1, message printed)."""
+
+
 MISSING = dataclasses.MISSING
 
 
