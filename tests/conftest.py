@@ -149,3 +149,29 @@ def segmented_sample(extracted_sample, tmp_path_factory) -> Path:
         == 0
     )
     return out
+
+
+EMBEDDER_ARGS = ["face_size=80", "epochs=3", "batch_size=8", "steps_per_epoch=3", "num_workers=2", "lr=1e-3"]
+
+
+@pytest.fixture(scope="session")
+def embedder_model(segmented_sample, tmp_path_factory) -> Path:
+    """An embedder trained in two invocations: stopped after its first epoch, then resumed."""
+    from dfpipe.cli import main
+
+    out = tmp_path_factory.mktemp("models") / "embedder"
+    args = ["train_embedder", "--input", str(segmented_sample), "--output", str(out), *EMBEDDER_ARGS]
+    assert main([*args, "stop_after_epochs=1"]) == 0
+    assert json.loads((out / "model.json").read_text())["epochs_trained"] == 1
+    assert main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def classifier_model(segmented_sample, embedder_model, tmp_path_factory) -> Path:
+    from dfpipe.cli import main
+
+    out = tmp_path_factory.mktemp("models") / "classifier"
+    assert main(["train_classifier", "--input", str(segmented_sample), "--embedder", str(embedder_model), "--output", str(out),
+                 "epochs=6", "batch_size=8", "num_workers=2", "hidden_size=16"]) == 0
+    return out

@@ -10,18 +10,12 @@ import pytest
 from dfpipe import modelio
 from dfpipe.cli import main
 
-EMBEDDER_ARGS = ["face_size=80", "epochs=3", "batch_size=8", "steps_per_epoch=3", "num_workers=2", "lr=1e-3"]
+from conftest import EMBEDDER_ARGS
 
 
 @pytest.fixture(scope="module")
-def embedder(segmented_sample, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "embedder"
-    args = ["train_embedder", "--input", str(segmented_sample), "--output", str(out), *EMBEDDER_ARGS]
-    assert main([*args, "stop_after_epochs=1"]) == 0  # a run stopped after its first epoch...
-    first = json.loads((out / "model.json").read_text())
-    assert first["epochs_trained"] == 1
-    assert main(args) == 0  # ...and the rerun resumes from its checkpoint
-    return out
+def embedder(embedder_model) -> Path:
+    return embedder_model
 
 
 def test_embedder_artefacts_resume_and_reload(embedder):

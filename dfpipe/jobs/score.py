@@ -269,19 +269,16 @@ def run(cfg: ScoreConfig) -> dict:
         "frames_per_s": round(n_frames / elapsed, 2) if elapsed else None,
     }
     storage.write_json(paths["stats"], stats, opts)
-    if cfg.evaluate and pc.sum(pc.is_valid(all_scores.column("label"))).as_py():
+    labels = {x for x in all_scores.column("label").to_pylist() if x is not None}
+    if cfg.evaluate and labels == {R.LABEL_REAL, R.LABEL_FAKE}:
         from dfpipe.jobs import evaluate
 
-        stats["report"] = evaluate.run(
-            evaluate.EvaluateConfig(
-                input=cfg.output,
-                output=paths["report"],
-                model_version=version,
-                s3_endpoint_url=cfg.s3_endpoint_url,
-                s3_region=cfg.s3_region,
-                s3_anon=cfg.s3_anon,
-            )
-        )
+        stats["report"] = evaluate.run(evaluate.EvaluateConfig(
+            input=cfg.output, output=paths["report"], model_version=version,
+            s3_endpoint_url=cfg.s3_endpoint_url, s3_region=cfg.s3_region, s3_anon=cfg.s3_anon,
+        ))
+    elif cfg.evaluate and labels:
+        print("score: evaluation skipped: the labelled videos are all of one class", flush=True)
     return stats
 
 
