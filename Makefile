@@ -13,10 +13,10 @@ install: system-deps
 	$(PYTHON) -m pip install -q --no-deps -e .
 
 # The main job on the embedded default: generated sample data, a local Ray, local files.
+# A second `make demo` reuses everything already computed.
 demo: install
-	rm -rf $(DEMO_DIR)
-	$(PYTHON) -m dfpipe.sample $(DEMO_DIR)/dataset --videos 8 --seed 0
-	$(PYTHON) jobs/extract.py --input $(DEMO_DIR)/dataset --output $(DEMO_DIR)/extract
+	[ -d $(DEMO_DIR)/dataset ] || $(PYTHON) -m dfpipe.sample $(DEMO_DIR)/dataset --videos 24 --frames 40 --parts 4 --seed 0
+	$(PYTHON) jobs/pipeline.py --input $(DEMO_DIR)/dataset --output $(DEMO_DIR)/run --config configs/demo.yaml
 
 test: install
 	$(PYTHON) -m pytest

@@ -25,6 +25,8 @@ JOBS = {
     "score": ("dfpipe.jobs.score", "ScoreConfig"),
     "evaluate": ("dfpipe.jobs.evaluate", "EvaluateConfig"),
     "score-video": ("dfpipe.jobs.score_video", "ScoreVideoConfig"),
+    "run": ("dfpipe.jobs.pipeline", "PipelineConfig"),
+    "rescore": ("dfpipe.jobs.rescore", "RescoreConfig"),
 }
 
 
@@ -98,11 +100,19 @@ def parse_args(cls, argv: list[str]) -> Any:
                 given[key] = value
             i += step
         elif "=" in token:
-            given.update(C.parse_overrides([token]))
+            for key, value in C.parse_overrides([token]).items():
+                if isinstance(value, dict) and isinstance(given.get(key), dict):
+                    given[key].update(value)
+                else:
+                    given[key] = value
             i += 1
         else:
             raise C.ConfigError(f"unexpected argument {token!r}: options are --name value or name=value")
-    return C.build(cls, {**from_file, **given})
+    merged = dict(from_file)
+    for key, value in given.items():
+        # section.option=value on the command line refines a section of the YAML file
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return C.build(cls, merged)
 
 
 def run_job(name: str, argv: list[str]) -> int:

@@ -29,6 +29,8 @@ MISSING = dataclasses.MISSING
 
 def option(default: Any = MISSING, help: str = "", **kwargs) -> Any:  # noqa: A002 - mirrors argparse
     """A config field with help text; no default means required."""
+    if isinstance(default, dict) and not default:  # a section of options, empty unless given
+        return dataclasses.field(default_factory=dict, metadata={"help": help}, **kwargs)
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple for sequence defaults: config objects are frozen")
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
@@ -76,6 +78,10 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         return tuple(_coerce(name, inner, v) for v in value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping of option: value, got {value!r}")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -145,7 +151,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"expected key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
+        parsed = yaml.safe_load(value) if value.strip() else ""
+        key = key.strip().replace("-", "_")
+        if "." in key:  # section.option=value sets one option of a mapping field
+            section, option_name = key.split(".", 1)
+            out.setdefault(section, {})[option_name] = parsed
+        else:
+            out[key] = parsed
     return out
 
 
@@ -173,6 +185,9 @@ def config_hash(config, keys: typing.Iterable[str]) -> str:
 def help_lines(cls) -> list[str]:
     lines = []
     for name, f in fields_of(cls).items():
-        default = "required" if f.default is MISSING else f"default: {f.default!r}"
+        if f.default is not MISSING:
+            default = f"default: {f.default!r}"
+        else:
+            default = "default: {}" if f.default_factory is not MISSING else "required"
         lines.append(f"  {name} ({_type_name(f.type)}; {default})\n      {f.metadata.get('help', '')}")
     return lines

@@ -1,0 +1,10 @@
+"""The whole pipeline: ``python jobs/pipeline.py --input DATASET --output ROOT [--config FILE] [key=value ...]``."""
+
+import sys
+
+import _bootstrap  # noqa: F401  (puts the checkout on sys.path)
+
+from dfpipe.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", *sys.argv[1:]]))
