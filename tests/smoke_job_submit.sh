@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Cluster smoke test (a CI step after pytest): a real local head, the jobs submitted with
+# `ray job submit --working-dir .` exactly as on a cluster, their outputs checked, the head stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=$(mktemp -d /tmp/dfpipe-smoke.XXXXXX)
+cleanup() { ray stop --force >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+python -m dfpipe.sample "$WORK/data" --videos 4 --frames 20 --parts 2 --portrait-size 270x480 --portrait-frames 6
+ray start --head --num-cpus 2 --disable-usage-stats --include-dashboard=true >/dev/null
+export RAY_ADDRESS=http://127.0.0.1:8265 RAY_AUTH_MODE=token
+# Token authentication is on by default: a client uses the head's token (here, the head's own token file).
+if [ -f "$HOME/.ray/auth_token" ]; then export RAY_AUTH_TOKEN="$(cat "$HOME/.ray/auth_token")"; fi
+
+submit() { ray job submit --working-dir . -- "$@"; }
+submit python jobs/extract.py --input "$WORK/data" --output "$WORK/extract" face_size=64 max_frames=20
+submit python jobs/pipeline.py --input "$WORK/data" --output "$WORK/run" \
+  extract.face_size=64 extract.max_frames=20 segment.window_len=8 segment.window_stride=4 \
+  segment.val_parts=dfdc_train_part_1 train_embedder.face_size=80 train_embedder.epochs=1 \
+  train_embedder.batch_size=8 train_embedder.steps_per_epoch=2 train_classifier.epochs=2 \
+  train_classifier.batch_size=8 score.max_frames=20
+submit python jobs/rescore.py --input "$WORK/data/dfdc_train_part_0" --model "$WORK/run/models/classifier" \
+  --output "$WORK/rescore" score.max_frames=20
+submit python jobs/rescore.py --input "$WORK/data/dfdc_train_part_0" --model "$WORK/run/models/classifier" \
+  --output "$WORK/rescore" score.max_frames=20
+
+python - "$WORK" <<'PY'
+import json, sys
+from pathlib import Path
+from dfpipe.catalog import build_catalog
+from dfpipe.jobs.extract import read_manifest
+from dfpipe.jobs.rescore import dump_output
+from dfpipe.jobs.score import read_scores
+
+work = Path(sys.argv[1])
+manifest = read_manifest(str(work / "extract"))
+assert manifest.num_rows == build_catalog(str(work / "data")).num_rows, "extract: every video in the manifest"
+assert (work / "run/score/report/report.json").exists(), "pipeline: evaluation report"
+dump = work / "data/dfdc_train_part_0"
+scores = read_scores(dump_output(str(work / "rescore"), str(dump)), None).to_pandas()
+assert len(scores) == len(list(dump.glob("*.mp4"))) and scores.video_id.is_unique, "rescore: each video once"
+stats = json.loads((work / "rescore/rescore_stats.json").read_text())
+assert all(d["scored_this_run"] == 0 for d in stats["dumps"].values()), "second rescore: nothing new"
+print("smoke: ray job submit of extract, pipeline and rescore: OK")
+PY
