@@ -172,6 +172,22 @@ def classifier_model(segmented_sample, embedder_model, tmp_path_factory) -> Path
     from dfpipe.cli import main
 
     out = tmp_path_factory.mktemp("models") / "classifier"
-    assert main(["train_classifier", "--input", str(segmented_sample), "--embedder", str(embedder_model), "--output", str(out),
-                 "epochs=6", "batch_size=8", "num_workers=2", "hidden_size=16"]) == 0
+    assert (
+        main(
+            [
+                "train_classifier",
+                "--input",
+                str(segmented_sample),
+                "--embedder",
+                str(embedder_model),
+                "--output",
+                str(out),
+                "epochs=6",
+                "batch_size=8",
+                "num_workers=2",
+                "hidden_size=16",
+            ]
+        )
+        == 0
+    )
     return out

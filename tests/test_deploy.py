@@ -11,13 +11,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_cluster_yaml_has_what_the_launcher_needs():
     cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-    for key in ("cluster_name", "max_workers", "provider", "auth", "available_node_types", "head_node_type",
-                "setup_commands", "head_start_ray_commands", "worker_start_ray_commands"):
+    for key in (
+        "cluster_name",
+        "max_workers",
+        "provider",
+        "auth",
+        "available_node_types",
+        "head_node_type",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    ):
         assert key in cfg, key
     assert cfg["provider"]["type"] == "aws" and cfg["provider"]["region"]
     nodes = cfg["available_node_types"]
     assert cfg["head_node_type"] in nodes
-    gpu = [n for n in nodes.values() if n.get("node_config", {}).get("InstanceType", "").startswith(("g", "p"))]
+    gpu = [
+        n for n in nodes.values() if n.get("node_config", {}).get("InstanceType", "").startswith(("g", "p"))
+    ]
     assert gpu and all(n["min_workers"] == 0 for n in gpu), "a GPU worker type scaling from zero"
     assert any("requirements.txt" in c for c in cfg["setup_commands"])
     text = (ROOT / "cluster.yaml").read_text().lower()

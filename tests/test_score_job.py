@@ -32,7 +32,21 @@ def scored(classifier_model, messy_dataset, tmp_path_factory):
     data = tmp_path_factory.mktemp("score-data") / "dataset"
     shutil.copytree(root, data)
     out = tmp_path_factory.mktemp("scored") / "score"
-    assert main(["score", "--input", str(data), "--model", str(classifier_model), "--output", str(out), "max_frames=20"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--input",
+                str(data),
+                "--model",
+                str(classifier_model),
+                "--output",
+                str(out),
+                "max_frames=20",
+            ]
+        )
+        == 0
+    )
     return data, out
 
 
@@ -51,7 +65,7 @@ def test_every_video_has_one_clipped_score(scored, messy_dataset):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(scores)
     by_name = {r["filename"]: float(r["label"]) for r in rows}
-    for vid, row in scores.iterrows():
+    for _, row in scores.iterrows():
         assert by_name[row.filename] == pytest.approx(row.prob_fake, abs=1e-6)
 
 
@@ -69,7 +83,10 @@ def test_report_matches_an_independent_computation(scored):
     assert v["balanced_log_loss"] == pytest.approx(np.mean(per_class), rel=1e-5)
     assert v["roc_auc"] == pytest.approx(brute_auc(y, p))
     c = v["confusion"]
-    assert c["true_fake"] + c["false_real"] == (y == 1).sum() and c["true_real"] + c["false_fake"] == (y == 0).sum()
+    assert (
+        c["true_fake"] + c["false_real"] == (y == 1).sum()
+        and c["true_real"] + c["false_fake"] == (y == 0).sum()
+    )
     for png in ("roc.png", "histogram.png", "reliability.png"):
         assert (Path(out) / "report" / png).stat().st_size > 1000
     assert "| video |" in (Path(out) / "report" / "report.md").read_text()
@@ -78,11 +95,39 @@ def test_report_matches_an_independent_computation(scored):
 def test_rescoring_touches_only_new_videos(scored, classifier_model):
     data, out = scored
     before = read_scores(str(out), None).num_rows
-    assert main(["score", "--input", str(data), "--model", str(classifier_model), "--output", str(out), "max_frames=20"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--input",
+                str(data),
+                "--model",
+                str(classifier_model),
+                "--output",
+                str(out),
+                "max_frames=20",
+            ]
+        )
+        == 0
+    )
     assert json.loads((Path(out) / "stats.json").read_text())["scored_this_run"] == 0
     new = sorted(data.glob("dfdc_train_part_0/*.mp4"))[0]
     shutil.copy(new, data / "dfdc_train_part_0" / "brandnewclip.mp4")
-    assert main(["score", "--input", str(data), "--model", str(classifier_model), "--output", str(out), "max_frames=20"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--input",
+                str(data),
+                "--model",
+                str(classifier_model),
+                "--output",
+                str(out),
+                "max_frames=20",
+            ]
+        )
+        == 0
+    )
     assert json.loads((Path(out) / "stats.json").read_text())["scored_this_run"] == 1
     scores = read_scores(str(out), None).to_pandas()
     assert len(scores) == before + 1 and scores.video_id.is_unique
@@ -95,7 +140,21 @@ def test_score_video_agrees_with_the_bulk_job(scored, classifier_model, tmp_path
     vid = ok.index[0]
     path = next(data.glob(f"*/{vid}.mp4"))
     png = tmp_path / "explain.png"
-    assert main(["score-video", str(path), "--model", str(classifier_model), "--json", "max_frames=20", "--explain", str(png)]) == 0
+    assert (
+        main(
+            [
+                "score-video",
+                str(path),
+                "--model",
+                str(classifier_model),
+                "--json",
+                "max_frames=20",
+                "--explain",
+                str(png),
+            ]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out)
     assert record["prob_fake"] == pytest.approx(ok.loc[vid, "prob_fake"], abs=1e-4)
     assert record["n_windows"] == ok.loc[vid, "n_windows"]
@@ -107,13 +166,40 @@ def test_score_video_agrees_with_the_bulk_job(scored, classifier_model, tmp_path
 
 
 def test_score_refuses_a_non_model(tmp_path, sample_dataset, capsys):
-    assert main(["score", "--input", str(sample_dataset), "--model", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "score",
+                "--input",
+                str(sample_dataset),
+                "--model",
+                str(tmp_path),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "not a model directory" in capsys.readouterr().err
 
 
 def test_score_shared_real_clips(classifier_model, shared_dfdc, tmp_path):
     out = tmp_path / "score"
-    assert main(["score", "--input", str(shared_dfdc), "--model", str(classifier_model), "--output", str(out), "max_frames=24"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--input",
+                str(shared_dfdc),
+                "--model",
+                str(classifier_model),
+                "--output",
+                str(out),
+                "max_frames=24",
+            ]
+        )
+        == 0
+    )
     scores = read_scores(str(out), None).to_pandas()
     present = {p.stem for p in shared_dfdc.glob("*/*.mp4")}
     assert present <= set(scores.video_id)

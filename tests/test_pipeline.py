@@ -1,0 +1,102 @@
+"""Tier 2: the whole pipeline in one command, and scheduled rescoring of dumps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from dfpipe.cli import main
+from dfpipe.jobs.rescore import dump_output
+from dfpipe.jobs.score import read_scores
+
+TINY = [
+    "extract.face_size=64",
+    "extract.max_frames=20",
+    "segment.window_len=8",
+    "segment.window_stride=4",
+    "segment.val_parts=dfdc_train_part_1",
+    "train_embedder.face_size=80",
+    "train_embedder.epochs=1",
+    "train_embedder.batch_size=8",
+    "train_embedder.steps_per_epoch=2",
+    "train_classifier.epochs=2",
+    "train_classifier.batch_size=8",
+    "train_classifier.hidden_size=8",
+    "score.max_frames=20",
+]
+
+
+def test_pipeline_end_to_end_then_reuses_everything(ray_session, sample_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--input", str(sample_dataset), "--output", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "| video |" in printed and "report.md" in printed, "the evaluation table is printed"
+    for path in (
+        "extract/stats.json",
+        "segment/stats.json",
+        "models/embedder/model.pt",
+        "models/classifier/model.pt",
+        "score/submission.csv",
+        "score/report/report.json",
+        "pipeline_stats.json",
+    ):
+        assert (out / path).exists(), path
+    timings = json.loads((out / "pipeline_stats.json").read_text())["timings_s"]
+    assert set(timings) == {"extract", "segment", "train_embedder", "train_classifier", "score"}
+
+    assert main(["run", "--input", str(sample_dataset), "--output", str(out), *TINY]) == 0
+    assert json.loads((out / "extract/stats.json").read_text())["run"]["videos_processed"] == 0
+    assert json.loads((out / "segment/stats.json").read_text())["run"]["videos_processed"] == 0
+    assert json.loads((out / "score/stats.json").read_text())["scored_this_run"] == 0
+    assert "already holds a model" in capsys.readouterr().out
+
+
+def test_pipeline_bad_section_is_refused(capsys, tmp_path):
+    assert (
+        main(["run", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "train_embedder.epochs=x"])
+        == 2
+    )
+    assert "train_embedder: epochs: expected an integer" in capsys.readouterr().err
+
+
+def test_rescore_scores_each_video_once(classifier_model, sample_dataset, tmp_path, capsys):
+    dump1, dump2 = tmp_path / "dumps" / "2026-11-24", tmp_path / "dumps" / "2026-11-25"
+    shutil.copytree(sample_dataset / "dfdc_train_part_1", dump1)
+    root = tmp_path / "scores"
+    args = ["rescore", "--model", str(classifier_model), "--output", str(root), "score.max_frames=20"]
+    assert main([*args, "--input", str(dump1)]) == 0
+    first = read_scores(dump_output(str(root), str(dump1)), None)
+    assert first.num_rows == len(list(dump1.glob("*.mp4")))
+
+    # A new dump appears: only its videos are scored; the old dump has nothing new.
+    shutil.copytree(sample_dataset / "dfdc_train_part_0", dump2)
+    capsys.readouterr()
+    assert main([*args, "--input", str(dump1), "--input", str(dump2)]) == 0
+    stats = json.loads((root / "rescore_stats.json").read_text())["dumps"]
+    assert stats[str(dump1)]["scored_this_run"] == 0
+    assert stats[str(dump2)]["scored_this_run"] == len(list(dump2.glob("*.mp4")))
+    assert main([*args, "--input", str(dump1), "--input", str(dump2)]) == 0
+    assert "nothing new to score" in capsys.readouterr().out
+    for dump in (dump1, dump2):
+        scores = read_scores(dump_output(str(root), str(dump)), None).to_pandas()
+        assert scores.video_id.is_unique and len(scores) == len(list(dump.glob("*.mp4")))
+
+    # An overlapping run (the lock is held) does nothing and says so.
+    (root / "rescore.lock").write_text(json.dumps({"host": "other", "pid": 1, "since": 4e9, "token": "x"}))
+    assert main([*args, "--input", str(dump1), "--all"]) == 0
+    assert "another run is in progress" in capsys.readouterr().out
+    (root / "rescore.lock").unlink()
+    # --all rescores everything once more, still one row per video.
+    assert main([*args, "--input", str(dump1), "--all"]) == 0
+    again = read_scores(dump_output(str(root), str(dump1)), None).to_pandas()
+    assert again.video_id.is_unique and len(again) == first.num_rows
+
+
+@pytest.mark.parametrize(
+    "argv,match", [(["--model", "m", "--output", "o"], "missing required option(s): input")]
+)
+def test_rescore_arguments(argv, match, capsys):
+    assert main(["rescore", *argv]) == 2
+    assert match in capsys.readouterr().err
