@@ -15,7 +15,7 @@ install: system-deps
 # The main job on the embedded default: generated sample data, a local Ray, local files.
 # A second `make demo` reuses everything already computed.
 demo: install
-	[ -d $(DEMO_DIR)/dataset ] || $(PYTHON) -m dfpipe.sample $(DEMO_DIR)/dataset --videos 24 --frames 40 --parts 4 --seed 0
+	[ -d $(DEMO_DIR)/dataset ] || $(PYTHON) -m dfpipe.sample $(DEMO_DIR)/dataset --videos 40 --frames 40 --parts 5 --seed 0
 	$(PYTHON) jobs/pipeline.py --input $(DEMO_DIR)/dataset --output $(DEMO_DIR)/run --config configs/demo.yaml
 
 test: install

@@ -171,12 +171,28 @@ def _validate_embedder(model, ctx: TrainContext, cfg: dict, loss_fn) -> dict:
     if c is None:
         return {"val_loss": float("nan"), "val_auc": float("nan")}
     y = np.concatenate([g[1] for g in gathered if g[1] is not None])
-    keep = np.random.default_rng(0).permutation(len(y))[:4096]  # bound the pairwise distance matrix
-    val_loss = float(loss_fn(torch.from_numpy(c[keep]), torch.from_numpy(y[keep]), cfg["margin"]))
+    val_loss = _balanced_batch_loss(c, y, cfg["batch_size"], loss_fn, cfg["margin"])
     # How well codes separate the classes: AUC of the distance to the REAL centroid (FAKE = far).
     real = c[y == 0]
     auc = M.roc_auc(y, np.linalg.norm(c - real.mean(0), axis=1)) if len(real) else float("nan")
     return {"val_loss": val_loss, "val_auc": auc, "val_faces": int(len(y))}
+
+
+def _balanced_batch_loss(codes: np.ndarray, labels: np.ndarray, batch_size: int, loss_fn, margin: float) -> float:
+    """The training objective on validation data: the mean loss over class-balanced batches of
+    ``batch_size`` (a fixed shuffle). Mining over the whole validation set at once would score
+    every model by its single hardest pair and favour collapsed codes."""
+    rng = np.random.default_rng(0)
+    real, fake = rng.permutation(np.nonzero(labels == 0)[0]), rng.permutation(np.nonzero(labels == 1)[0])
+    half = max(1, batch_size // 2)
+    n = min(len(real), len(fake)) // half
+    if n == 0:
+        return float("nan")
+    losses = []
+    for i in range(n):
+        idx = np.concatenate([real[i * half : (i + 1) * half], fake[i * half : (i + 1) * half]])
+        losses.append(float(loss_fn(torch.from_numpy(codes[idx]), torch.from_numpy(labels[idx]), margin)))
+    return float(np.mean(losses))
 
 
 def classifier_loop(cfg: dict, ctx: TrainContext) -> None:

@@ -135,7 +135,7 @@ def test_classifier_loop_learns_and_resumes():
         "weight_decay": 0.0,
         "epochs": 6,
         "batch_size": 32,
-        "steps_per_epoch": 8,
+        "steps_per_epoch": 20,
         "seed": 0,
         "pos_weight": 1.0,
         "stop_after_epochs": 3,
