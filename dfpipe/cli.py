@@ -111,7 +111,11 @@ def parse_args(cls, argv: list[str]) -> Any:
     merged = dict(from_file)
     for key, value in given.items():
         # section.option=value on the command line refines a section of the YAML file
-        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            {**merged[key], **value}
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
     return C.build(cls, merged)
 
 

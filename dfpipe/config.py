@@ -182,9 +182,37 @@ def config_hash(config, keys: typing.Iterable[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Where a job runs and how it reaches object stores; every job config extends this.
+
+    Credentials are never options: they come from the environment or the instance profile.
+    """
+
+    s3_endpoint_url: str | None = option(
+        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
+    )
+    s3_region: str | None = option(None, "S3 region (default: the AWS environment)")
+    s3_anon: bool = option(False, "anonymous S3 access (public buckets)")
+    ray_address: str | None = option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+
+    @property
+    def storage_options(self):
+        from dfpipe.storage import StorageOptions
+
+        return StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
+
+
+RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
+
+
 def help_lines(cls) -> list[str]:
     lines = []
-    for name, f in fields_of(cls).items():
+    fields = fields_of(cls)
+    # A job's own options first, the shared run options last.
+    ordered = [n for n in fields if n not in RUN_OPTIONS] + [n for n in fields if n in RUN_OPTIONS]
+    for name in ordered:
+        f = fields[name]
         if f.default is not MISSING:
             default = f"default: {f.default!r}"
         else:

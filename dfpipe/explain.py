@@ -43,11 +43,18 @@ def explain_png(faces: pa.Table, record: dict, window_frames: int, path: str, th
     for t in tracks:
         w = [x for x in record["windows"] if x["track_id"] == t]
         if w:
-            ax.plot([x["start_frame"] + window_frames / 2 for x in w], [x["prob_fake"] for x in w], marker="o", label=f"track {t} windows")
+            ax.plot(
+                [x["start_frame"] + window_frames / 2 for x in w],
+                [x["prob_fake"] for x in w],
+                marker="o",
+                label=f"track {t} windows",
+            )
     ax.axhline(record["prob_fake"], color="black", ls="--", label=f"video {record['prob_fake']:.3f}")
     ax.set(xlim=(0, n_frames), ylim=(0, 1), xlabel="frame", ylabel="probability of FAKE")
     ax.legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"{record['video_id']}: probability of FAKE {record['prob_fake']:.3f} ({record['n_windows']} windows)")
+    fig.suptitle(
+        f"{record['video_id']}: probability of FAKE {record['prob_fake']:.3f} ({record['n_windows']} windows)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

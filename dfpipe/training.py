@@ -178,7 +178,9 @@ def _validate_embedder(model, ctx: TrainContext, cfg: dict, loss_fn) -> dict:
     return {"val_loss": val_loss, "val_auc": auc, "val_faces": int(len(y))}
 
 
-def _balanced_batch_loss(codes: np.ndarray, labels: np.ndarray, batch_size: int, loss_fn, margin: float) -> float:
+def _balanced_batch_loss(
+    codes: np.ndarray, labels: np.ndarray, batch_size: int, loss_fn, margin: float
+) -> float:
     """The training objective on validation data: the mean loss over class-balanced batches of
     ``batch_size`` (a fixed shuffle). Mining over the whole validation set at once would score
     every model by its single hardest pair and favour collapsed codes."""

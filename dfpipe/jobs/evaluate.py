@@ -15,22 +15,13 @@ NAME = "evaluate"
 SUMMARY = "Evaluate scores against known labels: log loss, accuracy, AUC, AP, EER, per part, with plots."
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(C.RunOptions):
     input: str = C.option(help="a scoring output URI (with scores/ and window_scores/)")
     output: str = C.option(
         help="report folder URI: report.json, report.md, roc.png, histogram.png, reliability.png"
     )
     model_version: str | None = C.option(None, "which model's scores (default: the last scoring run's model)")
-    s3_endpoint_url: str | None = C.option(
-        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
-    )
-    s3_region: str | None = C.option(None, "S3 region")
-    s3_anon: bool = C.option(False, "anonymous S3 access")
-
-    @property
-    def storage_options(self) -> storage.StorageOptions:
-        return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
 
 
 def run(cfg: EvaluateConfig) -> dict:

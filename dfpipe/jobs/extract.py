@@ -38,8 +38,8 @@ OUTPUT_FIELDS = (
 )
 
 
-@dataclass(frozen=True)
-class ExtractConfig:
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig(C.RunOptions):
     input: str = C.option(
         help="dataset URI (local path, file:// or s3://): DFDC metadata.json parts, a labels.csv, or a folder of videos"
     )
@@ -75,12 +75,6 @@ class ExtractConfig:
         None, "GPUs per actor (default: 1 when the cluster has GPUs, else 0)"
     )
     manifest_flush_rows: int = C.option(500, "manifest rows per videos/ file (also flushed every 60 s)")
-    s3_endpoint_url: str | None = C.option(
-        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
-    )
-    s3_region: str | None = C.option(None, "S3 region (default: the AWS environment)")
-    s3_anon: bool = C.option(False, "anonymous S3 access (public buckets)")
-    ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):
         for name in (
@@ -100,10 +94,6 @@ class ExtractConfig:
             raise ValueError(f"jpeg_quality must be within [1, 100], got {self.jpeg_quality}")
         if storage.normalize(self.input) == storage.normalize(self.output):
             raise ValueError("output must differ from input: write results beside the dataset, not into it")
-
-    @property
-    def storage_options(self) -> storage.StorageOptions:
-        return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
 
 
 def layout(output: str) -> dict[str, str]:

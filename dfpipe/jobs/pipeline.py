@@ -19,19 +19,19 @@ SUMMARY = "Run the whole pipeline: extract, segment, train both models, score an
 STEPS = ("extract", "segment", "train_embedder", "train_classifier", "score")
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig(C.RunOptions):
     input: str = C.option(help="dataset URI (local path, file:// or s3://)")
-    output: str = C.option(help="root URI: extract/, segment/, models/embedder, models/classifier, score/ go under it")
-    extract: dict = C.option({}, "options of the extract step (see 'dfpipe extract --help'), e.g. extract.max_frames=60")
+    output: str = C.option(
+        help="root URI: extract/, segment/, models/embedder, models/classifier, score/ go under it"
+    )
+    extract: dict = C.option(
+        {}, "options of the extract step (see 'dfpipe extract --help'), e.g. extract.max_frames=60"
+    )
     segment: dict = C.option({}, "options of the segment step, e.g. segment.val_parts=35-39")
     train_embedder: dict = C.option({}, "options of the embedder training, e.g. train_embedder.epochs=10")
     train_classifier: dict = C.option({}, "options of the classifier training")
     score: dict = C.option({}, "options of the scoring step")
-    s3_endpoint_url: str | None = C.option(None, "S3-compatible endpoint for every step")
-    s3_region: str | None = C.option(None, "S3 region for every step")
-    s3_anon: bool = C.option(False, "anonymous S3 access for every step")
-    ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):
         self.step_configs  # noqa: B018 - validates every section up front, before any work starts
@@ -51,22 +51,36 @@ class PipelineConfig:
         from dfpipe.jobs import extract, score, segment, train_classifier, train_embedder
 
         p = self.paths
-        common = {"s3_endpoint_url": self.s3_endpoint_url, "s3_region": self.s3_region, "s3_anon": self.s3_anon}
+        common = {
+            "s3_endpoint_url": self.s3_endpoint_url,
+            "s3_region": self.s3_region,
+            "s3_anon": self.s3_anon,
+        }
         ray = {"ray_address": self.ray_address}
         wired = {
             "extract": (extract.ExtractConfig, {"input": self.input, "output": p["extract"], **ray}),
             "segment": (segment.SegmentConfig, {"input": p["extract"], "output": p["segment"], **ray}),
-            "train_embedder": (train_embedder.TrainEmbedderConfig, {"input": p["segment"], "output": p["embedder"], **ray}),
-            "train_classifier": (train_classifier.TrainClassifierConfig,
-                                 {"input": p["segment"], "embedder": p["embedder"], "output": p["classifier"], **ray}),
-            "score": (score.ScoreConfig, {"input": p["extract"], "model": p["classifier"], "output": p["score"], **ray}),
+            "train_embedder": (
+                train_embedder.TrainEmbedderConfig,
+                {"input": p["segment"], "output": p["embedder"], **ray},
+            ),
+            "train_classifier": (
+                train_classifier.TrainClassifierConfig,
+                {"input": p["segment"], "embedder": p["embedder"], "output": p["classifier"], **ray},
+            ),
+            "score": (
+                score.ScoreConfig,
+                {"input": p["extract"], "model": p["classifier"], "output": p["score"], **ray},
+            ),
         }
         out = {}
         for step, (cls, fixed) in wired.items():
             section = dict(getattr(self, step))
             clash = sorted(set(section) & (set(fixed) | set(common)))
             if clash:
-                raise ValueError(f"{step}.{clash[0]} is set by the pipeline; set it at the top level or leave it out")
+                raise ValueError(
+                    f"{step}.{clash[0]} is set by the pipeline; set it at the top level or leave it out"
+                )
             try:
                 out[step] = C.build(cls, {**common, **fixed, **section})
             except C.ConfigError as exc:
@@ -77,10 +91,19 @@ class PipelineConfig:
 def run(cfg: PipelineConfig) -> dict:
     from dfpipe.jobs import extract, score, segment, train_classifier, train_embedder
 
-    modules = {"extract": extract, "segment": segment, "train_embedder": train_embedder,
-               "train_classifier": train_classifier, "score": score}
+    modules = {
+        "extract": extract,
+        "segment": segment,
+        "train_embedder": train_embedder,
+        "train_classifier": train_classifier,
+        "score": score,
+    }
     configs = cfg.step_configs
-    storage.write_json(storage.join(cfg.output, "pipeline.json"), {"job": NAME, "config": C.to_dict(cfg)}, cfg_options(cfg))
+    storage.write_json(
+        storage.join(cfg.output, "pipeline.json"),
+        {"job": NAME, "config": C.to_dict(cfg)},
+        cfg.storage_options,
+    )
     timings, results = {}, {}
     total = time.monotonic()
     for step in STEPS:
@@ -90,15 +113,18 @@ def run(cfg: PipelineConfig) -> dict:
         timings[step] = round(time.monotonic() - start, 1)
         print(modules[step].format_summary(results[step]), flush=True)
         print(f"-- {step} took {timings[step]} s", flush=True)
-    summary = {"timings_s": timings, "total_s": round(time.monotonic() - total, 1), "score": results["score"],
-               "paths": cfg.paths}
-    storage.write_json(storage.join(cfg.output, "pipeline_stats.json"),
-                       {"timings_s": timings, "total_s": summary["total_s"]}, cfg_options(cfg))
+    summary = {
+        "timings_s": timings,
+        "total_s": round(time.monotonic() - total, 1),
+        "score": results["score"],
+        "paths": cfg.paths,
+    }
+    storage.write_json(
+        storage.join(cfg.output, "pipeline_stats.json"),
+        {"timings_s": timings, "total_s": summary["total_s"]},
+        cfg.storage_options,
+    )
     return summary
-
-
-def cfg_options(cfg: PipelineConfig) -> storage.StorageOptions:
-    return storage.StorageOptions(cfg.s3_endpoint_url, cfg.s3_region, cfg.s3_anon)
 
 
 def format_summary(summary: dict) -> str:
@@ -106,9 +132,15 @@ def format_summary(summary: dict) -> str:
 
     t = summary["timings_s"]
     total = summary["total_s"] or 1
-    lines = ["steps: " + ", ".join(f"{k} {v} s ({100 * v / total:.0f}%)" for k, v in t.items()) + f"; total {summary['total_s']} s"]
+    lines = [
+        "steps: "
+        + ", ".join(f"{k} {v} s ({100 * v / total:.0f}%)" for k, v in t.items())
+        + f"; total {summary['total_s']} s"
+    ]
     report = summary["score"].get("report")
     if report:
         lines.append(evaluate.format_summary(report))
-    lines.append(f"scores: {summary['paths']['score']}/scores, submission: {summary['paths']['score']}/submission.csv")
+    lines.append(
+        f"scores: {summary['paths']['score']}/scores, submission: {summary['paths']['score']}/submission.csv"
+    )
     return "\n".join(lines)

@@ -19,18 +19,18 @@ NAME = "rescore"
 SUMMARY = "Score what is new in one or more video dumps (for cron / RayCronJob); a run with nothing new does nothing."
 
 
-@dataclass(frozen=True)
-class RescoreConfig:
-    input: tuple[str, ...] = C.option(help="dump URIs (repeat --input for several); new prefixes can appear over time")
+@dataclass(frozen=True, kw_only=True)
+class RescoreConfig(C.RunOptions):
+    input: tuple[str, ...] = C.option(
+        help="dump URIs (repeat --input for several); new prefixes can appear over time"
+    )
     model: str = C.option(help="a classifier model directory")
     output: str = C.option(help="root URI; each dump's scores go to OUTPUT/dumps/<dump name>/")
     all: bool = C.option(False, "rescore every video even when this model version already scored it")
-    score: dict = C.option({}, "options of the scoring step (see 'dfpipe score --help'), e.g. score.max_frames=120")
+    score: dict = C.option(
+        {}, "options of the scoring step (see 'dfpipe score --help'), e.g. score.max_frames=120"
+    )
     stale_lock_s: float = C.option(6 * 3600.0, "a lock older than this many seconds is taken over")
-    s3_endpoint_url: str | None = C.option(None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
-    s3_region: str | None = C.option(None, "S3 region")
-    s3_anon: bool = C.option(False, "anonymous S3 access")
-    ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):
         if not self.input:
@@ -40,10 +40,6 @@ class RescoreConfig:
         if clash:
             raise ValueError(f"score.{clash[0]} is set by rescore itself; give it at the top level")
 
-    @property
-    def storage_options(self) -> storage.StorageOptions:
-        return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
-
 
 def dump_output(root: str, dump: str) -> str:
     return storage.join(root, "dumps", storage.safe_name(storage.normalize(dump).split("://")[-1].strip("/")))
@@ -52,18 +48,32 @@ def dump_output(root: str, dump: str) -> str:
 def run(cfg: RescoreConfig) -> dict:
     started = time.monotonic()
     opts = cfg.storage_options
-    common = {"model": cfg.model, "all": cfg.all, "ray_address": cfg.ray_address, "s3_endpoint_url": cfg.s3_endpoint_url,
-              "s3_region": cfg.s3_region, "s3_anon": cfg.s3_anon}
-    configs = {d: C.build(score_job.ScoreConfig, {**cfg.score, **common, "input": d, "output": dump_output(cfg.output, d)})
-               for d in cfg.input}
+    common = {
+        "model": cfg.model,
+        "all": cfg.all,
+        "ray_address": cfg.ray_address,
+        "s3_endpoint_url": cfg.s3_endpoint_url,
+        "s3_region": cfg.s3_region,
+        "s3_anon": cfg.s3_anon,
+    }
+    configs = {
+        d: C.build(
+            score_job.ScoreConfig, {**cfg.score, **common, "input": d, "output": dump_output(cfg.output, d)}
+        )
+        for d in cfg.input
+    }
     try:
         with run_lock(storage.join(cfg.output, "rescore.lock"), opts, cfg.stale_lock_s):
             dumps = {}
             for dump, score_cfg in configs.items():
                 print(f"\n== rescore: {dump} ==", flush=True)
                 stats = score_job.run(score_cfg)
-                dumps[dump] = {"output": score_cfg.output, "scored_this_run": stats["scored_this_run"],
-                               "videos": stats["videos"], "model_version": stats["model_version"]}
+                dumps[dump] = {
+                    "output": score_cfg.output,
+                    "scored_this_run": stats["scored_this_run"],
+                    "videos": stats["videos"],
+                    "model_version": stats["model_version"],
+                }
     except LockHeld as exc:
         print(f"rescore: another run is in progress ({exc}); nothing done", flush=True)
         return {"locked": True, "dumps": {}, "seconds": round(time.monotonic() - started, 1)}
@@ -76,7 +86,9 @@ def format_summary(summary: dict) -> str:
     if summary["locked"]:
         return "another rescore run holds the lock; nothing done"
     new = sum(d["scored_this_run"] for d in summary["dumps"].values())
-    lines = [f"{dump}: {d['scored_this_run']} scored now, {d['videos']} scored in all -> {d['output']}"
-             for dump, d in summary["dumps"].items()]
+    lines = [
+        f"{dump}: {d['scored_this_run']} scored now, {d['videos']} scored in all -> {d['output']}"
+        for dump, d in summary["dumps"].items()
+    ]
     lines.append("nothing new to score" if new == 0 else f"{new} videos scored in {summary['seconds']} s")
     return "\n".join(lines)

@@ -33,8 +33,8 @@ NAME = "score"
 SUMMARY = "Score every video of a dataset (or an extraction output) to a calibrated probability of FAKE."
 
 
-@dataclass(frozen=True)
-class ScoreConfig:
+@dataclass(frozen=True, kw_only=True)
+class ScoreConfig(C.RunOptions):
     input: str = C.option(
         help="a dataset URI (extracted first, reusing what exists) or an extraction output URI"
     )
@@ -59,20 +59,10 @@ class ScoreConfig:
     evaluate: bool = C.option(True, "write an evaluation report when labels are known")
     num_workers: int | None = C.option(None, "workers per stage (default: as many as the cluster fits)")
     use_gpu: bool | None = C.option(None, "use GPUs (default: when the cluster has them)")
-    s3_endpoint_url: str | None = C.option(
-        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
-    )
-    s3_region: str | None = C.option(None, "S3 region")
-    s3_anon: bool = C.option(False, "anonymous S3 access")
-    ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):
         if not 0 <= self.clip_low < self.clip_high <= 1:
             raise ValueError("need 0 <= clip_low < clip_high <= 1")
-
-    @property
-    def storage_options(self) -> storage.StorageOptions:
-        return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
 
 
 def layout(output: str) -> dict[str, str]:
@@ -273,10 +263,16 @@ def run(cfg: ScoreConfig) -> dict:
     if cfg.evaluate and labels == {R.LABEL_REAL, R.LABEL_FAKE}:
         from dfpipe.jobs import evaluate
 
-        stats["report"] = evaluate.run(evaluate.EvaluateConfig(
-            input=cfg.output, output=paths["report"], model_version=version,
-            s3_endpoint_url=cfg.s3_endpoint_url, s3_region=cfg.s3_region, s3_anon=cfg.s3_anon,
-        ))
+        stats["report"] = evaluate.run(
+            evaluate.EvaluateConfig(
+                input=cfg.output,
+                output=paths["report"],
+                model_version=version,
+                s3_endpoint_url=cfg.s3_endpoint_url,
+                s3_region=cfg.s3_region,
+                s3_anon=cfg.s3_anon,
+            )
+        )
     elif cfg.evaluate and labels:
         print("score: evaluation skipped: the labelled videos are all of one class", flush=True)
     return stats

@@ -25,17 +25,23 @@ NAME = "score-video"
 SUMMARY = "Score one local video file in-process and print its probability of FAKE (no cluster needed)."
 
 
-@dataclass(frozen=True)
-class ScoreVideoConfig:
+@dataclass(frozen=True, kw_only=True)
+class ScoreVideoConfig(C.RunOptions):
     video: str = C.option(help="a local video file (given first: dfpipe score-video FILE.mp4 --model DIR)")
     model: str = C.option(help="a classifier model directory (from train_classifier)")
     json: bool = C.option(False, "print the full record as JSON")
-    explain: str | None = C.option(None, "write a PNG explaining the score (face thumbnails, unusable frames, window probabilities)")
-    aggregation: Literal["max_track_mean", "mean", "confident"] = C.option("max_track_mean", "window -> video aggregation")
+    explain: str | None = C.option(
+        None, "write a PNG explaining the score (face thumbnails, unusable frames, window probabilities)"
+    )
+    aggregation: Literal["max_track_mean", "mean", "confident"] = C.option(
+        "max_track_mean", "window -> video aggregation"
+    )
     clip_low: float = C.option(0.01, "lowest probability reported")
     clip_high: float = C.option(0.99, "highest probability reported")
     fallback: Literal["prior", "half"] = C.option("prior", "probability when no window is usable")
-    window_stride: int | None = C.option(None, "stride of scoring windows (default: half the model's window length)")
+    window_stride: int | None = C.option(
+        None, "stride of scoring windows (default: half the model's window length)"
+    )
     max_frames: int = C.option(300, "frame cap")
 
 
@@ -44,44 +50,99 @@ def run(cfg: ScoreVideoConfig) -> dict:
         raise C.JobError(f"{cfg.video}: no such file")
     meta, embedder, version = score_job.load_model_meta(cfg.model, None)
     # The same settings as the bulk job, so both give the same number for the same file.
-    score_cfg = score_job.ScoreConfig(input=cfg.video, model=cfg.model, output=tempfile.gettempdir(),
-                                      window_stride=cfg.window_stride, max_frames=cfg.max_frames)
-    ext_cfg = extract_job.ExtractConfig(input=cfg.video, output=tempfile.gettempdir() + "/x", max_frames=cfg.max_frames)
+    score_cfg = score_job.ScoreConfig(
+        input=cfg.video,
+        model=cfg.model,
+        output=tempfile.gettempdir(),
+        window_stride=cfg.window_stride,
+        max_frames=cfg.max_frames,
+    )
+    ext_cfg = extract_job.ExtractConfig(
+        input=cfg.video, output=tempfile.gettempdir() + "/x", max_frames=cfg.max_frames
+    )
     seg_cfg = score_job.segment_config(meta, "unused", "unused", score_cfg)
     video_id = os.path.splitext(os.path.basename(cfg.video))[0]
     with tempfile.TemporaryDirectory() as tmp:
         stage = extract_job.build_stage(ext_cfg, tmp, num_gpus=0.0)
         stage.setup()
-        catalog = {"video_id": video_id, "uri": os.path.abspath(cfg.video), "filename": os.path.basename(cfg.video),
-                   "part": ".", "label": None, "original": None, "error": None}
+        catalog = {
+            "video_id": video_id,
+            "uri": os.path.abspath(cfg.video),
+            "filename": os.path.basename(cfg.video),
+            "part": ".",
+            "label": None,
+            "original": None,
+            "error": None,
+        }
         manifest = stage.process(catalog)
         if manifest["status"] != R.STATUS_OK:
             raise C.JobError(f"{cfg.video}: cannot be scored: {manifest['error']}")
         faces = pq.read_table(manifest["faces_uri"])
-        wins, counts = segment_video(faces.select(["video_id", "track_id", "frame_idx", "flag"]), seg_cfg.usable_flags,
-                                     seg_cfg.window_spec, manifest["frame_stride"])
-        windows = pa.Table.from_pylist([
-            {"window_id": window_id(video_id, w["track_id"], w["start_frame"]), "video_id": video_id, "track_id": w["track_id"],
-             "label": None, "part": ".", "split": None, "start_frame": w["start_frame"], "end_frame": w["end_frame"],
-             "n_frames": w["n_frames"], "frame_stride": manifest["frame_stride"], "faces_uri": manifest["faces_uri"]}
-            for w in wins], schema=R.WINDOWS_SCHEMA)
+        wins, counts = segment_video(
+            faces.select(["video_id", "track_id", "frame_idx", "flag"]),
+            seg_cfg.usable_flags,
+            seg_cfg.window_spec,
+            manifest["frame_stride"],
+        )
+        windows = pa.Table.from_pylist(
+            [
+                {
+                    "window_id": window_id(video_id, w["track_id"], w["start_frame"]),
+                    "video_id": video_id,
+                    "track_id": w["track_id"],
+                    "label": None,
+                    "part": ".",
+                    "split": None,
+                    "start_frame": w["start_frame"],
+                    "end_frame": w["end_frame"],
+                    "n_frames": w["n_frames"],
+                    "frame_stride": manifest["frame_stride"],
+                    "faces_uri": manifest["faces_uri"],
+                }
+                for w in wins
+            ],
+            schema=R.WINDOWS_SCHEMA,
+        )
         scored = []
         if windows.num_rows:
             crops = FaceCropsStage()(with_frames(windows))
             codes = WindowEmbedStage(embedder, device="cpu", torch_threads=os.cpu_count() or 1)(crops)
             scored = WindowScoreStage(cfg.model)(codes).to_pylist()
             scored.sort(key=lambda r: (r["track_id"], r["start_frame"]))
-        video = {**manifest, "split": None, "n_tracks": counts["n_tracks"],
-                 "segment_reason": None if scored else "no usable window"}
-        row = video_row(video, scored, meta, cfg.aggregation, cfg.clip_low, cfg.clip_high, cfg.fallback, version,
-                        datetime.now(UTC).isoformat(timespec="seconds"))
+        video = {
+            **manifest,
+            "split": None,
+            "n_tracks": counts["n_tracks"],
+            "segment_reason": None if scored else "no usable window",
+        }
+        row = video_row(
+            video,
+            scored,
+            meta,
+            cfg.aggregation,
+            cfg.clip_low,
+            cfg.clip_high,
+            cfg.fallback,
+            version,
+            datetime.now(UTC).isoformat(timespec="seconds"),
+        )
         from dfpipe.score import window_probs
 
-        probs = window_probs([w["logit"] for w in scored], meta.get("temperature", 1.0)) if scored else np.zeros(0)
-        record = {**row, "n_frames": manifest["n_frames"], "n_faces": sum(manifest[f"n_{f}"] for f in R.FRAME_FLAGS if f != R.FLAG_NO_FACE),
-                  "flags": {f: manifest[f"n_{f}"] for f in R.FRAME_FLAGS},
-                  "windows": [{"track_id": w["track_id"], "start_frame": w["start_frame"], "prob_fake": float(p)}
-                              for w, p in zip(scored, probs, strict=True)]}
+        probs = (
+            window_probs([w["logit"] for w in scored], meta.get("temperature", 1.0))
+            if scored
+            else np.zeros(0)
+        )
+        record = {
+            **row,
+            "n_frames": manifest["n_frames"],
+            "n_faces": sum(manifest[f"n_{f}"] for f in R.FRAME_FLAGS if f != R.FLAG_NO_FACE),
+            "flags": {f: manifest[f"n_{f}"] for f in R.FRAME_FLAGS},
+            "windows": [
+                {"track_id": w["track_id"], "start_frame": w["start_frame"], "prob_fake": float(p)}
+                for w, p in zip(scored, probs, strict=True)
+            ],
+        }
         if cfg.explain:
             from dfpipe.explain import explain_png
 
@@ -94,8 +155,12 @@ def print_result(record: dict, cfg: ScoreVideoConfig) -> None:
     if cfg.json:
         print(json.dumps(record, indent=2, default=str))
         return
-    print(f"{record['video_id']}: probability of FAKE {record['prob_fake']:.4f}"
-          + (f" ({record['reason']})" if record.get("reason") else ""))
-    print(f"  frames {record['n_frames']}, faces {record['n_faces']}, tracks {record['n_tracks']}, windows {record['n_windows']}")
+    print(
+        f"{record['video_id']}: probability of FAKE {record['prob_fake']:.4f}"
+        + (f" ({record['reason']})" if record.get("reason") else "")
+    )
+    print(
+        f"  frames {record['n_frames']}, faces {record['n_faces']}, tracks {record['n_tracks']}, windows {record['n_windows']}"
+    )
     if record.get("explain"):
         print(f"  explanation: {record['explain']}")

@@ -36,8 +36,8 @@ OUTPUT_FIELDS = (
 )
 
 
-@dataclass(frozen=True)
-class SegmentConfig:
+@dataclass(frozen=True, kw_only=True)
+class SegmentConfig(C.RunOptions):
     input: str = C.option(help="an extraction output URI (with faces/ and videos/)")
     output: str = C.option(
         help="output URI; windows/, videos/, stats.json and config.json are written under it"
@@ -63,12 +63,6 @@ class SegmentConfig:
     videos_per_task: int = C.option(32, "videos per batch handed to a worker")
     num_workers: int | None = C.option(None, "workers (default: as many as the cluster fits)")
     manifest_flush_rows: int = C.option(2000, "summary rows per videos/ file")
-    s3_endpoint_url: str | None = C.option(
-        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
-    )
-    s3_region: str | None = C.option(None, "S3 region")
-    s3_anon: bool = C.option(False, "anonymous S3 access")
-    ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):
         bad = sorted(set(self.usable_flags) - set(R.FRAME_FLAGS))
@@ -92,10 +86,6 @@ class SegmentConfig:
         return SplitRule(
             self.val_parts, self.test_parts, self.val_fraction, self.test_fraction, self.split_salt
         )
-
-    @property
-    def storage_options(self) -> storage.StorageOptions:
-        return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
 
 
 def layout(output: str) -> dict[str, str]:

@@ -23,8 +23,8 @@ SUMMARY = (
 )
 
 
-@dataclass(frozen=True)
-class TrainClassifierConfig:
+@dataclass(frozen=True, kw_only=True)
+class TrainClassifierConfig(C.RunOptions):
     input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
     embedder: str = C.option(help="the embedder's model directory (from train_embedder)")
     output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
@@ -52,21 +52,11 @@ class TrainClassifierConfig:
     stop_after_epochs: int | None = C.option(
         None, "stop this invocation after this many epochs; a rerun resumes"
     )
-    s3_endpoint_url: str | None = C.option(
-        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
-    )
-    s3_region: str | None = C.option(None, "S3 region")
-    s3_anon: bool = C.option(False, "anonymous S3 access")
-    ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):
         for name in ("hidden_size", "num_layers", "epochs", "batch_size", "num_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-
-    @property
-    def storage_options(self) -> storage.StorageOptions:
-        return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
 
 
 def run(cfg: TrainClassifierConfig) -> dict:

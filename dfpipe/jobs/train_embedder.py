@@ -21,8 +21,8 @@ NAME = "train_embedder"
 SUMMARY = "Train the triplet-loss face embedder on the train split's face crops (Ray Train)."
 
 
-@dataclass(frozen=True)
-class TrainEmbedderConfig:
+@dataclass(frozen=True, kw_only=True)
+class TrainEmbedderConfig(C.RunOptions):
     input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
     output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
     overwrite: bool = C.option(False, "start again, deleting what the output holds")
@@ -58,12 +58,6 @@ class TrainEmbedderConfig:
     stop_after_epochs: int | None = C.option(
         None, "stop this invocation after this many epochs; a rerun resumes"
     )
-    s3_endpoint_url: str | None = C.option(
-        None, "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
-    )
-    s3_region: str | None = C.option(None, "S3 region")
-    s3_anon: bool = C.option(False, "anonymous S3 access")
-    ray_address: str | None = C.option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self):
         if self.face_size < MIN_FACE_SIZE:
@@ -75,10 +69,6 @@ class TrainEmbedderConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.batch_size < 4:
             raise ValueError("batch_size must be >= 4 (two faces of each class at least)")
-
-    @property
-    def storage_options(self) -> storage.StorageOptions:
-        return storage.StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
 
 
 def initial_state(cfg: TrainEmbedderConfig) -> dict | None:
