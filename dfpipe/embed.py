@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.extract import Resources
 
@@ -186,22 +187,6 @@ class FaceTensors:
         }
 
 
-EMBEDDINGS_SCHEMA = pa.schema(
-    [
-        ("window_id", pa.string()),
-        ("video_id", pa.string()),
-        ("track_id", pa.int32()),
-        ("label", pa.int8()),
-        ("part", pa.string()),
-        ("split", pa.string()),
-        ("start_frame", pa.int32()),
-        ("n_frames", pa.int32()),
-        ("code_dim", pa.int32()),
-        ("codes", pa.list_(pa.float32())),  # n_frames * code_dim, row-major
-    ]
-)
-
-
 @dataclass
 class WindowEmbedStage:
     """Window crops in, code sequences out, with the embedder in ``model_dir`` (GPU when given one)."""
@@ -252,7 +237,7 @@ class WindowEmbedStage:
                 | {"n_frames": n, "code_dim": flat.shape[1], "codes": flat[k : k + n].reshape(-1).tolist()}
             )
             k += n
-        return pa.Table.from_pylist(out, schema=EMBEDDINGS_SCHEMA)
+        return pa.Table.from_pylist(out, schema=R.EMBEDDINGS_SCHEMA)
 
 
 def codes_array(table_or_batch, n_frames: int, code_dim: int) -> np.ndarray:

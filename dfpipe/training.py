@@ -123,31 +123,17 @@ def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
     loss_fn = LOSSES[cfg["loss"]]
     half = max(1, cfg["batch_size"] // 2)
     to_tensors = FaceTensors(cfg["face_size"], augment=True, seed=cfg["seed"] + ctx.rank)
-    for epoch in range(start, cfg["epochs"]):
-        model.train()
-        real, fake = _cycle(ctx, "train_real", half), _cycle(ctx, "train_fake", half)
-        losses = []
-        for _ in range(cfg["steps_per_epoch"]):
-            r, f = to_tensors(next(real)), to_tensors(next(fake))
-            x = torch.from_numpy(np.concatenate([r["image"], f["image"]])).to(ctx.device)
-            y = torch.from_numpy(np.concatenate([r["label"], f["label"]])).to(ctx.device)
-            with _autocast(ctx):
-                codes = model(x)
-            loss = loss_fn(codes.float(), y, cfg["margin"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        metrics = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-        metrics.update(_validate_embedder(_unwrap(model), ctx, cfg, loss_fn))
-        history.append(metrics)
-        _report(ctx, metrics, model, optimizer, epoch, history)
-        if (
-            cfg.get("stop_after_epochs")
-            and epoch + 1 - start >= cfg["stop_after_epochs"]
-            and epoch + 1 < cfg["epochs"]
-        ):
-            break
+
+    def step() -> torch.Tensor:
+        r, f = to_tensors(next(real)), to_tensors(next(fake))
+        x = torch.from_numpy(np.concatenate([r["image"], f["image"]])).to(ctx.device)
+        y = torch.from_numpy(np.concatenate([r["label"], f["label"]])).to(ctx.device)
+        with _autocast(ctx):
+            codes = model(x)
+        return loss_fn(codes.float(), y, cfg["margin"])
+
+    real, fake = _cycle(ctx, "train_real", half), _cycle(ctx, "train_fake", half)
+    _fit(ctx, cfg, model, optimizer, start, history, step, lambda m: _validate_embedder(m, ctx, cfg, loss_fn))
 
 
 def _validate_embedder(model, ctx: TrainContext, cfg: dict, loss_fn) -> dict:
@@ -208,30 +194,39 @@ def classifier_loop(cfg: dict, ctx: TrainContext) -> None:
     model = ctx.prepare(model)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg["pos_weight"], device=ctx.device))
     shape = (cfg["meta"]["n_frames"], cfg["meta"]["code_dim"])
+
+    def step() -> torch.Tensor:
+        b = next(batches)
+        x = torch.from_numpy(_codes(b, shape)).to(ctx.device)
+        y = torch.from_numpy(np.asarray(b["label"], np.float32)).to(ctx.device)
+        with _autocast(ctx):
+            logits = model(x)
+        return loss_fn(logits.float(), y)
+
+    batches = _cycle(ctx, "train", cfg["batch_size"])
+    _fit(ctx, cfg, model, optimizer, start, history, step, lambda m: _validate_classifier(m, ctx, cfg, shape))
+
+
+def _fit(
+    ctx: TrainContext, cfg: dict, model, optimizer, start: int, history: list[dict], step, validate
+) -> None:
+    """The epoch loop both models share: ``steps_per_epoch`` optimiser steps, validation, a checkpoint
+    per epoch, and an optional early stop of this invocation (``stop_after_epochs``; a rerun resumes)."""
     for epoch in range(start, cfg["epochs"]):
         model.train()
-        batches = _cycle(ctx, "train", cfg["batch_size"])
         losses = []
         for _ in range(cfg["steps_per_epoch"]):
-            b = next(batches)
-            x = torch.from_numpy(_codes(b, shape)).to(ctx.device)
-            y = torch.from_numpy(np.asarray(b["label"], np.float32)).to(ctx.device)
-            with _autocast(ctx):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
+            loss = step()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-        metrics.update(_validate_classifier(_unwrap(model), ctx, cfg, shape))
+        metrics.update(validate(_unwrap(model)))
         history.append(metrics)
         _report(ctx, metrics, model, optimizer, epoch, history)
-        if (
-            cfg.get("stop_after_epochs")
-            and epoch + 1 - start >= cfg["stop_after_epochs"]
-            and epoch + 1 < cfg["epochs"]
-        ):
+        stop = cfg.get("stop_after_epochs")
+        if stop and epoch + 1 - start >= stop and epoch + 1 < cfg["epochs"]:
             break
 
 

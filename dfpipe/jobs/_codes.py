@@ -7,7 +7,8 @@ import pyarrow.compute as pc
 
 from dfpipe import config as C
 from dfpipe import modelio, runner, storage
-from dfpipe.embed import EMBEDDINGS_SCHEMA, FaceCropsStage, WindowEmbedStage, with_frames
+from dfpipe import records as R
+from dfpipe.embed import FaceCropsStage, WindowEmbedStage, with_frames
 from dfpipe.extract import Resources
 
 
@@ -37,7 +38,7 @@ def embed_windows(
         meta_uri, {"embedder": storage.normalize(embedder_dir), "embedder_version": version}, opts
     )
     rows_uri = storage.join(cache_uri, "windows")
-    done = storage.read_parquet_dir(rows_uri, columns=["window_id"], schema=EMBEDDINGS_SCHEMA, options=opts)
+    done = storage.read_parquet_dir(rows_uri, columns=["window_id"], schema=R.EMBEDDINGS_SCHEMA, options=opts)
     todo = windows.filter(pc.invert(pc.is_in(windows.column("window_id"), done.column("window_id"))))
     print(
         f"embed: {windows.num_rows} windows, {done.num_rows} embeddings cached, {todo.num_rows} to embed",
@@ -57,7 +58,7 @@ def embed_windows(
             resources=Resources(num_cpus=1, num_gpus=num_gpus, batch_size=32),
         )
         writer = storage.ChunkedParquetWriter(
-            {"windows": (rows_uri, EMBEDDINGS_SCHEMA)}, "window_id", opts, flush_rows=5000
+            {"windows": (rows_uri, R.EMBEDDINGS_SCHEMA)}, "window_id", opts, flush_rows=5000
         )
         for table in runner.iter_tables(runner.map_stage(crops, stage, num_gpus=num_gpus)):
             writer.add(windows=table)

@@ -11,7 +11,7 @@ from dfpipe import config as C
 from dfpipe import metrics as M
 from dfpipe import modelio, runner, storage
 from dfpipe import records as R
-from dfpipe.embed import EMBEDDINGS_SCHEMA, codes_array
+from dfpipe.embed import codes_array
 from dfpipe.jobs import _training as T
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import embed_windows, read_split
@@ -162,7 +162,7 @@ def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
     model = modelio.build(meta)
     model.load_state_dict(state)
     val = storage.read_parquet_dir(
-        rows_uri, columns=["video_id", "label", "split", "codes"], schema=EMBEDDINGS_SCHEMA, options=opts
+        rows_uri, columns=["video_id", "label", "split", "codes"], schema=R.EMBEDDINGS_SCHEMA, options=opts
     )
     val = val.filter(pc.equal(val.column("split"), "val"))
     batch = {
