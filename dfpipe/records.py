@@ -137,17 +137,10 @@ SEGMENTS_SCHEMA = pa.schema(
 # One row per window: its face codes from one embedder version (the classifier's input cache).
 EMBEDDINGS_SCHEMA = pa.schema(
     [
-        ("window_id", pa.string()),
-        ("video_id", pa.string()),
-        ("track_id", pa.int32()),
-        ("label", pa.int8()),
-        ("part", pa.string()),
-        ("split", pa.string()),
-        ("start_frame", pa.int32()),
-        ("n_frames", pa.int32()),
-        ("code_dim", pa.int32()),
-        ("codes", pa.list_(pa.float32())),  # n_frames * code_dim, row-major
+        WINDOWS_SCHEMA.field(n)
+        for n in ("window_id", "video_id", "track_id", "label", "part", "split", "start_frame", "n_frames")
     ]
+    + [("code_dim", pa.int32()), ("codes", pa.list_(pa.float32()))]  # codes: n_frames * code_dim, row-major
 )
 
 # One row per video and model version under ``scores/``; every video of the dataset has one.

@@ -26,27 +26,17 @@ def brute_auc(y, p) -> float:
     return wins / (len(pos) * len(neg))
 
 
+def score(data, model, out) -> int:
+    return main(["score", "--input", str(data), "--model", str(model), "--output", str(out), "max_frames=20"])
+
+
 @pytest.fixture(scope="module")
 def scored(classifier_model, messy_dataset, tmp_path_factory):
     root, _ = messy_dataset
     data = tmp_path_factory.mktemp("score-data") / "dataset"
     shutil.copytree(root, data)
     out = tmp_path_factory.mktemp("scored") / "score"
-    assert (
-        main(
-            [
-                "score",
-                "--input",
-                str(data),
-                "--model",
-                str(classifier_model),
-                "--output",
-                str(out),
-                "max_frames=20",
-            ]
-        )
-        == 0
-    )
+    assert score(data, classifier_model, out) == 0
     return data, out
 
 
@@ -95,39 +85,11 @@ def test_report_matches_an_independent_computation(scored):
 def test_rescoring_touches_only_new_videos(scored, classifier_model):
     data, out = scored
     before = read_scores(str(out), None).num_rows
-    assert (
-        main(
-            [
-                "score",
-                "--input",
-                str(data),
-                "--model",
-                str(classifier_model),
-                "--output",
-                str(out),
-                "max_frames=20",
-            ]
-        )
-        == 0
-    )
+    assert score(data, classifier_model, out) == 0
     assert json.loads((Path(out) / "stats.json").read_text())["scored_this_run"] == 0
     new = sorted(data.glob("dfdc_train_part_0/*.mp4"))[0]
     shutil.copy(new, data / "dfdc_train_part_0" / "brandnewclip.mp4")
-    assert (
-        main(
-            [
-                "score",
-                "--input",
-                str(data),
-                "--model",
-                str(classifier_model),
-                "--output",
-                str(out),
-                "max_frames=20",
-            ]
-        )
-        == 0
-    )
+    assert score(data, classifier_model, out) == 0
     assert json.loads((Path(out) / "stats.json").read_text())["scored_this_run"] == 1
     scores = read_scores(str(out), None).to_pandas()
     assert len(scores) == before + 1 and scores.video_id.is_unique
