@@ -101,32 +101,38 @@ class WindowScoreStage:
         )
 
 
+@dataclass(frozen=True)
+class VideoRule:
+    """How window probabilities become a video's reported probability."""
+
+    aggregation: Aggregation = "max_track_mean"
+    clip_low: float = 0.01
+    clip_high: float = 0.99
+    fallback: Literal["prior", "half"] = "prior"
+
+
 def video_row(
-    video: dict,
-    windows: list[dict] | None,
-    meta: dict,
-    how: Aggregation,
-    low: float,
-    high: float,
-    fallback: Literal["prior", "half"],
-    model_version: str,
-    scored_at: str,
-) -> dict:
-    """The score row of one video from its manifest/summary fields and its scored windows."""
-    prior = meta.get("prior_fake", 0.5) if fallback == "prior" else 0.5
+    video: dict, windows: list[dict], meta: dict, rule: VideoRule, model_version: str, scored_at: str
+) -> tuple[dict, np.ndarray]:
+    """The score row of one video (from its manifest/summary fields and its windows' logits), and
+    the calibrated probability of each window."""
     row = {k: video.get(k) for k in ("video_id", "uri", "filename", "part", "split", "label")}
     row.update(
-        n_windows=len(windows or []),
+        n_windows=len(windows),
         n_tracks=int(video.get("n_tracks") or 0),
         model_version=model_version,
         scored_at=scored_at,
         reason=None,
     )
+    probs = (
+        window_probs([w["logit"] for w in windows], meta.get("temperature", 1.0)) if windows else np.zeros(0)
+    )
+    prior = meta.get("prior_fake", 0.5) if rule.fallback == "prior" else 0.5
     if video.get("status") != R.STATUS_OK:
-        row.update(prob_fake=clip(prior, low, high), reason=f"extract_failed: {video.get('error')}")
+        row.update(prob_fake=prior, reason=f"extract_failed: {video.get('error')}")
     elif not windows:
-        row.update(prob_fake=clip(prior, low, high), reason=video.get("segment_reason") or "no_window")
+        row.update(prob_fake=prior, reason=video.get("segment_reason") or "no_window")
     else:
-        probs = window_probs([w["logit"] for w in windows], meta.get("temperature", 1.0))
-        row["prob_fake"] = clip(aggregate(probs, [w["track_id"] for w in windows], how), low, high)
-    return row
+        row["prob_fake"] = aggregate(probs, [w["track_id"] for w in windows], rule.aggregation)
+    row["prob_fake"] = clip(row["prob_fake"], rule.clip_low, rule.clip_high)
+    return row, probs

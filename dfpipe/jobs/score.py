@@ -27,7 +27,7 @@ from dfpipe.extract import Resources
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_uri_for, embed_windows
-from dfpipe.score import WindowScoreStage, video_row, window_probs
+from dfpipe.score import VideoRule, WindowScoreStage, video_row
 
 NAME = "score"
 SUMMARY = "Score every video of a dataset (or an extraction output) to a calibrated probability of FAKE."
@@ -63,6 +63,10 @@ class ScoreConfig(C.RunOptions):
     def __post_init__(self):
         if not 0 <= self.clip_low < self.clip_high <= 1:
             raise ValueError("need 0 <= clip_low < clip_high <= 1")
+
+    @property
+    def video_rule(self) -> VideoRule:
+        return VideoRule(self.aggregation, self.clip_low, self.clip_high, self.fallback)
 
 
 def layout(output: str) -> dict[str, str]:
@@ -217,20 +221,8 @@ def run(cfg: ScoreConfig) -> dict:
             "segment_reason": seg.get("reason"),
         }
         wins = window_rows.get(video["video_id"], [])
-        batch_scores.append(
-            video_row(
-                video,
-                wins,
-                meta,
-                cfg.aggregation,
-                cfg.clip_low,
-                cfg.clip_high,
-                cfg.fallback,
-                version,
-                scored_at,
-            )
-        )
-        probs = window_probs([w["logit"] for w in wins], meta.get("temperature", 1.0)) if wins else []
+        row, probs = video_row(video, wins, meta, cfg.video_rule, version, scored_at)
+        batch_scores.append(row)
         batch_windows += [
             {**w, "prob_fake": float(p), "model_version": version} for w, p in zip(wins, probs, strict=True)
         ]

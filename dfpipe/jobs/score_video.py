@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -18,7 +17,7 @@ from dfpipe import records as R
 from dfpipe.embed import FaceCropsStage, WindowEmbedStage, with_frames
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import score as score_job
-from dfpipe.score import WindowScoreStage, video_row
+from dfpipe.score import VideoRule, WindowScoreStage, video_row
 from dfpipe.windows import segment_video, window_id
 
 NAME = "score-video"
@@ -115,23 +114,9 @@ def run(cfg: ScoreVideoConfig) -> dict:
             "n_tracks": counts["n_tracks"],
             "segment_reason": None if scored else "no usable window",
         }
-        row = video_row(
-            video,
-            scored,
-            meta,
-            cfg.aggregation,
-            cfg.clip_low,
-            cfg.clip_high,
-            cfg.fallback,
-            version,
-            datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        from dfpipe.score import window_probs
-
-        probs = (
-            window_probs([w["logit"] for w in scored], meta.get("temperature", 1.0))
-            if scored
-            else np.zeros(0)
+        rule = VideoRule(cfg.aggregation, cfg.clip_low, cfg.clip_high, cfg.fallback)
+        row, probs = video_row(
+            video, scored, meta, rule, version, datetime.now(UTC).isoformat(timespec="seconds")
         )
         record = {
             **row,
