@@ -1,12 +1,19 @@
-"""Extraction speed against the decode floor, side by side in one process.
+"""Extraction speed against the decode floor and the seed's loop, side by side in one run.
 
     python bench/extract.py [--videos 2] [--frames 300] [--size 1920x1080] [--json]
 
-Generates 1080p H.264 clips (30 fps), then measures in the same run:
-  decode      OpenCV decode of every frame to RGB (the floor)
-  stage       dfpipe's FaceExtractStage in-process, one worker
-  job         the extraction job through Ray Data (local Ray, all CPUs)
-and prints frames/s and each rate as a ratio of the decode floor.
+Generates H.264 clips (30 fps) of the sample generator's face scene, then measures in the same run:
+  decode       OpenCV decode of every frame, every core (the floor)
+  seed         the seed project's loop: an MTCNN built per frame, full resolution (first frames only)
+  facenet      plain facenet-pytorch: one MTCNN, full resolution, detect + extract frame by frame
+               (first frames only; its boxes are also the reference for agreement)
+  stage        dfpipe's FaceExtractStage in this process, every core
+  job 2cpu     the extraction job through Ray Data on N videos, then on 4N videos (peak memory of both)
+  job 1cpu     the job on 4N videos with one CPU given to Ray
+Agreement: over frames where full-resolution detection finds a face, the share where dfpipe's
+primary box overlaps the reference's by IoU >= 0.8, and the share whose frame flag is the same.
+``--sweep`` adds the stage with other keyframe spacings and detection sizes (the approaches).
+Ratios are taken within this run only; rerun the whole thing to compare machines.
 """
 
 from __future__ import annotations
@@ -14,18 +21,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from dfpipe.sample import ClipSpec, write_clip  # noqa: E402
 
+TARGETS = {
+    "stage_x_decode": 0.5,
+    "job_x_decode": 0.5,
+    "stage_x_seed": 60.0,
+    "stage_x_facenet": 15.0,
+    "iou_share": 0.95,
+    "iou_share_real": 0.95,
+    "rss_4n_x_n": 1.2,  # at most
+    "cpus_2_x_1": 1.7,
+}
+
 
 def make_clips(folder: str, n: int, frames: int, width: int, height: int) -> list[str]:
+    os.makedirs(folder, exist_ok=True)
     paths = []
     for i in range(n):
         path = os.path.join(folder, f"bench{i:03d}.mp4")
@@ -37,28 +59,71 @@ def make_clips(folder: str, n: int, frames: int, width: int, height: int) -> lis
     return paths
 
 
-def decode_only(paths: list[str]) -> tuple[int, float]:
-    start, n = time.perf_counter(), 0
-    for p in paths:
-        cap = cv2.VideoCapture(p, cv2.CAP_FFMPEG)
-        while True:
+def read_frames(path: str, limit: int):
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    try:
+        for _ in range(limit):
             ok, bgr = cap.read()
             if not ok:
-                break
-            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                return
+            yield bgr
+    finally:
+        cap.release()
+
+
+# --- the runs ---------------------------------------------------------------------------------
+
+
+def decode_only(paths: list[str], threads: int = 0) -> tuple[int, float]:
+    start, n = time.perf_counter(), 0
+    for p in paths:
+        cap = cv2.VideoCapture(p, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
+        while cap.read()[0]:
             n += 1
         cap.release()
     return n, time.perf_counter() - start
 
 
-def stage_in_process(paths: list[str], out: str, threads: int) -> tuple[int, float]:
+def seed_loop(paths: list[str], frames: int) -> tuple[int, float]:
+    """The student project's loop: a new MTCNN per frame, full-resolution PIL frames, crops returned."""
+    from facenet_pytorch import MTCNN
+    from PIL import Image
+
+    start, n = time.perf_counter(), 0
+    for bgr in read_frames(paths[0], frames):
+        mtcnn = MTCNN(keep_all=True, device="cpu")
+        mtcnn(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        n += 1
+    return n, time.perf_counter() - start
+
+
+def plain_facenet(paths: list[str], frames: int) -> tuple[int, float, dict]:
+    """One MTCNN at full resolution, frame by frame; returns reference boxes per (video, frame)."""
+    from facenet_pytorch import MTCNN
+    from PIL import Image
+
+    mtcnn = MTCNN(keep_all=True, device="cpu", post_process=False)
+    ref: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    start, n = time.perf_counter(), 0
+    for p in paths:
+        video_id = os.path.basename(p)[:-4]
+        for i, bgr in enumerate(read_frames(p, frames)):
+            img = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            boxes, probs = mtcnn.detect(img)
+            if boxes is not None:
+                mtcnn.extract(img, boxes, None)
+                ref[(video_id, i)] = (np.asarray(boxes, np.float32), np.asarray(probs, np.float32))
+            else:
+                ref[(video_id, i)] = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
+            n += 1
+    return n, time.perf_counter() - start, ref
+
+
+def catalog_rows(paths: list[str]):
     import pyarrow as pa
 
     from dfpipe import records as R
-    from dfpipe.extract import FaceExtractStage
 
-    stage = FaceExtractStage(faces_uri=out, torch_threads=threads)
-    stage.setup()
     rows = [
         dict(
             video_id=os.path.basename(p)[:-4],
@@ -71,64 +136,337 @@ def stage_in_process(paths: list[str], out: str, threads: int) -> tuple[int, flo
         )
         for p in paths
     ]
+    return pa.Table.from_pylist(rows, schema=R.CATALOG_SCHEMA)
+
+
+def stage_in_process(paths: list[str], out: str, threads: int, **settings) -> tuple[int, float, int]:
+    from dfpipe.extract import FaceExtractStage
+
+    stage = FaceExtractStage(faces_uri=out, threads=threads, **settings)
+    stage.setup()
+    stage(catalog_rows(paths[:1]))  # warm-up: torch's first calls are slow (the job pays this once per actor)
     start = time.perf_counter()
-    res = stage(pa.Table.from_pylist(rows, schema=R.CATALOG_SCHEMA))
-    return sum(res.column("n_frames").to_pylist()), time.perf_counter() - start
+    res = stage(catalog_rows(paths))
+    seconds = time.perf_counter() - start
+    if set(res.column("status").to_pylist()) != {"ok"}:
+        raise RuntimeError(f"the stage failed: {res.column('error').to_pylist()}")
+    return sum(res.column("n_frames").to_pylist()), seconds, sum(res.column("n_detected").to_pylist())
 
 
-def job(folder: str, out: str, num_cpus: int) -> tuple[int, float]:
+def job_subprocess(folder: str, out: str, num_cpus: int) -> dict:
+    """The extraction job in a fresh process (its own local Ray), with the peak memory of its process tree."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--_job", folder, out, str(num_cpus)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = PeakMemory(proc.pid)
+    peak.start()
+    stdout, _ = proc.communicate()
+    peak.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the extraction job failed (exit {proc.returncode})")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["peak_mib"] = peak.peak / 2**20
+    return result
+
+
+def _job_main(folder: str, out: str, num_cpus: int) -> None:
     import ray
 
     from dfpipe.cli import parse_args
     from dfpipe.jobs import extract
 
+    # Ray given k CPUs gets k cores: without pinning, a "1 CPU" run still decodes on every core.
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:num_cpus]))
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    cfg = parse_args(extract.ExtractConfig, ["--input", folder, "--output", out, "--overwrite"])
+    start = time.perf_counter()
+    stats = extract.run(cfg)
+    seconds = time.perf_counter() - start
+    ray.shutdown()
+    manifest = extract.read_manifest(out, columns=["n_frames", "elapsed_s"])
+    busy = sum(manifest.column("elapsed_s").to_pylist())  # seconds actors spent on videos
+    workers = min(num_cpus, manifest.num_rows)
+    print(json.dumps({"frames": stats["run"]["frames"], "seconds": seconds, "actor_seconds": busy / workers}))
+
+
+class PeakMemory(threading.Thread):
+    """Polls the proportional set size (PSS, shared pages split between sharers) of a process tree."""
+
+    def __init__(self, root: int, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.root, self.every, self.peak = root, every, 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.every):
+            self.peak = max(self.peak, sum(_pss(pid) for pid in _tree(self.root)))
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def _tree(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
+        tree += frontier
+    return tree
+
+
+def _pss(pid: int) -> int:
     try:
-        cfg = parse_args(extract.ExtractConfig, ["--input", folder, "--output", out, "--overwrite"])
-        start = time.perf_counter()
-        stats = extract.run(cfg)
-        return stats["run"]["frames"], time.perf_counter() - start
-    finally:
-        ray.shutdown()
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--videos", type=int, default=2)
-    p.add_argument("--frames", type=int, default=300)
-    p.add_argument("--size", default="1920x1080")
-    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "dfpipe-bench"))
-    p.add_argument("--skip-job", action="store_true")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
-    data = os.path.join(args.workdir, f"clips-{args.size}-{args.frames}")
-    os.makedirs(data, exist_ok=True)
-    paths = make_clips(data, args.videos, args.frames, width, height)
-    cpus = os.cpu_count() or 1
-    results = {}
-    results["decode"] = decode_only(paths)
-    results["stage"] = stage_in_process(paths, os.path.join(args.workdir, "stage-out"), threads=cpus)
-    if not args.skip_job:
-        results["job"] = job(data, os.path.join(args.workdir, "job-out"), cpus)
-    floor = results["decode"][0] / results["decode"][1]
-    rows = {
-        k: {
-            "frames": n,
-            "seconds": round(s, 2),
-            "frames_per_s": round(n / s, 2),
-            "x_decode": round(n / s / floor, 3),
-        }
-        for k, (n, s) in results.items()
+# --- agreement ---------------------------------------------------------------------------------
+
+
+def agreement(faces_dir: str, ref: dict, min_prob: float, min_face_px: int) -> dict:
+    """IoU >= 0.8 share of dfpipe's primary box against the full-resolution one, and flag agreement
+    (of the primary face's flag, or no_face)."""
+    import pyarrow.parquet as pq
+
+    from dfpipe import records as R
+    from dfpipe.faces import face_flags
+    from dfpipe.tracks import iou_matrix
+
+    ours: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    for name in sorted(os.listdir(faces_dir)):
+        t = pq.read_table(os.path.join(faces_dir, name)).to_pandas()
+        for (vid, idx), g in t.groupby(["video_id", "frame_idx"]):
+            g = g[g.prob.notna()]
+            ours[(vid, int(idx))] = (
+                g[["box_x1", "box_y1", "box_x2", "box_y2"]].to_numpy(np.float32),
+                g.prob.to_numpy(np.float32),
+            )
+
+    def frame_flag(boxes, probs):
+        """The primary face: the largest confident one (the highest probability is no rule when
+        several faces score 1.000), else the most probable; its flag and box."""
+        if len(boxes) == 0:
+            return R.FLAG_NO_FACE, None
+        confident = np.flatnonzero(probs >= min_prob)
+        if len(confident):
+            area = (boxes[confident, 2] - boxes[confident, 0]) * (boxes[confident, 3] - boxes[confident, 1])
+            k = int(confident[np.argmax(area)])
+        else:
+            k = int(np.argmax(probs))
+        return face_flags(boxes, probs, min_prob, min_face_px)[k], boxes[k]
+
+    with_face = iou_ok = flags_same = frames = 0
+    for key, (rb, rp) in ref.items():
+        if key not in ours:
+            continue
+        frames += 1
+        ref_flag, ref_box = frame_flag(rb, rp)
+        our_flag, our_box = frame_flag(*ours[key])
+        flags_same += ref_flag == our_flag
+        if ref_box is not None:
+            with_face += 1
+            if our_box is not None and iou_matrix(ref_box[None], our_box[None])[0, 0] >= 0.8:
+                iou_ok += 1
+    return {
+        "frames": frames,
+        "frames_with_face": with_face,
+        "iou_share": iou_ok / max(1, with_face),
+        "flag_share": flags_same / max(1, frames),
     }
-    meta = {"videos": args.videos, "frames": args.frames, "size": args.size, "cpus": cpus}
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def real_clips(folder: str, limit: int) -> list[str]:
+    found = []
+    for root, _, files in os.walk(folder):
+        found += [os.path.join(root, f) for f in files if f.lower().endswith(".mp4")]
+    return sorted(found)[:limit]
+
+
+def compare_stage(paths, workdir, tag, variants, ref, threads, record) -> dict:
+    """Time each stage variant on ``paths`` and measure its agreement with the reference boxes."""
+    from dfpipe.extract import FaceExtractStage
+
+    defaults = FaceExtractStage(faces_uri="")
+    agree = {}
+    for name, settings in variants.items():
+        out = os.path.join(workdir, "stage-out", (f"{tag}-{name}" if tag else name).replace(" ", "_"))
+        frames, seconds, detected = stage_in_process(paths, out, threads, **settings)
+        record(f"{name}{' ' + tag if tag else ''}", frames, seconds, detected=detected)
+        agree[f"{name}{' ' + tag if tag else ''}"] = agreement(
+            out, ref, defaults.min_prob, defaults.min_face_px
+        )
+    return agree
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--videos", type=int, default=2, help="N: clips for the stage and the first job run")
+    p.add_argument("--frames", type=int, default=300, help="frames per clip")
+    p.add_argument("--size", default="1920x1080")
+    p.add_argument(
+        "--baseline-frames", type=int, default=60, help="frames per clip for the full-resolution baselines"
+    )
+    p.add_argument("--seed-frames", type=int, default=20, help="frames of the first clip for the seed's loop")
+    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "dfpipe-bench"))
+    p.add_argument("--skip-job", action="store_true", help="leave out the Ray job runs")
+    p.add_argument("--sweep", action="store_true", help="also time the stage with other keyframe settings")
+    p.add_argument(
+        "--real",
+        metavar="DIR",
+        help="also measure speed and agreement on the .mp4 files under DIR (e.g. ../shared/data)",
+    )
+    p.add_argument("--real-clips", type=int, default=6, help="at most this many clips from --real")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--_job", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._job:
+        _job_main(args._job[0], args._job[1], int(args._job[2]))
+        return 0
+
+    width, height = (int(v) for v in args.size.split("x"))
+    cpus = len(os.sched_getaffinity(0))
+    n = args.videos
+    clips = os.path.join(args.workdir, f"clips-{args.size}-{args.frames}")
+    paths = make_clips(clips, 4 * n, args.frames, width, height)
+
+    from dfpipe.extract import FaceExtractStage
+
+    defaults = FaceExtractStage(faces_uri="")
+    rates: dict[str, dict] = {}
+
+    def record(name: str, frames: int, seconds: float, **extra) -> None:
+        rates[name] = {
+            "frames": frames,
+            "seconds": round(seconds, 2),
+            "frames_per_s": frames / seconds,
+            **extra,
+        }
+
+    record("decode", *decode_only(paths[:n]))
+    record("decode 1 thread", *decode_only(paths[:n], threads=1))
+    record("seed", *seed_loop(paths[:n], args.seed_frames))
+    frames, seconds, ref = plain_facenet(paths[:n], args.baseline_frames)
+    record("facenet", frames, seconds)
+
+    variants = {"stage": {}}
+    if args.sweep:
+        variants.update(
+            {
+                "stage every=1": {"detect_every": 1},
+                "stage every=8": {"detect_every": 8},
+                "stage every=32": {"detect_every": 32},
+                "stage long_side=480": {"detect_long_side": 480},
+                "stage every=1 long_side=1920": {"detect_every": 1, "detect_long_side": 1920},
+            }
+        )
+    agree = compare_stage(paths[:n], args.workdir, "", variants, ref, cpus, record)
+    if args.real:
+        real = real_clips(args.real, args.real_clips)
+        if real:
+            record("decode real", *decode_only(real))
+            frames, seconds, real_ref = plain_facenet(real, args.baseline_frames)
+            record("facenet real", frames, seconds)
+            real_variants = {k: v for k, v in variants.items() if "1920" not in k}
+            agree.update(compare_stage(real, args.workdir, "real", real_variants, real_ref, cpus, record))
+
+    memory = {}
+    if not args.skip_job:
+        sets = {}
+        for k in (n, 4 * n):
+            sets[k] = os.path.join(args.workdir, f"set-{args.size}-{args.frames}-{k}")
+            os.makedirs(sets[k], exist_ok=True)
+            for src in paths[:k]:
+                dst = os.path.join(sets[k], os.path.basename(src))
+                if not os.path.exists(dst):
+                    os.link(src, dst)  # hard links: the catalog refuses symlinks leaving a dataset
+        for label, k, num_cpus in (
+            ("job 2cpu N", n, min(2, cpus)),
+            ("job 2cpu 4N", 4 * n, min(2, cpus)),
+            ("job 1cpu 4N", 4 * n, 1),
+        ):
+            out = os.path.join(args.workdir, "job-out", label.replace(" ", "_"))
+            r = job_subprocess(sets[k], out, num_cpus)
+            record(label, r["frames"], r["seconds"], steady_frames_per_s=r["frames"] / r["actor_seconds"])
+            memory[label] = r["peak_mib"]
+
+    floor = rates["decode"]["frames_per_s"]
+    for r in rates.values():
+        r["x_decode"] = r["frames_per_s"] / floor
+    stage = rates["stage"]["frames_per_s"]
+    checks = {
+        "stage_x_decode": rates["stage"]["x_decode"],
+        "stage_x_seed": stage / rates["seed"]["frames_per_s"],
+        "stage_x_facenet": stage / rates["facenet"]["frames_per_s"],
+        "iou_share": agree["stage"]["iou_share"],
+    }
+    if "stage real" in agree:
+        checks["iou_share_real"] = agree["stage real"]["iou_share"]
+    if memory:
+        checks["job_x_decode"] = rates["job 2cpu 4N"]["x_decode"]
+        checks["rss_4n_x_n"] = memory["job 2cpu 4N"] / memory["job 2cpu N"]
+        checks["cpus_2_x_1"] = rates["job 2cpu 4N"]["frames_per_s"] / rates["job 1cpu 4N"]["frames_per_s"]
+    verdicts = {
+        k: {
+            "value": v,
+            "target": TARGETS[k],
+            "met": v <= TARGETS[k] if k == "rss_4n_x_n" else v >= TARGETS[k],
+        }
+        for k, v in checks.items()
+    }
+    meta = {
+        "videos": n,
+        "frames": args.frames,
+        "size": args.size,
+        "cpus": cpus,
+        "baseline_frames": args.baseline_frames,
+        "seed_frames": args.seed_frames,
+        "settings": {
+            k: getattr(defaults, k) for k in ("detect_every", "detect_long_side", "detect_batch", "agree_iou")
+        },
+    }
     if args.json:
-        print(json.dumps({"meta": meta, "results": rows}, indent=2))
-    else:
-        print(f"\n{args.videos} clip(s) of {args.frames} frames at {args.size}, {cpus} CPUs")
-        print(f"{'what':<8} {'frames':>7} {'seconds':>8} {'frames/s':>9} {'x decode':>9}")
-        for k, r in rows.items():
-            print(f"{k:<8} {r['frames']:>7} {r['seconds']:>8} {r['frames_per_s']:>9} {r['x_decode']:>9}")
+        report = {"meta": meta, "rates": rates, "agreement": agree, "peak_mib": memory, "targets": verdicts}
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"\n{n} clip(s) (4N = {4 * n} for the job) of {args.frames} frames at {args.size}, {cpus} CPUs")
+    print(f"dfpipe settings: {meta['settings']}")
+    print(
+        f"\n{'run':<30} {'frames':>7} {'seconds':>8} {'frames/s':>9} {'x decode':>9} {'detected':>9} {'steady':>7}"
+    )
+    for k, r in rates.items():
+        steady = f"{r['steady_frames_per_s']:.1f}" if "steady_frames_per_s" in r else ""
+        print(
+            f"{k:<30} {r['frames']:>7} {r['seconds']:>8.2f} {r['frames_per_s']:>9.1f} "
+            f"{r['x_decode']:>9.3f} {r.get('detected', ''):>9} {steady:>7}"
+        )
+    print("(steady: frames / the seconds actors spent on videos, without Ray and model start-up)")
+    print(f"\n{'agreement vs full resolution':<30} {'frames w/ face':>14} {'IoU>=0.8':>9} {'same flag':>9}")
+    for k, a in agree.items():
+        print(f"{k:<30} {a['frames_with_face']:>14} {a['iou_share']:>9.3f} {a['flag_share']:>9.3f}")
+    if memory:
+        print(
+            "\npeak memory (PSS of the job's process tree, MiB): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in memory.items())
+        )
+    print(f"\n{'target':<18} {'value':>9} {'target':>9}  met")
+    for k, v in verdicts.items():
+        sign = "<=" if k == "rss_4n_x_n" else ">="
+        print(f"{k:<18} {v['value']:>9.3f} {sign}{v['target']:>7}  {'yes' if v['met'] else 'NO'}")
     return 0
 
 

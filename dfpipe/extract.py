@@ -1,5 +1,9 @@
 """The extraction stage: catalog rows in, one manifest row out per video, face shard written per video.
 
+Frames are decoded once, in windows; the detector runs on keyframes and wherever the faces of two
+keyframes disagree (:mod:`dfpipe.keyframes`), boxes are interpolated in between, and every frame's
+faces are cropped from the full-resolution frame.
+
 Each video's face rows go to ``faces/<video_id>.parquet``, a name derived from the video's
 identity and written atomically, so a rerun or a retried actor overwrites rather than duplicates.
 Any failure is caught per video and recorded on its manifest row; the stage never raises for input.
@@ -16,8 +20,9 @@ import pyarrow as pa
 
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.decode import DecodeError, DecodeLimits, VideoReader
+from dfpipe.decode import DecodeError, DecodeLimits, VideoReader, prefetched
 from dfpipe.faces import FaceDetector, crop_face, encode_jpeg, face_flags
+from dfpipe.keyframes import KeyframeDetector
 from dfpipe.tracks import link_tracks
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,9 @@ class FaceExtractStage:
     max_bytes: int = 2 * 1024**3
     detect_long_side: int = 640
     detect_batch: int = 16
+    detect_every: int = 16
+    agree_iou: float = 0.7
+    cut_threshold: float = 40.0
     min_face_size: int = 20
     min_prob: float = 0.9
     min_face_px: int = 40
@@ -53,24 +61,34 @@ class FaceExtractStage:
     track_iou: float = 0.3
     track_max_gap: int = 5
     device: str = "auto"
-    torch_threads: int = 1
+    threads: int = 1
     storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     resources: Resources = field(default_factory=Resources)
 
     def setup(self) -> None:
+        """Load the detector and share out the worker's ``threads`` CPUs.
+
+        With two or more, one thread decodes ahead (decoding and colour conversion are sequential
+        work) and the rest detect and crop; measured on 2 CPUs this beats letting the decoder, torch
+        and OpenCV each spread over every core, which only makes them contend.
+        """
+        import cv2
         import torch
 
-        torch.set_num_threads(max(1, self.torch_threads))
+        self._prefetch = self.threads > 1
+        compute = max(1, self.threads - 1) if self._prefetch else 1
+        torch.set_num_threads(compute)
+        cv2.setNumThreads(compute)
         self.detector = FaceDetector(self.detect_long_side, self.min_face_size, device=self.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if not hasattr(self, "detector"):
-            self.setup()
         rows = [self.process(row) for row in batch.to_pylist()]
         return pa.Table.from_pylist(rows, schema=R.VIDEOS_SCHEMA)
 
     def process(self, video: dict) -> dict:
         """One manifest row for one catalog row; never raises for bad input."""
+        if not hasattr(self, "detector"):
+            self.setup()
         start = time.monotonic()
         row = manifest_row(video, self.config_hash)
         row["frame_stride"] = self.frame_stride
@@ -84,11 +102,6 @@ class FaceExtractStage:
                 raise DecodeError(R.REASON_TOO_LARGE, f"{nbytes} bytes exceeds max_bytes={self.max_bytes}")
             with storage.local_copy(video["uri"], self.storage_options) as path:
                 table, info, stats = self._extract(path, video)
-            faces_uri = storage.join(self.faces_uri, storage.safe_name(video["video_id"]) + ".parquet")
-            storage.write_parquet(table, faces_uri, self.storage_options)
-            row.update(info)
-            row.update(stats)
-            row.update(status=R.STATUS_OK, faces_uri=faces_uri)
         except DecodeError as exc:
             row.update(status=R.STATUS_FAILED, error=str(exc))
             log.warning("extract %s: %s", video["video_id"], exc)
@@ -98,38 +111,57 @@ class FaceExtractStage:
         except Exception as exc:  # noqa: BLE001 - one bad video must not fail the dataset
             row.update(status=R.STATUS_FAILED, error=f"{R.REASON_INTERNAL}: {type(exc).__name__}: {exc}")
             log.exception("extract %s: unexpected failure", video["video_id"])
+        else:
+            # A failure to write the output is not the video's fault: it raises, so the task is
+            # retried and, if the storage stays down, the job stops with the error instead of
+            # recording good videos as failed.
+            faces_uri = storage.join(self.faces_uri, storage.safe_name(video["video_id"]) + ".parquet")
+            storage.write_parquet(table, faces_uri, self.storage_options)
+            row.update(info)
+            row.update(stats)
+            row.update(status=R.STATUS_OK, faces_uri=faces_uri)
         row["elapsed_s"] = time.monotonic() - start
         return row
 
     def _extract(self, path: str, video: dict) -> tuple[pa.Table, dict, dict]:
-        reader = VideoReader(path, self.frame_stride, self.limits, chunk=self.detect_batch)
+        reader = VideoReader(path, self.frame_stride, self.limits, chunk=8, threads=1)
+        chunks = prefetched(reader, depth=2) if self._prefetch else reader
+        keyframes = KeyframeDetector(
+            self.detector.detect,
+            every=self.detect_every,
+            window=self.detect_batch,
+            min_prob=self.min_prob,
+            agree_iou=self.agree_iou,
+            cut_threshold=self.cut_threshold,
+        )
         frame_idx: list[int] = []
         boxes: list[np.ndarray] = []
         probs: list[np.ndarray] = []
+        detected: list[bool] = []
         crops: list[list[bytes]] = []
-        for idx, frames in reader:
-            for i, frame, (b, p) in zip(idx, frames, self.detector.detect(frames), strict=True):
-                frame_idx.append(i)
-                boxes.append(b)
-                probs.append(p)
-                crops.append(
-                    [
-                        encode_jpeg(
-                            crop_face(frame, box, self.crop_margin, self.face_size), self.jpeg_quality
-                        )
-                        for box in b
-                    ]
-                )
+        for f in keyframes.run(chunks):
+            frame_idx.append(f.index)
+            boxes.append(f.boxes)
+            probs.append(f.probs)
+            detected.append(f.detected)
+            crops.append(
+                [
+                    encode_jpeg(
+                        crop_face(f.frame, box, self.crop_margin, self.face_size), self.jpeg_quality, bgr=True
+                    )
+                    for box in f.boxes
+                ]
+            )
         if not frame_idx:
             raise DecodeError(R.REASON_DECODE_ERROR, "no frame could be decoded")
-        track_ids = link_tracks(frame_idx, boxes, self.track_iou, self.track_max_gap)
+        track_ids = link_tracks(frame_idx, boxes, self.track_iou, self.track_max_gap, keyframes.cuts)
         cols: dict[str, list] = {name: [] for name in R.FACES_SCHEMA.names}
-        for i, b, p, t, c in zip(frame_idx, boxes, probs, track_ids, crops, strict=True):
+        for i, b, p, d, t, c in zip(frame_idx, boxes, probs, detected, track_ids, crops, strict=True):
             flags = face_flags(b, p, self.min_prob, self.min_face_px)
             if len(b) == 0:
-                _append(cols, video, i, None, R.FLAG_NO_FACE, None, None, None)
+                _append(cols, video, i, None, R.FLAG_NO_FACE, None, None, d, None)
             for k in range(len(b)):
-                _append(cols, video, i, int(t[k]), flags[k], float(p[k]), b[k], c[k])
+                _append(cols, video, i, int(t[k]), flags[k], float(p[k]), b[k], d, c[k])
         table = pa.table(cols, schema=R.FACES_SCHEMA)
         info = reader.info
         flag_counts = dict.fromkeys(R.FRAME_FLAGS, 0)
@@ -138,6 +170,7 @@ class FaceExtractStage:
         stats = {f"n_{k}": v for k, v in flag_counts.items()}
         stats["n_frames"] = len(frame_idx)
         stats["n_tracks"] = len({t for t in cols["track_id"] if t is not None})
+        stats["n_detected"] = keyframes.n_detected
         declared = info.declared_frames
         truncated = not reader.capped and declared > 0 and reader.frames_read < 0.9 * declared
         meta = dict(
@@ -152,7 +185,7 @@ class FaceExtractStage:
         return table, meta, stats
 
 
-def _append(cols, video, frame_idx, track_id, flag, prob, box, jpeg) -> None:
+def _append(cols, video, frame_idx, track_id, flag, prob, box, detected, jpeg) -> None:
     cols["video_id"].append(video["video_id"])
     cols["part"].append(video["part"])
     cols["label"].append(video["label"])
@@ -162,6 +195,7 @@ def _append(cols, video, frame_idx, track_id, flag, prob, box, jpeg) -> None:
     cols["prob"].append(prob)
     for k, name in enumerate(("box_x1", "box_y1", "box_x2", "box_y2")):
         cols[name].append(None if box is None else float(box[k]))
+    cols["detected"].append(detected)
     cols["face_jpeg"].append(jpeg)
 
 
@@ -177,4 +211,5 @@ def manifest_row(video: dict, config_hash: str) -> dict:
         row[f"n_{flag}"] = 0
     row["n_frames"] = 0
     row["n_tracks"] = 0
+    row["n_detected"] = 0
     return row

@@ -32,7 +32,7 @@ def detection_scale(width: int, height: int, long_side: int) -> float:
 
 @dataclass
 class FaceDetector:
-    """MTCNN loaded once; ``detect`` takes a list of same-size RGB frames and returns boxes per frame."""
+    """MTCNN loaded once; ``detect`` takes a list of same-size BGR frames and returns boxes per frame."""
 
     long_side: int = 640
     min_face_size: int = 20
@@ -61,16 +61,14 @@ class FaceDetector:
             return []
         h, w = frames[0].shape[:2]
         scale = detection_scale(w, h, self.long_side)
-        small = (
-            frames
-            if scale == 1.0
-            else [
-                cv2.resize(
-                    f, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-                )
-                for f in frames
-            ]
-        )
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        # Only the small copy MTCNN sees is converted to RGB.
+        small = [
+            cv2.cvtColor(
+                f if scale == 1.0 else cv2.resize(f, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB
+            )
+            for f in frames
+        ]
         with torch.inference_mode():
             boxes, probs = self._mtcnn.detect(np.stack(small))
         out = []
@@ -97,8 +95,11 @@ def crop_face(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> n
     return cv2.warpAffine(frame, m, (size, size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+def encode_jpeg(image: np.ndarray, quality: int = 90, bgr: bool = False) -> bytes:
+    """JPEG bytes of an RGB image (a BGR one with ``bgr=True``, as crops of decoded frames are)."""
+    if not bgr:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()

@@ -61,6 +61,7 @@ FACES_SCHEMA = pa.schema(
         ("box_y1", pa.float32()),
         ("box_x2", pa.float32()),
         ("box_y2", pa.float32()),
+        ("detected", pa.bool_()),  # false where the box was interpolated between keyframes
         ("face_jpeg", pa.binary()),
     ]
 )
@@ -83,6 +84,7 @@ VIDEOS_SCHEMA = pa.schema(
         ("rotation", pa.int16()),
         ("frame_stride", pa.int16()),
         ("n_tracks", pa.int32()),
+        ("n_detected", pa.int32()),  # frames the face detector ran on; the others were interpolated
         *[(f"n_{flag}", pa.int32()) for flag in FRAME_FLAGS],
         ("faces_uri", pa.string()),
         ("config_hash", pa.string()),

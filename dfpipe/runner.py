@@ -64,12 +64,18 @@ def pool_size(stage, num_gpus: float) -> int:
     return max(1, int(min(by_cpu, by_gpu)))
 
 
-def map_stage(ds, stage, num_gpus: float = 0.0):
-    """``ds.map_batches`` over an actor pool running ``stage``."""
+def map_stage(ds, stage, num_gpus: float = 0.0, n_batches: int | None = None):
+    """``ds.map_batches`` over an actor pool running ``stage``.
+
+    With ``n_batches`` known, the pool starts at its full size (never more actors than batches)
+    instead of growing from one actor as Ray Data's autoscaler sees a queue: on a short job the
+    growing took most of the run.
+    """
     import ray
 
     res = stage.resources
     size = pool_size(stage, num_gpus)
+    start = 1 if n_batches is None else max(1, min(size, math.ceil(n_batches / res.batch_size)))
     log.info(
         "%s: actor pool of up to %d (cpus=%s, gpus=%s each)",
         type(stage).__name__,
@@ -82,7 +88,7 @@ def map_stage(ds, stage, num_gpus: float = 0.0):
         fn_constructor_kwargs={"stage": stage},
         batch_size=res.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
+        compute=ray.data.ActorPoolStrategy(min_size=start, max_size=size),
         num_cpus=res.num_cpus,
         num_gpus=num_gpus,
     )

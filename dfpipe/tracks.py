@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 
@@ -19,35 +21,57 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a + area_b - inter, 1e-6)
 
 
+def greedy_match(ious: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
+    """Pairs (row, column) taken best-overlap first, each row and column at most once, IoU >= ``min_iou``.
+
+    Ties break by row then column, so the result is deterministic.
+    """
+    order = sorted(
+        ((float(ious[i, j]), i, j) for i in range(ious.shape[0]) for j in range(ious.shape[1])),
+        key=lambda p: (-p[0], p[1], p[2]),
+    )
+    rows: set[int] = set()
+    cols: set[int] = set()
+    pairs = []
+    for score, i, j in order:
+        if score < min_iou:
+            break
+        if i in rows or j in cols:
+            continue
+        rows.add(i)
+        cols.add(j)
+        pairs.append((i, j))
+    return pairs
+
+
 def link_tracks(
-    frame_indices: list[int], boxes: list[np.ndarray], min_iou: float = 0.3, max_gap: int = 5
+    frame_indices: list[int],
+    boxes: list[np.ndarray],
+    min_iou: float = 0.3,
+    max_gap: int = 5,
+    cuts: Iterable[int] = (),
 ) -> list[np.ndarray]:
     """Track ids for each frame's boxes (same shapes as ``boxes``), matching greedily by IoU.
 
     A box joins the track whose last box overlaps it most (at least ``min_iou``) and was seen at
-    most ``max_gap`` frames ago; otherwise it starts a new track. Ids count up from 0 in order of
-    first appearance, so the result is deterministic.
+    most ``max_gap`` frames ago; otherwise it starts a new track. No track continues into a frame
+    listed in ``cuts`` (the first frame of a new shot). Ids count up from 0 in order of first
+    appearance, so the result is deterministic.
     """
+    cuts = set(cuts)
     last_box: list[np.ndarray] = []
     last_frame: list[int] = []
     out: list[np.ndarray] = []
+    shot_start = 0
     for frame, frame_boxes in zip(frame_indices, boxes, strict=True):
+        if frame in cuts:
+            shot_start = len(last_box)  # tracks of earlier shots are closed
         ids = np.full(len(frame_boxes), -1, dtype=np.int32)
-        live = [t for t in range(len(last_box)) if frame - last_frame[t] <= max_gap]
+        live = [t for t in range(shot_start, len(last_box)) if frame - last_frame[t] <= max_gap]
         if len(frame_boxes) and live:
             ious = iou_matrix(np.asarray(frame_boxes), np.stack([last_box[t] for t in live]))
-            pairs = sorted(
-                ((ious[i, j], i, j) for i in range(ious.shape[0]) for j in range(ious.shape[1])),
-                key=lambda p: (-p[0], p[1], p[2]),
-            )
-            used_tracks: set[int] = set()
-            for score, i, j in pairs:
-                if score < min_iou:
-                    break
-                if ids[i] >= 0 or j in used_tracks:
-                    continue
+            for i, j in greedy_match(ious, min_iou):
                 ids[i] = live[j]
-                used_tracks.add(j)
         for i in range(len(frame_boxes)):
             if ids[i] < 0:
                 ids[i] = len(last_box)

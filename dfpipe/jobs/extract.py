@@ -27,6 +27,9 @@ OUTPUT_FIELDS = (
     "frame_stride",
     "max_frames",
     "detect_long_side",
+    "detect_every",
+    "agree_iou",
+    "cut_threshold",
     "min_face_size",
     "min_prob",
     "min_face_px",
@@ -55,7 +58,19 @@ class ExtractConfig(C.RunOptions):
     detect_long_side: int = C.option(
         640, "frames are shrunk so their long side is at most this before detection"
     )
-    detect_batch: int = C.option(16, "frames per MTCNN batch (and per decode window)")
+    detect_every: int = C.option(
+        16, "run the detector on every k-th frame and interpolate boxes between (1: every frame)"
+    )
+    agree_iou: float = C.option(
+        0.7, "keyframes whose faces overlap less than this are re-detected in between, not interpolated"
+    )
+    cut_threshold: float = C.option(
+        40.0, "mean change of a frame's thumbnail (0-255) taken as a scene cut: no interpolation across it"
+    )
+    detect_batch: int = C.option(
+        16,
+        "frames held per window (with the tail after its last keyframe); its keyframes are detected in one batch",
+    )
     min_face_size: int = C.option(20, "MTCNN's smallest face, in pixels of the detection frame")
     min_prob: float = C.option(0.9, "faces below this detection probability are flagged low_prob")
     min_face_px: int = C.option(
@@ -70,7 +85,9 @@ class ExtractConfig(C.RunOptions):
         "auto", "where MTCNN runs: auto uses the GPU Ray gives an actor"
     )
     num_workers: int | None = C.option(None, "actors in the pool (default: as many as the cluster fits)")
-    cpus_per_worker: float = C.option(1.0, "CPUs per extraction actor (also its torch threads)")
+    cpus_per_worker: float = C.option(
+        1.0, "CPUs per extraction actor (also its decoder, OpenCV and torch threads)"
+    )
     gpus_per_worker: float | None = C.option(
         None, "GPUs per actor (default: 1 when the cluster has GPUs, else 0)"
     )
@@ -84,6 +101,7 @@ class ExtractConfig(C.RunOptions):
             "max_pixels",
             "detect_long_side",
             "detect_batch",
+            "detect_every",
             "face_size",
         ):
             if getattr(self, name) < 1:
@@ -122,6 +140,9 @@ def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtr
         max_bytes=cfg.max_bytes,
         detect_long_side=cfg.detect_long_side,
         detect_batch=cfg.detect_batch,
+        detect_every=cfg.detect_every,
+        agree_iou=cfg.agree_iou,
+        cut_threshold=cfg.cut_threshold,
         min_face_size=cfg.min_face_size,
         min_prob=cfg.min_prob,
         min_face_px=cfg.min_face_px,
@@ -131,7 +152,7 @@ def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtr
         track_iou=cfg.track_iou,
         track_max_gap=cfg.track_max_gap,
         device="cuda" if num_gpus > 0 and cfg.device == "auto" else cfg.device,
-        torch_threads=max(1, int(cfg.cpus_per_worker)),
+        threads=max(1, int(cfg.cpus_per_worker)),
         storage_options=cfg.storage_options,
         resources=Resources(
             num_cpus=cfg.cpus_per_worker, num_gpus=num_gpus, batch_size=1, max_workers=cfg.num_workers
@@ -192,7 +213,9 @@ def run(cfg: ExtractConfig) -> dict:
         else:
             num_gpus = 1.0 if cfg.device != "cpu" and runner.cluster_gpus() > 0 else 0.0
         stage = build_stage(cfg, paths["faces"], num_gpus)
-        ds = runner.map_stage(runner.dataset_from_table(todo), stage, num_gpus=num_gpus)
+        ds = runner.map_stage(
+            runner.dataset_from_table(todo), stage, num_gpus=num_gpus, n_batches=todo.num_rows
+        )
         for table in runner.iter_tables(ds):
             frames_this_run += int(pc.sum(table.column("n_frames")).as_py() or 0)
             writer.add(videos=table)
@@ -213,7 +236,8 @@ def run(cfg: ExtractConfig) -> dict:
 
 def compute_stats(output: str, options: storage.StorageOptions | None, catalog_rows: int) -> dict:
     """Counts over the whole manifest, so stats always agree with the rows on disk."""
-    cols = ["video_id", "status", "error", "n_frames", "n_tracks"] + [f"n_{f}" for f in R.FRAME_FLAGS]
+    cols = ["video_id", "status", "error", "n_frames", "n_detected", "n_tracks"]
+    cols += [f"n_{f}" for f in R.FRAME_FLAGS]
     m = read_manifest(output, options, columns=cols).to_pandas()
     failed = m[m.status == R.STATUS_FAILED]
     reasons = failed.error.map(R.reason_of).value_counts().to_dict()
@@ -228,6 +252,7 @@ def compute_stats(output: str, options: storage.StorageOptions | None, catalog_r
         },
         "frames": {
             "decoded": int(m.n_frames.sum()),
+            "detected": int(m.n_detected.fillna(0).sum()),
             **{flag: int(m[f"n_{flag}"].sum()) for flag in R.FRAME_FLAGS},
         },
         "tracks": int(m.n_tracks.sum()),

@@ -28,6 +28,7 @@ from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_uri_for, embed_windows
 from dfpipe.score import VideoRule, WindowScoreStage, video_row
+from dfpipe.timing import StepTimer
 
 NAME = "score"
 SUMMARY = "Score every video of a dataset (or an extraction output) to a calibrated probability of FAKE."
@@ -145,24 +146,27 @@ def run(cfg: ScoreConfig) -> dict:
     )
 
     # 1-2. Extraction and segmentation, each doing only what is missing.
+    timer = StepTimer()
     if is_extraction_output(cfg.input, opts):
         extract_uri = cfg.input
     else:
         extract_uri = paths["extract"]
-        extract_job.run(
-            extract_job.ExtractConfig(
-                input=cfg.input,
-                output=extract_uri,
-                max_frames=cfg.max_frames,
-                num_workers=cfg.num_workers,
-                s3_endpoint_url=cfg.s3_endpoint_url,
-                s3_region=cfg.s3_region,
-                s3_anon=cfg.s3_anon,
-                ray_address=cfg.ray_address,
+        with timer("extract"):
+            extract_job.run(
+                extract_job.ExtractConfig(
+                    input=cfg.input,
+                    output=extract_uri,
+                    max_frames=cfg.max_frames,
+                    num_workers=cfg.num_workers,
+                    s3_endpoint_url=cfg.s3_endpoint_url,
+                    s3_region=cfg.s3_region,
+                    s3_anon=cfg.s3_anon,
+                    ray_address=cfg.ray_address,
+                )
             )
-        )
     seg_cfg = segment_config(meta, extract_uri, cfg.output, cfg)
-    segment_job.run(seg_cfg)
+    with timer("segment"):
+        segment_job.run(seg_cfg)
 
     # 3. Which videos need a score from this model version.
     manifest = extract_job.read_manifest(extract_uri, opts)
@@ -188,14 +192,17 @@ def run(cfg: ScoreConfig) -> dict:
         runner.ensure_ray(cfg.ray_address)
         use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
         if windows.num_rows:
-            rows_uri, _ = embed_windows(
-                windows, embedder, cache_uri_for(seg_cfg.output, embedder, opts), opts, use_gpu, 128
-            )
-            window_rows = score_windows(
-                rows_uri, set(windows.column("window_id").to_pylist()), cfg.model, opts, cfg.num_workers
-            )
+            with timer("embed"):
+                rows_uri, _ = embed_windows(
+                    windows, embedder, cache_uri_for(seg_cfg.output, embedder, opts), opts, use_gpu, 128
+                )
+            with timer("classify"):
+                window_rows = score_windows(
+                    rows_uri, set(windows.column("window_id").to_pylist()), cfg.model, opts, cfg.num_workers
+                )
 
     # 4. One row per pending video, windows or not; window scores beside them.
+    write_started = time.perf_counter()
     scored_at = datetime.now(UTC).isoformat(timespec="seconds")
     writer = storage.ChunkedParquetWriter(
         {
@@ -240,6 +247,7 @@ def run(cfg: ScoreConfig) -> dict:
 
     all_scores = read_scores(cfg.output, opts, version)
     write_submission(all_scores, paths["submission"], opts)
+    timer.seconds["write"] = time.perf_counter() - write_started
     elapsed = time.monotonic() - started
     stats = {
         "model_version": version,
@@ -249,6 +257,7 @@ def run(cfg: ScoreConfig) -> dict:
         "seconds": round(elapsed, 2),
         "videos_per_s": round(pending.num_rows / elapsed, 3) if elapsed else None,
         "frames_per_s": round(n_frames / elapsed, 2) if elapsed else None,
+        "step_seconds": timer.rounded(),
     }
     storage.write_json(paths["stats"], stats, opts)
     labels = {x for x in all_scores.column("label").to_pylist() if x is not None}

@@ -18,10 +18,12 @@ from dfpipe.embed import FaceCropsStage, WindowEmbedStage, with_frames
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import score as score_job
 from dfpipe.score import VideoRule, WindowScoreStage, video_row
+from dfpipe.timing import StepTimer
 from dfpipe.windows import segment_video, window_id
 
 NAME = "score-video"
 SUMMARY = "Score one local video file in-process and print its probability of FAKE (no cluster needed)."
+POSITIONAL = "video"  # dfpipe score-video FILE.mp4 --model DIR
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +49,9 @@ class ScoreVideoConfig(C.RunOptions):
 def run(cfg: ScoreVideoConfig) -> dict:
     if not os.path.isfile(cfg.video):
         raise C.JobError(f"{cfg.video}: no such file")
-    meta, embedder, version = score_job.load_model_meta(cfg.model, None)
+    timer = StepTimer()
+    with timer("load"):
+        meta, embedder, version = score_job.load_model_meta(cfg.model, None)
     # The same settings as the bulk job, so both give the same number for the same file.
     score_cfg = score_job.ScoreConfig(
         input=cfg.video,
@@ -57,13 +61,17 @@ def run(cfg: ScoreVideoConfig) -> dict:
         max_frames=cfg.max_frames,
     )
     ext_cfg = extract_job.ExtractConfig(
-        input=cfg.video, output=tempfile.gettempdir() + "/x", max_frames=cfg.max_frames
+        input=cfg.video,
+        output=tempfile.gettempdir() + "/x",
+        max_frames=cfg.max_frames,
+        cpus_per_worker=os.cpu_count() or 1,  # one video, in this process: every core
     )
     seg_cfg = score_job.segment_config(meta, "unused", "unused", score_cfg)
     video_id = os.path.splitext(os.path.basename(cfg.video))[0]
     with tempfile.TemporaryDirectory() as tmp:
-        stage = extract_job.build_stage(ext_cfg, tmp, num_gpus=0.0)
-        stage.setup()
+        with timer("load"):
+            stage = extract_job.build_stage(ext_cfg, tmp, num_gpus=0.0)
+            stage.setup()
         catalog = {
             "video_id": video_id,
             "uri": os.path.abspath(cfg.video),
@@ -73,16 +81,18 @@ def run(cfg: ScoreVideoConfig) -> dict:
             "original": None,
             "error": None,
         }
-        manifest = stage.process(catalog)
+        with timer("extract"):
+            manifest = stage.process(catalog)
         if manifest["status"] != R.STATUS_OK:
             raise C.JobError(f"{cfg.video}: cannot be scored: {manifest['error']}")
-        faces = pq.read_table(manifest["faces_uri"])
-        wins, counts = segment_video(
-            faces.select(["video_id", "track_id", "frame_idx", "flag"]),
-            seg_cfg.usable_flags,
-            seg_cfg.window_spec,
-            manifest["frame_stride"],
-        )
+        with timer("segment"):
+            faces = pq.read_table(manifest["faces_uri"])
+            wins, counts = segment_video(
+                faces.select(["video_id", "track_id", "frame_idx", "flag"]),
+                seg_cfg.usable_flags,
+                seg_cfg.window_spec,
+                manifest["frame_stride"],
+            )
         windows = pa.Table.from_pylist(
             [
                 {
@@ -104,9 +114,12 @@ def run(cfg: ScoreVideoConfig) -> dict:
         )
         scored = []
         if windows.num_rows:
-            crops = FaceCropsStage()(with_frames(windows))
-            codes = WindowEmbedStage(embedder, device="cpu", torch_threads=os.cpu_count() or 1)(crops)
-            scored = WindowScoreStage(cfg.model)(codes).to_pylist()
+            with timer("crops"):
+                crops = FaceCropsStage()(with_frames(windows))
+            with timer("embed"):
+                codes = WindowEmbedStage(embedder, device="cpu", torch_threads=os.cpu_count() or 1)(crops)
+            with timer("classify"):
+                scored = WindowScoreStage(cfg.model)(codes).to_pylist()
             scored.sort(key=lambda r: (r["track_id"], r["start_frame"]))
         video = {
             **manifest,
@@ -127,6 +140,7 @@ def run(cfg: ScoreVideoConfig) -> dict:
                 {"track_id": w["track_id"], "start_frame": w["start_frame"], "prob_fake": float(p)}
                 for w, p in zip(scored, probs, strict=True)
             ],
+            "seconds": timer.rounded(),
         }
         if cfg.explain:
             from dfpipe.explain import explain_png

@@ -1,0 +1,44 @@
+"""Tier 2: tiny runs of the benchmarks, so they cannot rot (their full runs are not tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(*args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, *args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout[proc.stdout.index("{") :])
+
+
+def test_extract_bench_tiny(tmp_path):
+    report = run_bench(
+        "bench/extract.py",
+        *("--videos", "1", "--frames", "6", "--size", "320x240", "--baseline-frames", "2"),
+        *("--seed-frames", "1", "--workdir", str(tmp_path)),
+    )
+    rates = report["rates"]
+    assert {"decode", "seed", "facenet", "stage", "job 2cpu N", "job 2cpu 4N", "job 1cpu 4N"} <= set(rates)
+    assert rates["stage"]["frames"] == 6 and rates["job 2cpu 4N"]["frames"] == 24
+    assert report["agreement"]["stage"]["frames_with_face"] == 2
+    assert set(report["targets"]) >= {"stage_x_decode", "iou_share", "rss_4n_x_n", "cpus_2_x_1"}
+    assert all(v > 0 for v in report["peak_mib"].values())
+
+
+def test_score_bench_tiny(classifier_model, tmp_path):
+    report = run_bench(
+        "bench/score.py",
+        *("--model", str(classifier_model), "--videos", "2", "--frames", "10", "--repeat", "1"),
+        *("--workdir", str(tmp_path)),
+    )
+    runs = report["runs"]
+    assert runs["score job"]["videos"] == 2 and runs["score-video"]["videos"] == 1
+    assert {"extract", "segment", "embed", "classify"} <= set(runs["score job"]["steps"])
+    assert {"extract", "embed", "classify"} <= set(runs["score-video"]["steps"])

@@ -1,0 +1,156 @@
+"""Tier 1: sparse detection (keyframes, interpolation, bisection, cuts) against a scripted detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dfpipe.keyframes import KeyframeDetector, match_faces
+from dfpipe.tracks import greedy_match, link_tracks
+
+EMPTY = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
+
+
+class Script:
+    """A detector that knows the truth: ``faces(i)`` gives frame i's faces; frames carry their index."""
+
+    def __init__(self, faces):
+        self.faces = faces
+        self.calls: list[int] = []
+
+    def frame(self, i: int, shot: int = 0) -> np.ndarray:
+        f = np.full((48, 64, 3), 60 * shot, np.uint8)
+        f[0, 0, :2] = divmod(i, 256)
+        return f
+
+    def __call__(self, frames):
+        out = []
+        for f in frames:
+            i = int(f[0, 0, 0]) * 256 + int(f[0, 0, 1])
+            self.calls.append(i)
+            out.append(self.faces(i))
+        return out
+
+
+def chunks(script, n, chunk=5, shots=lambda i: 0):
+    for start in range(0, n, chunk):
+        idx = list(range(start, min(n, start + chunk)))
+        yield idx, [script.frame(i, shots(i)) for i in idx]
+
+
+def moving(i: int) -> tuple[np.ndarray, np.ndarray]:
+    x = 10.0 + 0.5 * i
+    return np.array([[x, 10, x + 40, 50]], np.float32), np.array([0.99], np.float32)
+
+
+def test_linear_motion_is_interpolated_exactly_with_few_detections():
+    script = Script(moving)
+    kf = KeyframeDetector(script, every=8, window=16)
+    out = list(kf.run(chunks(script, 50)))
+    assert [f.index for f in out] == list(range(50))
+    for f in out:
+        np.testing.assert_allclose(f.boxes, moving(f.index)[0], atol=1e-4)
+    assert kf.n_detected == len(script.calls) == len(set(script.calls))  # nothing detected twice
+    assert sorted(script.calls) == [0, 8, 16, 24, 32, 40, 48, 49]
+    assert [f.index for f in out if f.detected] == sorted(script.calls)
+
+
+def test_every_one_is_dense_detection():
+    script = Script(moving)
+    out = list(KeyframeDetector(script, every=1, window=4).run(chunks(script, 13)))
+    assert all(f.detected for f in out) and sorted(script.calls) == list(range(13))
+
+
+def test_a_face_appearing_between_keyframes_is_found_at_its_first_frame():
+    def faces(i):
+        return moving(i) if 11 <= i < 37 else EMPTY
+
+    script = Script(faces)
+    out = list(KeyframeDetector(script, every=8, window=32).run(chunks(script, 48)))
+    assert [f.index for f in out if len(f.boxes)] == list(range(11, 37))
+    assert len(script.calls) < 48
+
+
+def test_a_weakening_face_is_redetected_not_interpolated():
+    def faces(i):
+        box, _ = moving(i)
+        return box, np.array([0.99 if i < 20 else 0.5], np.float32)
+
+    script = Script(faces)
+    out = list(KeyframeDetector(script, every=8, window=16, min_prob=0.9).run(chunks(script, 33)))
+    for f in out:
+        if len(f.probs):
+            assert (f.probs[0] >= 0.9) == (f.index < 20)
+    assert 19 in script.calls and 20 in script.calls
+
+
+def test_a_scene_cut_is_detected_both_sides_and_ends_tracks():
+    script = Script(moving)
+    kf = KeyframeDetector(script, every=8, window=16, cut_threshold=40)
+    out = list(kf.run(chunks(script, 30, shots=lambda i: int(i >= 13))))
+    assert kf.cuts == [13]
+    assert {12, 13} <= set(script.calls)
+    ids = link_tracks([f.index for f in out], [f.boxes for f in out], cuts=kf.cuts)
+    assert {int(t[0]) for t, f in zip(ids, out, strict=True) if f.index < 13} == {0}
+    assert {int(t[0]) for t, f in zip(ids, out, strict=True) if f.index >= 13} == {1}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 90),
+    every=st.integers(1, 12),
+    window=st.integers(1, 40),
+    chunk=st.integers(1, 17),
+    present=st.lists(st.tuples(st.integers(0, 90), st.integers(1, 40)), max_size=3),
+)
+def test_streams_every_frame_once_in_order_within_its_window(n, every, window, chunk, present):
+    """Any schedule: every frame once, in order; frames held never exceed window + every; keyframes detected."""
+    spans = [(a, a + length) for a, length in present]
+
+    def faces(i):
+        return moving(i) if any(a <= i < b for a, b in spans) else EMPTY
+
+    script = Script(faces)
+    kf = KeyframeDetector(script, every=every, window=window)
+    pulled = []
+
+    def source():
+        for idx, frames in chunks(script, n, chunk):
+            pulled.extend(idx)
+            yield idx, frames
+
+    seen = []
+    for f in kf.run(source()):
+        seen.append(f.index)
+        assert len(pulled) - len(seen) <= max(window, every) + every + chunk
+        if f.detected:
+            np.testing.assert_array_equal(f.boxes, faces(f.index)[0])
+        elif len(f.boxes):  # interpolated only between keyframes that both saw the face
+            np.testing.assert_allclose(f.boxes, moving(f.index)[0], atol=1e-3)
+    assert seen == list(range(n))
+    assert set(range(0, n, every)) | {n - 1} <= set(script.calls)
+
+
+def test_match_faces_needs_same_confident_faces():
+    a = (np.array([[0, 0, 10, 10], [50, 50, 60, 60]], np.float32), np.array([0.99, 0.95], np.float32))
+    b = (np.array([[51, 50, 61, 60], [1, 0, 11, 10]], np.float32), np.array([0.97, 0.99], np.float32))
+    assert match_faces(a, b, min_prob=0.9, agree_iou=0.6) == [(0, 1), (1, 0)]
+    assert match_faces(a, (b[0][:1], b[1][:1]), 0.9, 0.6) is None  # a face left
+    far = (b[0] + 8, b[1])
+    assert match_faces(a, far, 0.9, 0.6) is None  # moved too far to interpolate
+    weak = (b[0], np.array([0.97, 0.5], np.float32))
+    assert match_faces(a, weak, 0.9, 0.6) is None  # one weakened below min_prob
+
+
+def test_greedy_match_takes_best_overlap_first():
+    ious = np.array([[0.9, 0.8], [0.85, 0.1]])
+    assert greedy_match(ious, 0.5) == [(0, 0)]
+    assert greedy_match(ious, 0.05) == [(0, 0), (1, 1)]
+
+
+@pytest.mark.parametrize("bad", [dict(every=0), dict(window=0)])
+def test_rejects_bad_settings(bad):
+    with pytest.raises(ValueError):
+        KeyframeDetector(lambda frames: [], **bad)
