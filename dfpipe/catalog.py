@@ -97,7 +97,8 @@ class _Builder:
         part = folder or "."
         listed: set[str] = set()
         try:
-            meta = json.loads(storage.read_text(self.uri_of(meta_rel), self.options))
+            # A byte-order mark (common from Windows tools) is not an error.
+            meta = json.loads(storage.read_text(self.uri_of(meta_rel), self.options).lstrip("\ufeff"))
             if not isinstance(meta, dict):
                 raise ValueError(f"top level is {type(meta).__name__}, expected an object")
         except (ValueError, UnicodeDecodeError) as exc:
@@ -133,7 +134,7 @@ class _Builder:
                 self.add(rel, part)
 
     def from_labels_csv(self, csv_rel: str) -> None:
-        text = storage.read_text(self.uri_of(csv_rel), self.options)
+        text = storage.read_text(self.uri_of(csv_rel), self.options).lstrip("\ufeff")
         reader = csv.DictReader(io.StringIO(text))
         fields = {f.strip().lower(): f for f in (reader.fieldnames or [])}
         if "filename" not in fields:

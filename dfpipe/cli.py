@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import traceback
 import typing
 from typing import Any
 
@@ -27,6 +28,7 @@ JOBS = {
     "score-video": ("dfpipe.jobs.score_video", "ScoreVideoConfig"),
     "run": ("dfpipe.jobs.pipeline", "PipelineConfig"),
     "rescore": ("dfpipe.jobs.rescore", "RescoreConfig"),
+    "check": ("dfpipe.jobs.check", "CheckConfig"),
 }
 
 
@@ -138,6 +140,16 @@ def run_job(name: str, argv: list[str]) -> int:
     except C.JobError as exc:
         print(f"dfpipe {name}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        traceback.print_exc()
+        where = " or ".join(str(u) for u in (getattr(cfg, "input", None), getattr(cfg, "output", None)) if u)
+        print(
+            f"dfpipe {name}: storage error: {type(exc).__name__}: {exc}\n"
+            f"check that {where or 'the storage'} is reachable with these credentials; "
+            "a rerun keeps the work already finished",
+            file=sys.stderr,
+        )
+        return 1
     if hasattr(module, "print_result"):
         module.print_result(summary, cfg)
     else:
@@ -153,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
-    if name == "score-video" and rest and not rest[0].startswith("-") and "=" not in rest[0]:
-        rest = ["--video", *rest]  # dfpipe score-video FILE.mp4 --model DIR
     if name not in JOBS:
         print(f"dfpipe: unknown job {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    positional = getattr(_job(name)[0], "POSITIONAL", None)
+    if positional and rest and not rest[0].startswith("-") and "=" not in rest[0]:
+        rest = [f"--{positional}", *rest]  # dfpipe score-video FILE.mp4 --model DIR, dfpipe check OUTPUT
     return run_job(name, rest)
 
 

@@ -163,6 +163,20 @@ def plan(cfg: SampleConfig) -> list[ClipSpec]:
     return clips
 
 
+def _head_layout(n: int) -> list[tuple[float, float, float]]:
+    """(x, y) centre as a fraction of the frame, and size divisor, of each of ``n`` heads."""
+    if n <= 2:
+        return {0: [], 1: [(0.5, 0.5, 1.0)], 2: [(0.28, 0.5, 1.35), (0.72, 0.5, 1.35)]}[n]
+    rows = 1 if n <= 4 else 2
+    cols = -(-n // rows)
+    return [
+        ((c + 0.5) / cols, (r + 0.5) / rows, max(1.35, 0.9 * cols, 1.1 * rows))
+        for r in range(rows)
+        for c in range(cols)
+        if r * cols + c < n
+    ]
+
+
 class _Scene:
     """A static canvas larger than the frame, with heads pasted on it, filmed by a moving camera."""
 
@@ -175,9 +189,8 @@ class _Scene:
         self.face_boxes: list[tuple[float, float, float, float]] = []
         x1, y1, x2, y2 = _HEAD_CROP
         head = photo[y1:y2, x1:x2]
-        positions = {0: [], 1: [0.5], 2: [0.28, 0.72]}[spec.n_faces]
-        for k, cx_frac in enumerate(positions):
-            self._paste_head(head, rng, cx_frac, scale_div=1.0 if len(positions) == 1 else 1.35 + 0.1 * k)
+        for k, (cx_frac, cy_frac, scale_div) in enumerate(_head_layout(spec.n_faces)):
+            self._paste_head(head, rng, cx_frac, scale_div + (0.1 * k if spec.n_faces == 2 else 0.0), cy_frac)
         if spec.n_faces == 0:
             for _ in range(6):
                 color = tuple(int(c) for c in rng.integers(0, 255, 3))
@@ -197,7 +210,12 @@ class _Scene:
         return np.clip(bg, 0, 255).astype(np.uint8)
 
     def _paste_head(
-        self, head: np.ndarray, rng: np.random.Generator, cx_frac: float, scale_div: float
+        self,
+        head: np.ndarray,
+        rng: np.random.Generator,
+        cx_frac: float,
+        scale_div: float,
+        cy_frac: float = 0.5,
     ) -> None:
         # Identity: colour (hue, saturation, brightness) and geometry (aspect, shear).
         hsv = cv2.cvtColor(head, cv2.COLOR_BGR2HSV).astype(np.int16)
@@ -221,7 +239,7 @@ class _Scene:
             / 255
         )
         x0 = int(self.cw * (0.5 + (cx_frac - 0.5) / 1.5) - out_w / 2)
-        y0 = int(self.ch / 2 - out_h / 2 + self.spec.height * 0.08)
+        y0 = int(self.ch * (0.5 + (cy_frac - 0.5) / 1.5) - out_h / 2 + self.spec.height * 0.08)
         x0 = min(max(x0, 0), self.cw - out_w)
         y0 = min(max(y0, 0), self.ch - out_h)
         roi = self.canvas[y0 : y0 + out_h, x0 : x0 + out_w].astype(np.float32)

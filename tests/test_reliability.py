@@ -1,0 +1,280 @@
+"""Tier 2: break things on purpose. A bad-input corpus, killed actors and drivers, a flaky S3,
+overlapping rescoring, and secrets that must never be written. Each ends with ``dfpipe check``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+from faults import INTERNAL, SLOW_DOWN, FaultyS3Proxy, kill, processes, wait_for
+
+from dfpipe import records as R
+from dfpipe import storage
+from dfpipe.check import check_output
+from dfpipe.cli import main
+from dfpipe.jobs.extract import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["face_size=64", "max_frames=60"]
+SENTINEL = "SENTINEL-s3cr3t-7f3a9c"
+
+
+def assert_checks(output: str, options=None) -> None:
+    report = check_output(output, options)
+    assert report.ok, report.format()
+    assert report.checked
+
+
+def manifest_by_id(output: str) -> dict[str, dict]:
+    rows = read_manifest(output).to_pylist()
+    assert len({r["video_id"] for r in rows}) == len(rows), "a video is in the manifest twice"
+    return {r["video_id"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict]:
+    from dfpipe.corpus import generate
+
+    out = tmp_path_factory.mktemp("corpus")
+    return out / "dataset", generate(str(out), max_frames=60)
+
+
+@pytest.fixture(scope="module")
+def corpus_extracted(ray_session, corpus, tmp_path_factory) -> Path:
+    dataset, _ = corpus
+    out = tmp_path_factory.mktemp("corpus-out") / "extract"
+    assert main(["extract", "--input", str(dataset), "--output", str(out), *FAST]) == 0
+    return out
+
+
+def test_every_bad_input_gets_a_precise_reason(corpus, corpus_extracted):
+    _, expected = corpus
+    rows = manifest_by_id(str(corpus_extracted))
+    absent = expected.pop("absent_*")
+    missing = [v for v, r in rows.items() if v.startswith("absent_")]
+    assert len(missing) == absent["count"]
+    assert {R.reason_of(rows[v]["error"]) for v in missing} == {absent["reason"]}
+    for video_id, want in expected.items():
+        row = rows[video_id]
+        assert row["status"] == want["status"], (video_id, row["error"])
+        if want["reason"] == "truncated":
+            assert row["error"].startswith("truncated"), (video_id, row["error"])
+        elif want["reason"] is not None:
+            assert R.reason_of(row["error"]) == want["reason"], (video_id, row["error"])
+        else:
+            assert row["error"] is None, (video_id, row["error"])
+        for key in ("n_frames", "rotation", "width", "height"):
+            if key in want:
+                assert row[key] == want[key], (video_id, key, row[key])
+        faces = sum(row[f"n_{f}"] for f in R.FRAME_FLAGS if f != R.FLAG_NO_FACE)
+        assert faces >= want.get("min_faces", 0), (video_id, faces)
+        assert row["n_tracks"] >= want.get("min_tracks", 0), (video_id, row["n_tracks"])
+    assert set(rows) - set(expected) == set(missing), "every manifest row is accounted for"
+
+
+def test_good_videos_are_unaffected_by_bad_neighbours(corpus, corpus_extracted, tmp_path):
+    dataset, _ = corpus
+    clean = tmp_path / "clean"
+    shutil.copytree(dataset / "good", clean / "good")
+    assert main(["extract", "--input", str(clean), "--output", str(tmp_path / "out"), *FAST]) == 0
+    for video_id in ("good_real", "good_fake"):
+        shard = f"faces/{video_id}.parquet"
+        ours = storage.read_parquet_dir(str(corpus_extracted / shard), schema=R.FACES_SCHEMA)
+        alone = storage.read_parquet_dir(str(tmp_path / "out" / shard), schema=R.FACES_SCHEMA)
+        assert ours.equals(alone)
+
+
+def test_check_passes_on_the_corpus_and_catches_corruption(corpus_extracted, tmp_path):
+    assert_checks(str(corpus_extracted))
+    broken = tmp_path / "broken"
+    shutil.copytree(corpus_extracted, broken)
+    chunk = sorted((broken / "videos").glob("*.parquet"))[0]
+    shutil.copy(chunk, broken / "videos" / "part-duplicate.parquet")  # every row of a chunk twice
+    (broken / "faces" / "good_real.parquet").unlink()  # an ok video loses its faces
+    (broken / "faces" / ".tmp-abc").write_bytes(b"half")  # a crash mid-write
+    stats = json.loads((broken / "stats.json").read_text())
+    stats["frames"]["ok"] += 1
+    (broken / "stats.json").write_text(json.dumps(stats))
+    report = check_output(str(broken))
+    text = "\n".join(report.violations)
+    for needle in ("more than once", "face shard is missing", "temporary files", "stats.json"):
+        assert needle in text, report.format()
+    assert main(["check", str(broken)]) == 1
+
+
+def test_decode_limits_refuse_by_rule(corpus, tmp_path):
+    from dfpipe.decode import DecodeLimits
+    from dfpipe.extract import FaceExtractStage
+
+    dataset, _ = corpus
+    video = {"video_id": "v", "uri": str(dataset / "good" / "good_real.mp4"), "filename": "v.mp4"}
+    video.update(part="p", label=0, original=None, error=None)
+    cases = [
+        (dict(max_bytes=1000), R.REASON_TOO_LARGE),
+        (dict(limits=DecodeLimits(max_pixels=100 * 100)), R.REASON_TOO_LARGE),
+        (dict(limits=DecodeLimits(max_seconds=0.0)), R.REASON_TIMEOUT),
+    ]
+    for settings, reason in cases:
+        row = FaceExtractStage(faces_uri=str(tmp_path), face_size=64, **settings).process(video)
+        assert row["status"] == R.STATUS_FAILED and R.reason_of(row["error"]) == reason, (settings, row)
+    capped = FaceExtractStage(faces_uri=str(tmp_path), face_size=64, limits=DecodeLimits(max_frames=5))
+    assert capped.process(video)["n_frames"] == 5
+
+
+@pytest.fixture(scope="module")
+def fault_dataset(tmp_path_factory) -> Path:
+    from conftest import make_sample
+
+    return make_sample(tmp_path_factory.mktemp("faults"), videos=10, frames=60, specials=False, seed=11)
+
+
+def test_killed_actor_is_retried_and_nothing_is_lost(ray_session, fault_dataset, tmp_path):
+    out = tmp_path / "out"
+    result: dict = {}
+    job = threading.Thread(
+        target=lambda: result.update(
+            rc=main(["extract", "--input", str(fault_dataset), "--output", str(out), *FAST])
+        )
+    )
+    job.start()
+    faces = out / "faces"
+    assert wait_for(lambda: faces.is_dir() and any(faces.glob("*.parquet")), timeout=120)
+    actors = processes("_StageActor")
+    assert actors, "no extraction actor process found to kill"
+    kill(actors[:1])
+    job.join(timeout=300)
+    assert result.get("rc") == 0
+    rows = manifest_by_id(str(out))
+    assert len(rows) == 10 and all(r["status"] == R.STATUS_OK for r in rows.values())
+    assert_checks(str(out))
+
+
+def test_driver_killed_mid_extraction_then_rerun(fault_dataset, tmp_path, ray_session):
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        str(ROOT / "jobs" / "extract.py"),
+        "--input",
+        str(fault_dataset),
+        "--output",
+        str(out),
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        [*cmd, *FAST], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        faces = out / "faces"
+        assert wait_for(lambda: faces.is_dir() and any(faces.glob("*.parquet")), timeout=180)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    done_before = len(read_manifest(str(out)).to_pylist()) if (out / "videos").is_dir() else 0
+    assert done_before < 10, "the job finished before it was killed; nothing was tested"
+    assert main(["extract", "--input", str(fault_dataset), "--output", str(out), *FAST]) == 0
+    rows = manifest_by_id(str(out))
+    assert len(rows) == 10 and all(r["status"] == R.STATUS_OK for r in rows.values())
+    assert_checks(str(out))
+
+
+def _bucket(endpoint: str, name: str):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+    if not fs.exists(name):
+        fs.mkdir(name)
+    return fs
+
+
+def test_s3_throttling_and_5xx_are_retried(s3_endpoint, ray_session, fault_dataset):
+    fs = _bucket(s3_endpoint, "dfpipe-faults")
+    fs.put(str(fault_dataset), "dfpipe-faults/data", recursive=True)
+
+    def flaky(method: str, path: str, n: int):
+        return (SLOW_DOWN, INTERNAL)[n % 2] if n % 4 == 1 else None  # a quarter of all calls fail once
+
+    with FaultyS3Proxy(s3_endpoint, flaky) as proxy:
+        args = ["--input", "s3://dfpipe-faults/data", "--output", "s3://dfpipe-faults/out"]
+        assert main(["extract", *args, *FAST, f"s3_endpoint_url={proxy.url}"]) == 0
+    assert proxy.failed >= 5, "the proxy injected too few faults to mean anything"
+    opts = storage.StorageOptions(endpoint_url=s3_endpoint)
+    rows = read_manifest("s3://dfpipe-faults/out", opts).to_pylist()
+    assert len(rows) == 10 and {r["status"] for r in rows} == {R.STATUS_OK}
+    assert_checks("s3://dfpipe-faults/out", opts)
+
+
+def test_s3_persistent_failure_is_a_clear_error_and_a_rerun_completes(
+    s3_endpoint, ray_session, fault_dataset, capsys
+):
+    fs = _bucket(s3_endpoint, "dfpipe-faults2")
+    fs.put(str(fault_dataset), "dfpipe-faults2/data", recursive=True)
+    args = ["--input", "s3://dfpipe-faults2/data", "--output", "s3://dfpipe-faults2/out", *FAST]
+
+    def manifest_writes_fail(method: str, path: str, n: int):
+        return INTERNAL if method in ("PUT", "POST") and "/out/videos/" in path else None
+
+    with FaultyS3Proxy(s3_endpoint, manifest_writes_fail) as proxy:
+        assert main(["extract", *args, f"s3_endpoint_url={proxy.url}"]) == 1
+    assert proxy.failed >= 3, "the failing write was not retried"
+    err = capsys.readouterr().err
+    assert "storage error" in err and "s3://dfpipe-faults2/out" in err, err
+    assert not fs.find("dfpipe-faults2/out/videos"), "a partial manifest is visible"
+    assert main(["extract", *args]) == 0  # storage is back: the rerun completes
+    opts = storage.StorageOptions(endpoint_url=s3_endpoint)
+    assert len(manifest_by_id("s3://dfpipe-faults2/out")) == 10
+    assert_checks("s3://dfpipe-faults2/out", opts)
+
+
+def test_overlapping_rescore_runs_score_each_video_once(classifier_model, sample_dataset, tmp_path):
+    root = tmp_path / "rescore"
+    args = ["rescore", "--model", str(classifier_model), "--output", str(root), "score.max_frames=20"]
+    args += ["--input", str(sample_dataset)]
+    codes: list[int] = []
+    runs = [threading.Thread(target=lambda: codes.append(main(args))) for _ in range(2)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join(timeout=600)
+    assert codes == [0, 0]
+    assert main(args) == 0  # a third run after both: nothing new
+    (dump,) = (root / "dumps").iterdir()
+    scores = storage.read_parquet_dir(str(dump / "scores"), schema=R.SCORES_SCHEMA)
+    ids = scores.column("video_id").to_pylist()
+    assert len(ids) == len(set(ids)) and len(ids) == pc.count_distinct(scores.column("video_id")).as_py()
+    assert_checks(str(root))
+
+
+def test_secrets_never_reach_logs_configs_or_outputs(
+    s3_endpoint, ray_session, sample_dataset, tmp_path, capfd
+):
+    """A sentinel secret key in the environment: nothing the job writes or prints may contain it."""
+    old = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    os.environ["AWS_SECRET_ACCESS_KEY"] = SENTINEL  # moto accepts any key; the driver reads it
+    try:
+        fs = _bucket(s3_endpoint, "dfpipe-secrets")
+        out_s3 = "s3://dfpipe-secrets/out"
+        assert main(["extract", "--input", str(sample_dataset), "--output", out_s3, *FAST]) == 0
+        assert (
+            main(["extract", "--input", str(sample_dataset), "--output", str(tmp_path / "local"), *FAST]) == 0
+        )
+        assert main(["extract", "--help"]) == 0
+    finally:
+        os.environ["AWS_SECRET_ACCESS_KEY"] = old or "testing"
+    printed = "".join(capfd.readouterr())
+    assert SENTINEL not in printed
+    written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    written += [fs.cat(p) for p in fs.find("dfpipe-secrets")]
+    assert written and not any(SENTINEL.encode() in blob for blob in written)
+    logs = Path("/tmp/ray/session_latest/logs")
+    if logs.is_dir():
+        for p in logs.rglob("*"):
+            if p.is_file() and p.stat().st_size < 50_000_000:
+                assert SENTINEL.encode() not in p.read_bytes(), p
