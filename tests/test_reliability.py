@@ -278,3 +278,31 @@ def test_secrets_never_reach_logs_configs_or_outputs(
         for p in logs.rglob("*"):
             if p.is_file() and p.stat().st_size < 50_000_000:
                 assert SENTINEL.encode() not in p.read_bytes(), p
+
+
+def test_training_killed_mid_run_resumes_from_its_checkpoint(segmented_sample, tmp_path):
+    """SIGKILL a training job (driver, Ray and workers) once it has a checkpoint; the rerun resumes.
+
+    A checkpoint counts once Ray Train has recorded it (its manager snapshot); a kill before that
+    is a kill before the first checkpoint, and the rerun rightly starts over."""
+    from conftest import EMBEDDER_ARGS
+
+    out = tmp_path / "embedder"
+    cmd = [sys.executable, str(ROOT / "jobs" / "train_embedder.py"), "--input", str(segmented_sample)]
+    cmd += ["--output", str(out), *EMBEDDER_ARGS, "epochs=6"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert wait_for(
+            lambda: any(out.glob("_train/*/checkpoint_manager_snapshot.json")), timeout=300, every=0.2
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "model.json").exists(), "training finished before it was killed; nothing was tested"
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from the checkpoint of epoch" in rerun.stdout + rerun.stderr
+    assert json.loads((out / "model.json").read_text())["epochs_trained"] == 6
