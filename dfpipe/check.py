@@ -153,7 +153,8 @@ def _agrees(written, fresh) -> bool:
 
 
 def _shard_problem(uri: str, row: dict, options) -> str | None:
-    with storage.filesystem(uri, options)[0].open(storage.filesystem(uri, options)[1], "rb") as f:
+    fs, path = storage.filesystem(uri, options)
+    with fs.open(path, "rb") as f:
         t = pq.read_table(f, columns=["video_id", "frame_idx", "track_id", "flag"])
     if set(t.column("video_id").to_pylist()) - {row["video_id"]}:
         return "holds rows of another video"

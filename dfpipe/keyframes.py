@@ -145,7 +145,7 @@ class KeyframeDetector:
                     nxt += [(a, m), (m, b)]
             self._detect_at(buf, known, midpoints)
             gaps = nxt
-        start = points[0] + 1 if 0 in known and buf[0] is None else points[0]
+        start = 1 if buf[0] is None else 0  # position 0 is the anchor, already yielded, or the first frame
         for p in range(start, points[-1] + 1):
             det = known.get(p)
             boxes, probs = det if det is not None else fills.get(p, _empty())
