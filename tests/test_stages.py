@@ -265,3 +265,34 @@ def test_extract_stage_without_ray(clip, tmp_path):
     ok = faces.filter(pc.equal(faces.column("flag"), "ok"))
     assert ok.num_rows > 6, "the generated face should be found in most frames"
     assert decode_jpeg(ok.column("face_jpeg")[0].as_py()).shape == (64, 64, 3)
+
+
+def test_prefetched_keeps_order_raises_and_stops_with_its_consumer():
+    import time
+
+    from dfpipe.decode import prefetched
+
+    assert list(prefetched(iter(range(10)), depth=2)) == list(range(10))
+
+    def failing():
+        yield 1
+        raise DecodeError(R.REASON_TIMEOUT, "too slow")
+
+    with pytest.raises(DecodeError, match="too slow"):
+        list(prefetched(failing()))
+
+    produced: list[int] = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    chunks = prefetched(endless(), depth=2)
+    assert next(chunks) == 0
+    chunks.close()  # the consumer stops early: so does the producer
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n <= 4
