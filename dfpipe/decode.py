@@ -1,8 +1,8 @@
 """Video decoding in one pass, in windows of frames, under explicit limits.
 
 ``VideoReader`` never holds a whole decoded video: it yields chunks of ``chunk`` frames. Frames that
-the stride skips are only grabbed (demuxed and decoded, never converted to RGB), which is most of
-the saving a stride can give with a software decoder. Frames stay in OpenCV's BGR order: converting
+the stride skips are only grabbed (demuxed and decoded, never converted to an image), which is most
+of the saving a stride can give with a software decoder. Frames stay in OpenCV's BGR order: converting
 a 1080p frame costs about a third of decoding it, and only the small detection copy and the crops
 need converting. Display-matrix rotation is applied by OpenCV's FFmpeg backend
 (``CAP_PROP_ORIENTATION_AUTO``), so frames come out upright.

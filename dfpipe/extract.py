@@ -75,8 +75,7 @@ class FaceExtractStage:
         import cv2
         import torch
 
-        self._prefetch = self.threads > 1
-        compute = max(1, self.threads - 1) if self._prefetch else 1
+        compute = max(1, self.threads - 1)  # with one thread, decoding and detection share it
         torch.set_num_threads(compute)
         cv2.setNumThreads(compute)
         self.detector = FaceDetector(self.detect_long_side, self.min_face_size, device=self.device)
@@ -125,7 +124,7 @@ class FaceExtractStage:
 
     def _extract(self, path: str, video: dict) -> tuple[pa.Table, dict, dict]:
         reader = VideoReader(path, self.frame_stride, self.limits, chunk=8, threads=1)
-        chunks = prefetched(reader, depth=2) if self._prefetch else reader
+        chunks = prefetched(reader, depth=2) if self.threads > 1 else reader
         keyframes = KeyframeDetector(
             self.detector.detect,
             every=self.detect_every,
