@@ -54,7 +54,7 @@ def score_job(data: str, model: str, out: str, cpus: int, frames: int) -> dict:
     try:
         cfg = parse_args(
             score.ScoreConfig,
-            ["--input", data, "--model", model, "--output", out, f"max_frames={frames}", "evaluate=false"],
+            ["--input", data, "--model", model, "--output", out, f"extract.max_frames={frames}", "evaluate=false"],
         )
         start = time.perf_counter()
         stats = score.run(cfg)
@@ -67,7 +67,7 @@ def score_job(data: str, model: str, out: str, cpus: int, frames: int) -> dict:
 def score_video(clip: str, model: str, repeat: int, frames: int) -> tuple[dict, dict]:
     from dfpipe.jobs import score_video as sv
 
-    cfg = sv.ScoreVideoConfig(video=clip, model=model, max_frames=frames)
+    cfg = sv.ScoreVideoConfig(video=clip, model=model, extract={"max_frames": frames})
     start = time.perf_counter()
     first = sv.run(cfg)
     cold = {"videos": 1, "seconds": time.perf_counter() - start, "steps": first["seconds"]}

@@ -234,7 +234,12 @@ class WindowEmbedStage:
                     key: r[key]
                     for key in ("window_id", "video_id", "track_id", "label", "part", "split", "start_frame")
                 }
-                | {"n_frames": n, "code_dim": flat.shape[1], "codes": flat[k : k + n].reshape(-1).tolist()}
+                | {
+                    "counted": r.get("counted", True),
+                    "n_frames": n,
+                    "code_dim": flat.shape[1],
+                    "codes": flat[k : k + n].reshape(-1).tolist(),
+                }
             )
             k += n
         return pa.Table.from_pylist(out, schema=R.EMBEDDINGS_SCHEMA)

@@ -19,6 +19,11 @@ def explain_png(faces: pa.Table, record: dict, window_frames: int, path: str, th
     df = faces.select(["frame_idx", "track_id", "flag", "face_jpeg"]).to_pandas()
     n_frames = int(df.frame_idx.max()) + 1 if len(df) else 1
     tracks = sorted(int(t) for t in df.track_id.dropna().unique())
+    verdicts = {t["track_id"]: t for t in record.get("tracks", [])}
+
+    def counted(t: int) -> bool:
+        return verdicts.get(t, {}).get("counted", True)
+
     rows = max(1, len(tracks))
     fig = plt.figure(figsize=(12, 1.6 * rows + 3))
     grid = fig.add_gridspec(rows + 1, thumbs, height_ratios=[1.2] * rows + [2.2])
@@ -31,6 +36,9 @@ def explain_png(faces: pa.Table, record: dict, window_frames: int, path: str, th
             ax.imshow(decode_jpeg(row.face_jpeg))
             usable = row.flag in (R.FLAG_OK, R.FLAG_MULTI_FACE)
             ax.set_title(f"t{t} f{int(row.frame_idx)}", fontsize=7, color="black" if usable else "red")
+            if c == 0:
+                why = "counted" if counted(t) else f"not counted: {verdicts[t]['reason']}"
+                ax.set_ylabel(f"track {t}\n{why}", fontsize=6, color="black" if counted(t) else "grey")
             for s in ax.spines.values():
                 s.set_edgecolor("black" if usable else "red")
             ax.set_xticks([])
@@ -47,7 +55,9 @@ def explain_png(faces: pa.Table, record: dict, window_frames: int, path: str, th
                 [x["start_frame"] + window_frames / 2 for x in w],
                 [x["prob_fake"] for x in w],
                 marker="o",
-                label=f"track {t} windows",
+                ls="-" if counted(t) else ":",
+                alpha=1.0 if counted(t) else 0.5,
+                label=f"track {t} windows" + ("" if counted(t) else " (not counted)"),
             )
     ax.axhline(record["prob_fake"], color="black", ls="--", label=f"video {record['prob_fake']:.3f}")
     ax.set(xlim=(0, n_frames), ylim=(0, 1), xlabel="frame", ylabel="probability of FAKE")

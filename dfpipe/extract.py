@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +53,7 @@ class FaceExtractStage:
     detect_batch: int = 16
     detect_every: int = 16
     agree_iou: float = 0.7
+    verify_boxes: bool = True
     cut_threshold: float = 40.0
     min_face_size: int = 20
     min_prob: float = 0.9
@@ -127,6 +130,7 @@ class FaceExtractStage:
         chunks = prefetched(reader, depth=2) if self.threads > 1 else reader
         keyframes = KeyframeDetector(
             self.detector.detect,
+            verify=partial(self.detector.verify, min_prob=self.min_prob) if self.verify_boxes else None,
             every=self.detect_every,
             window=self.detect_batch,
             min_prob=self.min_prob,
@@ -153,7 +157,9 @@ class FaceExtractStage:
             )
         if not frame_idx:
             raise DecodeError(R.REASON_DECODE_ERROR, "no frame could be decoded")
-        track_ids = link_tracks(frame_idx, boxes, self.track_iou, self.track_max_gap, keyframes.cuts)
+        track_ids = link_tracks(
+            frame_idx, boxes, self.track_iou, self.track_max_gap, keyframes.cuts, self.frame_stride
+        )
         cols: dict[str, list] = {name: [] for name in R.FACES_SCHEMA.names}
         for i, b, p, d, t, c in zip(frame_idx, boxes, probs, detected, track_ids, crops, strict=True):
             flags = face_flags(b, p, self.min_prob, self.min_face_px)
@@ -168,7 +174,9 @@ class FaceExtractStage:
             flag_counts[f] += 1
         stats = {f"n_{k}": v for k, v in flag_counts.items()}
         stats["n_frames"] = len(frame_idx)
-        stats["n_tracks"] = len({t for t in cols["track_id"] if t is not None})
+        track_lengths = Counter(t for t in cols["track_id"] if t is not None)
+        stats["n_tracks"] = len(track_lengths)
+        stats["n_one_frame_tracks"] = sum(1 for n in track_lengths.values() if n == 1)
         stats["n_detected"] = keyframes.n_detected
         declared = info.declared_frames
         truncated = not reader.capped and declared > 0 and reader.frames_read < 0.9 * declared
@@ -210,5 +218,6 @@ def manifest_row(video: dict, config_hash: str) -> dict:
         row[f"n_{flag}"] = 0
     row["n_frames"] = 0
     row["n_tracks"] = 0
+    row["n_one_frame_tracks"] = 0
     row["n_detected"] = 0
     return row

@@ -6,6 +6,10 @@ extraction far below the decode floor. Faces move smoothly between shots, so ``K
 * runs the detector on every ``every``-th frame (a keyframe), a window of keyframes per batch;
 * between two keyframes whose confident faces agree (same count, each pair overlapping by at least
   ``agree_iou``), interpolates the boxes linearly; the probability carried is the lower of the two;
+* checks every interpolated box with ``verify`` (a cheap second opinion: is there a face in this
+  box?), all boxes of a level in one call; a gap with a box that fails is treated as a disagreement,
+  so a face that turns away, is covered or cut away between two agreeing keyframes is detected
+  properly instead of being given boxes where it is not;
 * where they disagree (a face appeared, left, weakened below ``min_prob`` or moved fast), detects
   the midpoint and repeats on both halves, down to adjacent frames: detection is dense exactly
   where the scene is not smooth;
@@ -14,6 +18,11 @@ extraction far below the decode floor. Faces move smoothly between shots, so ``K
 
 It streams: frames are yielded in order as soon as their boxes are known, and it never holds more
 than ``window`` frames plus the tail after the last keyframe. With ``every=1`` it is dense detection.
+
+The blind spot: a face that is on no keyframe and on neither side of a disagreement (it appears and
+leaves between two keyframes) is never seen. Keyframes are every ``every``-th kept frame, so a face
+visible for at least ``every`` consecutive kept frames (``every * frame_stride / fps`` seconds) is
+always found, from its first frame to its last.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from dfpipe.tracks import greedy_match, iou_matrix
 
 Detection = tuple[np.ndarray, np.ndarray]  # boxes (k, 4) float32, probs (k,) float32
 DetectFn = Callable[[list[np.ndarray]], list[Detection]]
+# (frames, boxes per frame) -> whether each box holds a face, per frame
+VerifyFn = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
 
 
 @dataclass
@@ -81,6 +92,7 @@ class KeyframeDetector:
     """Streams frames to :class:`FrameFaces`, running ``detect`` on keyframes and where motion demands."""
 
     detect: DetectFn
+    verify: VerifyFn | None = None
     every: int = 8
     window: int = 32
     min_prob: float = 0.9
@@ -93,10 +105,11 @@ class KeyframeDetector:
         self.window = max(self.window, self.every)
         self.cuts: list[int] = []  # frame indices that start a new shot
         self.n_detected = 0
+        self.n_rejected = 0  # gaps whose interpolated boxes failed verification and were re-detected
 
     def run(self, chunks: Iterable[tuple[list[int], list[np.ndarray]]]) -> Iterator[FrameFaces]:
         """``chunks`` of (frame indices, frames) in order, as :class:`~dfpipe.decode.VideoReader` yields."""
-        self.cuts, self.n_detected = [], 0
+        self.cuts, self.n_detected, self.n_rejected = [], 0, 0
         buf_idx: list[int] = []  # buffered frames: [anchor (already yielded), then pending frames]
         buf: list[np.ndarray | None] = []
         known: dict[int, Detection] = {}  # buffer position -> detection
@@ -131,26 +144,45 @@ class KeyframeDetector:
         fills: dict[int, Detection] = {}
         gaps = list(pairwise(points))
         while gaps:
-            midpoints, nxt = [], []
+            split, smooth = [], []  # gaps to bisect, and gaps to interpolate if verification agrees
             for a, b in gaps:
                 if b - a < 2:
                     continue
                 pairs = match_faces(known[a], known[b], self.min_prob, self.agree_iou)
-                if pairs is not None:
-                    for p in range(a + 1, b):
-                        fills[p] = interpolate(known[a], known[b], pairs, (p - a) / (b - a))
+                if pairs is None:
+                    split.append((a, b))
                 else:
-                    m = (a + b) // 2
-                    midpoints.append(m)
-                    nxt += [(a, m), (m, b)]
+                    smooth.append((a, b, pairs))
+            for gap, filled in self._interpolate_verified(buf, known, smooth):
+                if filled is None:  # an interpolated box holds no face: detect as for a disagreement
+                    split.append(gap)
+                else:
+                    fills.update(filled)
+            midpoints = [(a + b) // 2 for a, b in split]
             self._detect_at(buf, known, midpoints)
-            gaps = nxt
+            gaps = [g for (a, b), m in zip(split, midpoints, strict=True) for g in ((a, m), (m, b))]
         start = 1 if buf[0] is None else 0  # position 0 is the anchor, already yielded, or the first frame
         for p in range(start, points[-1] + 1):
             det = known.get(p)
             boxes, probs = det if det is not None else fills.get(p, _empty())
             yield FrameFaces(buf_idx[p], buf[p], boxes, probs, det is not None)
             buf[p] = None
+
+    def _interpolate_verified(self, buf, known, smooth):
+        """``((a, b), {position: detection} or None)`` per smooth gap; None where a box failed ``verify``."""
+        fills = [
+            {p: interpolate(known[a], known[b], pairs, (p - a) / (b - a)) for p in range(a + 1, b)}
+            for a, b, pairs in smooth
+        ]
+        if self.verify is not None:
+            checks = [(g, p) for g, filled in enumerate(fills) for p, det in filled.items() if len(det[0])]
+            if checks:
+                verdicts = self.verify([buf[p] for _, p in checks], [fills[g][p][0] for g, p in checks])
+                for (g, _), ok in zip(checks, verdicts, strict=True):
+                    if fills[g] is not None and not bool(np.all(ok)):
+                        fills[g] = None
+                        self.n_rejected += 1
+        return [((a, b), filled) for (a, b, _), filled in zip(smooth, fills, strict=True)]
 
     def _detect_at(self, buf, known, positions: list[int]) -> None:
         if positions:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -57,9 +59,13 @@ def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
     y, logits = np.asarray(y, float), np.asarray(logits, float)
     if len(np.unique(y)) < 2:
         return 1.0
+    return best_temperature(lambda t: log_loss(y, sigmoid(logits / t)))
+
+
+def best_temperature(loss_of: Callable[[float], float]) -> float:
+    """The temperature in [0.25, 20] (400 log-spaced values) with the lowest ``loss_of(T)``."""
     grid = np.exp(np.linspace(np.log(0.25), np.log(20.0), 400))
-    losses = [log_loss(y, sigmoid(logits / t)) for t in grid]
-    return float(grid[int(np.argmin(losses))])
+    return float(grid[int(np.argmin([loss_of(t) for t in grid]))])
 
 
 def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -84,6 +84,7 @@ VIDEOS_SCHEMA = pa.schema(
         ("rotation", pa.int16()),
         ("frame_stride", pa.int16()),
         ("n_tracks", pa.int32()),
+        ("n_one_frame_tracks", pa.int32()),  # tracks seen on a single frame: tracking lost the face
         ("n_detected", pa.int32()),  # frames the face detector ran on; the others were interpolated
         *[(f"n_{flag}", pa.int32()) for flag in FRAME_FLAGS],
         ("faces_uri", pa.string()),
@@ -108,6 +109,7 @@ WINDOWS_SCHEMA = pa.schema(
         ("n_frames", pa.int32()),
         ("frame_stride", pa.int16()),
         ("faces_uri", pa.string()),
+        ("counted", pa.bool_()),  # whether its track counts towards the video's score (windows.TrackRule)
     ]
 )
 
@@ -127,6 +129,7 @@ SEGMENTS_SCHEMA = pa.schema(
         ("reason", pa.string()),  # why the video has no window; null when it has some
         ("n_frames", pa.int32()),
         ("n_tracks", pa.int32()),
+        ("n_tracks_counted", pa.int32()),
         ("n_runs", pa.int32()),
         ("n_short_runs", pa.int32()),
         ("n_windows", pa.int32()),
@@ -135,12 +138,38 @@ SEGMENTS_SCHEMA = pa.schema(
     ]
 )
 
+# One row per face track under the segmenter's ``tracks/``: the evidence that decides whether
+# the track counts towards its video's score, and why not when it does not.
+TRACKS_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("track_id", pa.int32()),
+        ("n_frames", pa.int32()),
+        ("face_px", pa.float32()),  # median short side of its boxes, full-resolution pixels
+        ("mean_prob", pa.float32()),
+        ("share", pa.float32()),  # of the video's kept frames
+        ("n_windows", pa.int32()),
+        ("counted", pa.bool_()),
+        ("reason", pa.string()),  # why it does not count; null when it does
+    ]
+)
+
 
 # One row per window: its face codes from one embedder version (the classifier's input cache).
 EMBEDDINGS_SCHEMA = pa.schema(
     [
         WINDOWS_SCHEMA.field(n)
-        for n in ("window_id", "video_id", "track_id", "label", "part", "split", "start_frame", "n_frames")
+        for n in (
+            "window_id",
+            "video_id",
+            "track_id",
+            "label",
+            "part",
+            "split",
+            "start_frame",
+            "n_frames",
+            "counted",
+        )
     ]
     + [("code_dim", pa.int32()), ("codes", pa.list_(pa.float32()))]  # codes: n_frames * code_dim, row-major
 )
@@ -157,6 +186,7 @@ SCORES_SCHEMA = pa.schema(
         ("label", pa.int8()),
         ("n_windows", pa.int32()),
         ("n_tracks", pa.int32()),
+        ("n_tracks_counted", pa.int32()),
         ("reason", pa.string()),  # why the probability is a fallback (no usable window, failed extraction)
         ("model_version", pa.string()),
         ("scored_at", pa.string()),
@@ -172,6 +202,7 @@ WINDOW_SCORES_SCHEMA = pa.schema(
         ("start_frame", pa.int32()),
         ("label", pa.int8()),
         ("part", pa.string()),
+        ("counted", pa.bool_()),
         ("logit", pa.float32()),
         ("prob_fake", pa.float32()),
         ("model_version", pa.string()),

@@ -185,11 +185,12 @@ def fit(
     storage_options=None,
     max_failures: int = 0,
     keep_checkpoints: int = 2,
+    select_by: str = "val_loss",
 ):
     """Run ``loop`` on a TorchTrainer; rerunning with the same ``storage_path`` and ``name`` resumes.
 
-    Returns ``(best_state, latest_state)``: the checkpoint states with the lowest ``val_loss`` and
-    the last one (whose history covers every epoch).
+    Returns ``(best_state, latest_state)``: the checkpoint states with the lowest ``select_by``
+    metric and the last one (whose history covers every epoch).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -208,7 +209,7 @@ def fit(
             storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=keep_checkpoints,
-                checkpoint_score_attribute="val_loss",
+                checkpoint_score_attribute=select_by,
                 checkpoint_score_order="min",
             ),
             failure_config=FailureConfig(max_failures=max_failures),
@@ -221,7 +222,7 @@ def fit(
         with checkpoint.as_directory() as folder, open(os.path.join(folder, "state.pt"), "rb") as f:
             return load_state(f.read(), "checkpoint state.pt")
 
-    ranked = [(m.get("val_loss"), i, c) for i, (c, m) in enumerate(result.best_checkpoints)]
+    ranked = [(m.get(select_by), i, c) for i, (c, m) in enumerate(result.best_checkpoints)]
     finite = [r for r in ranked if r[0] is not None and r[0] == r[0]]
     best = min(finite, key=lambda r: (r[0], r[1]))[2] if finite else result.checkpoint
     return read(best), read(result.checkpoint)

@@ -43,7 +43,7 @@ class ClipSpec:
     n_faces: int = 1
     swap_seed: int | None = None  # set for FAKE clips
     original: str | None = None
-    kind: str = "regular"
+    kind: str = "regular"  # regular | no_face | two_faces | portrait | odd_size | poster (see paste_posters)
 
 
 @dataclass
@@ -326,6 +326,23 @@ def _ffmpeg() -> str:
     return exe
 
 
+def paste_posters(frame: np.ndarray, photo: np.ndarray) -> np.ndarray:
+    """False-positive faces of real footage, fixed to the frame: a printed photo in the lower right
+    corner (0.35 of the frame's height) and a tiny face in the upper left (a tenth)."""
+    x1, y1, x2, y2 = _HEAD_CROP
+    head = photo[y1:y2, x1:x2]
+    h, w = frame.shape[:2]
+    out = frame.copy()
+    for frac, (ax, ay) in ((0.35, (0.97, 0.97)), (0.1, (0.04, 0.05))):
+        ph = max(8, int(h * frac))
+        pw = max(8, int(ph * head.shape[1] / head.shape[0]))
+        small = cv2.resize(head, (pw, ph), interpolation=cv2.INTER_AREA)
+        x0 = int(min(max(ax * w - pw / 2, 0), w - pw))
+        y0 = int(min(max(ay * h - ph / 2, 0), h - ph))
+        out[y0 : y0 + ph, x0 : x0 + pw] = small
+    return out
+
+
 def write_clip(spec: ClipSpec, path: str, photo: np.ndarray | None = None, crf: int = 23) -> None:
     """Render ``spec`` frame by frame straight into an ffmpeg/libx264 process (no whole video in memory)."""
     photo = _astronaut_bgr() if photo is None else photo
@@ -372,7 +389,10 @@ def write_clip(spec: ClipSpec, path: str, photo: np.ndarray | None = None, crf: 
     try:
         for i in range(spec.n_frames):
             canvas = swap.apply(scene.canvas) if swap else None
-            proc.stdin.write(scene.frame(i, canvas).tobytes())
+            frame = scene.frame(i, canvas)
+            if spec.kind == "poster":
+                frame = paste_posters(frame, photo)
+            proc.stdin.write(frame.tobytes())
         proc.stdin.close()
         err = proc.stderr.read().decode(errors="replace")
         if proc.wait() != 0:

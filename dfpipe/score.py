@@ -96,6 +96,7 @@ class WindowScoreStage:
                 "start_frame": batch.column("start_frame"),
                 "label": batch.column("label"),
                 "part": batch.column("part"),
+                "counted": batch.column("counted"),
                 "logit": pa.array(logits, pa.float32()),
             }
         )
@@ -115,11 +116,17 @@ def video_row(
     video: dict, windows: list[dict], meta: dict, rule: VideoRule, model_version: str, scored_at: str
 ) -> tuple[dict, np.ndarray]:
     """The score row of one video (from its manifest/summary fields and its windows' logits), and
-    the calibrated probability of each window."""
+    the calibrated probability of each window.
+
+    Only windows of tracks that count (``counted``, see :class:`dfpipe.windows.TrackRule`) decide
+    the video's probability; the others are scored and kept, but a poster or a background face
+    never makes a video FAKE.
+    """
     row = {k: video.get(k) for k in ("video_id", "uri", "filename", "part", "split", "label")}
     row.update(
         n_windows=len(windows),
         n_tracks=int(video.get("n_tracks") or 0),
+        n_tracks_counted=int(video.get("n_tracks_counted") or 0),
         model_version=model_version,
         scored_at=scored_at,
         reason=None,
@@ -133,6 +140,14 @@ def video_row(
     elif not windows:
         row.update(prob_fake=prior, reason=video.get("segment_reason") or "no_window")
     else:
-        row["prob_fake"] = aggregate(probs, [w["track_id"] for w in windows], rule.aggregation)
+        counted = np.array([w.get("counted") is not False for w in windows])
+        if not counted.any():
+            row.update(
+                prob_fake=prior,
+                reason="no_counted_window: every window belongs to a track that does not count",
+            )
+        else:
+            tracks = np.array([w["track_id"] for w in windows])
+            row["prob_fake"] = aggregate(probs[counted], tracks[counted], rule.aggregation)
     row["prob_fake"] = clip(row["prob_fake"], rule.clip_low, rule.clip_high)
     return row, probs

@@ -1,6 +1,6 @@
-"""The segmentation stage: manifest rows in, one summary row per video out, its windows nested.
+"""The segmentation stage: manifest rows in, one summary row per video out, its windows and tracks nested.
 
-Reads only ``video_id``, ``track_id``, ``frame_idx`` and ``flag`` from each video's face shard
+Reads only the frame, track, flag, probability and box columns of each video's face shard
 (Parquet column projection: the JPEG bytes are never read).
 """
 
@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.extract import Resources
-from dfpipe.windows import SplitRule, WindowSpec, segment_video, window_id
+from dfpipe.windows import SplitRule, TrackRule, WindowSpec, segment_video, window_id
 
 log = logging.getLogger(__name__)
 
-FACE_COLUMNS = ["video_id", "track_id", "frame_idx", "flag"]
+FACE_COLUMNS = ["video_id", "track_id", "frame_idx", "flag", "prob", "box_x1", "box_y1", "box_x2", "box_y2"]
 
 _WINDOW_STRUCT = pa.struct(
     [
@@ -27,11 +27,14 @@ _WINDOW_STRUCT = pa.struct(
         ("start_frame", pa.int32()),
         ("end_frame", pa.int32()),
         ("n_frames", pa.int32()),
+        ("counted", pa.bool_()),
     ]
 )
-# What the stage returns: a summary row per video plus its windows, flattened by the job.
+_TRACK_STRUCT = pa.struct([f for f in R.TRACKS_SCHEMA if f.name != "video_id"])
+# What the stage returns: a summary row per video plus its windows and tracks, flattened by the job.
 STAGE_OUTPUT_SCHEMA = (
     R.SEGMENTS_SCHEMA.append(pa.field("windows", pa.list_(_WINDOW_STRUCT)))
+    .append(pa.field("tracks", pa.list_(_TRACK_STRUCT)))
     .append(pa.field("frame_stride", pa.int16()))
     .append(pa.field("faces_uri", pa.string()))
 )
@@ -42,6 +45,7 @@ class SegmentStage:
     spec: WindowSpec = field(default_factory=WindowSpec)
     split_rule: SplitRule = field(default_factory=SplitRule)
     usable_flags: tuple[str, ...] = (R.FLAG_OK, R.FLAG_MULTI_FACE)
+    track_rule: TrackRule = field(default_factory=TrackRule)
     config_hash: str = ""
     storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=32))
@@ -63,6 +67,7 @@ class SegmentStage:
             extract_status=video.get("status"),
             reason=None,
             windows=[],
+            tracks=[],
             config_hash=self.config_hash,
             frame_stride=video.get("frame_stride") or 1,
         )
@@ -71,12 +76,15 @@ class SegmentStage:
             return row
         try:
             faces = self._read_faces(video["faces_uri"])
-            windows, counts = segment_video(faces, self.usable_flags, self.spec, row["frame_stride"])
+            windows, counts = segment_video(
+                faces, self.usable_flags, self.spec, row["frame_stride"], self.track_rule
+            )
         except Exception as exc:  # noqa: BLE001 - a bad shard is recorded on its video, never fatal
             log.warning("segment %s: cannot read %s: %s", video["video_id"], video.get("faces_uri"), exc)
             row["reason"] = f"{R.REASON_READ_ERROR}: {type(exc).__name__}: {exc}"
             return row
         dropped = counts.pop("dropped")
+        row["tracks"] = counts.pop("tracks")
         row.update(counts)
         row.update({f"dropped_{k}": v for k, v in dropped.items()})
         row["windows"] = windows
@@ -95,8 +103,8 @@ class SegmentStage:
             return pq.read_table(fh, columns=FACE_COLUMNS)
 
 
-def flatten_windows(stage_output: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """Split the stage's output into the summary table and the windows table."""
+def flatten_windows(stage_output: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Split the stage's output into the summary, windows and tracks tables."""
     summary = stage_output.select(R.SEGMENTS_SCHEMA.names).cast(R.SEGMENTS_SCHEMA)
     rows = []
     for v in stage_output.select(
@@ -116,6 +124,20 @@ def flatten_windows(stage_output: pa.Table) -> tuple[pa.Table, pa.Table]:
                     "n_frames": w["n_frames"],
                     "frame_stride": v["frame_stride"],
                     "faces_uri": v["faces_uri"],
+                    "counted": w["counted"],
                 }
             )
-    return summary, pa.Table.from_pylist(rows, schema=R.WINDOWS_SCHEMA)
+    tracks = [
+        {"video_id": v, **t}
+        for v, ts in zip(
+            stage_output.column("video_id").to_pylist(),
+            stage_output.column("tracks").to_pylist(),
+            strict=True,
+        )
+        for t in ts or ()
+    ]
+    return (
+        summary,
+        pa.Table.from_pylist(rows, schema=R.WINDOWS_SCHEMA),
+        pa.Table.from_pylist(tracks, schema=R.TRACKS_SCHEMA),
+    )

@@ -50,14 +50,20 @@ def link_tracks(
     min_iou: float = 0.3,
     max_gap: int = 5,
     cuts: Iterable[int] = (),
+    frame_step: int = 1,
 ) -> list[np.ndarray]:
     """Track ids for each frame's boxes (same shapes as ``boxes``), matching greedily by IoU.
 
-    A box joins the track whose last box overlaps it most (at least ``min_iou``) and was seen at
-    most ``max_gap`` frames ago; otherwise it starts a new track. No track continues into a frame
-    listed in ``cuts`` (the first frame of a new shot). Ids count up from 0 in order of first
-    appearance, so the result is deterministic.
+    ``frame_indices`` are frame numbers of the video, ``frame_step`` apart when every
+    ``frame_step``-th frame was decoded. A box joins the track whose last box overlaps it most (at
+    least ``min_iou``) and was seen at most ``max_gap`` *sampled* frames ago (``max_gap *
+    frame_step`` frame numbers), so the rule means the same at every stride; otherwise it starts a
+    new track. No track continues into a frame listed in ``cuts`` (the first frame of a new shot).
+    Ids count up from 0 in order of first appearance, so the result is deterministic.
     """
+    if frame_step < 1:
+        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+    reach = max_gap * frame_step
     cuts = set(cuts)
     last_box: list[np.ndarray] = []
     last_frame: list[int] = []
@@ -67,7 +73,7 @@ def link_tracks(
         if frame in cuts:
             shot_start = len(last_box)  # tracks of earlier shots are closed
         ids = np.full(len(frame_boxes), -1, dtype=np.int32)
-        live = [t for t in range(shot_start, len(last_box)) if frame - last_frame[t] <= max_gap]
+        live = [t for t in range(shot_start, len(last_box)) if frame - last_frame[t] <= reach]
         if len(frame_boxes) and live:
             ious = iou_matrix(np.asarray(frame_boxes), np.stack([last_box[t] for t in live]))
             for i, j in greedy_match(ious, min_iou):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -17,6 +18,7 @@ import torch
 
 from dfpipe import metrics as M
 from dfpipe.embed import FaceTensors
+from dfpipe.score import Aggregation, aggregate
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +215,7 @@ def _fit(
     """The epoch loop both models share: ``steps_per_epoch`` optimiser steps, validation, a checkpoint
     per epoch, and an optional early stop of this invocation (``stop_after_epochs``; a rerun resumes)."""
     for epoch in range(start, cfg["epochs"]):
+        started = time.perf_counter()
         model.train()
         losses = []
         for _ in range(cfg["steps_per_epoch"]):
@@ -223,6 +226,7 @@ def _fit(
             losses.append(float(loss.detach()))
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses))}
         metrics.update(validate(_unwrap(model)))
+        metrics["seconds"] = round(time.perf_counter() - started, 3)
         history.append(metrics)
         _report(ctx, metrics, model, optimizer, epoch, history)
         stop = cfg.get("stop_after_epochs")
@@ -240,10 +244,10 @@ def _codes(batch: dict, shape: tuple[int, int]) -> np.ndarray:
 
 def window_logits(
     model, batches: Iterator[dict], shape: tuple[int, int], device
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(logits, labels, video_ids)`` of every window in ``batches``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(logits, labels, video_ids, track_ids)`` of every window in ``batches`` (track 0 where absent)."""
     model.eval()
-    logits, labels, videos = [], [], []
+    logits, labels, videos, tracks = [], [], [], []
     with torch.inference_mode():
         for b in batches:
             if len(b["label"]):
@@ -251,31 +255,36 @@ def window_logits(
                 logits.append(model(x).float().cpu().numpy())
                 labels.append(np.asarray(b["label"], np.float32))
                 videos.append(np.asarray(b["video_id"]))
+                tracks.append(np.asarray(b.get("track_id", np.zeros(len(b["label"]), np.int32))))
     if not logits:
-        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=object)
-    return np.concatenate(logits), np.concatenate(labels), np.concatenate(videos)
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=object), np.zeros(0, np.int32)
+    return tuple(np.concatenate(x) for x in (logits, labels, videos, tracks))
 
 
-def video_probs(probs: np.ndarray, labels: np.ndarray, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean window probability per video (validation's aggregation), with each video's label."""
+def video_probs(
+    probs: np.ndarray, labels: np.ndarray, videos: np.ndarray, tracks: np.ndarray, how: Aggregation
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each video's probability by the scoring rule ``how`` (:func:`dfpipe.score.aggregate`), and its label.
+
+    Validation picks checkpoints and fits the temperature with the rule scoring uses, so the
+    numbers it reports are the numbers a scored video gets.
+    """
     out_p, out_y = [], []
     for v in np.unique(videos):
         sel = videos == v
-        out_p.append(float(probs[sel].mean()))
+        out_p.append(aggregate(probs[sel], tracks[sel], how))
         out_y.append(float(labels[sel][0]))
     return np.asarray(out_p), np.asarray(out_y)
 
 
 def _validate_classifier(model, ctx: TrainContext, cfg: dict, shape) -> dict:
-    logits, labels, videos = window_logits(model, ctx.batches("val", cfg["batch_size"]), shape, ctx.device)
-    parts = ctx.all_gather((logits, labels, videos))
-    logits = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    videos = np.concatenate([p[2] for p in parts])
+    found = window_logits(model, ctx.batches("val", cfg["batch_size"]), shape, ctx.device)
+    parts = ctx.all_gather(found)
+    logits, labels, videos, tracks = (np.concatenate([p[k] for p in parts]) for k in range(4))
     if not len(labels):
         return {"val_loss": float("nan")}
     probs = M.sigmoid(logits)
-    vp, vy = video_probs(probs, labels, videos)
+    vp, vy = video_probs(probs, labels, videos, tracks, cfg.get("aggregation", "max_track_mean"))
     return {
         "val_loss": M.log_loss(labels, probs),
         "val_acc": M.accuracy(labels, probs),
@@ -318,7 +327,7 @@ def plot_curves(history: list[dict], path: str, title: str) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for key in sorted({k for h in history for k in h}):
         values = [h.get(key) for h in history]
-        if key == "epoch" or not all(isinstance(v, float | int) for v in values):
+        if key in ("epoch", "seconds") or not all(isinstance(v, float | int) for v in values):
             continue
         (a if "loss" in key else b).plot(epochs, values, marker="o", label=key)
     for ax, name in ((a, "loss"), (b, "validation metrics")):

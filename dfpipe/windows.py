@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -174,10 +175,101 @@ class SplitRule:
         return "train"
 
 
+@dataclass(frozen=True)
+class TrackRule:
+    """Which face tracks of a video count towards its score, from track-level evidence.
+
+    On real footage MTCNN also finds "faces" in posters, shoulders, toys and blurred people in the
+    background; they give short, small or weak tracks, some long enough for windows, and the most
+    suspicious track decides a video. A track counts when it
+
+    * is on at least ``min_share`` of the video's kept frames,
+    * has a mean detection probability of at least ``min_mean_prob``, and
+    * has a median face side of at least ``min_relative_size`` times the main face's, where the
+      main face is the largest among tracks that pass the first two tests.
+
+    If no track passes the first two, the track with the most evidence (frames x face size) counts
+    alone, so a video with only brief faces is still scored from its best one.
+    """
+
+    min_share: float = 0.25
+    min_mean_prob: float = 0.95
+    min_relative_size: float = 0.5
+
+    def __post_init__(self):
+        for name in ("min_share", "min_mean_prob", "min_relative_size"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"track rule: {name} must be within [0, 1], got {getattr(self, name)}")
+
+    def judge(self, tracks: list[dict]) -> list[dict]:
+        """``tracks`` (from :func:`track_evidence`) with ``counted`` and, for those left out, ``reason``."""
+        out = [{**t, "counted": False, "reason": None} for t in tracks]
+        if not out:
+            return out
+        for t in out:
+            if t["share"] < self.min_share:
+                t["reason"] = f"short: on {t['share']:.0%} of frames (< {self.min_share:.0%})"
+            elif t["mean_prob"] < self.min_mean_prob:
+                t["reason"] = (
+                    f"weak: mean detection probability {t['mean_prob']:.3f} (< {self.min_mean_prob})"
+                )
+        candidates = [t for t in out if t["reason"] is None]
+        if not candidates:
+            best = max(out, key=lambda t: (t["n_frames"] * t["face_px"], -t["track_id"]))
+            best.update(counted=True, reason=None)
+            return out
+        main = max(candidates, key=lambda t: (t["face_px"], t["n_frames"], -t["track_id"]))
+        for t in candidates:
+            ratio = t["face_px"] / max(main["face_px"], 1e-6)
+            if ratio < self.min_relative_size:
+                t["reason"] = f"small: {ratio:.2f}x the main face (< {self.min_relative_size}x)"
+            else:
+                t["counted"] = True
+        return out
+
+
+def track_evidence(faces: pa.Table, n_frames: int) -> list[dict]:
+    """Per track of one video's face rows: frames, median face side (px), mean probability, share of frames."""
+    tracked = faces.filter(pc.is_valid(faces.column("track_id")))
+    if not tracked.num_rows:
+        return []
+    track = tracked.column("track_id").to_numpy()
+    frame = tracked.column("frame_idx").to_numpy()
+    prob = tracked.column("prob").to_numpy(zero_copy_only=False).astype(float)
+    side = np.minimum(
+        tracked.column("box_x2").to_numpy(zero_copy_only=False)
+        - tracked.column("box_x1").to_numpy(zero_copy_only=False),
+        tracked.column("box_y2").to_numpy(zero_copy_only=False)
+        - tracked.column("box_y1").to_numpy(zero_copy_only=False),
+    ).astype(float)
+    out = []
+    for t in np.unique(track):
+        sel = track == t
+        frames = len(np.unique(frame[sel]))
+        out.append(
+            {
+                "track_id": int(t),
+                "n_frames": frames,
+                "face_px": float(np.nanmedian(side[sel])),
+                "mean_prob": float(np.nanmean(prob[sel])),
+                "share": frames / max(n_frames, 1),
+            }
+        )
+    return out
+
+
 def segment_video(
-    faces: pa.Table, usable_flags: tuple[str, ...], spec: WindowSpec, stride: int
+    faces: pa.Table,
+    usable_flags: tuple[str, ...],
+    spec: WindowSpec,
+    stride: int,
+    track_rule: TrackRule | None = None,
 ) -> tuple[list[dict], dict]:
-    """Windows of one video's face rows, and its counts: runs, windows, frames dropped by reason."""
+    """Windows of one video's face rows, and its counts: runs, windows, frames dropped by reason.
+
+    With ``track_rule`` (and the ``prob`` and box columns in ``faces``) the counts hold ``tracks``,
+    the evidence and verdict of each track, and every window says whether its track ``counted``.
+    """
     video_frames = faces.column("frame_idx").to_numpy(zero_copy_only=False)
     n_frames = len(np.unique(video_frames)) if len(video_frames) else 0
     counts = {"n_frames": n_frames, "n_runs": 0, "n_short_runs": 0, "n_windows": 0, "n_tracks": 0}
@@ -209,4 +301,14 @@ def segment_video(
                 for a, b in tw.windows
             ]
     counts["n_windows"] = len(windows)
+    if track_rule is not None:
+        tracks = track_rule.judge(track_evidence(faces, n_frames))
+        verdict = {t["track_id"]: t["counted"] for t in tracks}
+        per_track = Counter(w["track_id"] for w in windows)
+        for t in tracks:
+            t["n_windows"] = per_track.get(t["track_id"], 0)
+        for w in windows:
+            w["counted"] = verdict[w["track_id"]]
+        counts["n_tracks_counted"] = sum(verdict.values())
+        counts["tracks"] = tracks
     return windows, {**counts, "dropped": dropped}

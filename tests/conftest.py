@@ -95,7 +95,7 @@ def add_bad_inputs(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory) -> Path:
-    return make_sample(tmp_path_factory.mktemp("sample"))
+    return make_sample(tmp_path_factory.mktemp("sample"), frames=24)
 
 
 @pytest.fixture(scope="session")
@@ -119,11 +119,16 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def extracted_sample(ray_session, sample_dataset, tmp_path_factory) -> Path:
-    """The sample dataset through the extraction job once, for the stages after it."""
+    """The sample dataset through the extraction job once, for the stages after it.
+
+    Every second frame and 64-px crops: the models trained on it carry a recipe other than the
+    defaults, so every scoring test also proves that scoring follows the model's recipe.
+    """
     from dfpipe.cli import main
 
     out = tmp_path_factory.mktemp("extracted") / "extract"
-    assert main(["extract", "--input", str(sample_dataset), "--output", str(out), "face_size=64"]) == 0
+    args = ["extract", "--input", str(sample_dataset), "--output", str(out), "face_size=64", "frame_stride=2"]
+    assert main(args) == 0
     return out
 
 
@@ -163,6 +168,8 @@ def embedder_model(segmented_sample, tmp_path_factory) -> Path:
     args = ["train_embedder", "--input", str(segmented_sample), "--output", str(out), *EMBEDDER_ARGS]
     assert main([*args, "stop_after_epochs=1"]) == 0
     assert json.loads((out / "model.json").read_text())["epochs_trained"] == 1
+    # Kept to prove the second invocation resumed: a restart would record epoch 0 anew.
+    shutil.copy(out / "metrics.json", out.parent / "first_invocation_metrics.json")
     assert main(args) == 0
     return out
 

@@ -19,11 +19,11 @@ submit python jobs/pipeline.py --input "$WORK/data" --output "$WORK/run" \
   extract.face_size=64 extract.max_frames=20 segment.window_len=8 segment.window_stride=4 \
   segment.val_parts=dfdc_train_part_1 train_embedder.face_size=80 train_embedder.epochs=1 \
   train_embedder.batch_size=8 train_embedder.steps_per_epoch=2 train_classifier.epochs=2 \
-  train_classifier.batch_size=8 score.max_frames=20
+  train_classifier.batch_size=8
 submit python jobs/rescore.py --input "$WORK/data/dfdc_train_part_0" --model "$WORK/run/models/classifier" \
-  --output "$WORK/rescore" score.max_frames=20
+  --output "$WORK/rescore"
 submit python jobs/rescore.py --input "$WORK/data/dfdc_train_part_0" --model "$WORK/run/models/classifier" \
-  --output "$WORK/rescore" score.max_frames=20
+  --output "$WORK/rescore"
 
 python - "$WORK" <<'PY'
 import json, sys

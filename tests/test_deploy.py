@@ -35,12 +35,30 @@ def test_cluster_yaml_has_what_the_launcher_needs():
     assert "aws_secret_access_key" not in text and "ray_auth_mode=disabled" not in text
 
 
+def env_vars(node) -> list[dict]:
+    """Every container ``env`` entry anywhere in a parsed manifest."""
+    if isinstance(node, dict):
+        found = (
+            [e for e in node.get("env", []) if isinstance(e, dict)]
+            if isinstance(node.get("env"), list)
+            else []
+        )
+        return found + [e for v in node.values() for e in env_vars(v)]
+    if isinstance(node, list):
+        return [e for v in node for e in env_vars(v)]
+    return []
+
+
 def test_deploy_manifests_parse():
     kinds = {}
     for path in (ROOT / "deploy").glob("*.yaml"):
         doc = yaml.safe_load(path.read_text())
         kinds[doc["kind"]] = doc
-        assert "RAY_AUTH_MODE\n  value: disabled" not in path.read_text()
+        modes = [e.get("value") for e in env_vars(doc) if e.get("name") == "RAY_AUTH_MODE"]
+        assert all(m == "token" for m in modes), f"{path.name}: RAY_AUTH_MODE {modes}"
+    cron_env = {e["name"]: e for e in env_vars(kinds["CronJob"])}
+    assert cron_env["RAY_AUTH_MODE"]["value"] == "token", "the client cron job authenticates"
+    assert "secretKeyRef" in cron_env["RAY_AUTH_TOKEN"]["valueFrom"], "the token comes from a Secret"
     assert {"CronJob", "RayJob", "RayCronJob"} <= set(kinds)
     assert kinds["CronJob"]["spec"]["concurrencyPolicy"] == "Forbid"
     assert "jobs/rescore.py" in kinds["RayCronJob"]["spec"]["rayJobTemplate"]["spec"]["entrypoint"]

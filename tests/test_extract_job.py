@@ -156,3 +156,19 @@ def test_extract_shared_dfdc(ray_session, shared_dfdc, tmp_path):
     real = m[m.video_id.isin(present)]
     assert (real.status == "ok").all() and (real.n_frames == 30).all()
     assert (real.n_ok > 0).all(), "real DFDC clips have faces"
+
+
+def test_summary_warns_when_tracks_are_mostly_one_frame_long():
+    import pandas as pd
+
+    from dfpipe.jobs.extract import format_summary, fragmented
+
+    n_tracks = pd.Series([1, 3, 10, 10])
+    one_frame = pd.Series([1, 2, 4, None])
+    assert fragmented(n_tracks, one_frame).tolist() == [False, True, False, False]
+    stats = {
+        "videos": {"manifest": 4, "ok": 4, "failed": 0, "catalog": 4, "failed_by_reason": {}},
+        "frames": dict.fromkeys(("decoded", *R.FRAME_FLAGS), 0),
+        "fragmented_tracks": {"videos": 1, "examples": ["v1"]},
+    }
+    assert "mostly one frame long (e.g. v1)" in format_summary(stats)

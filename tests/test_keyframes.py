@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dfpipe.keyframes import KeyframeDetector, match_faces
-from dfpipe.tracks import greedy_match, link_tracks
+from dfpipe.tracks import greedy_match, iou_matrix, link_tracks
 
 EMPTY = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
 
@@ -19,18 +19,33 @@ class Script:
     def __init__(self, faces):
         self.faces = faces
         self.calls: list[int] = []
+        self.verified = 0
 
     def frame(self, i: int, shot: int = 0) -> np.ndarray:
         f = np.full((48, 64, 3), 60 * shot, np.uint8)
         f[0, 0, :2] = divmod(i, 256)
         return f
 
+    @staticmethod
+    def index(frame: np.ndarray) -> int:
+        return int(frame[0, 0, 0]) * 256 + int(frame[0, 0, 1])
+
     def __call__(self, frames):
         out = []
         for f in frames:
-            i = int(f[0, 0, 0]) * 256 + int(f[0, 0, 1])
-            self.calls.append(i)
-            out.append(self.faces(i))
+            self.calls.append(self.index(f))
+            out.append(self.faces(self.index(f)))
+        return out
+
+    def verify(self, frames, boxes):
+        """The truth about each box: does a face of this frame overlap it?"""
+        self.verified += sum(len(b) for b in boxes)
+        out = []
+        for f, b in zip(frames, boxes, strict=True):
+            truth = self.faces(self.index(f))[0]
+            out.append(
+                iou_matrix(np.asarray(b), truth).max(axis=1) >= 0.5 if len(truth) else np.zeros(len(b), bool)
+            )
         return out
 
 
@@ -42,6 +57,12 @@ def chunks(script, n, chunk=5, shots=lambda i: 0):
 
 def moving(i: int) -> tuple[np.ndarray, np.ndarray]:
     x = 10.0 + 0.5 * i
+    return np.array([[x, 10, x + 40, 50]], np.float32), np.array([0.99], np.float32)
+
+
+def slow(i: int) -> tuple[np.ndarray, np.ndarray]:
+    """A face moving slowly enough that keyframes 16 frames apart agree (IoU >= 0.7)."""
+    x = 10.0 + 0.1 * i
     return np.array([[x, 10, x + 40, 50]], np.float32), np.array([0.99], np.float32)
 
 
@@ -106,14 +127,19 @@ def test_a_scene_cut_is_detected_both_sides_and_ends_tracks():
     present=st.lists(st.tuples(st.integers(0, 90), st.integers(1, 40)), max_size=3),
 )
 def test_streams_every_frame_once_in_order_within_its_window(n, every, window, chunk, present):
-    """Any schedule: every frame once, in order; frames held never exceed window + every; keyframes detected."""
+    """Any schedule: every frame once, in order; frames held never exceed window + every; keyframes
+    detected; a box only where the face is, and the whole of every visible stretch of >= ``every``
+    frames found (the stated minimum duration)."""
     spans = [(a, a + length) for a, length in present]
 
+    def visible(i):
+        return any(a <= i < b for a, b in spans)
+
     def faces(i):
-        return moving(i) if any(a <= i < b for a, b in spans) else EMPTY
+        return moving(i) if visible(i) else EMPTY
 
     script = Script(faces)
-    kf = KeyframeDetector(script, every=every, window=window)
+    kf = KeyframeDetector(script, verify=script.verify, every=every, window=window)
     pulled = []
 
     def source():
@@ -121,16 +147,58 @@ def test_streams_every_frame_once_in_order_within_its_window(n, every, window, c
             pulled.extend(idx)
             yield idx, frames
 
-    seen = []
+    seen, boxed = [], set()
     for f in kf.run(source()):
         seen.append(f.index)
         assert len(pulled) - len(seen) <= max(window, every) + every + chunk
-        if f.detected:
-            np.testing.assert_array_equal(f.boxes, faces(f.index)[0])
-        elif len(f.boxes):  # interpolated only between keyframes that both saw the face
+        if len(f.boxes):
+            assert visible(f.index), f"a box on frame {f.index}, where there is no face"
             np.testing.assert_allclose(f.boxes, moving(f.index)[0], atol=1e-3)
+            boxed.add(f.index)
     assert seen == list(range(n))
     assert set(range(0, n, every)) | {n - 1} <= set(script.calls)
+    visible_frames = {i for i in range(n) if visible(i)}
+    for i in visible_frames:
+        run = [j for j in range(i - every + 1, i + 1) if all(visible(k) for k in range(j, j + every))]
+        if any(j >= 0 and j + every <= n for j in run):  # i lies in a visible stretch of >= every frames
+            assert i in boxed, f"frame {i} of a face visible for >= {every} frames was missed"
+
+
+def test_a_face_hidden_between_agreeing_keyframes_gets_no_boxes_there():
+    """Turned away, covered or cut away on frames 5..11: keyframes 0 and 16 agree, the gap does not."""
+
+    def faces(i):
+        return EMPTY if 5 <= i <= 11 else slow(i)
+
+    script = Script(faces)
+    out = list(KeyframeDetector(script, verify=script.verify, every=16, window=32).run(chunks(script, 33)))
+    assert [f.index for f in out if len(f.boxes)] == [i for i in range(33) if not 5 <= i <= 11]
+    assert script.verified > 0 and len(script.calls) < 33
+
+
+def test_without_verification_the_hidden_face_is_interpolated():
+    """What verification is for: with no verifier, the hidden frames get boxes (the blind spot it closes)."""
+
+    def faces(i):
+        return EMPTY if 5 <= i <= 11 else slow(i)
+
+    script = Script(faces)
+    out = list(KeyframeDetector(script, every=16, window=32).run(chunks(script, 33)))
+    assert all(len(f.boxes) == 1 for f in out)
+
+
+def test_a_second_person_entering_between_keyframes_is_found():
+    def faces(i):
+        a = slow(i)
+        if i < 21:
+            return a
+        b = np.array([[200, 20, 240, 60]], np.float32)
+        return np.concatenate([a[0], b]), np.array([0.99, 0.98], np.float32)
+
+    script = Script(faces)
+    out = list(KeyframeDetector(script, verify=script.verify, every=16, window=32).run(chunks(script, 48)))
+    assert [f.index for f in out if len(f.boxes) == 2] == list(range(21, 48))
+    assert all(len(f.boxes) == 1 for f in out if f.index < 21)
 
 
 def test_match_faces_needs_same_confident_faces():
@@ -154,3 +222,32 @@ def test_greedy_match_takes_best_overlap_first():
 def test_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         KeyframeDetector(lambda frames: [], **bad)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    stride=st.integers(1, 30),
+    max_gap=st.integers(1, 8),
+    n=st.integers(2, 60),
+    drift=st.floats(0.0, 3.0),
+    seed=st.integers(0, 2**16),
+)
+def test_a_face_on_every_sampled_frame_is_one_track_at_any_stride(stride, max_gap, n, drift, seed):
+    """The gap rule counts sampled frames: a steady face seen on every kept frame never splits."""
+    rng = np.random.default_rng(seed)
+    frames = [k * stride for k in range(n)]
+    boxes = [
+        np.array(
+            [[100 + drift * k + rng.normal(0, 1), 80 + rng.normal(0, 1), 180 + drift * k, 170]], np.float32
+        )
+        for k in range(n)
+    ]
+    ids = link_tracks(frames, boxes, max_gap=max_gap, frame_step=stride)
+    assert {int(t[0]) for t in ids} == {0}
+
+
+def test_the_gap_is_counted_in_sampled_frames():
+    box = np.array([[10, 10, 50, 50]], np.float32)
+    frames = [0, 6, 12, 18, 36]  # stride 6: gaps of 1, 1, 1 and 3 sampled frames
+    assert [int(t[0]) for t in link_tracks(frames, [box] * 5, max_gap=3, frame_step=6)] == [0] * 5
+    assert [int(t[0]) for t in link_tracks(frames, [box] * 5, max_gap=2, frame_step=6)] == [0, 0, 0, 0, 1]

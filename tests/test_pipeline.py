@@ -24,7 +24,6 @@ TINY = [
     "train_classifier.epochs=2",
     "train_classifier.batch_size=8",
     "train_classifier.hidden_size=8",
-    "score.max_frames=20",
 ]
 
 
@@ -65,7 +64,7 @@ def test_rescore_scores_each_video_once(classifier_model, sample_dataset, tmp_pa
     dump1, dump2 = tmp_path / "dumps" / "2026-11-24", tmp_path / "dumps" / "2026-11-25"
     shutil.copytree(sample_dataset / "dfdc_train_part_1", dump1)
     root = tmp_path / "scores"
-    args = ["rescore", "--model", str(classifier_model), "--output", str(root), "score.max_frames=20"]
+    args = ["rescore", "--model", str(classifier_model), "--output", str(root)]
     assert main([*args, "--input", str(dump1)]) == 0
     first = read_scores(dump_output(str(root), str(dump1)), None)
     assert first.num_rows == len(list(dump1.glob("*.mp4")))

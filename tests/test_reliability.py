@@ -235,7 +235,7 @@ def test_s3_persistent_failure_is_a_clear_error_and_a_rerun_completes(
 
 def test_overlapping_rescore_runs_score_each_video_once(classifier_model, sample_dataset, tmp_path):
     root = tmp_path / "rescore"
-    args = ["rescore", "--model", str(classifier_model), "--output", str(root), "score.max_frames=20"]
+    args = ["rescore", "--model", str(classifier_model), "--output", str(root)]
     args += ["--input", str(sample_dataset)]
     codes: list[int] = []
     runs = [threading.Thread(target=lambda: codes.append(main(args))) for _ in range(2)]

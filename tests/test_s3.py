@@ -88,3 +88,27 @@ def test_segment_on_s3(s3_extracted):
     assert len(windows) > 0 and windows.faces_uri.str.startswith("s3://").all()
     failed = summary[summary.extract_status == "failed"]
     assert len(failed) > 0 and failed.reason.str.startswith("extract_failed").all()
+
+
+def test_score_on_s3_follows_the_models_recipe(bucket, classifier_model, s3_extracted, capsys):
+    """Model, dataset and output all on S3: the recipe (every second frame, 64-px crops) is read from
+    the model's model.json there, applied to the new extraction, and faces extracted otherwise are refused."""
+    model = "s3://dfpipe-test/models/classifier"
+    bucket.put(str(classifier_model), model.removeprefix("s3://"), recursive=True)
+    out = "s3://dfpipe-test/score-out"
+    args = ["score", "--input", s3_extracted, "--model", model, "--output", out]
+    assert main(args) == 2
+    assert "extract.frame_stride: recipe 2, extraction 1" in capsys.readouterr().err
+    assert main(["score", "--input", SRC, "--model", model, "--output", out, "evaluate=false"]) == 0
+    assert storage.read_json(out + "/extract/config.json")["config"]["frame_stride"] == 2
+    manifest = read_manifest(out + "/extract").to_pandas()
+    assert (manifest[manifest.status == "ok"].frame_stride == 2).all()
+    scores = storage.read_parquet_dir(out + "/scores", schema=R.SCORES_SCHEMA).to_pandas()
+    assert set(scores.video_id) == set(manifest.video_id)
+    with_windows = scores[scores.n_windows > 0]
+    assert len(with_windows) > 0 and (with_windows.n_tracks_counted >= 1).all()
+    (segment,) = [
+        p for p in bucket.ls("dfpipe-test/score-out") if p.rsplit("/", 1)[-1].startswith("segment-")
+    ]
+    tracks = storage.read_parquet_dir(f"s3://{segment}/tracks", schema=R.TRACKS_SCHEMA)
+    assert tracks.num_rows >= len(with_windows)

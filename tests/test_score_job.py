@@ -27,7 +27,7 @@ def brute_auc(y, p) -> float:
 
 
 def score(data, model, out) -> int:
-    return main(["score", "--input", str(data), "--model", str(model), "--output", str(out), "max_frames=20"])
+    return main(["score", "--input", str(data), "--model", str(model), "--output", str(out)])
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,8 @@ def test_every_video_has_one_clipped_score(scored, messy_dataset):
     catalog = build_catalog(str(data))
     assert scores.index.is_unique and set(scores.index) == set(catalog.column("video_id").to_pylist())
     assert scores.prob_fake.between(0.01, 0.99).all()
+    assert (scores.n_tracks_counted <= scores.n_tracks).all()
+    assert (scores[scores.n_windows > 0].n_tracks_counted >= 1).all()
     for vid in expected:
         assert scores.loc[vid, "reason"].startswith("extract_failed"), vid
     meta = json.loads((Path(out) / "config.json").read_text())
@@ -110,7 +112,6 @@ def test_score_video_agrees_with_the_bulk_job(scored, classifier_model, tmp_path
                 "--model",
                 str(classifier_model),
                 "--json",
-                "max_frames=20",
                 "--explain",
                 str(png),
             ]
@@ -157,7 +158,7 @@ def test_score_shared_real_clips(classifier_model, shared_dfdc, tmp_path):
                 str(classifier_model),
                 "--output",
                 str(out),
-                "max_frames=24",
+                "extract.max_frames=24",
             ]
         )
         == 0
@@ -169,3 +170,102 @@ def test_score_shared_real_clips(classifier_model, shared_dfdc, tmp_path):
     assert real.prob_fake.between(0.01, 0.99).all()
     assert R.reason_of(scores[~scores.video_id.isin(present)].reason.iloc[0]) == "extract_failed"
     assert storage.exists(str(out / "submission.csv"))
+
+
+def test_scoring_follows_the_models_recipe(
+    classifier_model, sample_dataset, segmented_sample, tmp_path, capsys
+):
+    """The model learned from every second frame and 64-px crops: scoring the raw dataset extracts
+    and segments it the same way, so the windows scored are exactly the windows it learned from."""
+    meta = json.loads((classifier_model / "model.json").read_text())
+    assert meta["recipe"]["extract"]["frame_stride"] == 2 and meta["recipe"]["extract"]["face_size"] == 64
+    assert meta["recipe"]["segment"]["window_len"] == 8 and meta["aggregation"] == "max_track_mean"
+    out = tmp_path / "score"
+    assert score(sample_dataset, classifier_model, out) == 0
+    extracted = json.loads((out / "extract" / "config.json").read_text())["config"]
+    assert extracted["frame_stride"] == 2 and extracted["face_size"] == 64
+    learned = storage.read_parquet_dir(str(segmented_sample / "windows"), schema=R.WINDOWS_SCHEMA).to_pandas()
+    scored = storage.read_parquet_dir(str(out / "window_scores"), schema=R.WINDOW_SCORES_SCHEMA).to_pandas()
+    assert len(learned) > 0
+    assert set(scored.window_id) == set(learned.window_id), "the same windows (same tracks, same frames)"
+    (seg,) = [p for p in out.iterdir() if p.name.startswith("segment-")]
+    windows = storage.read_parquet_dir(str(seg / "windows"), schema=R.WINDOWS_SCHEMA).to_pandas()
+    key = ["window_id", "start_frame", "end_frame", "frame_stride", "counted"]
+    assert windows[key].sort_values("window_id").values.tolist() == (
+        learned[key].sort_values("window_id").values.tolist()
+    )
+    scores = read_scores(str(out), None).to_pandas().set_index("video_id")
+    vid = scores[scores.reason.isna()].index[0]
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "score-video",
+                str(next(sample_dataset.glob(f"*/{vid}.mp4"))),
+                "--model",
+                str(classifier_model),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    record = json.loads(capsys.readouterr().out)
+    assert record["prob_fake"] == pytest.approx(scores.loc[vid, "prob_fake"], abs=1e-4)
+    assert record["n_windows"] == scores.loc[vid, "n_windows"]
+
+
+def test_score_refuses_faces_extracted_otherwise(classifier_model, extracted_sample, tmp_path, capsys):
+    other = tmp_path / "extract"
+    shutil.copytree(extracted_sample, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["config"].update(frame_stride=1, face_size=160)
+    (other / "config.json").write_text(json.dumps(cfg))
+    args = ["score", "--input", str(other), "--model", str(classifier_model), "--output", str(tmp_path / "s")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "extract.frame_stride: recipe 2, extraction 1" in err
+    assert "extract.face_size: recipe 64, extraction 160" in err
+    assert not (tmp_path / "s" / "scores").exists(), "refused at start-up, before any work"
+
+
+def test_overriding_the_recipe_is_said_out_loud(classifier_model):
+    from dfpipe.jobs import score as score_job
+
+    meta = json.loads((classifier_model / "model.json").read_text())
+    cfg = score_job.ScoreConfig(
+        input="x", model=str(classifier_model), output="y", extract={"frame_stride": 1, "num_workers": 2}
+    )
+    ext, seg, notes = score_job.data_plan(meta, str(classifier_model), cfg)
+    assert ext["frame_stride"] == 1 and ext["face_size"] == 64 and seg == meta["recipe"]["segment"]
+    assert notes == ["extract.frame_stride: model's recipe 2, given 1"]
+    with pytest.raises(ValueError, match="extract.input cannot be set"):
+        score_job.ScoreConfig(input="x", model="m", output="y", extract={"input": "z"})
+    old = {k: v for k, v in meta.items() if k != "recipe"}
+    with pytest.raises(Exception, match="records no data recipe"):
+        score_job.data_plan(old, str(classifier_model), cfg)
+
+
+def test_a_poster_and_a_background_face_do_not_decide_the_score(classifier_model, tmp_path, capsys):
+    """A printed photo in the corner and a tiny face behind: both found, both left out, and the
+    video's probability is the main person's."""
+    from dfpipe.sample import ClipSpec, write_clip
+
+    clip = tmp_path / "poster.mp4"
+    write_clip(ClipSpec("poster", "REAL", 0, 640, 480, 32, 10.0, scene_seed=5, kind="poster"), str(clip))
+    png = tmp_path / "explain.png"
+    assert (
+        main(["score-video", str(clip), "--model", str(classifier_model), "--json", "--explain", str(png)])
+        == 0
+    )
+    record = json.loads(capsys.readouterr().out)
+    tracks = {t["track_id"]: t for t in record["tracks"]}
+    assert len(tracks) >= 2 and record["n_tracks_counted"] == 1
+    (main_track,) = [t for t in tracks.values() if t["counted"]]
+    assert main_track["face_px"] == max(t["face_px"] for t in tracks.values())
+    poster = [t for t in tracks.values() if not t["counted"] and t["n_windows"]]
+    assert poster and all(t["reason"].startswith("small") for t in poster), (
+        "the poster has windows, not counted"
+    )
+    mine = [w["prob_fake"] for w in record["windows"] if w["track_id"] == main_track["track_id"]]
+    assert record["prob_fake"] == pytest.approx(min(max(np.mean(mine), 0.01), 0.99), abs=1e-6)
+    assert png.stat().st_size > 5000

@@ -33,10 +33,22 @@ def segment(inp, out, *extra) -> int:
     return main(["segment", "--input", str(inp), "--output", str(out), *extra])
 
 
-def test_segment_end_to_end(extracted_sample, tmp_path):
+@pytest.fixture(scope="module", params=[1, 3], ids=["stride1", "stride3"])
+def extracted_at(request, ray_session, sample_dataset, tmp_path_factory):
+    """The sample extracted at frame strides 1 and 3: windows must follow the stride."""
+    out = tmp_path_factory.mktemp(f"extract-stride{request.param}") / "extract"
+    args = ["face_size=64", f"frame_stride={request.param}"]
+    assert main(["extract", "--input", str(sample_dataset), "--output", str(out), *args]) == 0
+    return out, request.param
+
+
+def test_segment_end_to_end(extracted_at, tmp_path):
+    extracted_sample, stride = extracted_at
+    wl, ws = 4, 2
     out = tmp_path / "seg"
-    assert segment(extracted_sample, out) == 0
+    assert segment(extracted_sample, out, f"window_len={wl}", f"window_stride={ws}") == 0
     manifest = storage.read_parquet_dir(str(extracted_sample / "videos"), schema=R.VIDEOS_SCHEMA).to_pandas()
+    assert (manifest[manifest.status == "ok"].frame_stride == stride).all()
     faces = storage.read_parquet_dir(
         str(extracted_sample / "faces"),
         columns=["video_id", "track_id", "frame_idx", "flag"],
@@ -47,14 +59,16 @@ def test_segment_end_to_end(extracted_sample, tmp_path):
 
     assert set(summary.index) == set(manifest.video_id), "every extracted video has a summary row"
     expected = independent_window_count(
-        faces, dict(zip(manifest.video_id, manifest.frame_stride, strict=True))
+        faces, dict(zip(manifest.video_id, manifest.frame_stride, strict=True)), wl=wl, ws=ws
     )
     for vid, row in summary.iterrows():
         assert row.n_windows == expected.get(vid, 0) == (windows.video_id == vid).sum(), vid
         if row.n_windows == 0:
             assert row.reason, f"{vid}: a video without windows says why"
     assert windows.window_id.is_unique
-    assert (windows.end_frame - windows.start_frame + 1 == 16 * windows.frame_stride).all()
+    assert len(windows) >= 8, "the sample gives windows at this stride"
+    assert (windows.frame_stride == stride).all()
+    assert (windows.end_frame - windows.start_frame == (wl - 1) * stride).all(), "a window spans wl frames"
     assert windows.groupby("video_id").split.nunique().max() == 1, "no video in two splits"
     by_id = manifest.set_index("video_id")
     for vid, row in summary[summary.label == R.LABEL_FAKE].iterrows():
@@ -70,8 +84,9 @@ def test_segment_end_to_end(extracted_sample, tmp_path):
 
 def test_segment_rerun_and_part_splits(extracted_sample, tmp_path):
     out = tmp_path / "seg"
-    args = ["val_parts=dfdc_train_part_1", "remainder=align_end"]
+    args = ["val_parts=dfdc_train_part_1", "remainder=align_end", "window_len=4", "window_stride=2"]
     assert segment(extracted_sample, out, *args) == 0
+    assert read_windows(str(out)).num_rows > 0
     files = sorted(p.name for p in (out / "windows").iterdir())
     first = read_windows(str(out)).sort_by("window_id")
     assert segment(extracted_sample, out, *args) == 0
@@ -81,18 +96,19 @@ def test_segment_rerun_and_part_splits(extracted_sample, tmp_path):
     assert set(summary[summary.part == "dfdc_train_part_1"].split) == {"val"}
     assert set(summary[summary.part != "dfdc_train_part_1"].split) == {"train"}
     # Other settings on the same output are refused, --overwrite redoes everything identically.
-    assert segment(extracted_sample, out, "window_len=8") == 2
+    assert segment(extracted_sample, out, "window_len=6") == 2
     assert segment(extracted_sample, out, *args, "--overwrite") == 0
     assert read_windows(str(out)).sort_by("window_id").equals(first)
 
 
 def test_segment_recovers_from_a_crash_between_windows_and_summary(extracted_sample, tmp_path):
     out = tmp_path / "seg"
-    assert segment(extracted_sample, out) == 0
+    assert segment(extracted_sample, out, "window_len=4") == 0
     before = read_windows(str(out)).num_rows
+    assert before > 0
     (summary_file,) = list((out / "videos").iterdir())
     summary_file.unlink()  # as if the driver died after writing windows, before the summary
-    assert segment(extracted_sample, out) == 0
+    assert segment(extracted_sample, out, "window_len=4") == 0
     assert read_windows(str(out)).num_rows == before, "no duplicated windows after the rerun"
 
 

@@ -22,7 +22,9 @@ def test_embedder_artefacts_resume_and_reload(embedder):
     meta = json.loads((embedder / "model.json").read_text())
     assert meta["epochs_trained"] == 3 and meta["architecture"] == "face_embedder" and meta["code_dim"] == 128
     history = json.loads((embedder / "metrics.json").read_text())["epochs"]
-    assert [h["epoch"] for h in history] == [0, 1, 2], "the resumed run continued at epoch 1"
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    (first,) = json.loads((embedder.parent / "first_invocation_metrics.json").read_text())["epochs"]
+    assert history[0] == first, "the second invocation resumed after epoch 0 instead of training it again"
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
     assert all(0.0 <= h["val_auc"] <= 1.0 for h in history)
     assert (embedder / "curves.png").stat().st_size > 1000

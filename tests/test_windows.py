@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dfpipe import records as R
-from dfpipe.windows import SplitRule, WindowSpec, runs_of, segment_video, windows_for_track
+from dfpipe.windows import SplitRule, TrackRule, WindowSpec, runs_of, segment_video, windows_for_track
 
 
 @st.composite
@@ -163,3 +163,86 @@ def test_split_rule_by_parts():
     assert rule.split("a", "dfdc_train_part_35", 0, None) == "val"
     assert rule.split("a", "dfdc_train_part_49", 1, "b") == "test"
     assert rule.split("a", "holdout", 1, None) == "test"
+
+
+def _faces(tracks: dict[int, tuple[range, float, float]], n_frames: int) -> pa.Table:
+    """Face rows: per track (frames, box side in px, probability); frames with no face get a null row."""
+    rows = []
+    for t, (frames, side, prob) in tracks.items():
+        rows += [
+            (f, t, "multi_face" if len(tracks) > 1 else "ok", prob, 10.0, 10.0, 10 + side, 10 + side)
+            for f in frames
+        ]
+    covered = {r[0] for r in rows}
+    rows += [(f, None, "no_face", None, None, None, None, None) for f in range(n_frames) if f not in covered]
+    cols = list(zip(*rows, strict=True))
+    return pa.table(
+        {
+            "video_id": ["v"] * len(rows),
+            "frame_idx": pa.array(cols[0], pa.int32()),
+            "track_id": pa.array(cols[1], pa.int32()),
+            "flag": list(cols[2]),
+            "prob": pa.array(cols[3], pa.float32()),
+            "box_x1": pa.array(cols[4], pa.float32()),
+            "box_y1": pa.array(cols[5], pa.float32()),
+            "box_x2": pa.array(cols[6], pa.float32()),
+            "box_y2": pa.array(cols[7], pa.float32()),
+        }
+    )
+
+
+def test_track_rule_counts_the_people_not_the_posters():
+    faces = _faces(
+        {
+            0: (range(0, 40), 150.0, 0.999),  # the main person
+            1: (range(0, 40), 50.0, 0.999),  # a poster on the wall: a third of the main face
+            2: (range(10, 16), 140.0, 0.99),  # a shoulder for six frames
+            3: (range(0, 40), 120.0, 0.80),  # a blurred face behind: weak detections
+            4: (range(20, 40), 130.0, 0.99),  # a second person entering half-way
+        },
+        40,
+    )
+    windows, counts = segment_video(faces, ("ok", "multi_face"), WindowSpec(4, 4, 4), 1, TrackRule())
+    verdict = {t["track_id"]: (t["counted"], (t["reason"] or "").split(":")[0]) for t in counts["tracks"]}
+    assert verdict == {
+        0: (True, ""),
+        1: (False, "small"),
+        2: (False, "short"),
+        3: (False, "weak"),
+        4: (True, ""),
+    }
+    assert counts["n_tracks_counted"] == 2
+    assert {w["track_id"] for w in windows if w["counted"]} == {0, 4}
+    assert {w["track_id"] for w in windows if not w["counted"]} == {1, 2, 3}, (
+        "left-out tracks keep their windows"
+    )
+    by_id = {t["track_id"]: t for t in counts["tracks"]}
+    assert by_id[1]["face_px"] == pytest.approx(50) and by_id[2]["share"] == pytest.approx(6 / 40)
+
+
+def test_track_rule_keeps_the_best_track_when_none_passes():
+    faces = _faces({0: (range(0, 6), 100.0, 0.99), 1: (range(10, 14), 120.0, 0.99)}, 60)
+    _, counts = segment_video(faces, ("ok", "multi_face"), WindowSpec(4, 4, 4), 1, TrackRule())
+    assert [t["counted"] for t in counts["tracks"]] == [True, False]  # 6 x 100 px beats 4 x 120 px
+
+
+def test_a_poster_never_decides_the_video():
+    """The poster's windows look FAKE, the person's REAL: the video is REAL. Before the track rule,
+    the most suspicious track (the poster) decided."""
+    from dfpipe.score import VideoRule, video_row
+
+    video = {"video_id": "v", "status": R.STATUS_OK, "n_tracks": 2, "n_tracks_counted": 1}
+    windows = [{"track_id": 0, "start_frame": s, "logit": -3.0, "counted": True} for s in (0, 4, 8)]
+    windows += [{"track_id": 1, "start_frame": s, "logit": 4.0, "counted": False} for s in (0, 4, 8)]
+    row, probs = video_row(video, windows, {"temperature": 1.0}, VideoRule(), "m", "now")
+    assert row["prob_fake"] == pytest.approx(1 / (1 + np.exp(3.0)), rel=1e-4)
+    assert row["n_tracks_counted"] == 1 and len(probs) == 6
+    none_counted = [{**w, "counted": False} for w in windows]
+    row, _ = video_row(video, none_counted, {"temperature": 1.0, "prior_fake": 0.4}, VideoRule(), "m", "now")
+    assert row["prob_fake"] == pytest.approx(0.4) and row["reason"].startswith("no_counted_window")
+
+
+@pytest.mark.parametrize("bad", [dict(min_share=1.5), dict(min_mean_prob=-0.1), dict(min_relative_size=2)])
+def test_track_rule_rejects_bad_settings(bad):
+    with pytest.raises(ValueError):
+        TrackRule(**bad)

@@ -8,9 +8,10 @@ import tempfile
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dfpipe import __version__, storage
+from dfpipe import __version__, recipe, storage
 from dfpipe import config as C
 from dfpipe import records as R
+from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.modelio import save_model
 from dfpipe.training import plot_curves
@@ -34,13 +35,18 @@ def training_hash(cfg) -> str:
 
 
 def load_windows(segment_output: str, options, splits: tuple[str, ...]) -> pa.Table:
-    """Windows of ``splits``, checked: each split non-empty and holding both classes."""
+    """Counted windows of ``splits``, checked: each split non-empty and holding both classes.
+
+    Windows of tracks that do not count (posters, background faces: ``windows.TrackRule``) are
+    left out: they carry the video's label without showing its manipulated face.
+    """
     if not storage.exists(segment_job.layout(segment_output)["windows"], options):
         raise C.ConfigError(
             f"{segment_output!r} is not a segmenter output (no windows/): run 'dfpipe segment' first"
         )
     windows = segment_job.read_windows(segment_output, options)
     windows = windows.filter(pc.is_valid(windows.column("label")))
+    windows = windows.filter(pc.fill_null(windows.column("counted"), True))
     for split in splits:
         part = windows.filter(pc.equal(windows.column("split"), split))
         if part.num_rows == 0:
@@ -55,6 +61,29 @@ def load_windows(segment_output: str, options, splits: tuple[str, ...]) -> pa.Ta
                 f"the {split} split holds only {only} windows; it needs both REAL and FAKE videos"
             )
     return windows.filter(pc.is_in(windows.column("split"), pa.array(list(splits))))
+
+
+def data_recipe(segment_output: str, options) -> dict:
+    """The recipe (:mod:`dfpipe.recipe`) of the rows under ``segment_output``: its segmentation
+    options and those of the extraction it read, which must not have changed since."""
+    seg = storage.read_json(segment_job.layout(segment_output)["config"], options)
+    source = seg.get("source") or {}
+    ext_uri = extract_job.layout(source.get("uri", ""))["config"] if source.get("uri") else None
+    if not ext_uri or not storage.exists(ext_uri, options):
+        raise C.ConfigError(
+            f"{segment_output} does not say which extraction it read, or that extraction's config.json is gone: "
+            "the model could not record how its rows were made; segment the extraction output again"
+        )
+    ext = storage.read_json(ext_uri, options)
+    if ext.get("config_hash") != source.get("config_hash"):
+        raise C.ConfigError(
+            f"the extraction {source['uri']} was re-run with other options after {segment_output} was made "
+            "from it; segment it again (--overwrite) so the windows and the recipe agree"
+        )
+    try:
+        return recipe.build(ext["config"], seg["config"])
+    except recipe.RecipeError as exc:
+        raise C.ConfigError(str(exc)) from None
 
 
 def prepare_output(cfg, job: str) -> dict | None:

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dfpipe import config as C
+from dfpipe import recipe, runner, storage
 from dfpipe import records as R
-from dfpipe import runner, storage
 from dfpipe.catalog import build_catalog
 from dfpipe.decode import DecodeLimits
 from dfpipe.extract import FaceExtractStage, Resources, manifest_row
@@ -22,23 +22,9 @@ log = logging.getLogger(__name__)
 NAME = "extract"
 SUMMARY = "Detect and crop faces in every video of a dataset into Parquet shards with per-frame flags."
 
-# Fields that change the rows written; their hash goes on every manifest row.
-OUTPUT_FIELDS = (
-    "frame_stride",
-    "max_frames",
-    "detect_long_side",
-    "detect_every",
-    "agree_iou",
-    "cut_threshold",
-    "min_face_size",
-    "min_prob",
-    "min_face_px",
-    "crop_margin",
-    "face_size",
-    "jpeg_quality",
-    "track_iou",
-    "track_max_gap",
-)
+# Fields that change the rows written; their hash goes on every manifest row, and a model records
+# their values as its recipe.
+OUTPUT_FIELDS = recipe.EXTRACT_OPTIONS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +50,11 @@ class ExtractConfig(C.RunOptions):
     agree_iou: float = C.option(
         0.7, "keyframes whose faces overlap less than this are re-detected in between, not interpolated"
     )
+    verify_boxes: bool = C.option(
+        True,
+        "check every interpolated box for a face (MTCNN's O-Net, then a detection around the box) and detect "
+        "properly where one fails",
+    )
     cut_threshold: float = C.option(
         40.0, "mean change of a frame's thumbnail (0-255) taken as a scene cut: no interpolation across it"
     )
@@ -80,7 +71,10 @@ class ExtractConfig(C.RunOptions):
     face_size: int = C.option(160, "side of the square face crops, in pixels")
     jpeg_quality: int = C.option(90, "JPEG quality of the crops")
     track_iou: float = C.option(0.3, "least box overlap (IoU) for a face to continue a track")
-    track_max_gap: int = C.option(5, "frames a track may miss and still continue")
+    track_max_gap: int = C.option(
+        5,
+        "most sampled frames (counted after frame_stride) between two sightings of one track; further apart starts a new track",
+    )
     device: Literal["auto", "cpu", "cuda"] = C.option(
         "auto", "where MTCNN runs: auto uses the GPU Ray gives an actor"
     )
@@ -142,6 +136,7 @@ def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtr
         detect_batch=cfg.detect_batch,
         detect_every=cfg.detect_every,
         agree_iou=cfg.agree_iou,
+        verify_boxes=cfg.verify_boxes,
         cut_threshold=cfg.cut_threshold,
         min_face_size=cfg.min_face_size,
         min_prob=cfg.min_prob,
@@ -236,11 +231,12 @@ def run(cfg: ExtractConfig) -> dict:
 
 def compute_stats(output: str, options: storage.StorageOptions | None, catalog_rows: int) -> dict:
     """Counts over the whole manifest, so stats always agree with the rows on disk."""
-    cols = ["video_id", "status", "error", "n_frames", "n_detected", "n_tracks"]
+    cols = ["video_id", "status", "error", "n_frames", "n_detected", "n_tracks", "n_one_frame_tracks"]
     cols += [f"n_{f}" for f in R.FRAME_FLAGS]
     m = read_manifest(output, options, columns=cols).to_pandas()
     failed = m[m.status == R.STATUS_FAILED]
     reasons = failed.error.map(R.reason_of).value_counts().to_dict()
+    frag = sorted(m.video_id[fragmented(m.n_tracks, m.n_one_frame_tracks)].tolist())
     return {
         "videos": {
             "catalog": int(catalog_rows),
@@ -256,7 +252,14 @@ def compute_stats(output: str, options: storage.StorageOptions | None, catalog_r
             **{flag: int(m[f"n_{flag}"].sum()) for flag in R.FRAME_FLAGS},
         },
         "tracks": int(m.n_tracks.sum()),
+        "fragmented_tracks": {"videos": len(frag), "examples": frag[:10]},
     }
+
+
+def fragmented(n_tracks, n_one_frame_tracks):
+    """Videos whose tracks are mostly one frame long: faces were found but not followed between
+    frames (sampling too sparse for the motion, or a gap rule that cannot bridge the stride)."""
+    return (n_tracks >= 3) & (n_one_frame_tracks.fillna(0) * 2 > n_tracks)
 
 
 def format_summary(stats: dict) -> str:
@@ -267,6 +270,14 @@ def format_summary(stats: dict) -> str:
     for reason, n in v["failed_by_reason"].items():
         lines.append(f"  failed {reason}: {n}")
     lines.append("frames: " + ", ".join(f"{k} {f[k]}" for k in ("decoded", *R.FRAME_FLAGS)))
+    frag = stats.get("fragmented_tracks") or {}
+    if frag.get("videos"):
+        lines.append(
+            f"warning: {frag['videos']} video(s) have tracks that are mostly one frame long "
+            f"(e.g. {', '.join(frag['examples'][:3])}): "
+            "faces are not followed from frame to frame, so they give few windows; lower frame_stride or raise "
+            "track_max_gap"
+        )
     if r:
         fps = r.get("frames_per_s")
         lines.append(

@@ -28,7 +28,8 @@ class RescoreConfig(C.RunOptions):
     output: str = C.option(help="root URI; each dump's scores go to OUTPUT/dumps/<dump name>/")
     all: bool = C.option(False, "rescore every video even when this model version already scored it")
     score: dict = C.option(
-        {}, "options of the scoring step (see 'dfpipe score --help'), e.g. score.max_frames=120"
+        {},
+        "options of the scoring step (see 'dfpipe score --help'), e.g. score.fallback=half (extraction follows the model's recipe)",
     )
     stale_lock_s: float = C.option(6 * 3600.0, "a lock older than this many seconds is taken over")
 

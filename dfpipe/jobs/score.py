@@ -8,6 +8,7 @@ output, touches only what is new.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import posixpath
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dfpipe import config as C
-from dfpipe import modelio, runner, storage
+from dfpipe import modelio, recipe, runner, storage
 from dfpipe import records as R
 from dfpipe.extract import Resources
 from dfpipe.jobs import extract as extract_job
@@ -44,19 +45,24 @@ class ScoreConfig(C.RunOptions):
         help="output URI: scores/, window_scores/, submission.csv, report/ and the intermediate steps"
     )
     all: bool = C.option(False, "score every video again, even those already scored by this model version")
-    aggregation: Literal["max_track_mean", "mean", "confident"] = C.option(
-        "max_track_mean",
-        "window -> video: max_track_mean (default: the most suspicious person decides), mean, or confident (DFDC winner's rule)",
+    aggregation: Literal["max_track_mean", "mean", "confident"] | None = C.option(
+        None,
+        "window -> video over the tracks that count: max_track_mean (the most suspicious person decides), mean, "
+        "or confident (DFDC winner's rule); default: the rule the model was validated with",
     )
     clip_low: float = C.option(0.01, "lowest probability written (one confident mistake dominates log loss)")
     clip_high: float = C.option(0.99, "highest probability written")
     fallback: Literal["prior", "half"] = C.option(
         "prior", "probability of videos with no usable window: the training prior or 0.5"
     )
-    window_stride: int | None = C.option(
-        None, "stride of scoring windows (default: half the model's window length)"
+    extract: dict = C.option(
+        {},
+        "extraction options; the model's recipe (model.json) sets every option that changes rows, and one "
+        "given here overrides it knowingly (the run prints it), e.g. extract.max_frames=120 extract.cpus_per_worker=2",
     )
-    max_frames: int = C.option(300, "frame cap per video during extraction")
+    segment: dict = C.option(
+        {}, "segmentation options over the model's recipe, printed the same way, e.g. segment.window_stride=4"
+    )
     evaluate: bool = C.option(True, "write an evaluation report when labels are known")
     num_workers: int | None = C.option(None, "workers per stage (default: as many as the cluster fits)")
     use_gpu: bool | None = C.option(None, "use GPUs (default: when the cluster has them)")
@@ -64,10 +70,35 @@ class ScoreConfig(C.RunOptions):
     def __post_init__(self):
         if not 0 <= self.clip_low < self.clip_high <= 1:
             raise ValueError("need 0 <= clip_low < clip_high <= 1")
+        check_overrides(self.extract, self.segment)
 
-    @property
-    def video_rule(self) -> VideoRule:
-        return VideoRule(self.aggregation, self.clip_low, self.clip_high, self.fallback)
+    def video_rule(self, meta: dict) -> VideoRule:
+        return VideoRule(
+            self.aggregation or meta.get("aggregation", "max_track_mean"),
+            self.clip_low,
+            self.clip_high,
+            self.fallback,
+        )
+
+
+# Options a scoring run may give for its extraction and segmentation (the rest are fixed by the run).
+EXTRACT_FIXED = {"input", "output", "overwrite", *C.RUN_OPTIONS}
+SEGMENT_ALLOWED = {*recipe.WINDOW_OPTIONS, "videos_per_task", "num_workers", "manifest_flush_rows"}
+
+
+def check_overrides(extract: dict, segment: dict) -> None:
+    bad = sorted(set(extract) - (set(C.fields_of(extract_job.ExtractConfig)) - EXTRACT_FIXED))
+    if bad:
+        raise ValueError(
+            f"extract.{bad[0]} cannot be set for scoring; extraction options are: "
+            + ", ".join(sorted(set(C.fields_of(extract_job.ExtractConfig)) - EXTRACT_FIXED))
+        )
+    bad = sorted(set(segment) - SEGMENT_ALLOWED)
+    if bad:
+        raise ValueError(
+            f"segment.{bad[0]} cannot be set for scoring (splits come from the model); "
+            f"segmentation options are: {', '.join(sorted(SEGMENT_ALLOWED))}"
+        )
 
 
 def layout(output: str) -> dict[str, str]:
@@ -99,28 +130,64 @@ def is_extraction_output(uri: str, opts) -> bool:
     )
 
 
-def segment_config(meta: dict, extract_uri: str, output: str, cfg: ScoreConfig) -> segment_job.SegmentConfig:
-    window_len = int(meta["window_len"])
-    stride = cfg.window_stride or max(1, window_len // 2)
-    flags = tuple(meta.get("segment", {}).get("usable_flags") or (R.FLAG_OK, R.FLAG_MULTI_FACE))
-    split = meta.get("segment", {}).get("split", {})
-    return segment_job.SegmentConfig(
-        val_parts=tuple(split.get("val_parts", ())),
-        test_parts=tuple(split.get("test_parts", ())),
-        val_fraction=split.get("val_fraction", 0.15),
-        test_fraction=split.get("test_fraction", 0.15),
-        split_salt=split.get("split_salt", "dfpipe"),
-        input=extract_uri,
-        output=storage.join(output, f"segment-w{window_len}-s{stride}"),
-        window_len=window_len,
-        window_stride=stride,
-        remainder="align_end",
-        usable_flags=flags,
-        s3_endpoint_url=cfg.s3_endpoint_url,
-        s3_region=cfg.s3_region,
-        s3_anon=cfg.s3_anon,
-        ray_address=cfg.ray_address,
+def data_plan(meta: dict, model: str, cfg) -> tuple[dict, dict, list[str]]:
+    """Extraction and segmentation options for scoring with this model: its recipe, then ``cfg``'s
+    ``extract``/``segment`` overrides; and one note per option that differs from the recipe."""
+    try:
+        rec = recipe.of_model(meta, model)
+    except recipe.RecipeError as exc:
+        raise C.ConfigError(f"--model: {exc}") from None
+    options, notes = recipe.resolve(rec, {"extract": cfg.extract, "segment": cfg.segment})
+    return options["extract"], options["segment"], notes
+
+
+def extract_config(options: dict, input_uri: str, output: str, cfg) -> extract_job.ExtractConfig:
+    run = {k: getattr(cfg, k) for k in C.RUN_OPTIONS}
+    workers = {"num_workers": getattr(cfg, "num_workers", None)}
+    return C.build(
+        extract_job.ExtractConfig, {**workers, **options, **run, "input": input_uri, "output": output}
     )
+
+
+def check_extraction(uri: str, ext_cfg: extract_job.ExtractConfig, opts) -> None:
+    """Stop at start-up if the faces under ``uri`` were extracted with other row-changing options
+    than the ones scoring uses (the model's recipe, plus what the user overrode)."""
+    info = storage.read_json(extract_job.layout(uri)["config"], opts)
+    expected = {k: C.to_dict(ext_cfg)[k] for k in recipe.EXTRACT_OPTIONS}
+    diffs = recipe.differences(expected, info.get("config", {}))
+    if diffs:
+        raise C.ConfigError(
+            f"{uri} holds faces extracted with options that differ from the model's recipe: "
+            f"{recipe.describe(diffs, 'extract', 'recipe', 'extraction')}. Score the dataset itself (it is "
+            "extracted with the recipe), or give these as extract.OPTION=VALUE to score with them knowingly"
+        )
+    expected_hash = C.config_hash(ext_cfg, extract_job.OUTPUT_FIELDS)
+    hashes = extract_job.read_manifest(uri, opts, columns=["config_hash"]).column("config_hash")
+    stale = pc.sum(pc.not_equal(hashes, expected_hash)).as_py() or 0
+    if stale:
+        raise C.ConfigError(
+            f"{uri}: {stale} videos were extracted with other options than its config.json says (an earlier "
+            "run with other settings); re-extract them with --overwrite before scoring"
+        )
+
+
+def segment_config(
+    options: dict, meta: dict, extract_uri: str, output: str, cfg
+) -> segment_job.SegmentConfig:
+    """The scoring segmentation: the recipe's window options and the model's splits, in a folder
+    named by their hash (so models with other recipes never share windows)."""
+    split = meta.get("segment", {}).get("split", {})
+    run = {k: getattr(cfg, k) for k in C.RUN_OPTIONS}
+    values = {
+        **{k: split[k] for k in recipe.SPLIT_OPTIONS if k in split},
+        **options,
+        **run,
+        "input": extract_uri,
+        "output": storage.join(output, "segment"),  # named by its hash below
+    }
+    seg = C.build(segment_job.SegmentConfig, values)
+    digest = C.config_hash(seg, segment_job.OUTPUT_FIELDS)
+    return dataclasses.replace(seg, output=storage.join(output, f"segment-{digest}"))
 
 
 def read_scores(
@@ -141,37 +208,36 @@ def run(cfg: ScoreConfig) -> dict:
     meta, embedder, version = load_model_meta(cfg.model, opts)
     if not storage.exists(cfg.input, opts):
         raise C.ConfigError(f"input {cfg.input!r} does not exist")
+    # Extraction and segmentation follow the model's recipe; faces made otherwise stop the run here,
+    # before any work. An extraction output given as input is used as it is, else the dataset is
+    # extracted under OUTPUT/extract (reusing what an earlier run did there).
+    ext_options, seg_options, notes = data_plan(meta, cfg.model, cfg)
+    given_faces = is_extraction_output(cfg.input, opts)
+    extract_uri = cfg.input if given_faces else paths["extract"]
+    ext_cfg = extract_config(ext_options, cfg.input, paths["extract"], cfg)
+    if given_faces or is_extraction_output(extract_uri, opts):
+        check_extraction(extract_uri, ext_cfg, opts)
+    for note in notes:
+        print(f"score: differs from the model's recipe, as given: {note}", flush=True)
     storage.write_json(
-        paths["config"], {"job": NAME, "config": C.to_dict(cfg), "model_version": version}, opts
+        paths["config"],
+        {"job": NAME, "config": C.to_dict(cfg), "model_version": version, "recipe": meta["recipe"]},
+        opts,
     )
 
     # 1-2. Extraction and segmentation, each doing only what is missing.
     timer = StepTimer()
-    if is_extraction_output(cfg.input, opts):
-        extract_uri = cfg.input
-    else:
-        extract_uri = paths["extract"]
+    if not given_faces:
         with timer("extract"):
-            extract_job.run(
-                extract_job.ExtractConfig(
-                    input=cfg.input,
-                    output=extract_uri,
-                    max_frames=cfg.max_frames,
-                    num_workers=cfg.num_workers,
-                    s3_endpoint_url=cfg.s3_endpoint_url,
-                    s3_region=cfg.s3_region,
-                    s3_anon=cfg.s3_anon,
-                    ray_address=cfg.ray_address,
-                )
-            )
-    seg_cfg = segment_config(meta, extract_uri, cfg.output, cfg)
+            extract_job.run(ext_cfg)
+    seg_cfg = segment_config(seg_options, meta, extract_uri, cfg.output, cfg)
     with timer("segment"):
         segment_job.run(seg_cfg)
 
     # 3. Which videos need a score from this model version.
     manifest = extract_job.read_manifest(extract_uri, opts)
     summary = segment_job.read_summary(
-        seg_cfg.output, opts, columns=["video_id", "split", "n_tracks", "reason"]
+        seg_cfg.output, opts, columns=["video_id", "split", "n_tracks", "n_tracks_counted", "reason"]
     )
     scored = read_scores(cfg.output, opts, version, columns=["video_id", "model_version"])
     pending = (
@@ -218,6 +284,7 @@ def run(cfg: ScoreConfig) -> dict:
     if cfg.all and scored.num_rows:
         remove_version(cfg.output, version, opts)
     segments = {r["video_id"]: r for r in summary.to_pylist()}
+    rule = cfg.video_rule(meta)
     batch_scores, batch_windows = [], []
     for video in pending.to_pylist():
         seg = segments.get(video["video_id"], {})
@@ -225,10 +292,11 @@ def run(cfg: ScoreConfig) -> dict:
             **video,
             "split": seg.get("split"),
             "n_tracks": seg.get("n_tracks", video.get("n_tracks")),
+            "n_tracks_counted": seg.get("n_tracks_counted"),
             "segment_reason": seg.get("reason"),
         }
         wins = window_rows.get(video["video_id"], [])
-        row, probs = video_row(video, wins, meta, cfg.video_rule, version, scored_at)
+        row, probs = video_row(video, wins, meta, rule, version, scored_at)
         batch_scores.append(row)
         batch_windows += [
             {**w, "prob_fake": float(p), "model_version": version} for w, p in zip(wins, probs, strict=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from dfpipe.embed import FaceCropsStage, WindowEmbedStage, with_frames
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import score as score_job
 from dfpipe.score import VideoRule, WindowScoreStage, video_row
+from dfpipe.segment import FACE_COLUMNS
 from dfpipe.timing import StepTimer
 from dfpipe.windows import segment_video, window_id
 
@@ -34,16 +36,20 @@ class ScoreVideoConfig(C.RunOptions):
     explain: str | None = C.option(
         None, "write a PNG explaining the score (face thumbnails, unusable frames, window probabilities)"
     )
-    aggregation: Literal["max_track_mean", "mean", "confident"] = C.option(
-        "max_track_mean", "window -> video aggregation"
+    aggregation: Literal["max_track_mean", "mean", "confident"] | None = C.option(
+        None, "window -> video aggregation over the tracks that count (default: the model's)"
     )
     clip_low: float = C.option(0.01, "lowest probability reported")
     clip_high: float = C.option(0.99, "highest probability reported")
     fallback: Literal["prior", "half"] = C.option("prior", "probability when no window is usable")
-    window_stride: int | None = C.option(
-        None, "stride of scoring windows (default: half the model's window length)"
+    extract: dict = C.option(
+        {},
+        "extraction options over the model's recipe (printed when they differ), e.g. extract.max_frames=120",
     )
-    max_frames: int = C.option(300, "frame cap")
+    segment: dict = C.option({}, "segmentation options over the model's recipe, e.g. segment.window_stride=4")
+
+    def __post_init__(self):
+        score_job.check_overrides(self.extract, self.segment)
 
 
 def run(cfg: ScoreVideoConfig) -> dict:
@@ -52,21 +58,17 @@ def run(cfg: ScoreVideoConfig) -> dict:
     timer = StepTimer()
     with timer("load"):
         meta, embedder, version = score_job.load_model_meta(cfg.model, None)
-    # The same settings as the bulk job, so both give the same number for the same file.
-    score_cfg = score_job.ScoreConfig(
-        input=cfg.video,
-        model=cfg.model,
-        output=tempfile.gettempdir(),
-        window_stride=cfg.window_stride,
-        max_frames=cfg.max_frames,
+    # The model's recipe and the bulk job's code paths, so both give the same number for the same file.
+    ext_options, seg_options, notes = score_job.data_plan(meta, cfg.model, cfg)
+    for note in notes:
+        print(f"score-video: differs from the model's recipe, as given: {note}", file=sys.stderr, flush=True)
+    ext_cfg = score_job.extract_config(
+        {"cpus_per_worker": os.cpu_count() or 1, **ext_options},  # one video, in this process: every core
+        cfg.video,
+        tempfile.gettempdir() + "/x",
+        cfg,
     )
-    ext_cfg = extract_job.ExtractConfig(
-        input=cfg.video,
-        output=tempfile.gettempdir() + "/x",
-        max_frames=cfg.max_frames,
-        cpus_per_worker=os.cpu_count() or 1,  # one video, in this process: every core
-    )
-    seg_cfg = score_job.segment_config(meta, "unused", "unused", score_cfg)
+    seg_cfg = score_job.segment_config(seg_options, meta, "unused", "unused", cfg)
     video_id = os.path.splitext(os.path.basename(cfg.video))[0]
     with tempfile.TemporaryDirectory() as tmp:
         with timer("load"):
@@ -88,10 +90,11 @@ def run(cfg: ScoreVideoConfig) -> dict:
         with timer("segment"):
             faces = pq.read_table(manifest["faces_uri"])
             wins, counts = segment_video(
-                faces.select(["video_id", "track_id", "frame_idx", "flag"]),
+                faces.select(FACE_COLUMNS),
                 seg_cfg.usable_flags,
                 seg_cfg.window_spec,
                 manifest["frame_stride"],
+                seg_cfg.track_rule,
             )
         windows = pa.Table.from_pylist(
             [
@@ -107,6 +110,7 @@ def run(cfg: ScoreVideoConfig) -> dict:
                     "n_frames": w["n_frames"],
                     "frame_stride": manifest["frame_stride"],
                     "faces_uri": manifest["faces_uri"],
+                    "counted": w["counted"],
                 }
                 for w in wins
             ],
@@ -125,21 +129,29 @@ def run(cfg: ScoreVideoConfig) -> dict:
             **manifest,
             "split": None,
             "n_tracks": counts["n_tracks"],
+            "n_tracks_counted": counts["n_tracks_counted"],
             "segment_reason": None if scored else "no usable window",
         }
-        rule = VideoRule(cfg.aggregation, cfg.clip_low, cfg.clip_high, cfg.fallback)
+        rule = VideoRule(
+            cfg.aggregation or meta.get("aggregation", "max_track_mean"),
+            cfg.clip_low,
+            cfg.clip_high,
+            cfg.fallback,
+        )
         row, probs = video_row(
             video, scored, meta, rule, version, datetime.now(UTC).isoformat(timespec="seconds")
         )
+        window_records = [
+            {"track_id": w["track_id"], "start_frame": w["start_frame"], "prob_fake": float(p)}
+            for w, p in zip(scored, probs, strict=True)
+        ]
         record = {
             **row,
             "n_frames": manifest["n_frames"],
             "n_faces": sum(manifest[f"n_{f}"] for f in R.FRAME_FLAGS if f != R.FLAG_NO_FACE),
             "flags": {f: manifest[f"n_{f}"] for f in R.FRAME_FLAGS},
-            "windows": [
-                {"track_id": w["track_id"], "start_frame": w["start_frame"], "prob_fake": float(p)}
-                for w, p in zip(scored, probs, strict=True)
-            ],
+            "tracks": track_records(counts["tracks"], window_records),
+            "windows": window_records,
             "seconds": timer.rounded(),
         }
         if cfg.explain:
@@ -148,6 +160,27 @@ def run(cfg: ScoreVideoConfig) -> dict:
             explain_png(faces, record, seg_cfg.window_spec.window_len * manifest["frame_stride"], cfg.explain)
             record["explain"] = cfg.explain
     return record
+
+
+def track_records(tracks: list[dict], windows: list[dict]) -> list[dict]:
+    """Each track's evidence and verdict, with the mean probability of its windows (None without any)."""
+    out = []
+    for t in tracks:
+        probs = [w["prob_fake"] for w in windows if w["track_id"] == t["track_id"]]
+        out.append(
+            {
+                "track_id": t["track_id"],
+                "n_frames": t["n_frames"],
+                "face_px": round(t["face_px"], 1),
+                "mean_prob": round(t["mean_prob"], 4),
+                "share": round(t["share"], 3),
+                "n_windows": t["n_windows"],
+                "prob_fake": float(sum(probs) / len(probs)) if probs else None,
+                "counted": t["counted"],
+                "reason": t["reason"],
+            }
+        )
+    return out
 
 
 def print_result(record: dict, cfg: ScoreVideoConfig) -> None:
@@ -159,7 +192,15 @@ def print_result(record: dict, cfg: ScoreVideoConfig) -> None:
         + (f" ({record['reason']})" if record.get("reason") else "")
     )
     print(
-        f"  frames {record['n_frames']}, faces {record['n_faces']}, tracks {record['n_tracks']}, windows {record['n_windows']}"
+        f"  frames {record['n_frames']}, faces {record['n_faces']}, tracks {record['n_tracks']} "
+        f"({record['n_tracks_counted']} counted), windows {record['n_windows']}"
     )
+    for t in record["tracks"]:
+        p = "no window" if t["prob_fake"] is None else f"FAKE {t['prob_fake']:.3f}"
+        verdict = "counted" if t["counted"] else f"not counted: {t['reason']}"
+        print(
+            f"  track {t['track_id']}: {t['n_frames']} frames, face {t['face_px']:.0f} px, "
+            f"prob {t['mean_prob']:.3f}, {p}; {verdict}"
+        )
     if record.get("explain"):
         print(f"  explanation: {record['explain']}")

@@ -10,30 +10,19 @@ from typing import Literal
 import pyarrow.compute as pc
 
 from dfpipe import config as C
+from dfpipe import recipe, runner, storage
 from dfpipe import records as R
-from dfpipe import runner, storage
 from dfpipe.extract import Resources
 from dfpipe.jobs import extract as extract_job
 from dfpipe.segment import SegmentStage, flatten_windows
-from dfpipe.windows import SplitRule, WindowSpec
+from dfpipe.windows import SplitRule, TrackRule, WindowSpec
 
 log = logging.getLogger(__name__)
 
 NAME = "segment"
 SUMMARY = "Cut each face track into windows of consecutive usable frames and assign leak-free splits."
 
-OUTPUT_FIELDS = (
-    "usable_flags",
-    "window_len",
-    "window_stride",
-    "min_len",
-    "remainder",
-    "val_parts",
-    "test_parts",
-    "val_fraction",
-    "test_fraction",
-    "split_salt",
-)
+OUTPUT_FIELDS = recipe.WINDOW_OPTIONS + recipe.SPLIT_OPTIONS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +41,14 @@ class SegmentConfig(C.RunOptions):
     min_len: int | None = C.option(None, "runs shorter than this are dropped (default: window_len)")
     remainder: Literal["drop", "align_end"] = C.option(
         "drop", "a run's tail that no window covers: drop it, or add one last window aligned to the run's end"
+    )
+    track_min_share: float = C.option(
+        0.25,
+        "a track counts towards its video's score only if it is on at least this share of the kept frames",
+    )
+    track_min_mean_prob: float = C.option(0.95, "... and its mean detection probability is at least this")
+    track_min_relative_size: float = C.option(
+        0.5, "... and its median face is at least this fraction of the main (largest such) face"
     )
     val_parts: tuple[str, ...] = C.option(
         (), "parts (names or ranges like 35-39) for val; with test_parts, parts decide splits"
@@ -72,6 +69,7 @@ class SegmentConfig(C.RunOptions):
             )
         self.window_spec  # noqa: B018 - validates window_len, window_stride, min_len and remainder
         self.split_rule  # noqa: B018
+        self.track_rule  # noqa: B018
         if storage.normalize(self.input) == storage.normalize(self.output):
             raise ValueError("output must differ from input")
 
@@ -80,6 +78,10 @@ class SegmentConfig(C.RunOptions):
         return WindowSpec(
             self.window_len, self.window_stride, self.min_len or self.window_len, self.remainder
         )
+
+    @property
+    def track_rule(self) -> TrackRule:
+        return TrackRule(self.track_min_share, self.track_min_mean_prob, self.track_min_relative_size)
 
     @property
     def split_rule(self) -> SplitRule:
@@ -91,6 +93,7 @@ class SegmentConfig(C.RunOptions):
 def layout(output: str) -> dict[str, str]:
     return {
         "windows": storage.join(output, "windows"),
+        "tracks": storage.join(output, "tracks"),
         "videos": storage.join(output, "videos"),
         "stats": storage.join(output, "stats.json"),
         "config": storage.join(output, "config.json"),
@@ -113,6 +116,12 @@ def read_windows(
     )
 
 
+def read_tracks(output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None):
+    return storage.read_parquet_dir(
+        layout(output)["tracks"], columns=columns, schema=R.TRACKS_SCHEMA, options=options
+    )
+
+
 def run(cfg: SegmentConfig) -> dict:
     started = time.monotonic()
     opts = cfg.storage_options
@@ -123,7 +132,7 @@ def run(cfg: SegmentConfig) -> dict:
         )
     config_hash = C.config_hash(cfg, OUTPUT_FIELDS)
     if cfg.overwrite:
-        for key in ("videos", "windows"):
+        for key in ("videos", "windows", "tracks"):
             storage.delete(paths[key], opts)
     done = read_summary(cfg.output, opts, columns=["video_id", "config_hash"])
     other = set(done.column("config_hash").to_pylist()) - {config_hash}
@@ -159,10 +168,14 @@ def run(cfg: SegmentConfig) -> dict:
         flush=True,
     )
 
-    # Windows and summary rows of the same videos share a chunk name; the summary file is written
-    # last and marks the chunk done, so a crash leaves at most windows without a summary (removed here).
+    # Windows, tracks and summary rows of the same videos share a chunk name; the summary file is
+    # written last and marks the chunk done, so a crash leaves at most files without a summary (removed here).
     writer = storage.ChunkedParquetWriter(
-        {"windows": (paths["windows"], R.WINDOWS_SCHEMA), "videos": (paths["videos"], R.SEGMENTS_SCHEMA)},
+        {
+            "windows": (paths["windows"], R.WINDOWS_SCHEMA),
+            "tracks": (paths["tracks"], R.TRACKS_SCHEMA),
+            "videos": (paths["videos"], R.SEGMENTS_SCHEMA),
+        },
         "video_id",
         opts,
         cfg.manifest_flush_rows,
@@ -177,15 +190,16 @@ def run(cfg: SegmentConfig) -> dict:
             spec=cfg.window_spec,
             split_rule=cfg.split_rule,
             usable_flags=cfg.usable_flags,
+            track_rule=cfg.track_rule,
             config_hash=config_hash,
             storage_options=opts,
             resources=Resources(num_cpus=1, batch_size=cfg.videos_per_task, max_workers=cfg.num_workers),
         )
         ds = runner.map_stage(runner.dataset_from_table(pending, rows_per_block=cfg.videos_per_task), stage)
         for table in runner.iter_tables(ds):
-            summary, windows = flatten_windows(table)
+            summary, windows, tracks = flatten_windows(table)
             frames += int(pc.sum(summary.column("n_frames")).as_py() or 0)
-            writer.add(windows=windows, videos=summary)
+            writer.add(windows=windows, tracks=tracks, videos=summary)
     writer.flush()
     stats = compute_stats(cfg.output, opts)
     elapsed = time.monotonic() - started
@@ -219,6 +233,8 @@ def compute_stats(output: str, options: storage.StorageOptions | None) -> dict:
         "videos_with_windows": int((s.n_windows > 0).sum()),
         "no_window_by_reason": {str(k): int(v) for k, v in sorted(reasons.items())},
         "windows": int(len(w)),
+        "tracks": int(s.n_tracks.sum()),
+        "tracks_counted": int(s.n_tracks_counted.fillna(0).sum()),
         "runs": int(s.n_runs.sum()),
         "short_runs": int(s.n_short_runs.sum()),
         "frames_dropped": {r: int(s[f"dropped_{r}"].sum()) for r in R.DROP_REASONS},
@@ -229,7 +245,8 @@ def compute_stats(output: str, options: storage.StorageOptions | None) -> dict:
 def format_summary(stats: dict) -> str:
     lines = [
         f"videos: {stats['videos']} ({stats['videos_with_windows']} with windows); windows: {stats['windows']}; "
-        f"runs: {stats['runs']} ({stats['short_runs']} too short)",
+        f"runs: {stats['runs']} ({stats['short_runs']} too short); tracks: {stats['tracks']} "
+        f"({stats['tracks_counted']} count towards scores)",
     ]
     for reason, n in stats["no_window_by_reason"].items():
         lines.append(f"  no window, {reason}: {n}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow.compute as pc
@@ -15,7 +16,7 @@ from dfpipe.embed import codes_array
 from dfpipe.jobs import _training as T
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import embed_windows, read_split
-from dfpipe.training import classifier_loop, window_logits
+from dfpipe.training import classifier_loop, video_probs, window_logits
 
 NAME = "train_classifier"
 SUMMARY = (
@@ -43,6 +44,10 @@ class TrainClassifierConfig(C.RunOptions):
     batch_size: int = C.option(64, "windows per step and worker")
     steps_per_epoch: int | None = C.option(None, "steps per epoch (default: one pass over the train windows)")
     seed: int = C.option(0, "random seed (recorded in model.json)")
+    aggregation: Literal["max_track_mean", "mean", "confident"] = C.option(
+        "max_track_mean",
+        "window -> video rule of validation (checkpoint choice, temperature); recorded for scoring to use",
+    )
     embed_batch_faces: int = C.option(128, "faces per embedder forward pass")
     num_workers: int = C.option(2, "Ray Train workers")
     use_gpu: bool | None = C.option(
@@ -73,6 +78,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
             f"--embedder {cfg.embedder} holds a {embedder_meta.get('architecture')} model, not a face_embedder"
         )
     windows = T.load_windows(cfg.input, opts, ("train", "val"))
+    data_recipe = T.data_recipe(cfg.input, opts)
     lengths = set(windows.column("n_frames").to_pylist())
     if len(lengths) != 1:
         raise C.ConfigError(
@@ -113,6 +119,8 @@ def run(cfg: TrainClassifierConfig) -> dict:
         "window_len": n_frames,
         "frame_stride": int(pc.max(windows.column("frame_stride")).as_py()),
         "prior_fake": n_fake / max(1, train.num_rows),
+        "aggregation": cfg.aggregation,
+        "recipe": data_recipe,
         "embeddings_cache": cache,
         "windows_embedded_this_run": embedded,
     }
@@ -126,6 +134,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
         "seed": cfg.seed,
         "stop_after_epochs": cfg.stop_after_epochs,
         "pos_weight": n_real / max(1, n_fake),
+        "aggregation": cfg.aggregation,
     }
     best, latest = runner.fit(
         classifier_loop,
@@ -137,6 +146,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
         name="classifier",
         storage_options=opts,
         max_failures=cfg.max_failures,
+        select_by="val_video_loss",  # the video-level log loss under the scoring rule
     )
     meta["temperature"] = calibrate(best["model"], meta, rows_uri, opts)
     segment_cfg = storage.read_json(segment_job.layout(cfg.input)["config"], opts)
@@ -158,23 +168,37 @@ def run(cfg: TrainClassifierConfig) -> dict:
 
 
 def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
-    """A temperature for the window logits, fitted on the val split (log loss of sigmoid(logit / T))."""
+    """A temperature for the window logits, fitted on the val split: the one minimising the log loss
+    of the *video* probabilities that scoring computes from them (the model's aggregation over
+    counted windows), so calibration holds for what is reported."""
     model = modelio.build(meta)
     model.load_state_dict(state)
     val = storage.read_parquet_dir(
-        rows_uri, columns=["video_id", "label", "split", "codes"], schema=R.EMBEDDINGS_SCHEMA, options=opts
+        rows_uri,
+        columns=["video_id", "track_id", "label", "split", "counted", "codes"],
+        schema=R.EMBEDDINGS_SCHEMA,
+        options=opts,
     )
-    val = val.filter(pc.equal(val.column("split"), "val"))
+    val = val.filter(pc.and_(pc.equal(val.column("split"), "val"), pc.fill_null(val.column("counted"), True)))
     batch = {
         "codes": codes_array(val, meta["n_frames"], meta["code_dim"]),
         "label": np.asarray(val.column("label").to_pylist()),
         "video_id": np.asarray(val.column("video_id").to_pylist()),
+        "track_id": np.asarray(val.column("track_id").to_pylist()),
     }
-    logits, labels, _ = window_logits(model, iter([batch]), (meta["n_frames"], meta["code_dim"]), "cpu")
-    temperature = M.fit_temperature(labels, logits)
+    logits, labels, videos, tracks = window_logits(
+        model, iter([batch]), (meta["n_frames"], meta["code_dim"]), "cpu"
+    )
+    how = meta["aggregation"]
+
+    def video_loss(t: float) -> float:
+        vp, vy = video_probs(M.sigmoid(logits / t), labels, videos, tracks, how)
+        return M.log_loss(vy, vp)
+
+    temperature = M.best_temperature(video_loss) if len(np.unique(labels)) == 2 else 1.0
     print(
-        f"train_classifier: temperature {temperature:.3f} (val window log loss "
-        f"{M.log_loss(labels, M.sigmoid(logits)):.4f} -> {M.log_loss(labels, M.sigmoid(logits / temperature)):.4f})"
+        f"train_classifier: temperature {temperature:.3f} (val video log loss, {how}: "
+        f"{video_loss(1.0):.4f} -> {video_loss(temperature):.4f})"
     )
     return temperature
 

@@ -1,0 +1,115 @@
+"""A model's data recipe: the extraction and segmentation options that made the rows it learned from.
+
+A classifier trained on windows of every second frame, 64-px crops or a given track rule scores
+garbage on rows made any other way, and nothing downstream would notice. So the model directory
+records its recipe (``model.json`` -> ``recipe``), and every path that scores with it (``score``,
+``rescore``, ``score-video``) extracts and segments with that recipe, says which options a user
+changed on purpose, and refuses existing rows made another way.
+
+The option lists here are also the ones whose hash marks the rows of each step (``config_hash``),
+so "changes the rows" and "belongs to the recipe" cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# Every extraction option that changes the face rows.
+EXTRACT_OPTIONS = (
+    "frame_stride",
+    "max_frames",
+    "detect_long_side",
+    "detect_every",
+    "agree_iou",
+    "verify_boxes",
+    "cut_threshold",
+    "min_face_size",
+    "min_prob",
+    "min_face_px",
+    "crop_margin",
+    "face_size",
+    "jpeg_quality",
+    "track_iou",
+    "track_max_gap",
+)
+
+# Every segmentation option that changes which windows exist and which count.
+WINDOW_OPTIONS = (
+    "usable_flags",
+    "window_len",
+    "window_stride",
+    "min_len",
+    "remainder",
+    "track_min_share",
+    "track_min_mean_prob",
+    "track_min_relative_size",
+)
+
+# Segmentation options that assign splits (recorded beside the recipe: they change no window).
+SPLIT_OPTIONS = ("val_parts", "test_parts", "val_fraction", "test_fraction", "split_salt")
+
+
+class RecipeError(ValueError):
+    """Rows or a model that do not follow a recipe; the message names each option and both values."""
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and lists compare equal, as they do after a JSON round trip."""
+    return json.loads(json.dumps(value))
+
+
+def build(extract_config: dict, segment_config: dict) -> dict:
+    """The recipe from the resolved configs of the extraction and segmentation a model learned from."""
+    missing = [f"extract.{k}" for k in EXTRACT_OPTIONS if k not in extract_config]
+    missing += [f"segment.{k}" for k in WINDOW_OPTIONS if k not in segment_config]
+    if missing:
+        raise RecipeError(
+            f"the training data's configs lack {', '.join(missing)} (made by an older dfpipe): "
+            "extract and segment them again"
+        )
+    return {
+        "extract": {k: _plain(extract_config[k]) for k in EXTRACT_OPTIONS},
+        "segment": {k: _plain(segment_config[k]) for k in WINDOW_OPTIONS},
+    }
+
+
+def of_model(meta: dict, model: str) -> dict:
+    """The recipe recorded in a model's ``model.json``."""
+    recipe = meta.get("recipe")
+    if not isinstance(recipe, dict) or set(recipe) != {"extract", "segment"}:
+        raise RecipeError(
+            f"model {model} records no data recipe (trained by an older dfpipe), so the options its rows "
+            "were made with are unknown: train it again"
+        )
+    return recipe
+
+
+def differences(expected: dict, actual: dict) -> list[tuple[str, Any, Any]]:
+    """``(option, expected value, actual value)`` for every option of ``expected`` that ``actual`` sets otherwise."""
+    return [
+        (k, v, actual.get(k, "<unset>"))
+        for k, v in expected.items()
+        if _plain(actual.get(k, "<unset>")) != _plain(v)
+    ]
+
+
+def describe(diffs: list[tuple[str, Any, Any]], section: str, first: str, second: str) -> str:
+    """``extract.frame_stride: recipe 2, extraction 1; ...``"""
+    return "; ".join(f"{section}.{k}: {first} {a!r}, {second} {b!r}" for k, a, b in diffs)
+
+
+def resolve(recipe: dict, overrides: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
+    """The options to extract and segment with: the recipe, then the user's overrides.
+
+    Returns the options per section and one line per option that differs from the recipe, for
+    the run to print (an override is allowed, never silent).
+    """
+    out, notes = {}, []
+    for section in ("extract", "segment"):
+        given = overrides.get(section) or {}
+        out[section] = {**recipe[section], **given}
+        # Operational options (workers, CPUs, limits that change no row) are free to set.
+        changed = differences({k: recipe[section][k] for k in given if k in recipe[section]}, given)
+        notes += [f"{section}.{k}: model's recipe {a!r}, given {b!r}" for k, a, b in changed]
+    return out, notes
