@@ -54,7 +54,16 @@ def score_job(data: str, model: str, out: str, cpus: int, frames: int) -> dict:
     try:
         cfg = parse_args(
             score.ScoreConfig,
-            ["--input", data, "--model", model, "--output", out, f"extract.max_frames={frames}", "evaluate=false"],
+            [
+                "--input",
+                data,
+                "--model",
+                model,
+                "--output",
+                out,
+                f"extract.max_frames={frames}",
+                "evaluate=false",
+            ],
         )
         start = time.perf_counter()
         stats = score.run(cfg)

@@ -84,7 +84,14 @@ def find_outputs(uri: str, options, depth: int = 3) -> list[tuple[str, str]]:
         fs, path = storage.filesystem(uri, options)
         for sub in sorted(fs.ls(path, detail=False)):
             name = posixpath.basename(sub.rstrip("/"))
-            if fs.isdir(sub) and name not in ("faces", "windows", "tracks", "videos", "scores", "window_scores"):
+            if fs.isdir(sub) and name not in (
+                "faces",
+                "windows",
+                "tracks",
+                "videos",
+                "scores",
+                "window_scores",
+            ):
                 found += find_outputs(storage.join(uri, name), options, depth - 1)
     return found
 
