@@ -149,17 +149,23 @@ def extract_config(options: dict, input_uri: str, output: str, cfg) -> extract_j
     )
 
 
-def check_extraction(uri: str, ext_cfg: extract_job.ExtractConfig, opts) -> None:
+def check_extraction(uri: str, ext_cfg: extract_job.ExtractConfig, opts, given: bool = True) -> None:
     """Stop at start-up if the faces under ``uri`` were extracted with other row-changing options
-    than the ones scoring uses (the model's recipe, plus what the user overrode)."""
+    than the ones scoring uses (the model's recipe, plus what the user overrode). ``given``: the
+    user passed ``uri`` as input (else it is this output's own extraction, left by an earlier run)."""
+    fix = (
+        "Score the dataset itself (it is extracted with the recipe), or give these as extract.OPTION=VALUE "
+        "to score with them knowingly"
+        if given
+        else "an earlier scoring run into this --output extracted them for another recipe: choose another --output"
+    )
     info = storage.read_json(extract_job.layout(uri)["config"], opts)
     expected = {k: C.to_dict(ext_cfg)[k] for k in recipe.EXTRACT_OPTIONS}
     diffs = recipe.differences(expected, info.get("config", {}))
     if diffs:
         raise C.ConfigError(
             f"{uri} holds faces extracted with options that differ from the model's recipe: "
-            f"{recipe.describe(diffs, 'extract', 'recipe', 'extraction')}. Score the dataset itself (it is "
-            "extracted with the recipe), or give these as extract.OPTION=VALUE to score with them knowingly"
+            f"{recipe.describe(diffs, 'extract', 'recipe', 'extraction')}. {fix}"
         )
     expected_hash = C.config_hash(ext_cfg, extract_job.OUTPUT_FIELDS)
     hashes = extract_job.read_manifest(uri, opts, columns=["config_hash"]).column("config_hash")
@@ -216,7 +222,7 @@ def run(cfg: ScoreConfig) -> dict:
     extract_uri = cfg.input if given_faces else paths["extract"]
     ext_cfg = extract_config(ext_options, cfg.input, paths["extract"], cfg)
     if given_faces or is_extraction_output(extract_uri, opts):
-        check_extraction(extract_uri, ext_cfg, opts)
+        check_extraction(extract_uri, ext_cfg, opts, given=given_faces)
     for note in notes:
         print(f"score: differs from the model's recipe, as given: {note}", flush=True)
     storage.write_json(
