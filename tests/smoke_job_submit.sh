@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Cluster smoke test (a CI step after pytest): a real local head, the jobs submitted with
-# `ray job submit --working-dir .` exactly as on a cluster, their outputs checked, the head stopped.
+# Cluster smoke test (a CI step after pytest): a real local head with token authentication on, as
+# every dfpipe cluster runs; proof that a submit without the token is refused; then the jobs
+# submitted with `ray job submit --working-dir .` exactly as on a cluster, their outputs checked,
+# the head stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(mktemp -d /tmp/dfpipe-smoke.XXXXXX)
@@ -8,10 +10,25 @@ cleanup() { ray stop --force >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 python -m dfpipe.sample "$WORK/data" --videos 4 --frames 20 --parts 2 --portrait-size 270x480 --portrait-frames 6
+# One token for this head, given to it and to the clients below, as on a cluster: set explicitly,
+# because `ray start --head` turns authentication on only with RAY_AUTH_MODE=token.
+export RAY_AUTH_MODE=token
+RAY_AUTH_TOKEN="$(python -c 'import secrets; print(secrets.token_hex(32))')"
+export RAY_AUTH_TOKEN
 ray start --head --num-cpus 2 --disable-usage-stats --include-dashboard=true >/dev/null
-export RAY_ADDRESS=http://127.0.0.1:8265 RAY_AUTH_MODE=token
-# Token authentication is on by default: a client uses the head's token (here, the head's own token file).
-if [ -f "$HOME/.ray/auth_token" ]; then export RAY_AUTH_TOKEN="$(cat "$HOME/.ray/auth_token")"; fi
+export RAY_ADDRESS=http://127.0.0.1:8265
+
+refused() {  # a submit that must not run: it fails and says why
+  local log="$WORK/refused.log"
+  if "$@" ray job submit -- python -c 'print("ran")' >"$log" 2>&1; then
+    echo "smoke: FAILED: a submit was accepted with: $*" >&2; cat "$log" >&2; exit 1
+  fi
+  if grep -q '^ran$' "$log"; then echo "smoke: FAILED: the job ran" >&2; exit 1; fi
+  grep -q 'AuthenticationError' "$log" || { echo "smoke: FAILED: refused for another reason:" >&2; cat "$log" >&2; exit 1; }
+}
+refused env RAY_AUTH_TOKEN=not-the-token                                      # a wrong token
+refused env -u RAY_AUTH_TOKEN RAY_AUTH_MODE=disabled HOME="$WORK/no-home"     # no token at all
+echo "smoke: submits without the cluster's token are refused"
 
 submit() { ray job submit --working-dir . -- "$@"; }
 submit python jobs/extract.py --input "$WORK/data" --output "$WORK/extract" face_size=64 max_frames=20
