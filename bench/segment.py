@@ -48,8 +48,16 @@ def video_faces(rng: np.random.Generator, video_id: str, n_frames: int) -> pa.Ta
     flag.append(np.full(len(missing), R.FLAG_NO_FACE))
     frame, track, flag = np.concatenate(frame), np.concatenate(track), np.concatenate(flag)
     n = len(frame)
+    tracked = track >= 0
+    side = np.where(track == 0, 160.0, 60.0)  # a main face and, where there is one, a smaller second
+    prob = np.where(flag == R.FLAG_LOW_PROB, 0.8, 0.99)
     cols = {name: pa.nulls(n, R.FACES_SCHEMA.field(name).type) for name in R.FACES_SCHEMA.names}
     cols.update(
+        prob=pa.array(prob.astype(np.float32), mask=~tracked),
+        box_x1=pa.array(np.full(n, 100.0, np.float32), mask=~tracked),
+        box_y1=pa.array(np.full(n, 80.0, np.float32), mask=~tracked),
+        box_x2=pa.array((100.0 + side).astype(np.float32), mask=~tracked),
+        box_y2=pa.array((80.0 + side).astype(np.float32), mask=~tracked),
         video_id=pa.array([video_id] * n),
         part=pa.array(["bench"] * n),
         label=pa.array(np.zeros(n, np.int8)),
@@ -63,8 +71,9 @@ def video_faces(rng: np.random.Generator, video_id: str, n_frames: int) -> pa.Ta
 def generate(root: str, rows: int, per_video: int, seed: int = 0) -> tuple[int, int]:
     marker = os.path.join(root, "videos", "part-0.parquet")
     if os.path.exists(marker):
-        m = pq.read_table(marker)
-        return m.num_rows, int(pa.compute.sum(m.column("n_frames")).as_py())
+        m = pq.read_table(marker, columns=["faces_uri"])  # reuse: count the face rows as generated
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in m.column("faces_uri").to_pylist())
+        return m.num_rows, rows
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(root, "faces"), exist_ok=True)
     manifest, total, i = [], 0, 0
@@ -94,15 +103,14 @@ def generate(root: str, rows: int, per_video: int, seed: int = 0) -> tuple[int, 
 
 
 def core(root: str) -> tuple[int, float]:
-    from dfpipe.windows import WindowSpec, segment_video
+    from dfpipe.segment import FACE_COLUMNS
+    from dfpipe.windows import TrackRule, WindowSpec, segment_video
 
     files = sorted(os.listdir(os.path.join(root, "faces")))
     start, rows = time.perf_counter(), 0
     for f in files:
-        t = pq.read_table(
-            os.path.join(root, "faces", f), columns=["video_id", "track_id", "frame_idx", "flag"]
-        )
-        segment_video(t, (R.FLAG_OK, R.FLAG_MULTI_FACE), WindowSpec(), 1)
+        t = pq.read_table(os.path.join(root, "faces", f), columns=FACE_COLUMNS)
+        segment_video(t, (R.FLAG_OK, R.FLAG_MULTI_FACE), WindowSpec(), 1, TrackRule())
         rows += t.num_rows
     return rows, time.perf_counter() - start
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,12 @@ def test_score_bench_tiny(classifier_model, tmp_path):
     assert runs["score job"]["videos"] == 2 and runs["score-video"]["videos"] == 1
     assert {"extract", "segment", "embed", "classify"} <= set(runs["score job"]["steps"])
     assert {"extract", "embed", "classify"} <= set(runs["score-video"]["steps"])
+
+
+def test_segment_bench_tiny_and_its_rerun(tmp_path):
+    args = ("bench/segment.py", "--rows", "3000", "--frames-per-video", "100", "--workdir", str(tmp_path))
+    first = run_bench(*args)
+    assert first["rows"] >= 3000 and first["videos"] >= 20
+    assert set(first["results"]) == {"core (1 process)", f"job (Ray, {os.cpu_count()} CPUs)"}
+    again = run_bench(*args)  # reuses the generated shards (this path crashed once)
+    assert again["rows"] == first["rows"] and again["videos"] == first["videos"]
