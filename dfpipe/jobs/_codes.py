@@ -76,4 +76,4 @@ def read_split(rows_uri: str, split: str, opts):
         filesystem=fs,
         columns=["window_id", "video_id", "track_id", "label", "split", "counted", "codes"],
     )
-    return ds.filter(lambda row: row["split"] == split and row["counted"] is not False)
+    return ds.filter(lambda row: row["split"] == split and (row["counted"] is None or bool(row["counted"])))
