@@ -134,3 +134,34 @@ def test_training_refuses_bad_inputs(segmented_sample, extracted_sample, tmp_pat
         == 2
     )
     assert "face_size must be >= 80" in capsys.readouterr().err
+
+
+def test_training_reads_only_windows_of_counted_tracks(ray_session, tmp_path):
+    """A poster's windows carry the video's label without its face: the classifier never sees them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dfpipe import records as R
+    from dfpipe.jobs._codes import read_split
+
+    rows = [
+        {
+            "window_id": f"w{i}",
+            "video_id": "v",
+            "track_id": i,
+            "label": 1,
+            "part": "p",
+            "split": "val",
+            "start_frame": 0,
+            "n_frames": 1,
+            "counted": counted,
+            "code_dim": 2,
+            "codes": [0.0, 1.0],
+        }
+        for i, counted in enumerate([True, False, None])  # None: written before the track rule
+    ]
+    (tmp_path / "windows").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=R.EMBEDDINGS_SCHEMA), tmp_path / "windows" / "a.parquet")
+    kept = read_split(str(tmp_path / "windows"), "val", None).take_all()
+    assert sorted(r["window_id"] for r in kept) == ["w0", "w2"]
+    assert read_split(str(tmp_path / "windows"), "train", None).take_all() == []
