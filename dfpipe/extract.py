@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -22,6 +23,7 @@ import pyarrow as pa
 
 from dfpipe import records as R
 from dfpipe import storage
+from dfpipe.batching import CallBatcher
 from dfpipe.decode import DecodeError, DecodeLimits, VideoReader, prefetched
 from dfpipe.faces import FaceDetector, crop_face, encode_jpeg, face_flags
 from dfpipe.keyframes import KeyframeDetector
@@ -65,6 +67,7 @@ class FaceExtractStage:
     track_max_gap: int = 5
     device: str = "auto"
     threads: int = 1
+    videos_in_flight: int = 1
     storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     resources: Resources = field(default_factory=Resources)
 
@@ -82,10 +85,33 @@ class FaceExtractStage:
         torch.set_num_threads(compute)
         cv2.setNumThreads(compute)
         self.detector = FaceDetector(self.detect_long_side, self.min_face_size, device=self.device)
+        verify = partial(self.detector.verify, min_prob=self.min_prob)
+        if self.videos_in_flight > 1:
+            # Videos processed together share detector calls: on a GPU one call then carries the
+            # keyframes of every video in flight instead of one frame.
+            self._detect = CallBatcher(
+                self.detector.detect, max_items=4 * self.videos_in_flight, key=lambda frame: frame.shape
+            )
+            self._verify = CallBatcher(verify, max_items=64 * self.videos_in_flight)
+        else:
+            self._detect, self._verify = self.detector.detect, verify
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [self.process(row) for row in batch.to_pylist()]
-        return pa.Table.from_pylist(rows, schema=R.VIDEOS_SCHEMA)
+        return pa.Table.from_pylist(self.process_many(batch.to_pylist()), schema=R.VIDEOS_SCHEMA)
+
+    def process_many(self, videos: list[dict]) -> list[dict]:
+        """Manifest rows for ``videos``, up to ``videos_in_flight`` of them at once (one thread each)."""
+        if not hasattr(self, "detector"):
+            self.setup()
+        if self.videos_in_flight <= 1 or len(videos) <= 1:
+            return [self.process(v) for v in videos]
+
+        def one(video: dict) -> dict:
+            with self._detect.member(), self._verify.member():
+                return self.process(video)
+
+        with ThreadPoolExecutor(min(self.videos_in_flight, len(videos)), "dfpipe-video") as pool:
+            return list(pool.map(one, videos))
 
     def process(self, video: dict) -> dict:
         """One manifest row for one catalog row; never raises for bad input."""
@@ -129,8 +155,8 @@ class FaceExtractStage:
         reader = VideoReader(path, self.frame_stride, self.limits, chunk=8, threads=1)
         chunks = prefetched(reader, depth=2) if self.threads > 1 else reader
         keyframes = KeyframeDetector(
-            self.detector.detect,
-            verify=partial(self.detector.verify, min_prob=self.min_prob) if self.verify_boxes else None,
+            self._detect,
+            verify=self._verify if self.verify_boxes else None,
             every=self.detect_every,
             window=self.detect_batch,
             min_prob=self.min_prob,

@@ -45,6 +45,8 @@ class FaceDetector:
         self.device = pick_device(self.device)
         self.n_verified = 0  # boxes checked by verify(), and of those how many needed a ROI detection
         self.n_roi = 0
+        self.n_calls = 0  # detect() calls and the frames they carried (frames per call matters on a GPU)
+        self.n_frames = 0
         # The MTCNN weights ship inside the facenet-pytorch wheel: no download here.
         self._mtcnn = MTCNN(
             keep_all=True,
@@ -61,6 +63,8 @@ class FaceDetector:
 
         if not frames:
             return []
+        self.n_calls += 1
+        self.n_frames += len(frames)
         h, w = frames[0].shape[:2]
         scale = detection_scale(w, h, self.long_side)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))

@@ -41,9 +41,11 @@ def test_score_bench_tiny(classifier_model, tmp_path):
         *("--workdir", str(tmp_path)),
     )
     runs = report["runs"]
-    assert runs["score job"]["videos"] == 2 and runs["score-video"]["videos"] == 1
+    assert runs["score job"]["videos"] == 2 and runs["score-video warm"]["videos"] == 1
     assert {"extract", "segment", "embed", "classify"} <= set(runs["score job"]["steps"])
-    assert {"extract", "embed", "classify"} <= set(runs["score-video"]["steps"])
+    assert {"extract", "embed", "classify"} <= set(runs["score-video warm"]["steps"])
+    # Loading is paid once, by the cold call, never by a warm one.
+    assert "load" in runs["score-video cold"]["steps"] and "load" not in runs["score-video warm"]["steps"]
 
 
 def test_segment_bench_tiny_and_its_rerun(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.catalog import build_catalog
 from dfpipe.cli import main
+from dfpipe.config import JobError
 from dfpipe.jobs.score import read_scores
+from dfpipe.jobs.score_video import Scorer
 
 
 def brute_auc(y, p) -> float:
@@ -126,6 +129,22 @@ def test_score_video_agrees_with_the_bulk_job(scored, classifier_model, tmp_path
     bad.write_text("not a video")
     assert main(["score-video", str(bad), "--model", str(classifier_model)]) == 1
     assert "cannot be scored: decode_error" in capsys.readouterr().err
+
+    # One Scorer, models loaded once, gives the bulk job's numbers file after file, and a bad file
+    # in between leaves it working.
+    other = next(data.glob(f"*/{ok.index[1]}.mp4"))
+    with Scorer(str(classifier_model)) as scorer:
+        detector, embedder = scorer.extract.detector, scorer.embed.model
+        for p, v in ((path, vid), (bad, None), (other, ok.index[1]), (path, vid)):
+            if v is None:
+                with pytest.raises(JobError, match="cannot be scored"):
+                    scorer.score(str(p))
+                continue
+            rec = scorer.score(str(p))
+            assert rec["prob_fake"] == pytest.approx(ok.loc[v, "prob_fake"], abs=1e-4)
+            assert "load" not in rec["seconds"]
+        assert scorer.extract.detector is detector and scorer.embed.model is embedder
+        assert not os.listdir(scorer._tmp.name)  # each file's faces are removed once it is scored
 
 
 def test_score_refuses_a_non_model(tmp_path, sample_dataset, capsys):

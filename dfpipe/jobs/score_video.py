@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -42,6 +43,9 @@ class ScoreVideoConfig(C.RunOptions):
     clip_low: float = C.option(0.01, "lowest probability reported")
     clip_high: float = C.option(0.99, "highest probability reported")
     fallback: Literal["prior", "half"] = C.option("prior", "probability when no window is usable")
+    device: Literal["auto", "cpu", "cuda"] = C.option(
+        "auto", "where MTCNN and the embedder run: auto uses a GPU when one is visible"
+    )
     extract: dict = C.option(
         {},
         "extraction options over the model's recipe (printed when they differ), e.g. extract.max_frames=120",
@@ -55,76 +59,111 @@ class ScoreVideoConfig(C.RunOptions):
 def run(cfg: ScoreVideoConfig) -> dict:
     if not os.path.isfile(cfg.video):
         raise C.JobError(f"{cfg.video}: no such file")
-    timer = StepTimer()
-    with timer("load"):
-        meta, embedder, version = score_job.load_model_meta(cfg.model, None)
-    # The model's recipe and the bulk job's code paths, so both give the same number for the same file.
-    ext_options, seg_options, notes = score_job.data_plan(meta, cfg.model, cfg)
-    for note in notes:
-        print(f"score-video: differs from the model's recipe, as given: {note}", file=sys.stderr, flush=True)
-    ext_cfg = score_job.extract_config(
-        {"cpus_per_worker": os.cpu_count() or 1, **ext_options},  # one video, in this process: every core
-        cfg.video,
-        tempfile.gettempdir() + "/x",
-        cfg,
-    )
-    seg_cfg = score_job.segment_config(seg_options, meta, "unused", "unused", cfg)
-    video_id = os.path.splitext(os.path.basename(cfg.video))[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        with timer("load"):
-            stage = extract_job.build_stage(ext_cfg, tmp, num_gpus=0.0)
-            stage.setup()
+    with Scorer(cfg) as scorer:
+        return scorer.score(cfg.video, cfg.explain)
+
+
+class Scorer:
+    """A model loaded once, scoring local video files one at a time: ``score-video``, a service, a notebook.
+
+    ``Scorer(model_dir)`` (or a :class:`ScoreVideoConfig`) loads MTCNN, the embedder and the
+    classifier; each :meth:`score` call then pays only for the video. The numbers are the bulk job's:
+    the model's recipe, the same stages and the same aggregation.
+    """
+
+    def __init__(self, cfg: ScoreVideoConfig | str, **options):
+        if isinstance(cfg, str):
+            cfg = C.build(ScoreVideoConfig, {"video": "", "model": cfg, **options})
+        self.cfg = cfg
+        started = time.perf_counter()
+        self.meta, embedder, self.version = score_job.load_model_meta(cfg.model, None)
+        ext_options, seg_options, notes = score_job.data_plan(self.meta, cfg.model, cfg)
+        for note in notes:
+            print(
+                f"score-video: differs from the model's recipe, as given: {note}", file=sys.stderr, flush=True
+            )
+        self._tmp = tempfile.TemporaryDirectory(prefix="dfpipe-score-video-")
+        ext_cfg = score_job.extract_config(
+            {"cpus_per_worker": os.cpu_count() or 1, "device": cfg.device, **ext_options},  # every core
+            self._tmp.name + "/in",
+            self._tmp.name + "/out",
+            cfg,
+        )
+        self.seg_cfg = score_job.segment_config(seg_options, self.meta, "unused", "unused", cfg)
+        self.extract = extract_job.build_stage(ext_cfg, self._tmp.name, num_gpus=0.0)
+        self.extract.setup()
+        self.embed = WindowEmbedStage(embedder, device=cfg.device, torch_threads=os.cpu_count() or 1)
+        self.embed.setup()
+        self.classify = WindowScoreStage(cfg.model)
+        self.classify.setup()
+        self.rule = VideoRule(
+            cfg.aggregation or self.meta.get("aggregation", "max_track_mean"),
+            cfg.clip_low,
+            cfg.clip_high,
+            cfg.fallback,
+        )
+        self.load_seconds = time.perf_counter() - started
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def score(self, video: str, explain: str | None = None) -> dict:
+        """The scoring record of one local video file; raises :class:`~dfpipe.config.JobError` if it
+        cannot be scored (unreadable, no frames)."""
+        timer = StepTimer()
+        video_id = os.path.splitext(os.path.basename(video))[0]
         catalog = {
             "video_id": video_id,
-            "uri": os.path.abspath(cfg.video),
-            "filename": os.path.basename(cfg.video),
+            "uri": os.path.abspath(video),
+            "filename": os.path.basename(video),
             "part": ".",
             "label": None,
             "original": None,
             "error": None,
         }
         with timer("extract"):
-            manifest = stage.process(catalog)
+            manifest = self.extract.process(catalog)
         if manifest["status"] != R.STATUS_OK:
-            raise C.JobError(f"{cfg.video}: cannot be scored: {manifest['error']}")
-        with timer("segment"):
-            faces = pq.read_table(manifest["faces_uri"])
-            wins, counts = segment_video(
-                faces.select(FACE_COLUMNS),
-                seg_cfg.usable_flags,
-                seg_cfg.window_spec,
-                manifest["frame_stride"],
-                seg_cfg.track_rule,
-            )
-        windows = pa.Table.from_pylist(
-            [
-                {
-                    "window_id": window_id(video_id, w["track_id"], w["start_frame"]),
-                    "video_id": video_id,
-                    "track_id": w["track_id"],
-                    "label": None,
-                    "part": ".",
-                    "split": None,
-                    "start_frame": w["start_frame"],
-                    "end_frame": w["end_frame"],
-                    "n_frames": w["n_frames"],
-                    "frame_stride": manifest["frame_stride"],
-                    "faces_uri": manifest["faces_uri"],
-                    "counted": w["counted"],
-                }
-                for w in wins
-            ],
-            schema=R.WINDOWS_SCHEMA,
-        )
-        scored = []
-        if windows.num_rows:
-            with timer("crops"):
-                crops = FaceCropsStage()(with_frames(windows))
-            with timer("embed"):
-                codes = WindowEmbedStage(embedder, device="cpu", torch_threads=os.cpu_count() or 1)(crops)
-            with timer("classify"):
-                scored = WindowScoreStage(cfg.model)(codes).to_pylist()
-            scored.sort(key=lambda r: (r["track_id"], r["start_frame"]))
+            raise C.JobError(f"{video}: cannot be scored: {manifest['error']}")
+        try:
+            with timer("segment"):
+                faces = pq.read_table(manifest["faces_uri"])
+                wins, counts = segment_video(
+                    faces.select(FACE_COLUMNS),
+                    self.seg_cfg.usable_flags,
+                    self.seg_cfg.window_spec,
+                    manifest["frame_stride"],
+                    self.seg_cfg.track_rule,
+                )
+                windows = window_table(wins, video_id, manifest)
+            scored = []
+            if windows.num_rows:
+                with timer("crops"):
+                    crops = FaceCropsStage()(with_frames(windows))
+                with timer("embed"):
+                    codes = self.embed(crops)
+                with timer("classify"):
+                    scored = self.classify(codes).to_pylist()
+                scored.sort(key=lambda r: (r["track_id"], r["start_frame"]))
+        finally:
+            os.remove(manifest["faces_uri"])  # a service scoring many files must not fill the disk
+        record = self._record(manifest, counts, scored)
+        record["seconds"] = timer.rounded()
+        if explain:
+            from dfpipe.explain import explain_png
+
+            window_frames = self.seg_cfg.window_spec.window_len * manifest["frame_stride"]
+            explain_png(faces, record, window_frames, explain)
+            record["explain"] = explain
+        return record
+
+    def _record(self, manifest: dict, counts: dict, scored: list[dict]) -> dict:
         video = {
             **manifest,
             "split": None,
@@ -132,34 +171,44 @@ def run(cfg: ScoreVideoConfig) -> dict:
             "n_tracks_counted": counts["n_tracks_counted"],
             "segment_reason": None if scored else "no usable window",
         }
-        rule = VideoRule(
-            cfg.aggregation or meta.get("aggregation", "max_track_mean"),
-            cfg.clip_low,
-            cfg.clip_high,
-            cfg.fallback,
-        )
         row, probs = video_row(
-            video, scored, meta, rule, version, datetime.now(UTC).isoformat(timespec="seconds")
+            video, scored, self.meta, self.rule, self.version, datetime.now(UTC).isoformat(timespec="seconds")
         )
         window_records = [
             {"track_id": w["track_id"], "start_frame": w["start_frame"], "prob_fake": float(p)}
             for w, p in zip(scored, probs, strict=True)
         ]
-        record = {
+        return {
             **row,
             "n_frames": manifest["n_frames"],
             "n_faces": sum(manifest[f"n_{f}"] for f in R.FRAME_FLAGS if f != R.FLAG_NO_FACE),
             "flags": {f: manifest[f"n_{f}"] for f in R.FRAME_FLAGS},
             "tracks": track_records(counts["tracks"], window_records),
             "windows": window_records,
-            "seconds": timer.rounded(),
         }
-        if cfg.explain:
-            from dfpipe.explain import explain_png
 
-            explain_png(faces, record, seg_cfg.window_spec.window_len * manifest["frame_stride"], cfg.explain)
-            record["explain"] = cfg.explain
-    return record
+
+def window_table(wins: list[dict], video_id: str, manifest: dict) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "window_id": window_id(video_id, w["track_id"], w["start_frame"]),
+                "video_id": video_id,
+                "track_id": w["track_id"],
+                "label": None,
+                "part": ".",
+                "split": None,
+                "start_frame": w["start_frame"],
+                "end_frame": w["end_frame"],
+                "n_frames": w["n_frames"],
+                "frame_stride": manifest["frame_stride"],
+                "faces_uri": manifest["faces_uri"],
+                "counted": w["counted"],
+            }
+            for w in wins
+        ],
+        schema=R.WINDOWS_SCHEMA,
+    )
 
 
 def track_records(tracks: list[dict], windows: list[dict]) -> list[dict]:
