@@ -55,3 +55,27 @@ def test_segment_bench_tiny_and_its_rerun(tmp_path):
     assert set(first["results"]) == {"core (1 process)", f"job (Ray, {os.cpu_count()} CPUs)"}
     again = run_bench(*args)  # reuses the generated shards (this path crashed once)
     assert again["rows"] == first["rows"] and again["videos"] == first["videos"]
+
+
+def test_gpu_check_runs_on_cpu_with_tiny_sizes(tmp_path):
+    """The one-call GPU check (bench/gpu_check.sh) works end to end here; CUDA rows are skipped."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "--tiny", "--workdir", str(tmp_path / "w"), "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["devices"]) == {"cpu"} and "targets" not in report
+    cpu = report["devices"]["cpu"]
+    ext = cpu["extract_generated"]
+    assert ext["frames"] == ext["videos"] * 20 and not ext["failed"]
+    assert ext["frames_per_s"] > 0 and ext["decode_floor_per_s"] > 0
+    assert cpu["embedder_train"]["faces_per_s"] > 0 and cpu["lstm_train"]["windows_per_s"] > 0
+    scoring = cpu["scoring"]
+    assert scoring["clip_frames"] == 20 and scoring["bulk_failed"] == 0 and scoring["bulk_videos"] == 2
+    assert "extraction, generated clips (frames/s)" in proc.stdout and "score-video" in proc.stdout

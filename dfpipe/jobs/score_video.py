@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from dfpipe import config as C
 from dfpipe import records as R
 from dfpipe.embed import FaceCropsStage, WindowEmbedStage, with_frames
+from dfpipe.faces import pick_device
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import score as score_job
 from dfpipe.score import VideoRule, WindowScoreStage, video_row
@@ -90,7 +91,9 @@ class Scorer:
             cfg,
         )
         self.seg_cfg = score_job.segment_config(seg_options, self.meta, "unused", "unused", cfg)
-        self.extract = extract_job.build_stage(ext_cfg, self._tmp.name, num_gpus=0.0)
+        # On a GPU the stage batches the detections of the videos given to score_many together.
+        on_gpu = pick_device(cfg.device) == "cuda"
+        self.extract = extract_job.build_stage(ext_cfg, self._tmp.name, num_gpus=1.0 if on_gpu else 0.0)
         self.extract.setup()
         self.embed = WindowEmbedStage(embedder, device=cfg.device, torch_threads=os.cpu_count() or 1)
         self.embed.setup()
@@ -117,18 +120,26 @@ class Scorer:
         """The scoring record of one local video file; raises :class:`~dfpipe.config.JobError` if it
         cannot be scored (unreadable, no frames)."""
         timer = StepTimer()
-        video_id = os.path.splitext(os.path.basename(video))[0]
-        catalog = {
-            "video_id": video_id,
-            "uri": os.path.abspath(video),
-            "filename": os.path.basename(video),
-            "part": ".",
-            "label": None,
-            "original": None,
-            "error": None,
-        }
         with timer("extract"):
-            manifest = self.extract.process(catalog)
+            manifest = self.extract.process(_catalog_row(video))
+        return self._finish(video, manifest, timer, explain)
+
+    def score_many(self, videos: list[str]) -> list[dict | C.JobError]:
+        """Records of several local files, extracted together (on a GPU their detections share calls);
+        a file that cannot be scored gives its :class:`~dfpipe.config.JobError` in its place."""
+        timer = StepTimer()
+        with timer("extract"):
+            manifests = self.extract.process_many([_catalog_row(v) for v in videos])
+        out: list[dict | C.JobError] = []
+        for video, manifest in zip(videos, manifests, strict=True):
+            try:
+                out.append(self._finish(video, manifest, StepTimer()))
+            except C.JobError as exc:
+                out.append(exc)
+        return out
+
+    def _finish(self, video: str, manifest: dict, timer: StepTimer, explain: str | None = None) -> dict:
+        """Segment, embed and classify one extracted video; its face shard is removed afterwards."""
         if manifest["status"] != R.STATUS_OK:
             raise C.JobError(f"{video}: cannot be scored: {manifest['error']}")
         try:
@@ -141,7 +152,7 @@ class Scorer:
                     manifest["frame_stride"],
                     self.seg_cfg.track_rule,
                 )
-                windows = window_table(wins, video_id, manifest)
+                windows = window_table(wins, manifest["video_id"], manifest)
             scored = []
             if windows.num_rows:
                 with timer("crops"):
@@ -186,6 +197,18 @@ class Scorer:
             "tracks": track_records(counts["tracks"], window_records),
             "windows": window_records,
         }
+
+
+def _catalog_row(video: str) -> dict:
+    return {
+        "video_id": os.path.splitext(os.path.basename(video))[0],
+        "uri": os.path.abspath(video),
+        "filename": os.path.basename(video),
+        "part": ".",
+        "label": None,
+        "original": None,
+        "error": None,
+    }
 
 
 def window_table(wins: list[dict], video_id: str, manifest: dict) -> pa.Table:
