@@ -304,10 +304,10 @@ def scoring(model: str, clips: list[str], clip: str, device: str, size: Size) ->
     with Scorer(model, device=device) as scorer:
         first = scorer.score(clip)
         cold = time.perf_counter() - start
-        warm = []
+        warm, steps = [], {}
         for _ in range(size.warm_calls):
             t = time.perf_counter()
-            scorer.score(clip)
+            steps = scorer.score(clip)["seconds"]
             warm.append(time.perf_counter() - t)
         videos = clips[: size.score_videos]
         t = time.perf_counter()
@@ -318,7 +318,8 @@ def scoring(model: str, clips: list[str], clip: str, device: str, size: Size) ->
         "clip_windows": first["n_windows"],
         "cold_s": round(cold, 2),
         "warm_s": round(float(np.median(warm)), 3),
-        "warm_steps": first["seconds"],
+        "cold_steps": {"load": round(scorer.load_seconds, 3), **first["seconds"]},
+        "warm_steps": steps,
         "bulk_videos": len(videos),
         "bulk_videos_per_s": round(len(videos) / bulk, 3),
         "bulk_failed": sum(1 for r in records if not isinstance(r, dict)),

@@ -144,6 +144,12 @@ def test_score_video_agrees_with_the_bulk_job(scored, classifier_model, tmp_path
             assert rec["prob_fake"] == pytest.approx(ok.loc[v, "prob_fake"], abs=1e-4)
             assert "load" not in rec["seconds"]
         assert scorer.extract.detector is detector and scorer.embed.model is embedder
+        # Several files at once (shared detector calls and embedding batches): the same numbers.
+        many = scorer.score_many([str(path), str(bad), str(other)])
+        assert many[0]["prob_fake"] == pytest.approx(ok.loc[vid, "prob_fake"], abs=1e-4)
+        assert many[0]["n_windows"] == ok.loc[vid, "n_windows"]
+        assert isinstance(many[1], JobError) and "decode_error" in str(many[1])
+        assert many[2]["prob_fake"] == pytest.approx(ok.loc[ok.index[1], "prob_fake"], abs=1e-4)
         assert not os.listdir(scorer._tmp.name)  # each file's faces are removed once it is scored
 
 

@@ -122,57 +122,75 @@ class Scorer:
         timer = StepTimer()
         with timer("extract"):
             manifest = self.extract.process(_catalog_row(video))
-        return self._finish(video, manifest, timer, explain)
+        (record,) = self._finish([(video, manifest)], timer, explain)
+        if isinstance(record, C.JobError):
+            raise record
+        return record
 
     def score_many(self, videos: list[str]) -> list[dict | C.JobError]:
-        """Records of several local files, extracted together (on a GPU their detections share calls);
-        a file that cannot be scored gives its :class:`~dfpipe.config.JobError` in its place."""
+        """Records of several local files scored together: on a GPU their detections share calls and
+        their faces are embedded in shared batches. A file that cannot be scored gives its
+        :class:`~dfpipe.config.JobError` in its place; ``seconds`` on each record is the batch's."""
+        names = [_catalog_row(v)["video_id"] for v in videos]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                "score_many: two files share a name (their faces would collide); score them apart"
+            )
         timer = StepTimer()
         with timer("extract"):
             manifests = self.extract.process_many([_catalog_row(v) for v in videos])
-        out: list[dict | C.JobError] = []
-        for video, manifest in zip(videos, manifests, strict=True):
-            try:
-                out.append(self._finish(video, manifest, StepTimer()))
-            except C.JobError as exc:
-                out.append(exc)
-        return out
+        return self._finish(list(zip(videos, manifests, strict=True)), timer)
 
-    def _finish(self, video: str, manifest: dict, timer: StepTimer, explain: str | None = None) -> dict:
-        """Segment, embed and classify one extracted video; its face shard is removed afterwards."""
-        if manifest["status"] != R.STATUS_OK:
-            raise C.JobError(f"{video}: cannot be scored: {manifest['error']}")
+    def _finish(
+        self, extracted: list[tuple[str, dict]], timer: StepTimer, explain: str | None = None
+    ) -> list[dict | C.JobError]:
+        """Segment every extracted video, embed and classify all their windows in shared batches, and
+        make one record per video; each face shard is removed afterwards."""
+        out: dict[int, dict | C.JobError] = {}
+        segmented = []  # (position, manifest, track counts, windows, faces)
         try:
             with timer("segment"):
-                faces = pq.read_table(manifest["faces_uri"])
-                wins, counts = segment_video(
-                    faces.select(FACE_COLUMNS),
-                    self.seg_cfg.usable_flags,
-                    self.seg_cfg.window_spec,
-                    manifest["frame_stride"],
-                    self.seg_cfg.track_rule,
-                )
-                windows = window_table(wins, manifest["video_id"], manifest)
-            scored = []
-            if windows.num_rows:
+                for k, (video, manifest) in enumerate(extracted):
+                    if manifest["status"] != R.STATUS_OK:
+                        out[k] = C.JobError(f"{video}: cannot be scored: {manifest['error']}")
+                        continue
+                    faces = pq.read_table(manifest["faces_uri"])
+                    wins, counts = segment_video(
+                        faces.select(FACE_COLUMNS),
+                        self.seg_cfg.usable_flags,
+                        self.seg_cfg.window_spec,
+                        manifest["frame_stride"],
+                        self.seg_cfg.track_rule,
+                    )
+                    windows = window_table(wins, manifest["video_id"], manifest)
+                    segmented.append((k, manifest, counts, windows, faces if explain else None))
+            windows = pa.concat_tables([w for *_, w, _ in segmented]) if segmented else None
+            scored: list[dict] = []
+            if windows is not None and windows.num_rows:
                 with timer("crops"):
                     crops = FaceCropsStage()(with_frames(windows))
                 with timer("embed"):
                     codes = self.embed(crops)
                 with timer("classify"):
                     scored = self.classify(codes).to_pylist()
-                scored.sort(key=lambda r: (r["track_id"], r["start_frame"]))
         finally:
-            os.remove(manifest["faces_uri"])  # a service scoring many files must not fill the disk
-        record = self._record(manifest, counts, scored)
-        record["seconds"] = timer.rounded()
-        if explain:
-            from dfpipe.explain import explain_png
+            for _, manifest in extracted:  # a service scoring many files must not fill the disk
+                if manifest.get("faces_uri") and os.path.exists(manifest["faces_uri"]):
+                    os.remove(manifest["faces_uri"])
+        by_video: dict[str, list[dict]] = {}
+        for r in sorted(scored, key=lambda r: (r["video_id"], r["track_id"], r["start_frame"])):
+            by_video.setdefault(r["video_id"], []).append(r)
+        for k, manifest, counts, _, faces in segmented:
+            record = self._record(manifest, counts, by_video.get(manifest["video_id"], []))
+            record["seconds"] = timer.rounded()
+            if explain:
+                from dfpipe.explain import explain_png
 
-            window_frames = self.seg_cfg.window_spec.window_len * manifest["frame_stride"]
-            explain_png(faces, record, window_frames, explain)
-            record["explain"] = explain
-        return record
+                window_frames = self.seg_cfg.window_spec.window_len * manifest["frame_stride"]
+                explain_png(faces, record, window_frames, explain)
+                record["explain"] = explain
+            out[k] = record
+        return [out[k] for k in range(len(extracted))]
 
     def _record(self, manifest: dict, counts: dict, scored: list[dict]) -> dict:
         video = {
