@@ -156,13 +156,19 @@ def stage_in_process(paths: list[str], out: str, threads: int, **settings) -> tu
 def job_subprocess(folder: str, out: str, num_cpus: int) -> dict:
     """The extraction job in a fresh process (its own local Ray), with the peak memory of its process tree."""
     cmd = [sys.executable, os.path.abspath(__file__), "--_job", folder, out, str(num_cpus)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = PeakMemory(proc.pid)
-    peak.start()
-    stdout, _ = proc.communicate()
-    peak.stop()
+    log_path = out.rstrip("/") + ".log"  # the job's stderr (Ray's and dfpipe's logs), kept beside its output
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        peak = PeakMemory(proc.pid)
+        peak.start()
+        stdout, _ = proc.communicate()
+        peak.stop()
     if proc.returncode != 0:
-        raise RuntimeError(f"the extraction job failed (exit {proc.returncode})")
+        with open(log_path) as fh:
+            tail = fh.read()[-4000:]
+        raise RuntimeError(
+            f"the extraction job failed (exit {proc.returncode}); its log {log_path} ends:\n{tail}"
+        )
     result = json.loads(stdout.strip().splitlines()[-1])
     result["peak_mib"] = peak.peak / 2**20
     return result
@@ -335,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--_job", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._job:
+        from dfpipe.cli import exit_process
+
         _job_main(args._job[0], args._job[1], int(args._job[2]))
-        return 0
+        exit_process(0)  # as the jobs do: no abort at interpreter exit after the work is done
 
     width, height = (int(v) for v in args.size.split("x"))
     cpus = len(os.sched_getaffinity(0))

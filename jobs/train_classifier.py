@@ -4,7 +4,7 @@ import sys
 
 import _bootstrap  # noqa: F401  (puts the checkout on sys.path)
 
-from dfpipe.cli import main
+from dfpipe.cli import exit_process, main
 
 if __name__ == "__main__":
-    sys.exit(main(["train_classifier", *sys.argv[1:]]))
+    exit_process(main(["train_classifier", *sys.argv[1:]]))

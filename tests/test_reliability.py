@@ -306,3 +306,56 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint(segmented_sample, t
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from the checkpoint of epoch" in rerun.stdout + rerun.stderr
     assert json.loads((out / "model.json").read_text())["epochs_trained"] == 6
+
+
+# A job process whose daemon threads are inside pyarrow scans when it exits, as Ray Data's
+# prefetch threads can be: plain interpreter exit aborts about one time in three (SIGABRT after the
+# work succeeded); exit_process must give the job's own exit status every time.
+_EXIT_SCRIPT = """
+import sys, threading, time
+import pyarrow.dataset as ds
+from dfpipe.cli import exit_process
+
+def scan():
+    while True:
+        for _ in ds.dataset(sys.argv[1]).to_batches(batch_size=10):
+            pass
+
+for _ in range(8):
+    threading.Thread(target=scan, daemon=True).start()
+time.sleep(0.2)
+print("work done", flush=True)
+exit_process(int(sys.argv[2]))
+"""
+
+
+def test_a_job_process_exit_status_is_its_result(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": list(range(200_000))}), table, row_group_size=1000)
+    script = tmp_path / "job.py"
+    script.write_text(_EXIT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    codes = []
+    for i in range(10):
+        want = 3 if i == 0 else 0  # a failure's exit code survives too
+        proc = subprocess.run(
+            [sys.executable, str(script), str(table), str(want)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert "work done" in proc.stdout
+        codes.append((proc.returncode, want))
+    assert all(got == want for got, want in codes), codes
+
+
+def test_every_job_entry_point_exits_through_exit_process():
+    root = Path(__file__).resolve().parents[1]
+    for shim in sorted((root / "jobs").glob("*.py")):
+        if shim.name != "_bootstrap.py":
+            assert "exit_process(main(" in shim.read_text(), shim
+    assert 'dfpipe = "dfpipe.cli:console"' in (root / "pyproject.toml").read_text()
