@@ -26,10 +26,21 @@ def test_extract_bench_tiny(tmp_path):
         *("--seed-frames", "1", "--workdir", str(tmp_path)),
     )
     rates = report["rates"]
-    assert {"decode", "seed", "facenet", "stage", "job 2cpu N", "job 2cpu 4N", "job 1cpu 4N"} <= set(rates)
+    assert {"decode", "seed", "facenet", "dfdc", "stage", "job 2cpu N", "job 2cpu 4N", "job 1cpu 4N"} <= set(
+        rates
+    )
+    # Every baseline on the frames dfpipe gets (here capped at 2 per clip by --baseline-frames).
+    assert rates["dfdc"]["frames"] == rates["facenet"]["frames"] == 2
+    assert rates["stage"]["x_dfdc"] == rates["stage"]["frames_per_s"] / rates["dfdc"]["frames_per_s"]
     assert rates["stage"]["frames"] == 6 and rates["job 2cpu 4N"]["frames"] == 24
     assert report["agreement"]["stage"]["frames_with_face"] == 2
-    assert set(report["targets"]) >= {"stage_x_decode", "iou_share", "rss_4n_x_n", "cpus_2_x_1"}
+    assert set(report["targets"]) >= {
+        "stage_x_decode",
+        "stage_x_dfdc",
+        "iou_share",
+        "rss_4n_x_n",
+        "cpus_2_x_1",
+    }
     assert all(v > 0 for v in report["peak_mib"].values())
 
 
