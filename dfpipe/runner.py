@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,16 +21,55 @@ log = logging.getLogger(__name__)
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else start a local Ray."""
+    """Connect to ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else to the head
+    ``ray start`` left running on this machine, else start a local Ray.
+
+    Ray records the last ``ray start`` head in a file of its temp folder and ``ray.init()`` joins it;
+    if that head was killed the file stays, and ``ray.init()`` retries the dead address for a minute
+    or forever. A recorded head that does not answer is reported and a local Ray starts instead.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        recorded, where = recorded_head()
+        if recorded and not answers(recorded):
+            log.warning(
+                "no Ray head answers at %s, recorded in %s by an earlier `ray start` (stopped or killed): "
+                "starting a local Ray; set RAY_ADDRESS to join a cluster",
+                recorded,
+                where,
+            )
+            address = "local"
     kwargs: dict[str, Any] = {"log_to_driver": True}
-    if address is None and num_cpus is not None:
+    if address in (None, "local") and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     ray.init(address=address, **kwargs)
+
+
+def recorded_head() -> tuple[str | None, str]:
+    """The head address the last ``ray start`` on this machine recorded, and the file holding it."""
+    tmp = os.environ.get("RAY_TMPDIR") or (
+        os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None
+    )
+    path = os.path.join(tmp or "/tmp", "ray", "ray_current_cluster")
+    try:
+        with open(path) as fh:
+            return fh.read().strip() or None, path
+    except OSError:
+        return None, path
+
+
+def answers(address: str, timeout: float = 2.0) -> bool:
+    """Whether anything accepts a TCP connection at ``host:port`` (a live head's GCS does)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def cluster_gpus() -> float:
