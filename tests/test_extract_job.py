@@ -172,3 +172,24 @@ def test_summary_warns_when_tracks_are_mostly_one_frame_long():
         "fragmented_tracks": {"videos": 1, "examples": ["v1"]},
     }
     assert "mostly one frame long (e.g. v1)" in format_summary(stats)
+
+
+def test_videos_in_flight_give_the_same_rows_through_ray(
+    ray_session, sample_dataset, extracted_sample, tmp_path
+):
+    """Actors holding several videos at once (as GPU actors do), their detections batched together:
+    every face row as one video at a time gives."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "extract"
+    args = ["extract", "--input", str(sample_dataset), "--output", str(out), "face_size=64", "frame_stride=2"]
+    assert main([*args, "videos_in_flight=3"]) == 0
+    cols = ["video_id", "frame_idx", "track_id", "flag", "detected", "box_x1", "box_y1", "box_x2", "box_y2"]
+
+    def rows(root):
+        t = pq.read_table(str(root / "faces"), columns=cols).to_pandas()
+        return t.sort_values(["video_id", "frame_idx", "box_x1"]).reset_index(drop=True).round(2)
+
+    ours, alone = rows(out), rows(extracted_sample)
+    assert len(ours) == len(alone) and ours.video_id.nunique() >= 8
+    assert ours.equals(alone)
