@@ -33,6 +33,13 @@ JOBS = {
 }
 
 
+def job_name(given: str) -> str:
+    """The job's name as JOBS spells it, whichever of ``_`` and ``-`` the user typed
+    (``score_video`` and ``train-embedder`` work as well as ``score-video`` and ``train_embedder``)."""
+    by_key = {k.replace("-", "_"): k for k in JOBS}
+    return by_key.get(given.replace("-", "_"), given)
+
+
 def _job(name: str):
     module_name, config_name = JOBS[name]
     module = importlib.import_module(module_name)
@@ -50,9 +57,11 @@ def usage() -> str:
 
 def job_help(name: str) -> str:
     module, cls = _job(name)
+    positional = getattr(module, "POSITIONAL", None)
+    first = positional.upper() if positional else "--input URI --output URI"
     return "\n".join(
         [
-            f"usage: dfpipe {name} --input URI --output URI [--config FILE.yaml] [--option value] [option=value ...]",
+            f"usage: dfpipe {name} {first} [--config FILE.yaml] [--option value] [option=value ...]",
             "",
             module.SUMMARY,
             "",
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
-    name, rest = argv[0], argv[1:]
+    name, rest = job_name(argv[0]), argv[1:]
     if name not in JOBS:
         print(f"dfpipe: unknown job {name!r}\n\n{usage()}", file=sys.stderr)
         return 2

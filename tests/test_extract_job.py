@@ -133,6 +133,14 @@ def test_wrong_arguments_exit_2_with_a_message(capsys, tmp_path):
     assert main(["nosuchjob"]) == 2
     assert main(["extract", "--help"]) == 0
     assert "frame_stride" in capsys.readouterr().out
+    # Either spelling of a job's name works: score-video / score_video, train_embedder / train-embedder.
+    for spelling, usage in (
+        ("score_video", "dfpipe score-video VIDEO"),
+        ("score-video", "dfpipe score-video VIDEO"),
+        ("train-embedder", "dfpipe train_embedder --input"),
+    ):
+        assert main([spelling, "--help"]) == 0
+        assert usage in capsys.readouterr().out
 
 
 def test_job_script_runs_as_a_subprocess(tmp_path):
