@@ -38,8 +38,9 @@ class _Request:
 class CallBatcher:
     """Calls ``fn(*lists) -> list`` (one result per item) on the items of concurrent callers.
 
-    Threads that will call it enter :meth:`member` first, so the batcher knows how many requests
-    can still come. A caller outside any member counts as one.
+    Threads that will call it are registered (:meth:`enter` before they start, :meth:`leave` when
+    done, or :meth:`member` around their work), so the batcher knows how many requests can still
+    come. A caller outside any member counts as one.
     """
 
     def __init__(
@@ -57,16 +58,25 @@ class CallBatcher:
         self.n_calls = 0  # calls of fn, and the items they carried
         self.n_items = 0
 
+    def enter(self, n: int = 1) -> None:
+        """``n`` more threads will call: register them before they start, or the first calls go out
+        before the others have arrived."""
+        with self._cv:
+            self._members += n
+
+    def leave(self) -> None:
+        """A thread that will not call again."""
+        with self._cv:
+            self._members -= 1
+            self._cv.notify_all()  # waiting requests may now be all there is
+
     @contextmanager
     def member(self) -> Iterator[None]:
-        with self._cv:
-            self._members += 1
+        self.enter()
         try:
             yield
         finally:
-            with self._cv:
-                self._members -= 1
-                self._cv.notify_all()  # waiting requests may now be all there is
+            self.leave()
 
     def __call__(self, *args: list) -> list:
         req = _Request(args)

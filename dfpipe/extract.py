@@ -12,6 +12,7 @@ Any failure is caught per video and recorded on its manifest row; the stage neve
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -106,13 +107,31 @@ class FaceExtractStage:
         if self.videos_in_flight <= 1 or len(videos) <= 1:
             return [self.process(v) for v in videos]
         n = min(self.videos_in_flight, len(videos))
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        for item in enumerate(videos):
+            todo.put(item)
+        out: list[dict] = [{}] * len(videos)
 
-        def one(video: dict) -> dict:
-            with self._detect.member(), self._verify.member():
-                return self.process(video, concurrent=n)
+        def worker() -> None:
+            """Takes videos until none is left; a member of the batchers until then."""
+            try:
+                while True:
+                    try:
+                        i, video = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    out[i] = self.process(video, concurrent=n)
+            finally:
+                self._detect.leave()
+                self._verify.leave()
 
+        # Every worker counts from the start, so the first calls wait for all of them.
+        self._detect.enter(n)
+        self._verify.enter(n)
         with ThreadPoolExecutor(n, "dfpipe-video") as pool:
-            return list(pool.map(one, videos))
+            for f in [pool.submit(worker) for _ in range(n)]:
+                f.result()  # a storage failure raises here, as in the one-video path
+        return out
 
     def process(self, video: dict, concurrent: int = 1) -> dict:
         """One manifest row for one catalog row; never raises for bad input. ``concurrent``: videos

@@ -33,9 +33,12 @@ def run_members(batcher: CallBatcher, work: list[list[list]]) -> list[list]:
     """Each worker submits its requests in order, as a video's keyframe detector would."""
 
     def worker(requests):
-        with batcher.member():
+        try:
             return [batcher(r) for r in requests]
+        finally:
+            batcher.leave()
 
+    batcher.enter(len(work))  # as process_many does: every worker counts before any starts
     with ThreadPoolExecutor(len(work)) as pool:
         return list(pool.map(worker, work))
 
@@ -156,9 +159,12 @@ def test_keyframe_detectors_of_several_videos_give_the_same_boxes_batched():
     batcher = CallBatcher(counting, max_items=64, max_wait=1.0, key=lambda f: f.shape)
 
     def one(video):
-        with batcher.member():
+        try:
             return boxes(batcher, video)
+        finally:
+            batcher.leave()
 
+    batcher.enter(8)
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(one, range(8)))
     assert together == alone
