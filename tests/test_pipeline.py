@@ -68,6 +68,11 @@ def test_rescore_scores_each_video_once(classifier_model, sample_dataset, tmp_pa
     assert main([*args, "--input", str(dump1)]) == 0
     first = read_scores(dump_output(str(root), str(dump1)), None)
     assert first.num_rows == len(list(dump1.glob("*.mp4")))
+    # The dump's folder is named as a person would look for it; its config keeps the full URI.
+    assert [p.name for p in (root / "dumps").iterdir()] == ["2026-11-24"]
+    assert json.loads((root / "dumps" / "2026-11-24" / "config.json").read_text())["config"]["input"] == str(
+        dump1
+    )
 
     # A new dump appears: only its videos are scored; the old dump has nothing new.
     shutil.copytree(sample_dataset / "dfdc_train_part_0", dump2)
@@ -91,6 +96,22 @@ def test_rescore_scores_each_video_once(classifier_model, sample_dataset, tmp_pa
     assert main([*args, "--input", str(dump1), "--all"]) == 0
     again = read_scores(dump_output(str(root), str(dump1)), None).to_pandas()
     assert again.video_id.is_unique and len(again) == first.num_rows
+
+
+def test_rescore_refuses_dumps_that_would_share_a_folder(tmp_path, capsys):
+    a, b = tmp_path / "east" / "2026-11-25", tmp_path / "west" / "2026-11-25"
+    for d in (a, b):
+        d.mkdir(parents=True)
+    root = tmp_path / "scores"
+    args = ["rescore", "--model", str(tmp_path / "model"), "--output", str(root)]
+    assert main([*args, "--input", str(a), "--input", str(b)]) == 2
+    err = capsys.readouterr().err
+    assert f"--input {a} and --input {b} would both be scored into" in err and "2026-11-25" in err
+    # A later run with a dump of the same name as one scored earlier is refused too.
+    (root / "dumps" / "2026-11-25").mkdir(parents=True)
+    (root / "dumps" / "2026-11-25" / "config.json").write_text(json.dumps({"config": {"input": str(a)}}))
+    assert main([*args, "--input", str(b)]) == 2
+    assert f"holds the scores of {a}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Scheduled rescoring: score only the videos of new dumps (or of a new model version).
 
-Each dump gets its own scoring output under ``OUTPUT/dumps/<dump name>/``; inside it, scoring
+Each dump gets its own scoring output under ``OUTPUT/dumps/<dump name>/`` (the last component of its
+URI; two dumps that would share a name are refused); inside it, scoring
 anti-joins against the scores already written for the current model version, so a run with
 nothing new does nothing. A lock keeps two overlapping runs (cron) from scoring twice.
 """
@@ -42,8 +43,42 @@ class RescoreConfig(C.RunOptions):
             raise ValueError(f"score.{clash[0]} is set by rescore itself; give it at the top level")
 
 
-def dump_output(root: str, dump: str) -> str:
-    return storage.join(root, "dumps", storage.safe_name(storage.normalize(dump).split("://")[-1].strip("/")))
+def dump_name(dump: str) -> str:
+    """A dump's folder name: the last component of its URI (``.../dumps/2026-11-25`` -> ``2026-11-25``)."""
+    return storage.safe_name(storage.normalize(dump).split("://")[-1].rstrip("/").rsplit("/", 1)[-1])
+
+
+def dump_output(root: str, dump: str, options: storage.StorageOptions | None = None) -> str:
+    """``OUTPUT/dumps/<dump name>/``; its ``config.json`` keeps the dump's full URI. A folder that an
+    older dfpipe named by the whole URI, percent-encoded, is still used where it exists."""
+    legacy = storage.join(
+        root, "dumps", storage.safe_name(storage.normalize(dump).split("://")[-1].strip("/"))
+    )
+    if storage.exists(legacy, options):
+        return legacy
+    return storage.join(root, "dumps", dump_name(dump))
+
+
+def check_names(dumps: tuple[str, ...], root: str, options: storage.StorageOptions | None) -> None:
+    """Refuse dumps that would share a folder: two inputs of this run, or an input and the dump an
+    earlier run scored there (read from that folder's config.json)."""
+    seen: dict[str, str] = {}
+    for dump in dumps:
+        name = dump_name(dump)
+        if name in seen and storage.normalize(seen[name]) != storage.normalize(dump):
+            raise C.ConfigError(
+                f"--input {seen[name]} and --input {dump} would both be scored into {root}/dumps/{name}/: "
+                "dumps are named by their last path component; give them distinct names (e.g. dated folders)"
+            )
+        seen[name] = dump
+        config = storage.join(dump_output(root, dump, options), "config.json")
+        if storage.exists(config, options):
+            earlier = storage.read_json(config, options).get("config", {}).get("input")
+            if earlier and storage.normalize(earlier) != storage.normalize(dump):
+                raise C.ConfigError(
+                    f"{root}/dumps/{name}/ holds the scores of {earlier}; --input {dump} has the same last path "
+                    "component: rename the dump or give another --output"
+                )
 
 
 def run(cfg: RescoreConfig) -> dict:
@@ -57,9 +92,11 @@ def run(cfg: RescoreConfig) -> dict:
         "s3_region": cfg.s3_region,
         "s3_anon": cfg.s3_anon,
     }
+    check_names(cfg.input, cfg.output, opts)
     configs = {
         d: C.build(
-            score_job.ScoreConfig, {**cfg.score, **common, "input": d, "output": dump_output(cfg.output, d)}
+            score_job.ScoreConfig,
+            {**cfg.score, **common, "input": d, "output": dump_output(cfg.output, d, opts)},
         )
         for d in cfg.input
     }
