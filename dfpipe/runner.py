@@ -135,6 +135,16 @@ def map_stage(ds, stage, num_gpus: float = 0.0, n_batches: int | None = None):
     )
 
 
+def read_parquet(uri: str, options=None, columns: list[str] | None = None):
+    """A Ray dataset streamed from the Parquet files under ``uri`` (local or object storage)."""
+    import ray
+
+    from dfpipe import storage
+
+    fs, path = storage.arrow_filesystem(uri, options)
+    return ray.data.read_parquet(path, filesystem=fs, columns=columns)
+
+
 def dataset_from_table(table: pa.Table, rows_per_block: int = 1):
     """A Ray dataset of ``table`` cut into small blocks, so an actor pool can spread the rows."""
     import ray

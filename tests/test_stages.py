@@ -296,3 +296,18 @@ def test_prefetched_keeps_order_raises_and_stops_with_its_consumer():
     n = len(produced)
     time.sleep(0.3)
     assert len(produced) == n <= 4
+
+
+def test_only_the_runner_imports_ray():
+    """STYLE.md: stages and jobs are Ray-free; one module turns them into Ray work."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "dfpipe"
+    offenders = [
+        f"{p.relative_to(root)}:{i}"
+        for p in sorted(root.rglob("*.py"))
+        if p.name != "runner.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.match(r"\s*(import ray\b|from ray\b)", line)
+    ]
+    assert offenders == []

@@ -68,12 +68,7 @@ def embed_windows(
 
 def read_split(rows_uri: str, split: str, opts):
     """A Ray dataset of the cached code sequences of one split whose tracks count (streamed from Parquet)."""
-    import ray
-
-    fs, path = storage.arrow_filesystem(rows_uri, opts)
-    ds = ray.data.read_parquet(
-        path,
-        filesystem=fs,
-        columns=["window_id", "video_id", "track_id", "label", "split", "counted", "codes"],
+    ds = runner.read_parquet(
+        rows_uri, opts, columns=["window_id", "video_id", "track_id", "label", "split", "counted", "codes"]
     )
     return ds.filter(lambda row: row["split"] == split and (row["counted"] is None or bool(row["counted"])))

@@ -357,10 +357,7 @@ def score_windows(
     rows_uri: str, window_ids: set[str], model: str, opts, num_workers: int | None
 ) -> dict[str, list[dict]]:
     """Logits of the cached windows in ``window_ids``, grouped by video."""
-    import ray
-
-    fs, path = storage.arrow_filesystem(rows_uri, opts)
-    ds = ray.data.read_parquet(path, filesystem=fs).filter(lambda r: r["window_id"] in window_ids)
+    ds = runner.read_parquet(rows_uri, opts).filter(lambda r: r["window_id"] in window_ids)
     stage = WindowScoreStage(
         model, storage_options=opts, resources=Resources(num_cpus=1, batch_size=256, max_workers=num_workers)
     )
