@@ -2,15 +2,27 @@
 PYTHON ?= python3
 DEMO_DIR ?= out/demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# No "running pip as root" warning in containers and CI.
+export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: install system-deps demo test test-all lint bench clean
+.PHONY: install system-deps lock demo test test-all lint bench clean
 
 system-deps:
 	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg; }
 
+# Exact versions from the lock (requirements-test.lock = requirements.lock + the test tools), so a
+# fresh install next year gets the stack the tests passed on.
 install: system-deps
-	$(PYTHON) -m pip install -q -r requirements-test.txt
+	$(PYTHON) -m pip install -q -r requirements-test.lock
 	$(PYTHON) -m pip install -q --no-deps -e .
+
+# Refresh the locks from requirements.txt / requirements-test.txt: every package to its newest
+# version they allow (PACKAGE=numpy upgrades only that one). Review the diff, run the tests, commit.
+LOCK = $(PYTHON) -m piptools compile --quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
+lock:
+	$(PYTHON) -m pip install -q pip-tools==7.6.2
+	$(LOCK) $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade) -o requirements.lock requirements.txt
+	$(LOCK) $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade) -c requirements.lock -o requirements-test.lock requirements-test.txt
 
 # The main job on the embedded default: generated sample data, a local Ray, local files.
 # A second `make demo` reuses everything already computed.

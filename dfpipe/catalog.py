@@ -54,6 +54,12 @@ class _Builder:
         # Relative names of every file below the root, from one listing (one LIST walk on S3).
         self.files = {f[len(prefix) :] if f.startswith(prefix) else f for f in files}
         self.entries: list[_Entry] = []
+        # Videos at the top level belong to the part named after the dataset folder, so a DFDC part
+        # given as the input names its videos' part as it would inside the whole dataset.
+        self.top_part = dataset_part(self.root)
+
+    def part_of(self, folder: str) -> str:
+        return folder or self.top_part
 
     def uri_of(self, rel: str) -> str:
         return storage.join(self.root, rel)
@@ -94,7 +100,7 @@ class _Builder:
 
     def from_metadata(self, meta_rel: str) -> None:
         folder = posixpath.dirname(meta_rel)
-        part = folder or "."
+        part = self.part_of(folder)
         listed: set[str] = set()
         try:
             # A byte-order mark (common from Windows tools) is not an error.
@@ -143,7 +149,7 @@ class _Builder:
                     csv_rel,
                     self.uri_of(csv_rel),
                     csv_rel,
-                    ".",
+                    self.top_part,
                     error=f"{R.REASON_BAD_METADATA}: {csv_rel} needs a 'filename' column (filename,label)",
                 )
             )
@@ -157,12 +163,16 @@ class _Builder:
             )
             original = (row.get(fields["original"]) or "").strip() if "original" in fields else ""
             self.add(
-                name, posixpath.dirname(name) or ".", label, _stem(original) if original else None, error
+                name,
+                self.part_of(posixpath.dirname(name)),
+                label,
+                _stem(original) if original else None,
+                error,
             )
 
     def from_folder(self) -> None:
         for rel in sorted(f for f in self.files if f.lower().endswith(VIDEO_EXTENSIONS)):
-            self.add(rel, posixpath.dirname(rel) or ".")
+            self.add(rel, self.part_of(posixpath.dirname(rel)))
 
     def table(self) -> pa.Table:
         seen: dict[str, str] = {}
@@ -187,6 +197,11 @@ class _Builder:
         return pa.table(cols, schema=R.CATALOG_SCHEMA)
 
 
+def dataset_part(folder_uri: str) -> str:
+    """The part of a video directly inside ``folder_uri``: the folder's own name."""
+    return posixpath.basename(storage.strip_protocol(folder_uri).rstrip("/")) or "."
+
+
 def build_catalog(input_uri: str, options: storage.StorageOptions | None = None) -> pa.Table:
     """Find the videos under ``input_uri``: DFDC ``metadata.json`` parts, else ``labels.csv``, else every video file."""
     if not storage.is_dir(input_uri, options):
@@ -203,7 +218,7 @@ def build_catalog(input_uri: str, options: storage.StorageOptions | None = None)
         covered = {posixpath.dirname(m) for m in metadata}
         for rel in sorted(f for f in builder.files if f.lower().endswith(VIDEO_EXTENSIONS)):
             if posixpath.dirname(rel) not in covered:
-                builder.add(rel, posixpath.dirname(rel) or ".")
+                builder.add(rel, builder.part_of(posixpath.dirname(rel)))
     elif "labels.csv" in builder.files:
         builder.from_labels_csv("labels.csv")
     else:

@@ -17,6 +17,7 @@ import typing
 from typing import Any, NoReturn
 
 from dfpipe import config as C
+from dfpipe import console
 
 # job name -> module under dfpipe.jobs with NAME, SUMMARY, a Config dataclass, run() and format_summary().
 JOBS = {
@@ -131,7 +132,12 @@ def parse_args(cls, argv: list[str]) -> Any:
     return C.build(cls, merged)
 
 
-def run_job(name: str, argv: list[str]) -> int:
+def run_job(name: str, argv: list[str], log_file: bool = False) -> int:
+    """Parse ``argv`` for job ``name``, run it, print its summary; the exit code.
+
+    With ``log_file`` (a job run as a process), a job that runs on Ray sends Ray's output and
+    everything else but its own lines to ``OUTPUT/logs/<job>-<time>.log`` unless ``--verbose``.
+    """
     if any(a in ("-h", "--help") for a in argv):
         print(job_help(name))
         return 0
@@ -139,36 +145,59 @@ def run_job(name: str, argv: list[str]) -> int:
     try:
         cfg = parse_args(cls, argv)
     except C.ConfigError as exc:
-        print(f"dfpipe {name}: error: {exc}", file=sys.stderr)
-        print(f"run 'dfpipe {name} --help' for the options", file=sys.stderr)
+        console.shout(f"dfpipe {name}: error: {exc}")
+        console.shout(f"run 'dfpipe {name} --help' for the options")
         return 2
+    if not (log_file and getattr(module, "RAY", False) and not cfg.verbose):
+        return _run(name, module, cfg)
+    from dfpipe import storage
+
+    where = storage.join(cfg.output, "logs", console.log_name(name))
+    with console.log_file(where, cfg.storage_options):
+        console.say(
+            f"dfpipe {name}: Ray's output and other details go to {where} (--verbose prints them here)"
+        )
+        try:
+            return _run(name, module, cfg)
+        finally:  # Ray's last forwarded lines are flushed at shutdown: into the log, not after the table
+            if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+                sys.modules["ray"].shutdown()
+
+
+def _run(name: str, module, cfg) -> int:
     try:
         summary = module.run(cfg)
     except C.ConfigError as exc:
-        print(f"dfpipe {name}: error: {exc}", file=sys.stderr)
+        console.shout(f"dfpipe {name}: error: {exc}")
         return 2
     except C.JobError as exc:
-        print(f"dfpipe {name}: {exc}", file=sys.stderr)
+        console.shout(f"dfpipe {name}: {exc}")
         return 1
     except OSError as exc:
-        traceback.print_exc()
+        _traceback()
         where = " or ".join(str(u) for u in (getattr(cfg, "input", None), getattr(cfg, "output", None)) if u)
-        print(
+        console.shout(
             f"dfpipe {name}: storage error: {type(exc).__name__}: {exc}\n"
             f"check that {where or 'the storage'} is reachable with these credentials; "
-            "a rerun keeps the work already finished",
-            file=sys.stderr,
+            "a rerun keeps the work already finished"
         )
         return 1
     if hasattr(module, "print_result"):
         module.print_result(summary, cfg)
     else:
-        print(f"\n== {name} done ==")
-        print(module.format_summary(summary))
+        console.say(f"\n== {name} done ==")
+        console.say(module.format_summary(summary))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _traceback() -> None:
+    """The current exception's traceback on the console, and in the log file when there is one."""
+    traceback.print_exc(file=console.err())
+    if console.err() is not sys.stderr:
+        traceback.print_exc()
+
+
+def main(argv: list[str] | None = None, log_file: bool = False) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -181,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     positional = getattr(_job(name)[0], "POSITIONAL", None)
     if positional and rest and not rest[0].startswith("-") and "=" not in rest[0]:
         rest = [f"--{positional}", *rest]  # dfpipe score-video FILE.mp4 --model DIR, dfpipe check OUTPUT
-    return run_job(name, rest)
+    return run_job(name, rest, log_file)
 
 
 def exit_process(code: int) -> NoReturn:
@@ -207,10 +236,10 @@ def exit_process(code: int) -> NoReturn:
         os._exit(code)
 
 
-def console() -> NoReturn:
-    """The ``dfpipe`` command."""
-    exit_process(main())
+def script(job: str | None = None) -> NoReturn:
+    """A job run as a process: ``dfpipe <job> ...`` (``job`` None) or ``python jobs/<job>.py ...``."""
+    exit_process(main(([job] if job else []) + sys.argv[1:], log_file=True))
 
 
 if __name__ == "__main__":
-    console()
+    script()

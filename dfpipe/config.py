@@ -195,6 +195,9 @@ class RunOptions:
     s3_region: str | None = option(None, "S3 region (default: the AWS environment)")
     s3_anon: bool = option(False, "anonymous S3 access (public buckets)")
     ray_address: str | None = option(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    verbose: bool = option(
+        False, "print Ray's logs and progress blocks here too (by default they go to OUTPUT/logs/)"
+    )
 
     @property
     def storage_options(self):

@@ -12,11 +12,34 @@ from dfpipe import metrics as M
 HEADLINE = ("n", "log_loss", "balanced_log_loss", "accuracy", "roc_auc", "average_precision", "eer")
 
 
+UNSPLIT = "unsplit"  # videos the model never saw in training, validation or testing (a new dump)
+SPLIT_NOTES = {
+    "test": "held out",
+    "val": "chose the epoch and temperature",
+    "train": "trained on",
+    UNSPLIT: "not in the model's data",
+}
+
+
 def evaluate(videos: pd.DataFrame, windows: pd.DataFrame) -> dict:
-    """Video- and window-level metrics, per part and per split, from labelled rows."""
-    v = videos[videos.label.notna()]
+    """Video- and window-level metrics, per part and per split, from labelled rows.
+
+    The headline is what tells how the model does on videos it never learned from: the held-out
+    test split when there is one, else the unsplit videos (another dataset, a new dump); only when
+    every video was in training or validation is it all of them, and it says so.
+    """
+    v = videos[videos.label.notna()].assign(split=lambda d: d.split.fillna(UNSPLIT))
     w = windows[windows.label.notna()]
+    headline_split = next((s for s in ("test", UNSPLIT) if (v.split == s).any()), None)
+    head = v[v.split == headline_split] if headline_split else v
     report = {
+        "headline": {
+            "name": f"{headline_split} ({SPLIT_NOTES[headline_split]})"
+            if headline_split
+            else "all (train and val)",
+            "split": headline_split,
+            **M.summary(head.label.to_numpy(int), head.prob_fake.to_numpy(float)),
+        },
         "video": M.summary(v.label.to_numpy(int), v.prob_fake.to_numpy(float)),
         "window": M.summary(w.label.to_numpy(int), w.prob_fake.to_numpy(float)) if len(w) else None,
         "by_part": {
@@ -48,9 +71,20 @@ def _fmt(value) -> str:
 
 
 def table(report: dict) -> str:
-    """The headline table, as Markdown."""
-    rows = [("video", report["video"]), ("window", report["window"])]
-    rows += [(f"video, split {k}", s) for k, s in report["by_split"].items()]
+    """The metric table, as Markdown: the headline first, then rows that mix in training or
+    validation videos, labelled so, then each split and part."""
+    head = report.get("headline") or {"name": "all", "split": None, **report["video"]}
+    mixed = set(report["by_split"]) - {head["split"]}
+    everything = f"all ({', '.join(sorted(mixed))} included)" if mixed else "all"
+    rows = [(f"video, {head['name']}", head)]
+    if mixed and head["split"]:
+        rows += [(f"video, {everything}", report["video"])]
+    rows += [(f"window, {everything}", report["window"])]
+    rows += [
+        (f"video, split {k} ({SPLIT_NOTES.get(k, k)})", s)
+        for k, s in sorted(report["by_split"].items(), key=lambda kv: _split_order(kv[0]))
+        if k != head["split"]
+    ]
     rows += [(f"video, part {k}", s) for k, s in report["by_part"].items()]
     lines = ["| level | " + " | ".join(HEADLINE) + " |", "|---|" + "---|" * len(HEADLINE)]
     for name, s in rows:
@@ -59,15 +93,20 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _split_order(split: str) -> int:
+    return list(SPLIT_NOTES).index(split) if split in SPLIT_NOTES else len(SPLIT_NOTES)
+
+
 def markdown(report: dict, model_version: str) -> str:
-    c = report["video"]["confusion"]
+    head = report.get("headline") or {"name": "all", **report["video"]}
+    c = head["confusion"]
     return "\n".join(
         [
             f"# Evaluation of model {model_version}",
             "",
             table(report),
             "",
-            "Video confusion matrix at 0.5 (rows: truth, columns: prediction):",
+            f"Video confusion matrix at 0.5, {head['name']} (rows: truth, columns: prediction):",
             "",
             "| | REAL | FAKE |",
             "|---|---|---|",

@@ -12,7 +12,9 @@ import math
 import os
 import socket
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -163,13 +165,14 @@ def iter_tables(ds) -> Iterator[pa.Table]:
 class RayTrainContext:
     """A :class:`dfpipe.training.TrainContext` backed by Ray Train, inside a TorchTrainer worker."""
 
-    def __init__(self):
+    def __init__(self, progress=None):
         import ray.train
         import ray.train.torch
 
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.progress = progress  # a ray.util.queue.Queue the driver reads epoch metrics from
 
     def batches(self, name, batch_size, shuffle=False):
         import ray.train
@@ -203,12 +206,26 @@ class RayTrainContext:
         import ray.train
         import torch
 
+        if self.rank == 0:
+            self._tell_driver(metrics)
         if state is None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, os.path.join(folder, "state.pt"))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def _tell_driver(self, metrics: dict) -> None:
+        """Epoch metrics go to the driver, which prints them once (worker stdout is only logged)."""
+        if self.progress is None:
+            from dfpipe.training import epoch_line
+
+            print(epoch_line(metrics), flush=True)
+            return
+        try:
+            self.progress.put_nowait(dict(metrics))
+        except Exception as exc:  # the driver's progress lines are not worth a failed epoch
+            log.warning("could not send epoch metrics to the driver: %s", exc)
 
     def all_gather(self, obj):
         import torch.distributed as dist
@@ -221,7 +238,7 @@ class RayTrainContext:
 
 
 def _train_worker(config: dict) -> None:
-    config["loop"](config["config"], RayTrainContext())
+    config["loop"](config["config"], RayTrainContext(config.get("progress")))
 
 
 def fit(
@@ -237,11 +254,14 @@ def fit(
     max_failures: int = 0,
     keep_checkpoints: int = 2,
     select_by: str = "val_loss",
+    on_report: Callable[[dict], None] | None = None,
 ):
     """Run ``loop`` on a TorchTrainer; rerunning with the same ``storage_path`` and ``name`` resumes.
 
-    Returns ``(best_state, latest_state)``: the checkpoint states with the lowest ``select_by``
-    metric and the last one (whose history covers every epoch).
+    ``on_report(metrics)`` runs on the driver for each epoch rank 0 reports (through a queue actor),
+    so the driver, not the workers, prints progress. Returns ``(best_state, latest_state)``: the
+    checkpoint states with the lowest ``select_by`` metric and the last one (whose history covers
+    every epoch).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -250,9 +270,14 @@ def fit(
     from dfpipe.modelio import load_state
 
     fs, path = storage.arrow_filesystem(storage_path, storage_options)
+    progress = None
+    if on_report is not None:
+        from ray.util.queue import Queue
+
+        progress = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"loop": loop, "config": loop_config},
+        train_loop_config={"loop": loop, "config": loop_config, "progress": progress},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=name,
@@ -267,7 +292,8 @@ def fit(
         ),
         datasets=datasets,
     )
-    result = trainer.fit()
+    with _forwarded(progress, on_report):
+        result = trainer.fit()
 
     def read(checkpoint):
         with checkpoint.as_directory() as folder, open(os.path.join(folder, "state.pt"), "rb") as f:
@@ -277,6 +303,42 @@ def fit(
     finite = [r for r in ranked if r[0] is not None and r[0] == r[0]]
     best = min(finite, key=lambda r: (r[0], r[1]))[2] if finite else result.checkpoint
     return read(best), read(result.checkpoint)
+
+
+@contextmanager
+def _forwarded(queue, on_report: Callable[[dict], None] | None) -> Iterator[None]:
+    """While the block runs, a driver thread hands what arrives on ``queue`` to ``on_report``."""
+    if queue is None or on_report is None:
+        yield
+        return
+    from ray.util.queue import Empty
+
+    stop = threading.Event()
+
+    def forward(block: bool) -> bool:
+        try:
+            item = queue.get(block=block, timeout=0.5 if block else None)
+        except Empty:
+            return False
+        on_report(item)
+        return True
+
+    def pump() -> None:
+        while not stop.is_set():
+            forward(True)
+
+    thread = threading.Thread(target=pump, name="dfpipe-train-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        try:
+            while forward(False):
+                pass
+        finally:
+            queue.shutdown()
 
 
 def map_fn(ds, fn, batch_size: int, num_cpus: float = 1.0):

@@ -279,6 +279,17 @@ def delete(uri: str, options: StorageOptions | None = None) -> None:
         fs.rm(path, recursive=True)
 
 
+def delete_all_but(uri: str, keep: set[str], options: StorageOptions | None = None) -> None:
+    """Delete what is inside ``uri`` except the entries named in ``keep`` (e.g. ``logs``, where the
+    running job is writing its log)."""
+    fs, path = filesystem(uri, options)
+    if not fs.exists(path):
+        return
+    for entry in fs.ls(path, detail=False):
+        if entry.rstrip("/").rsplit("/", 1)[-1] not in keep:
+            fs.rm(entry, recursive=True)
+
+
 @contextmanager
 def local_copy(uri: str, options: StorageOptions | None = None) -> Iterator[str]:
     """A local path holding ``uri``'s bytes: the file itself when local, else a temporary download."""

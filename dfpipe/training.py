@@ -65,6 +65,7 @@ class LocalContext:
         return self.state
 
     def report(self, metrics, state):
+        print(epoch_line(metrics), flush=True)
         self.reports.append(metrics)
         if state is not None:
             self.state = state
@@ -304,13 +305,6 @@ def _validate_classifier(model, ctx: TrainContext, cfg: dict, shape) -> dict:
 
 
 def _report(ctx: TrainContext, metrics: dict, model, optimizer, epoch: int, history: list[dict]) -> None:
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    if ctx.rank == 0:
-        print(
-            "epoch "
-            + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in clean.items()),
-            flush=True,
-        )
     state = None
     if ctx.rank == 0:
         state = {
@@ -322,27 +316,66 @@ def _report(ctx: TrainContext, metrics: dict, model, optimizer, epoch: int, hist
     ctx.report({k: v for k, v in metrics.items()}, state)
 
 
+def epoch_line(metrics: dict, keys: tuple[str, ...] | None = None) -> str:
+    """``epoch 3: train_loss 0.6880, val_auc 0.8220, ...`` (epochs counted from 1), for logs and progress."""
+    shown = [k for k in (keys or metrics) if k != "epoch" and metrics.get(k) is not None]
+
+    def fmt(v):
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+
+    return f"epoch {int(metrics.get('epoch', 0)) + 1}: " + ", ".join(f"{k} {fmt(metrics[k])}" for k in shown)
+
+
+CURVE_PANELS = (  # one panel per kind of quantity: (kind, title, test on the metric's name)
+    ("loss", "loss", lambda k: "loss" in k),
+    ("quality", "AUC and accuracy", lambda k: k.endswith(("auc", "acc", "accuracy"))),
+    ("throughput", "throughput (items/s)", lambda k: k.endswith("per_s")),
+    ("lr", "learning rate", lambda k: k in ("lr", "learning_rate")),
+    ("counts", "validation counts", lambda k: k.endswith(("faces", "windows", "videos"))),
+)
+
+
+def metric_kind(key: str) -> str:
+    """``loss``, ``quality``, ``throughput``, ``lr``, ``counts`` or ``other``: metrics of one kind share
+    a scale (a panel of curves.png, a TensorBoard group)."""
+    return next((kind for kind, _, test in CURVE_PANELS if test(key)), "other")
+
+
 def plot_curves(history: list[dict], path: str, title: str) -> None:
-    """A PNG of the training curves: losses on the left, the other validation metrics on the right."""
+    """A PNG of the training curves (see :func:`curves_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(history, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves_figure(history: list[dict], title: str):
+    """Training curves, one panel per kind of quantity (losses, AUC and accuracy, throughput,
+    learning rate, counts), so no two scales share an axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in sorted({k for h in history for k in h}):
+    panels: dict[str, list[str]] = {}
+    for key in sorted({k for h in history for k in h} - {"epoch", "seconds"}):
         values = [h.get(key) for h in history]
-        if key in ("epoch", "seconds", "train_per_s") or not all(isinstance(v, float | int) for v in values):
-            continue
-        (a if "loss" in key else b).plot(epochs, values, marker="o", label=key)
-    for ax, name in ((a, "loss"), (b, "validation metrics")):
+        if all(isinstance(v, float | int) for v in values):
+            panels.setdefault(metric_kind(key), []).append(key)
+    titles = {kind: title for kind, title, _ in CURVE_PANELS} | {"other": "other"}
+    order = [kind for kind in titles if kind in panels]
+    fig, axes = plt.subplots(1, max(1, len(order)), figsize=(4.2 * max(1, len(order)), 3.8), squeeze=False)
+    for ax, kind in zip(axes[0], order, strict=False):
+        for key in panels[kind]:
+            ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
         ax.set_xlabel("epoch")
-        ax.set_title(name)
+        ax.set_title(titles[kind])
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
+        ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

@@ -1,10 +1,8 @@
 """The whole pipeline: ``python jobs/pipeline.py --input DATASET --output ROOT [--config FILE] [key=value ...]``."""
 
-import sys
-
 import _bootstrap  # noqa: F401  (puts the checkout on sys.path)
 
-from dfpipe.cli import exit_process, main
+from dfpipe.cli import script
 
 if __name__ == "__main__":
-    exit_process(main(["run", *sys.argv[1:]]))
+    script("run")

@@ -1,10 +1,8 @@
 """Training job: ``python jobs/train_embedder.py --input SEGMENT_URI --output MODEL_DIR [--config FILE] [key=value ...]``."""
 
-import sys
-
 import _bootstrap  # noqa: F401  (puts the checkout on sys.path)
 
-from dfpipe.cli import exit_process, main
+from dfpipe.cli import script
 
 if __name__ == "__main__":
-    exit_process(main(["train_embedder", *sys.argv[1:]]))
+    script("train_embedder")

@@ -220,3 +220,73 @@ def test_cronjob_reaches_the_cluster_with_its_token():
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     assert "git clone" not in " ".join(container["args"]), "the code is in the cluster's image"
     assert os.path.basename(container["image"]).startswith("dfpipe:")
+
+
+# --- installs from the lock -----------------------------------------------------------------------
+
+
+def pins(name: str) -> dict[str, str]:
+    """``package -> version`` of a lock file (pip-compile output: ``name==version`` lines)."""
+    from packaging.utils import canonicalize_name
+
+    out = {}
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            package, sep, version = line.partition("==")
+            assert sep and version, f"{name}: {line!r} is not pinned exactly"
+            out[canonicalize_name(package)] = version
+    return out
+
+
+def wanted(name: str) -> set[str]:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    names = set()
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(canonicalize_name(Requirement(line).name))
+    return names
+
+
+def test_every_install_uses_the_lock():
+    """requirements.txt says what dfpipe needs; the locks pin every package installed, and every
+    install (make install, hence CI; the cluster launcher's nodes; the deploy image) uses them."""
+    runtime, test = pins("requirements.lock"), pins("requirements-test.lock")
+    assert wanted("requirements.txt") <= set(runtime), "a requirement is missing from requirements.lock"
+    assert wanted("requirements-test.txt") <= set(test), "a test tool is missing from requirements-test.lock"
+    assert {k: test[k] for k in runtime} == runtime, "the two locks disagree: run `make lock`"
+    for loose in (ROOT / "requirements.txt").read_text().splitlines():
+        if "==" in loose:  # the versions requirements.txt pins are the ones locked
+            from packaging.requirements import Requirement
+
+            req = Requirement(loose.split("#")[0].strip())
+            assert req.specifier.contains(runtime[req.name.lower()]), loose
+    make = (ROOT / "Makefile").read_text()
+    assert "pip install -q -r requirements-test.lock" in make
+    assert "piptools compile" in make and "\nlock:" in make
+    assert "pip install -q -r /home/ray/dfpipe/requirements.lock" in load("cluster.yaml")["setup_commands"][1]
+    assert "/home/ray/dfpipe/requirements.lock" in load("cluster.yaml")["file_mounts"]
+    assert (
+        "RUN pip install --no-cache-dir -q -r requirements.lock"
+        in (ROOT / "deploy" / "Dockerfile").read_text()
+    )
+
+
+def test_this_environment_is_the_lock():
+    """What the tests run on is what the lock says (make install installs from it); a drifted
+    environment is named here rather than found as an odd failure elsewhere."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    drift = []
+    for package, locked in pins("requirements-test.lock").items():
+        try:
+            installed = version(package)
+        except PackageNotFoundError:
+            drift.append(f"{package}: not installed, lock {locked}")
+            continue
+        if installed.split("+")[0] != locked:
+            drift.append(f"{package}: installed {installed}, lock {locked}")
+    assert not drift, "run `make install` (pip install -r requirements-test.lock): " + "; ".join(drift)

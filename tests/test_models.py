@@ -192,3 +192,33 @@ def test_embedder_loop_loss_goes_down():
     losses = [r["train_loss"] for r in ctx.reports]
     assert losses[-1] < losses[0], losses
     assert ctx.reports[-1]["val_auc"] > 0.5
+
+
+def test_training_curves_give_each_kind_of_quantity_its_own_panel():
+    """Counts (val_faces: hundreds) never share an axis with AUC (0..1)."""
+    import matplotlib.pyplot as plt
+
+    from dfpipe.training import curves_figure
+
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 0.7 - 0.1 * e,
+            "val_loss": 0.6,
+            "val_auc": 0.8,
+            "val_video_acc": 0.75,
+            "val_faces": 128,
+            "train_per_s": 40.0 + e,
+            "seconds": 3.0,
+        }  # fmt: skip
+        for e in range(3)
+    ]
+    fig = curves_figure(history, "embedder")
+    panels = {ax.get_title(): sorted(line.get_label() for line in ax.lines) for ax in fig.axes}
+    plt.close(fig)
+    assert panels == {
+        "loss": ["train_loss", "val_loss"],
+        "AUC and accuracy": ["val_auc", "val_video_acc"],
+        "throughput (items/s)": ["train_per_s"],
+        "validation counts": ["val_faces"],
+    }

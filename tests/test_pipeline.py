@@ -31,7 +31,10 @@ def test_pipeline_end_to_end_then_reuses_everything(ray_session, sample_dataset,
     out = tmp_path / "run"
     assert main(["run", "--input", str(sample_dataset), "--output", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
-    assert "| video |" in printed and "report.md" in printed, "the evaluation table is printed"
+    assert "report.md" in printed and printed.count("| level |") == 1, "the evaluation table, once"
+    first_row = printed.split("| level |")[1].splitlines()[2]
+    # no test split and no video outside the model's data here: the headline says so
+    assert first_row.startswith("| video, all (train and val) |"), first_row
     for path in (
         "extract/stats.json",
         "segment/stats.json",

@@ -112,3 +112,26 @@ def test_score_on_s3_follows_the_models_recipe(bucket, classifier_model, s3_extr
     ]
     tracks = storage.read_parquet_dir(f"s3://{segment}/tracks", schema=R.TRACKS_SCHEMA)
     assert tracks.num_rows >= len(with_windows)
+
+
+def test_training_metrics_reach_tensorboard_files_on_s3(bucket, s3_endpoint, tmp_path):
+    """A model output on S3 gets its TensorBoard event files there, epoch by epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dfpipe.jobs import _training as T
+    from dfpipe.jobs.train_classifier import TrainClassifierConfig
+
+    cfg = TrainClassifierConfig(
+        input="s3://dfpipe-test/seg", embedder="s3://dfpipe-test/emb", output="s3://dfpipe-test/tb-model",
+        epochs=2, s3_endpoint_url=s3_endpoint,
+    )  # fmt: skip
+    report = T.EpochReport("train_classifier", cfg, ("train_loss",))
+    report({"epoch": 0, "train_loss": 0.7, "val_video_acc": 0.5, "train_per_s": 900.0, "val_windows": 32})
+    assert bucket.ls("dfpipe-test/tb-model/tensorboard"), "uploaded after the first epoch"
+    report({"epoch": 1, "train_loss": 0.4, "val_video_acc": 0.75, "train_per_s": 950.0, "val_windows": 32})
+    report.close()
+    bucket.get("dfpipe-test/tb-model/tensorboard", str(tmp_path / "tb"), recursive=True)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("quality/val_video_acc")] == [0.5, 0.75]
+    assert [e.step for e in events.Scalars("throughput/train_per_s")] == [0, 1]

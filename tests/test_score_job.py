@@ -294,3 +294,43 @@ def test_a_poster_and_a_background_face_do_not_decide_the_score(classifier_model
     mine = [w["prob_fake"] for w in record["windows"] if w["track_id"] == main_track["track_id"]]
     assert record["prob_fake"] == pytest.approx(min(max(np.mean(mine), 0.01), 0.99), abs=1e-6)
     assert png.stat().st_size > 5000
+
+
+def report_of(splits: list[str | None]):
+    import pandas as pd
+
+    from dfpipe import report as rep
+
+    n = len(splits)
+    videos = pd.DataFrame(
+        {
+            "label": [i % 2 for i in range(n)],
+            "prob_fake": [0.2 + 0.6 * (i % 2) for i in range(n)],
+            "split": splits,
+            "part": ["p"] * n,
+            "reason": [None] * n,
+        }
+    )
+    windows = videos[["label", "prob_fake"]]
+    report = rep.evaluate(videos, windows)
+    rows = [line.split("|")[1].strip() for line in rep.table(report).splitlines()[2:]]
+    return report, rows
+
+
+def test_the_report_headline_is_what_the_model_never_learned_from():
+    report, rows = report_of(["train"] * 4 + ["val"] * 2 + ["test"] * 2)
+    assert report["headline"]["n"] == 2 and report["headline"]["split"] == "test"
+    assert rows[:3] == [
+        "video, test (held out)",
+        "video, all (train, val included)",
+        "window, all (train, val included)",
+    ]
+    assert rows[3:5] == [
+        "video, split val (chose the epoch and temperature)",
+        "video, split train (trained on)",
+    ]
+    report, rows = report_of([None] * 4)  # another dataset, a new dump: not `train`
+    assert rows[0] == "video, unsplit (not in the model's data)" and report["headline"]["n"] == 4
+    assert not [r for r in rows if "train" in r]
+    report, rows = report_of(["train"] * 4 + ["val"] * 2)
+    assert rows[0] == "video, all (train and val)"

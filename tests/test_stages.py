@@ -183,6 +183,24 @@ def test_catalog_labels_csv(tmp_path):
     assert R.reason_of(rows["c"]["error"]) == R.REASON_MISSING_FILE
 
 
+def test_top_level_videos_belong_to_the_part_named_after_the_dataset_folder(tmp_path):
+    """Not `part .` in reports: a DFDC part given as the input names its videos' part as the whole
+    dataset would, and a plain dump's videos are in the dump's part."""
+    part = tmp_path / "dfdc" / "dfdc_train_part_7"
+    part.mkdir(parents=True)
+    (part / "a.mp4").write_bytes(b"x")
+    (part / "metadata.json").write_text(json.dumps({"a.mp4": {"label": "FAKE"}}))
+    from_root = build_catalog(str(tmp_path / "dfdc")).to_pylist()
+    from_part = build_catalog(str(part) + "/").to_pylist()
+    assert [r["part"] for r in from_root] == [r["part"] for r in from_part] == ["dfdc_train_part_7"]
+    dump = tmp_path / "2026-11-25"
+    dump.mkdir()
+    (dump / "b.mp4").write_bytes(b"x")
+    assert [r["part"] for r in build_catalog(str(dump)).to_pylist()] == ["2026-11-25"]
+    (dump / "labels.csv").write_text("filename,label\nb.mp4,REAL\n")
+    assert [r["part"] for r in build_catalog(str(dump)).to_pylist()] == ["2026-11-25"]
+
+
 def test_catalog_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a folder"):
         build_catalog(str(tmp_path / "nope"))
@@ -311,3 +329,54 @@ def test_only_the_runner_imports_ray():
         if re.match(r"\s*(import ray\b|from ray\b)", line)
     ]
     assert offenders == []
+
+
+def explain_inputs():
+    """Faces of two tracks over 40 frames, track 1 a poster that does not count, and its record."""
+    import pyarrow as pa
+
+    face = encode_jpeg(np.full((32, 32, 3), 128, np.uint8))
+    rows = [
+        {"frame_idx": f, "track_id": t, "flag": R.FLAG_OK if f % 9 else R.FLAG_NO_FACE, "face_jpeg": face}
+        for f in range(40)
+        for t in (0, 1)
+    ]
+    record = {
+        "video_id": "abc",
+        "prob_fake": 0.8,
+        "n_windows": 4,
+        "tracks": [
+            {"track_id": 0, "counted": True, "reason": None},
+            {"track_id": 1, "counted": False, "reason": "still: a poster or photograph"},
+        ],
+        "windows": [
+            {"track_id": t, "start_frame": s, "prob_fake": 0.5 + 0.1 * t} for t in (0, 1) for s in (0, 16)
+        ],
+    }
+    return pa.Table.from_pylist(rows), record
+
+
+def test_explain_figure_title_clear_of_thumbnails_and_uncounted_tracks_apart():
+    import matplotlib.pyplot as plt
+
+    from dfpipe.explain import explain_figure
+
+    faces, record = explain_inputs()
+    fig = explain_figure(faces, record, window_frames=16)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    thumbs = [ax for ax in fig.get_axes() if ax.images]
+    assert thumbs and not [ax for ax in thumbs if ax.get_tightbbox(renderer).overlaps(title)]
+    counted, apart = fig.subfigs[0], fig.subfigs[1]
+    assert counted._suptitle.get_text().startswith("tracks counted") and apart._suptitle.get_text() == (
+        "tracks not counted"
+    )
+
+    def rows_of(panel):
+        return [ax.get_window_extent(renderer) for ax in panel.get_axes() if ax.images]
+
+    lowest_counted = min(b.y0 for b in rows_of(counted))
+    assert rows_of(apart) and max(b.y1 for b in rows_of(apart)) < lowest_counted, "not counted: below"
+    assert not [b for b in rows_of(apart) if b.overlaps(counted._suptitle.get_window_extent(renderer))]
+    plt.close(fig)

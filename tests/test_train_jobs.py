@@ -28,6 +28,17 @@ def test_embedder_artefacts_resume_and_reload(embedder):
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
     assert all(0.0 <= h["val_auc"] <= 1.0 for h in history)
     assert (embedder / "curves.png").stat().st_size > 1000
+    # every epoch, both invocations, in TensorBoard event files that tensorboard itself reads
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(embedder / "tensorboard"))
+    events.Reload()
+    assert {"loss/train_loss", "loss/val_loss", "quality/val_auc", "counts/val_faces"} <= set(
+        events.Tags()["scalars"]
+    )
+    logged = events.Scalars("loss/train_loss")
+    assert [e.step for e in logged] == [0, 1, 2]
+    assert [e.value for e in logged] == pytest.approx([h["train_loss"] for h in history], rel=1e-6)
     config = json.loads((embedder / "config.json").read_text())
     assert config["config"]["seed"] == meta["seed"] == 0
     model, _ = modelio.load_model(str(embedder), "face_embedder")
@@ -165,3 +176,19 @@ def test_training_reads_only_windows_of_counted_tracks(ray_session, tmp_path):
     kept = read_split(str(tmp_path / "windows"), "val", None).take_all()
     assert sorted(r["window_id"] for r in kept) == ["w0", "w2"]
     assert read_split(str(tmp_path / "windows"), "train", None).take_all() == []
+
+
+def test_overwrite_starts_a_model_again_but_keeps_the_logs(tmp_path):
+    """`--overwrite` removes the old model and checkpoints, not logs/ (this run's log is open there)."""
+    from dfpipe.jobs import _training as T
+    from dfpipe.jobs.train_embedder import TrainEmbedderConfig
+
+    out = tmp_path / "embedder"
+    (out / "_train").mkdir(parents=True)
+    (out / "model.json").write_text("{}")
+    (out / "logs").mkdir()
+    (out / "logs" / "train_embedder-1.log").write_text("an earlier run\n")
+    cfg = TrainEmbedderConfig(input=str(tmp_path / "segment"), output=str(out), overwrite=True)
+    assert T.prepare_output(cfg, "train_embedder") is None
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "logs"]
+    assert (out / "logs" / "train_embedder-1.log").read_text() == "an earlier run\n"

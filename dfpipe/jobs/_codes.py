@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dfpipe import config as C
-from dfpipe import modelio, runner, storage
+from dfpipe import console, modelio, runner, storage
 from dfpipe import records as R
 from dfpipe.embed import FaceCropsStage, WindowEmbedStage, with_frames
 from dfpipe.extract import Resources
@@ -40,9 +40,8 @@ def embed_windows(
     rows_uri = storage.join(cache_uri, "windows")
     done = storage.read_parquet_dir(rows_uri, columns=["window_id"], schema=R.EMBEDDINGS_SCHEMA, options=opts)
     todo = windows.filter(pc.invert(pc.is_in(windows.column("window_id"), done.column("window_id"))))
-    print(
-        f"embed: {windows.num_rows} windows, {done.num_rows} embeddings cached, {todo.num_rows} to embed",
-        flush=True,
+    console.say(
+        f"embed: {windows.num_rows} windows, {done.num_rows} embeddings cached, {todo.num_rows} to embed"
     )
     if todo.num_rows:
         num_gpus = 1.0 if use_gpu else 0.0
@@ -60,8 +59,11 @@ def embed_windows(
         writer = storage.ChunkedParquetWriter(
             {"windows": (rows_uri, R.EMBEDDINGS_SCHEMA)}, "window_id", opts, flush_rows=5000
         )
+        progress = console.Progress("embed", todo.num_rows, "windows")
         for table in runner.iter_tables(runner.map_stage(crops, stage, num_gpus=num_gpus)):
             writer.add(windows=table)
+            progress.update(progress.done + table.num_rows)
+        progress.close()
         writer.flush()
     return rows_uri, todo.num_rows
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tempfile
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dfpipe import __version__, recipe, storage
+from dfpipe import __version__, console, recipe, storage
 from dfpipe import config as C
 from dfpipe import records as R
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.modelio import save_model
-from dfpipe.training import plot_curves
+from dfpipe.training import epoch_line, metric_kind, plot_curves
+
+log = logging.getLogger(__name__)
 
 # Fields that may change between a run and its resumption without invalidating it.
 OPERATIONAL_FIELDS = {
@@ -24,10 +28,54 @@ OPERATIONAL_FIELDS = {
     "max_failures",
     "stop_after_epochs",
     "ray_address",
+    "verbose",
     "s3_endpoint_url",
     "s3_region",
     "s3_anon",
 }
+
+
+class EpochReport:
+    """The driver's record of a training run, fed by ``runner.fit(on_report=...)`` as epochs end:
+    every epoch's metrics in the log, as TensorBoard scalars under ``OUTPUT/tensorboard`` (local
+    or ``s3://``; grouped by kind: loss, quality, throughput, counts), and a progress line on the
+    console now and then."""
+
+    def __init__(self, job: str, cfg, shown: tuple[str, ...]):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.job, self.shown, self.options = job, shown, cfg.storage_options
+        self.progress = console.Progress(job, cfg.epochs, "epochs")
+        self.uri = storage.join(cfg.output, "tensorboard")
+        local = storage.is_local(self.uri)
+        self.folder = storage.strip_protocol(self.uri) if local else tempfile.mkdtemp(prefix="dfpipe-tb-")
+        self.remote = not local
+        self.writer = SummaryWriter(log_dir=self.folder)
+
+    def __call__(self, metrics: dict) -> None:
+        epoch = int(metrics.get("epoch", 0))
+        if self.progress.done == 0 and epoch > 0:  # the workers resumed from a checkpoint
+            console.say(f"{self.job}: resuming from the checkpoint of epoch {epoch - 1}")
+        log.info("%s: %s", self.job, epoch_line(metrics))
+        for key, value in metrics.items():
+            if key != "epoch" and isinstance(value, int | float) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{metric_kind(key)}/{key}", value, epoch)
+        self.writer.flush()
+        if self.remote:
+            self._upload()
+        self.progress.update(epoch + 1, detail=epoch_line(metrics, self.shown))
+
+    def close(self) -> None:
+        self.progress.close()
+        self.writer.close()
+        if self.remote:
+            self._upload()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _upload(self) -> None:
+        for name in os.listdir(self.folder):
+            with open(os.path.join(self.folder, name), "rb") as f:
+                storage.write_bytes(storage.join(self.uri, name), f.read(), self.options)
 
 
 def training_hash(cfg) -> str:
@@ -90,7 +138,7 @@ def prepare_output(cfg, job: str) -> dict | None:
     """Guard the model directory: returns the existing model.json if training already finished."""
     opts = cfg.storage_options
     if cfg.overwrite:
-        storage.delete(cfg.output, opts)
+        storage.delete_all_but(cfg.output, {"logs"}, opts)  # this run's log is being written there
     cfg_uri = storage.join(cfg.output, "config.json")
     digest = training_hash(cfg)
     if storage.exists(cfg_uri, opts):

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dfpipe import config as C
-from dfpipe import recipe, runner, storage
+from dfpipe import console, recipe, runner, storage
 from dfpipe import records as R
 from dfpipe.catalog import build_catalog
 from dfpipe.decode import DecodeLimits
@@ -20,6 +20,7 @@ from dfpipe.extract import FaceExtractStage, Resources, manifest_row
 log = logging.getLogger(__name__)
 
 NAME = "extract"
+RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
 SUMMARY = "Detect and crop faces in every video of a dataset into Parquet shards with per-frame flags."
 
 # Fields that change the rows written; their hash goes on every manifest row, and a model records
@@ -203,10 +204,9 @@ def run(cfg: ExtractConfig) -> dict:
                 [manifest_row(r, config_hash) for r in broken.to_pylist()], schema=R.VIDEOS_SCHEMA
             )
         )
-    print(
+    console.say(
         f"extract: {catalog.num_rows} videos in catalog, {done.num_rows} already in manifest, "
-        f"{todo.num_rows} to process, {broken.num_rows} unusable entries",
-        flush=True,
+        f"{todo.num_rows} to process, {broken.num_rows} unusable entries"
     )
 
     frames_this_run = 0
@@ -220,10 +220,12 @@ def run(cfg: ExtractConfig) -> dict:
         ds = runner.map_stage(
             runner.dataset_from_table(todo), stage, num_gpus=num_gpus, n_batches=todo.num_rows
         )
+        progress = console.Progress("extract", todo.num_rows, "videos")
         for table in runner.iter_tables(ds):
             frames_this_run += int(pc.sum(table.column("n_frames")).as_py() or 0)
             writer.add(videos=table)
-            print(f"extract: {writer.written + writer.n_pending}/{pending.num_rows} videos done", flush=True)
+            progress.update(progress.done + table.num_rows, frames=frames_this_run)
+        progress.close()
     writer.flush()
     elapsed = time.monotonic() - started
     stats = compute_stats(cfg.output, opts, catalog.num_rows)

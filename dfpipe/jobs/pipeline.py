@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass
 
 from dfpipe import config as C
-from dfpipe import storage
+from dfpipe import console, storage
 
 NAME = "run"
+RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
 SUMMARY = "Run the whole pipeline: extract, segment, train both models, score and evaluate."
 
 STEPS = ("extract", "segment", "train_embedder", "train_classifier", "score")
@@ -107,12 +108,16 @@ def run(cfg: PipelineConfig) -> dict:
     timings, results = {}, {}
     total = time.monotonic()
     for step in STEPS:
-        print(f"\n== pipeline step: {step} ==", flush=True)
+        console.say(f"\n== pipeline step: {step} ==")
         start = time.monotonic()
         results[step] = modules[step].run(configs[step])
         timings[step] = round(time.monotonic() - start, 1)
-        print(modules[step].format_summary(results[step]), flush=True)
-        print(f"-- {step} took {timings[step]} s", flush=True)
+        # The evaluation table is printed once, at the end.
+        summary = modules[step].format_summary(
+            results[step], **({"report": False} if step == "score" else {})
+        )
+        console.say(summary)
+        console.say(f"-- {step} took {timings[step]} s")
     summary = {
         "timings_s": timings,
         "total_s": round(time.monotonic() - total, 1),

@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 
 from dfpipe import config as C
-from dfpipe import storage
+from dfpipe import console, storage
 from dfpipe.jobs import score as score_job
 from dfpipe.lock import LockHeld, run_lock
 
 NAME = "rescore"
+RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
 SUMMARY = "Score what is new in one or more video dumps (for cron / RayCronJob); a run with nothing new does nothing."
 
 
@@ -104,7 +105,7 @@ def run(cfg: RescoreConfig) -> dict:
         with run_lock(storage.join(cfg.output, "rescore.lock"), opts, cfg.stale_lock_s):
             dumps = {}
             for dump, score_cfg in configs.items():
-                print(f"\n== rescore: {dump} ==", flush=True)
+                console.say(f"\n== rescore: {dump} ==")
                 stats = score_job.run(score_cfg)
                 dumps[dump] = {
                     "output": score_cfg.output,
@@ -113,7 +114,7 @@ def run(cfg: RescoreConfig) -> dict:
                     "model_version": stats["model_version"],
                 }
     except LockHeld as exc:
-        print(f"rescore: another run is in progress ({exc}); nothing done", flush=True)
+        console.say(f"rescore: another run is in progress ({exc}); nothing done")
         return {"locked": True, "dumps": {}, "seconds": round(time.monotonic() - started, 1)}
     summary = {"locked": False, "dumps": dumps, "seconds": round(time.monotonic() - started, 1)}
     storage.write_json(storage.join(cfg.output, "rescore_stats.json"), summary, opts)

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import logging
 import posixpath
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dfpipe import config as C
-from dfpipe import modelio, recipe, runner, storage
+from dfpipe import console, modelio, recipe, runner, storage
 from dfpipe import records as R
 from dfpipe.extract import Resources
 from dfpipe.jobs import extract as extract_job
@@ -31,7 +32,10 @@ from dfpipe.jobs._codes import cache_uri_for, embed_windows
 from dfpipe.score import VideoRule, WindowScoreStage, video_row
 from dfpipe.timing import StepTimer
 
+log = logging.getLogger(__name__)
+
 NAME = "score"
+RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
 SUMMARY = "Score every video of a dataset (or an extraction output) to a calibrated probability of FAKE."
 
 
@@ -196,6 +200,22 @@ def segment_config(
     return dataclasses.replace(seg, output=storage.join(output, f"segment-{digest}"))
 
 
+def model_splits(meta: dict, opts) -> dict[str, str]:
+    """video_id -> split of the videos the model was trained and validated on, or tested against:
+    its segmentation's summary. Empty (every scored video unsplit) when that output is gone."""
+    uri = meta.get("segment", {}).get("uri")
+    try:
+        table = segment_job.read_summary(uri, opts, columns=["video_id", "split"]) if uri else None
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "the model's segmentation %s cannot be read (%s): every video is reported unsplit", uri, exc
+        )
+        table = None
+    if table is None:
+        return {}
+    return dict(zip(table.column("video_id").to_pylist(), table.column("split").to_pylist(), strict=True))
+
+
 def read_scores(
     output: str, opts, model_version: str | None = None, columns: list[str] | None = None
 ) -> pa.Table:
@@ -224,7 +244,7 @@ def run(cfg: ScoreConfig) -> dict:
     if given_faces or is_extraction_output(extract_uri, opts):
         check_extraction(extract_uri, ext_cfg, opts, given=given_faces)
     for note in notes:
-        print(f"score: differs from the model's recipe, as given: {note}", flush=True)
+        console.say(f"score: differs from the model's recipe, as given: {note}")
     storage.write_json(
         paths["config"],
         {"job": NAME, "config": C.to_dict(cfg), "model_version": version, "recipe": meta["recipe"]},
@@ -251,9 +271,8 @@ def run(cfg: ScoreConfig) -> dict:
         if cfg.all
         else manifest.filter(pc.invert(pc.is_in(manifest.column("video_id"), scored.column("video_id"))))
     )
-    print(
-        f"score: {manifest.num_rows} videos, {scored.num_rows} already scored by model {version}, {pending.num_rows} to score",
-        flush=True,
+    console.say(
+        f"score: {manifest.num_rows} videos, {scored.num_rows} already scored by model {version}, {pending.num_rows} to score"
     )
     n_frames = int(pc.sum(pending.column("n_frames")).as_py() or 0)
 
@@ -290,13 +309,16 @@ def run(cfg: ScoreConfig) -> dict:
     if cfg.all and scored.num_rows:
         remove_version(cfg.output, version, opts)
     segments = {r["video_id"]: r for r in summary.to_pylist()}
+    learned = model_splits(meta, opts)
     rule = cfg.video_rule(meta)
     batch_scores, batch_windows = [], []
     for video in pending.to_pylist():
         seg = segments.get(video["video_id"], {})
         video = {
             **video,
-            "split": seg.get("split"),
+            # A split only for videos the model's own segmentation put there; other videos (a new
+            # dump, another dataset) are unsplit, whatever the split rule would call them.
+            "split": seg.get("split") if learned.get(video["video_id"]) == seg.get("split") else None,
             "n_tracks": seg.get("n_tracks", video.get("n_tracks")),
             "n_tracks_counted": seg.get("n_tracks_counted"),
             "segment_reason": seg.get("reason"),
@@ -349,7 +371,7 @@ def run(cfg: ScoreConfig) -> dict:
             )
         )
     elif cfg.evaluate and labels:
-        print("score: evaluation skipped: the labelled videos are all of one class", flush=True)
+        console.say("score: evaluation skipped: the labelled videos are all of one class")
     return stats
 
 
@@ -412,14 +434,15 @@ def _reasons(scores: pa.Table) -> dict:
     return dict(sorted(out.items()))
 
 
-def format_summary(stats: dict) -> str:
+def format_summary(stats: dict, report: bool = True) -> str:
+    """The scoring summary, with the evaluation table when there is one and ``report``."""
     lines = [
         f"scores: {stats['videos']} videos by model {stats['model_version']} ({stats['scored_this_run']} this run, "
         f"{stats['videos_per_s']} videos/s, {stats['frames_per_s']} frames/s)"
     ]
     for reason, n in stats["fallback_by_reason"].items():
         lines.append(f"  fallback probability, {reason}: {n}")
-    if "report" in stats:
+    if report and "report" in stats:
         from dfpipe.jobs import evaluate
 
         lines.append(evaluate.format_summary(stats["report"]))

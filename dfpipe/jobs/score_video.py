@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from dfpipe import config as C
 from dfpipe import records as R
+from dfpipe.catalog import dataset_part
 from dfpipe.embed import FaceCropsStage, WindowEmbedStage, with_frames
 from dfpipe.faces import pick_device
 from dfpipe.jobs import extract as extract_job
@@ -222,7 +223,7 @@ def _catalog_row(video: str) -> dict:
         "video_id": os.path.splitext(os.path.basename(video))[0],
         "uri": os.path.abspath(video),
         "filename": os.path.basename(video),
-        "part": ".",
+        "part": dataset_part(os.path.dirname(os.path.abspath(video))),
         "label": None,
         "original": None,
         "error": None,
@@ -237,7 +238,7 @@ def window_table(wins: list[dict], video_id: str, manifest: dict) -> pa.Table:
                 "video_id": video_id,
                 "track_id": w["track_id"],
                 "label": None,
-                "part": ".",
+                "part": manifest["part"],
                 "split": None,
                 "start_frame": w["start_frame"],
                 "end_frame": w["end_frame"],

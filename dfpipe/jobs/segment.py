@@ -10,7 +10,7 @@ from typing import Literal
 import pyarrow.compute as pc
 
 from dfpipe import config as C
-from dfpipe import recipe, runner, storage
+from dfpipe import console, recipe, runner, storage
 from dfpipe import records as R
 from dfpipe.extract import Resources
 from dfpipe.jobs import extract as extract_job
@@ -20,6 +20,7 @@ from dfpipe.windows import SplitRule, TrackRule, WindowSpec
 log = logging.getLogger(__name__)
 
 NAME = "segment"
+RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
 SUMMARY = "Cut each face track into windows of consecutive usable frames and assign leak-free splits."
 
 OUTPUT_FIELDS = recipe.WINDOW_OPTIONS + recipe.SPLIT_OPTIONS
@@ -163,9 +164,8 @@ def run(cfg: SegmentConfig) -> dict:
         columns=["video_id", "label", "part", "original", "status", "error", "frame_stride", "faces_uri"],
     )
     pending = manifest.filter(pc.invert(pc.is_in(manifest.column("video_id"), done.column("video_id"))))
-    print(
-        f"segment: {manifest.num_rows} videos in manifest, {done.num_rows} already segmented, {pending.num_rows} to do",
-        flush=True,
+    console.say(
+        f"segment: {manifest.num_rows} videos in manifest, {done.num_rows} already segmented, {pending.num_rows} to do"
     )
 
     # Windows, tracks and summary rows of the same videos share a chunk name; the summary file is
@@ -196,10 +196,13 @@ def run(cfg: SegmentConfig) -> dict:
             resources=Resources(num_cpus=1, batch_size=cfg.videos_per_task, max_workers=cfg.num_workers),
         )
         ds = runner.map_stage(runner.dataset_from_table(pending, rows_per_block=cfg.videos_per_task), stage)
+        progress = console.Progress("segment", pending.num_rows, "videos")
         for table in runner.iter_tables(ds):
             summary, windows, tracks = flatten_windows(table)
             frames += int(pc.sum(summary.column("n_frames")).as_py() or 0)
             writer.add(windows=windows, tracks=tracks, videos=summary)
+            progress.update(progress.done + summary.num_rows, frames=frames)
+        progress.close()
     writer.flush()
     stats = compute_stats(cfg.output, opts)
     elapsed = time.monotonic() - started

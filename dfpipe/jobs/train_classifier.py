@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from dfpipe import config as C
+from dfpipe import console, modelio, runner, storage
 from dfpipe import metrics as M
-from dfpipe import modelio, runner, storage
 from dfpipe import records as R
 from dfpipe.embed import codes_array
 from dfpipe.jobs import _training as T
@@ -19,6 +19,7 @@ from dfpipe.jobs._codes import embed_windows, read_split
 from dfpipe.training import classifier_loop, video_probs, window_logits
 
 NAME = "train_classifier"
+RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
 SUMMARY = (
     "Embed every window with the trained embedder (cached) and train the LSTM window classifier (Ray Train)."
 )
@@ -67,7 +68,7 @@ class TrainClassifierConfig(C.RunOptions):
 def run(cfg: TrainClassifierConfig) -> dict:
     done = T.prepare_output(cfg, NAME)
     if done:
-        print(
+        console.say(
             f"train_classifier: {cfg.output} already holds a model trained for {done['epochs_trained']} epochs"
         )
         return done
@@ -100,10 +101,9 @@ def run(cfg: TrainClassifierConfig) -> dict:
         "train": read_split(rows_uri, "train", opts).materialize(),
         "val": read_split(rows_uri, "val", opts).materialize(),
     }
-    print(
+    console.say(
         f"train_classifier: train windows REAL {n_real}, FAKE {n_fake} (pos_weight {n_real / n_fake:.3f}); "
-        f"{steps} steps per epoch on {cfg.num_workers} worker(s)",
-        flush=True,
+        f"{steps} steps per epoch on {cfg.num_workers} worker(s)"
     )
     meta = {
         "architecture": "window_classifier",
@@ -136,6 +136,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
         "pos_weight": n_real / max(1, n_fake),
         "aggregation": cfg.aggregation,
     }
+    progress = T.EpochReport(NAME, cfg, ("train_loss", "val_loss", "val_video_loss", "val_video_acc"))
     best, latest = runner.fit(
         classifier_loop,
         loop_cfg,
@@ -147,7 +148,9 @@ def run(cfg: TrainClassifierConfig) -> dict:
         storage_options=opts,
         max_failures=cfg.max_failures,
         select_by="val_video_loss",  # the video-level log loss under the scoring rule
+        on_report=progress,
     )
+    progress.close()
     meta["temperature"] = calibrate(best["model"], meta, rows_uri, opts)
     segment_cfg = storage.read_json(segment_job.layout(cfg.input)["config"], opts)
     meta["segment"] = {
@@ -196,7 +199,7 @@ def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
         return M.log_loss(vy, vp)
 
     temperature = M.best_temperature(video_loss) if len(np.unique(labels)) == 2 else 1.0
-    print(
+    console.say(
         f"train_classifier: temperature {temperature:.3f} (val video log loss, {how}: "
         f"{video_loss(1.0):.4f} -> {video_loss(temperature):.4f})"
     )

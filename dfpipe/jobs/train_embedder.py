@@ -9,8 +9,8 @@ from typing import Literal
 import pyarrow.compute as pc
 
 from dfpipe import config as C
+from dfpipe import console, runner, storage
 from dfpipe import records as R
-from dfpipe import runner, storage
 from dfpipe.embed import FaceCropsStage, sample_faces
 from dfpipe.jobs import _training as T
 from dfpipe.modelio import load_state
@@ -18,6 +18,7 @@ from dfpipe.models.embedder import MIN_FACE_SIZE
 from dfpipe.training import embedder_loop
 
 NAME = "train_embedder"
+RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
 SUMMARY = "Train the triplet-loss face embedder on the train split's face crops (Ray Train)."
 
 
@@ -93,7 +94,7 @@ def initial_state(cfg: TrainEmbedderConfig) -> dict | None:
 def run(cfg: TrainEmbedderConfig) -> dict:
     done = T.prepare_output(cfg, NAME)
     if done:
-        print(
+        console.say(
             f"train_embedder: {cfg.output} already holds a model trained for {done['epochs_trained']} epochs"
         )
         return done
@@ -124,10 +125,9 @@ def run(cfg: TrainEmbedderConfig) -> dict:
     steps = cfg.steps_per_epoch or max(
         1, math.ceil(min(counts["train_real"], counts["train_fake"]) / (cfg.num_workers * half))
     )
-    print(
+    console.say(
         f"train_embedder: faces train REAL {counts['train_real']}, FAKE {counts['train_fake']}, val {counts['val']}; "
-        f"{steps} steps per epoch on {cfg.num_workers} worker(s){' with GPUs' if use_gpu else ''}",
-        flush=True,
+        f"{steps} steps per epoch on {cfg.num_workers} worker(s){' with GPUs' if use_gpu else ''}"
     )
     meta = {
         "architecture": "face_embedder",
@@ -151,6 +151,7 @@ def run(cfg: TrainEmbedderConfig) -> dict:
         "stop_after_epochs": cfg.stop_after_epochs,
         "face_size": cfg.face_size,
     }
+    progress = T.EpochReport(NAME, cfg, ("train_loss", "val_loss", "val_auc", "train_per_s"))
     best, latest = runner.fit(
         embedder_loop,
         loop_cfg,
@@ -161,7 +162,9 @@ def run(cfg: TrainEmbedderConfig) -> dict:
         name="embedder",
         storage_options=opts,
         max_failures=cfg.max_failures,
+        on_report=progress,
     )
+    progress.close()
     meta["faces"] = counts
     return T.export(cfg, best, latest, meta, "face embedder")
 
