@@ -84,7 +84,15 @@ def test_report_matches_an_independent_computation(scored):
     )
     for png in ("roc.png", "histogram.png", "reliability.png"):
         assert (Path(out) / "report" / png).stat().st_size > 1000
-    assert "| video |" in (Path(out) / "report" / "report.md").read_text()
+    # the headline (first row): the held-out split, else the unsplit videos, else all, computed apart
+    head = report["headline"]
+    split = s.split.fillna("unsplit").to_numpy()
+    sel = split == head["split"] if head["split"] else np.ones(len(s), bool)
+    assert head["n"] == int(sel.sum()) > 0
+    yh, ph = y[sel], p[sel]
+    assert head["log_loss"] == pytest.approx(-np.mean(yh * np.log(ph) + (1 - yh) * np.log(1 - ph)), rel=1e-5)
+    md = (Path(out) / "report" / "report.md").read_text()
+    assert md.split("| level |")[1].splitlines()[2].startswith(f"| video, {head['name']} | {head['n']} |")
 
 
 def test_rescoring_touches_only_new_videos(scored, classifier_model):
