@@ -100,7 +100,7 @@ def log_file(uri: str, options=None) -> Iterator[str]:
         _out = _err = None
         if not storage.is_local(uri):
             try:
-                storage.write_bytes(uri, open(path, "rb").read(), options)
+                storage.copy(path, uri, options)
                 os.unlink(path)
             except OSError as exc:
                 shout(f"could not upload the log to {uri} ({exc}); it is at {path}")

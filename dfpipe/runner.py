@@ -320,7 +320,10 @@ def _forwarded(queue, on_report: Callable[[dict], None] | None) -> Iterator[None
             item = queue.get(block=block, timeout=0.5 if block else None)
         except Empty:
             return False
-        on_report(item)
+        try:
+            on_report(item)
+        except Exception:  # a progress line or an upload is never worth a failed training run
+            log.warning("on_report failed for %s", item, exc_info=True)
         return True
 
     def pump() -> None:

@@ -176,3 +176,38 @@ def test_on_a_terminal_progress_is_one_line_rewritten_in_place():
     text = stream.getvalue()
     assert text.count("\n") == 1 and text.endswith("embed: 100/100 windows, 0:30 elapsed\x1b[K\n")
     assert text.count("\r") > 20, "updated about twice a second"
+
+
+def test_a_failing_epoch_report_never_fails_the_training():
+    """The driver hands each epoch's metrics to on_report (progress, TensorBoard, an S3 upload);
+    an error there is logged, the later epochs still arrive, and training goes on."""
+    from ray.util.queue import Empty
+
+    from dfpipe.runner import _forwarded
+
+    class Queue:  # ray.util.queue.Queue's get/shutdown, without a Ray actor
+        def __init__(self):
+            self.items, self.closed = [], False
+
+        def get(self, block=True, timeout=None):
+            if block or not self.items:  # what arrives late is drained after training returns
+                time.sleep(0.01)
+                raise Empty
+            return self.items.pop(0)
+
+        def shutdown(self):
+            self.closed = True
+
+    seen = []
+
+    def on_report(metrics):
+        seen.append(metrics["epoch"])
+        if metrics["epoch"] == 0:
+            raise OSError("S3 is away")
+
+    import time
+
+    queue = Queue()
+    with _forwarded(queue, on_report):
+        queue.items += [{"epoch": 0}, {"epoch": 1}]
+    assert seen == [0, 1] and queue.closed

@@ -74,8 +74,7 @@ class EpochReport:
 
     def _upload(self) -> None:
         for name in os.listdir(self.folder):
-            with open(os.path.join(self.folder, name), "rb") as f:
-                storage.write_bytes(storage.join(self.uri, name), f.read(), self.options)
+            storage.copy(os.path.join(self.folder, name), storage.join(self.uri, name), self.options)
 
 
 def training_hash(cfg) -> str:
