@@ -235,9 +235,10 @@ def train_embedder(device: str, size: Size) -> dict:
         faces = np.empty(n, dtype=object)  # one list of one JPEG per row, as the training rows hold
         for i in range(n):
             faces[i] = [jpegs[i % len(jpegs)]]
-        return {"faces": faces, "label": np.full(n, label, np.float32)}
+        video_id = np.array([f"{label:.0f}-{i % 16}" for i in range(n)])
+        return {"faces": faces, "label": np.full(n, label, np.float32), "video_id": video_id}
 
-    val = {k: np.concatenate([part(0)[k][:8], part(1)[k][:8]]) for k in ("faces", "label")}
+    val = {k: np.concatenate([part(0)[k][:8], part(1)[k][:8]]) for k in ("faces", "label", "video_id")}
     ctx = _context({"train_real": part(0), "train_fake": part(1), "val": val}, device)
     meta = {"architecture": "face_embedder", "code_dim": 128, "face_size": 160, "dropout": 0.2}
     cfg = {

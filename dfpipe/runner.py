@@ -174,7 +174,7 @@ class RayTrainContext:
         self.device = ray.train.torch.get_device()
         self.progress = progress  # a ray.util.queue.Queue the driver reads epoch metrics from
 
-    def batches(self, name, batch_size, shuffle=False):
+    def batches(self, name, batch_size, shuffle=False, seed=None):
         import ray.train
 
         shard = ray.train.get_dataset_shard(name)
@@ -182,6 +182,7 @@ class RayTrainContext:
             batch_size=batch_size,
             batch_format="numpy",
             local_shuffle_buffer_size=4 * batch_size if shuffle else None,
+            local_shuffle_seed=seed if shuffle else None,
         )
 
     def prepare(self, model):
@@ -263,7 +264,7 @@ def fit(
     checkpoint states with the lowest ``select_by`` metric and the last one (whose history covers
     every epoch).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from dfpipe import storage
@@ -291,6 +292,7 @@ def fit(
             failure_config=FailureConfig(max_failures=max_failures),
         ),
         datasets=datasets,
+        dataset_config=DataConfig(execution_options=_ordered_ingest()),
     )
     with _forwarded(progress, on_report):
         result = trainer.fit()
@@ -303,6 +305,22 @@ def fit(
     finite = [r for r in ranked if r[0] is not None and r[0] == r[0]]
     best = min(finite, key=lambda r: (r[0], r[1]))[2] if finite else result.checkpoint
     return read(best), read(result.checkpoint)
+
+
+def _ordered_ingest():
+    """Ray Train's ingest options with ``preserve_order``: the blocks of a (seeded, materialized)
+    dataset reach the same workers in the same order every run, so a seed reproduces the data order."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
+def shuffled(ds, seed: int):
+    """``ds`` in a random row order given by ``seed`` (a global shuffle across blocks): training data
+    stored video by video reaches every worker mixed."""
+    return ds.random_shuffle(seed=seed)
 
 
 @contextmanager

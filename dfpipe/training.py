@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -28,8 +29,10 @@ class TrainContext(Protocol):
     world_size: int
     device: torch.device
 
-    def batches(self, name: str, batch_size: int, shuffle: bool = False) -> Iterator[dict[str, np.ndarray]]:
-        """One pass over this worker's share of dataset ``name``."""
+    def batches(
+        self, name: str, batch_size: int, shuffle: bool = False, seed: int | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """One pass over this worker's share of dataset ``name`` (shuffled locally, by ``seed``, if asked)."""
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module: ...
 
@@ -51,10 +54,11 @@ class LocalContext:
         self.state: dict | None = None
         self.rng = np.random.default_rng(seed)
 
-    def batches(self, name, batch_size, shuffle=False):
+    def batches(self, name, batch_size, shuffle=False, seed=None):
         data = self.datasets[name]
         n = len(next(iter(data.values())))
-        order = self.rng.permutation(n) if shuffle else np.arange(n)
+        rng = self.rng if seed is None else np.random.default_rng(seed)
+        order = rng.permutation(n) if shuffle else np.arange(n)
         for i in range(0, n, batch_size):
             yield {k: v[order[i : i + batch_size]] for k, v in data.items()}
 
@@ -74,16 +78,37 @@ class LocalContext:
         return [obj]
 
 
-def _cycle(ctx: TrainContext, name: str, batch_size: int) -> Iterator[dict]:
-    """Batches of ``name`` forever, a new shuffled pass whenever one ends."""
-    while True:
-        empty = True
-        for batch in ctx.batches(name, batch_size, shuffle=True):
-            if len(next(iter(batch.values()))):
-                empty = False
-                yield batch
-        if empty:
-            raise ValueError(f"dataset {name!r} is empty on worker {ctx.rank}")
+READ_ROWS = 256  # rows per read from a worker's shard, before the sampler mixes them
+
+
+def _train_batches(ctx: TrainContext, name: str, size: int, cfg: dict, start: int) -> Iterator[dict]:
+    """Endless training batches of dataset ``name`` on this worker, each from ``size // per_video``
+    distinct videos (:func:`dfpipe.sampling.video_batches`), in a new order every pass.
+
+    Seeded by the run's seed, the worker's rank, the epoch it starts at and the dataset: a run is
+    reproducible on the same machine (the runner keeps Ray Data's split of the shards in order).
+    """
+    from dfpipe.sampling import video_batches
+
+    rng = np.random.default_rng([cfg["seed"], ctx.rank, start, zlib.crc32(name.encode())])
+
+    def passes() -> Iterator[Iterator[dict]]:
+        while True:
+            rows: list[int] = []
+
+            def one_pass() -> Iterator[dict]:
+                seed = int(rng.integers(2**31))
+                for chunk in ctx.batches(name, READ_ROWS, shuffle=True, seed=seed):
+                    n = len(next(iter(chunk.values())))
+                    rows.append(n)
+                    if n:
+                        yield chunk
+
+            yield one_pass()
+            if not sum(rows):
+                raise ValueError(f"dataset {name!r} is empty on worker {ctx.rank}")
+
+    return video_batches(passes(), size, cfg.get("per_video", 2), rng)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -135,7 +160,8 @@ def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
             codes = model(x)
         return loss_fn(codes.float(), y, cfg["margin"])
 
-    real, fake = _cycle(ctx, "train_real", half), _cycle(ctx, "train_fake", half)
+    real = _train_batches(ctx, "train_real", half, cfg, start)
+    fake = _train_batches(ctx, "train_fake", half, cfg, start)
     _fit(ctx, cfg, model, optimizer, start, history, step, lambda m: _validate_embedder(m, ctx, cfg, loss_fn))
 
 
@@ -206,7 +232,7 @@ def classifier_loop(cfg: dict, ctx: TrainContext) -> None:
             logits = model(x)
         return loss_fn(logits.float(), y)
 
-    batches = _cycle(ctx, "train", cfg["batch_size"])
+    batches = _train_batches(ctx, "train", cfg["batch_size"], cfg, start)
     _fit(ctx, cfg, model, optimizer, start, history, step, lambda m: _validate_classifier(m, ctx, cfg, shape))
 
 

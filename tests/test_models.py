@@ -164,7 +164,11 @@ def _faces(n: int, fake: bool, rng) -> dict:
         if fake:
             img[40:130, 30:120] *= np.array([1.25, 0.85, 0.8])
         out.append([encode_jpeg(cv2.resize(np.clip(img, 0, 255).astype(np.uint8), (80, 80)))])
-    return {"faces": np.array(out, dtype=object), "label": np.full(n, 1 if fake else 0, np.int8)}
+    return {
+        "faces": np.array(out, dtype=object),
+        "label": np.full(n, 1 if fake else 0, np.int8),
+        "video_id": np.array([f"{'fake' if fake else 'real'}{i % 4}" for i in range(n)]),
+    }
 
 
 def test_embedder_loop_loss_goes_down():
@@ -222,3 +226,78 @@ def test_training_curves_give_each_kind_of_quantity_its_own_panel():
         "throughput (items/s)": ["train_per_s"],
         "validation counts": ["val_faces"],
     }
+
+
+def _stream(videos: int, per: int, rng, chunk: int = 16) -> dict:
+    """Rows of ``videos`` videos, ``per`` each, stored video by video (as shards are)."""
+    ids = np.repeat([f"v{i:02d}" for i in range(videos)], per)
+    return {"video_id": ids, "row": np.arange(len(ids)), "faces": np.array([[b"x"]] * len(ids), dtype=object)}
+
+
+def _passes(data: dict, n: int, rng, chunk: int = 16):
+    for _ in range(n):
+        order = rng.permutation(len(data["row"]))
+        yield [{k: v[order[i : i + chunk]] for k, v in data.items()} for i in range(0, len(order), chunk)]
+
+
+def test_video_batches_draw_each_batch_from_many_videos_and_use_every_row():
+    from dfpipe.sampling import video_batches
+
+    data = _stream(10, 13, None)
+    batches = list(video_batches(_passes(data, 1, np.random.default_rng(0)), 16, 2, np.random.default_rng(1)))
+    rows = np.concatenate([b["row"] for b in batches])
+    assert sorted(rows.tolist()) == list(range(130)), "a finite pass: every row exactly once"
+    assert [len(b["row"]) for b in batches[:-1]] == [16] * 8 and len(batches[-1]["row"]) == 2
+    full = batches[:-1]
+    assert all(len(set(b["video_id"])) >= 8 for b in full), [len(set(b["video_id"])) for b in full]
+    assert batches[0]["faces"].dtype == object and list(batches[0]["faces"][0]) == [b"x"]
+
+
+def test_video_batches_keep_a_bounded_buffer_and_mix_a_stream_stored_video_by_video():
+    """A stream in storage order (one video after another) still gives batches of many videos once the
+    buffer holds them; the buffer never grows past its bound plus one chunk."""
+    from dfpipe import sampling
+
+    data = _stream(40, 20, None)
+    chunks = [{k: v[i : i + 16] for k, v in data.items()} for i in range(0, 800, 16)]
+    seen: list[int] = []
+    real_add = sampling._Buffer.add
+
+    def add(self, chunk):
+        real_add(self, chunk)
+        seen.append(self.rows)
+
+    sampling._Buffer.add = add
+    try:
+        batches = list(sampling.video_batches([chunks], 16, 2, np.random.default_rng(0), buffer_rows=200))
+    finally:
+        sampling._Buffer.add = real_add
+    assert max(seen) < 200 + 16
+    assert all(len(set(b["video_id"])) >= 8 for b in batches[:40])
+
+
+def test_video_batches_are_reproducible_by_seed_and_differ_between_passes():
+    from dfpipe.sampling import video_batches
+
+    data = _stream(12, 10, None)
+
+    def order(seed: int) -> list[list[int]]:
+        gen = video_batches(_passes(data, 2, np.random.default_rng(seed)), 16, 2, np.random.default_rng(seed))
+        return [b["row"].tolist() for b in gen]
+
+    first, again, other = order(3), order(3), order(4)
+    assert first == again and first != other
+    one = [r for b in first[:7] for r in b]  # 120 rows: 7 full batches, 8 rows carried over
+    two = [r for b in first[7:14] for r in b]
+    assert one != two, "the second pass comes in another order"
+
+
+def test_training_batches_span_videos_on_a_local_context():
+    """The loops' own batches (both classes, P x K): a local worker reads its datasets through the sampler."""
+    from dfpipe.training import _train_batches
+
+    rng = np.random.default_rng(0)
+    ctx = LocalContext({"train_real": _faces(24, False, rng) | {"video_id": np.repeat(list("abcdef"), 4)}})
+    gen = _train_batches(ctx, "train_real", 8, {"seed": 0, "per_video": 2}, 0)
+    for _ in range(10):
+        assert len(set(next(gen)["video_id"])) == 4

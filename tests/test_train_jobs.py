@@ -192,3 +192,63 @@ def test_overwrite_starts_a_model_again_but_keeps_the_logs(tmp_path):
     assert T.prepare_output(cfg, "train_embedder") is None
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "logs"]
     assert (out / "logs" / "train_embedder-1.log").read_text() == "an earlier run\n"
+
+
+def _batch_videos_loop(cfg: dict, ctx) -> None:
+    """A training loop without a model: records which videos each batch of each worker holds."""
+    from dfpipe.training import _train_batches
+
+    streams = [_train_batches(ctx, name, cfg["half"], cfg, 0) for name in ("train_real", "train_fake")]
+    for epoch in range(2):
+        mine = [[next(s)["video_id"].tolist() for s in streams] for _ in range(cfg["steps"])]
+        every = ctx.all_gather(mine)
+        ctx.report({"epoch": epoch, "batches": every}, {"epoch": epoch, "history": []})
+
+
+def _faces_by_video(label: int, videos: int, per: int):
+    """A face dataset stored video by video, shuffled once by seed as the embedder job does."""
+    import ray
+
+    from dfpipe import runner
+
+    rows = [
+        {"video_id": f"{label}-{v}", "label": label, "faces": [b"jpeg"]}
+        for v in range(videos)
+        for _ in range(per)
+    ]
+    return runner.shuffled(ray.data.from_items(rows, override_num_blocks=8), seed=7).materialize()
+
+
+def test_training_batches_span_videos_per_class_on_ray_train(ray_session, tmp_path):
+    """Two Ray Train workers, 10 videos per class stored one after another: every batch of an epoch holds
+    faces of at least min(8, videos per class) videos of each class, and the two epochs differ in order.
+    (The same seed reproducing the batches is tested on the sampler; a second Ray Train run here, which
+    also saw the same batches, doubled the test's minute.)"""
+    import sys
+
+    import ray.cloudpickle
+
+    from dfpipe import runner
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    videos = 10
+    datasets = {"train_real": _faces_by_video(0, videos, 16), "train_fake": _faces_by_video(1, videos, 16)}
+    cfg = {"seed": 3, "half": 16, "per_video": 2, "steps": 4}
+
+    def run(name: str) -> list[dict]:
+        seen: list[dict] = []
+        runner.fit(
+            _batch_videos_loop, cfg, datasets, num_workers=2, use_gpu=False, storage_path=str(tmp_path),
+            name=name, select_by="epoch", on_report=seen.append,
+        )  # fmt: skip
+        return sorted(seen, key=lambda m: m["epoch"])
+
+    first = run("a")
+    assert [m["epoch"] for m in first] == [0, 1]
+    for m in first:
+        for worker in m["batches"]:
+            assert len(worker) == cfg["steps"]
+            for real, fake in worker:
+                assert len(set(real)) >= min(8, videos) and len(set(fake)) >= min(8, videos), (real, fake)
+                assert {v[0] for v in real} == {"0"} and {v[0] for v in fake} == {"1"}
+    assert first[0]["batches"][0] != first[1]["batches"][0], "epoch 2 comes in another order"

@@ -44,7 +44,10 @@ class TrainClassifierConfig(C.RunOptions):
     epochs: int = C.option(20, "epochs")
     batch_size: int = C.option(64, "windows per step and worker")
     steps_per_epoch: int | None = C.option(None, "steps per epoch (default: one pass over the train windows)")
-    seed: int = C.option(0, "random seed (recorded in model.json)")
+    windows_per_video: int = C.option(
+        2, "windows of one video in a batch: each batch holds batch_size/windows_per_video videos"
+    )
+    seed: int = C.option(0, "random seed of initialisation and data order (recorded in model.json)")
     aggregation: Literal["max_track_mean", "mean", "confident"] = C.option(
         "max_track_mean",
         "window -> video rule of validation (checkpoint choice, temperature); recorded for scoring to use",
@@ -60,7 +63,7 @@ class TrainClassifierConfig(C.RunOptions):
     )
 
     def __post_init__(self):
-        for name in ("hidden_size", "num_layers", "epochs", "batch_size", "num_workers"):
+        for name in ("hidden_size", "num_layers", "epochs", "batch_size", "num_workers", "windows_per_video"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
@@ -98,7 +101,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
     n_real = train.num_rows - n_fake
     steps = cfg.steps_per_epoch or max(1, -(-train.num_rows // (cfg.num_workers * cfg.batch_size)))
     datasets = {
-        "train": read_split(rows_uri, "train", opts).materialize(),
+        "train": runner.shuffled(read_split(rows_uri, "train", opts), cfg.seed).materialize(),
         "val": read_split(rows_uri, "val", opts).materialize(),
     }
     console.say(
@@ -132,6 +135,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
         "batch_size": cfg.batch_size,
         "steps_per_epoch": steps,
         "seed": cfg.seed,
+        "per_video": cfg.windows_per_video,
         "stop_after_epochs": cfg.stop_after_epochs,
         "pos_weight": n_real / max(1, n_fake),
         "aggregation": cfg.aggregation,

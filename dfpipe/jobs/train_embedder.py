@@ -50,7 +50,11 @@ class TrainEmbedderConfig(C.RunOptions):
     faces_per_window: int = C.option(
         4, "faces sampled per window (evenly spaced; overlapping windows share faces)"
     )
-    seed: int = C.option(0, "random seed (recorded in model.json)")
+    faces_per_video: int = C.option(
+        2,
+        "faces of one video in a batch: each batch holds batch_size/2/faces_per_video videos per class",
+    )
+    seed: int = C.option(0, "random seed of initialisation and data order (recorded in model.json)")
     num_workers: int = C.option(2, "Ray Train workers (one DDP process each)")
     use_gpu: bool | None = C.option(None, "train on GPUs (default: when the cluster has them)")
     max_failures: int = C.option(
@@ -65,7 +69,7 @@ class TrainEmbedderConfig(C.RunOptions):
             raise ValueError(
                 f"face_size must be >= {MIN_FACE_SIZE} for InceptionResnetV1, got {self.face_size}"
             )
-        for name in ("code_dim", "epochs", "num_workers", "faces_per_window"):
+        for name in ("code_dim", "epochs", "num_workers", "faces_per_window", "faces_per_video"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.batch_size < 4:
@@ -118,8 +122,10 @@ def run(cfg: TrainEmbedderConfig) -> dict:
         counts[name] = faces.num_rows
         # JPEG crops are small: materialise them before training so the data stages never compete with
         # the training workers for CPUs; decoding and augmentation happen in the loop, fresh each epoch.
-        datasets[name] = runner.map_stage(
-            runner.dataset_from_table(faces, rows_per_block=64), crops
+        # Shuffled once (seeded) so each worker's stream mixes all videos; the loop's sampler then
+        # builds every batch from many videos (dfpipe.sampling).
+        datasets[name] = runner.shuffled(
+            runner.map_stage(runner.dataset_from_table(faces, rows_per_block=64), crops), cfg.seed
         ).materialize()
     half = cfg.batch_size // 2
     steps = cfg.steps_per_epoch or max(
@@ -148,6 +154,7 @@ def run(cfg: TrainEmbedderConfig) -> dict:
         "batch_size": cfg.batch_size,
         "steps_per_epoch": steps,
         "seed": cfg.seed,
+        "per_video": cfg.faces_per_video,
         "stop_after_epochs": cfg.stop_after_epochs,
         "face_size": cfg.face_size,
     }
