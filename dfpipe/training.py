@@ -92,20 +92,18 @@ def _train_batches(ctx: TrainContext, name: str, size: int, cfg: dict, start: in
 
     rng = np.random.default_rng([cfg["seed"], ctx.rank, start, zlib.crc32(name.encode())])
 
+    def one_pass(counted: list[int]) -> Iterator[dict]:
+        seed = int(rng.integers(2**31))
+        for chunk in ctx.batches(name, READ_ROWS, shuffle=True, seed=seed):
+            counted.append(len(next(iter(chunk.values()))))
+            if counted[-1]:
+                yield chunk
+
     def passes() -> Iterator[Iterator[dict]]:
         while True:
-            rows: list[int] = []
-
-            def one_pass() -> Iterator[dict]:
-                seed = int(rng.integers(2**31))
-                for chunk in ctx.batches(name, READ_ROWS, shuffle=True, seed=seed):
-                    n = len(next(iter(chunk.values())))
-                    rows.append(n)
-                    if n:
-                        yield chunk
-
-            yield one_pass()
-            if not sum(rows):
+            counted: list[int] = []
+            yield one_pass(counted)
+            if not sum(counted):
                 raise ValueError(f"dataset {name!r} is empty on worker {ctx.rank}")
 
     return video_batches(passes(), size, cfg.get("per_video", 2), rng)
