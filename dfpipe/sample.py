@@ -5,6 +5,7 @@ H.264 clips and a ``metadata.json`` each. Faces come from scikit-image's ``data.
 each video gets its own identity (colour, geometry, background). REAL clips move a camera smoothly
 over the scene; each FAKE re-renders its original and blends a warped, re-coloured face into the
 face region with small frame-to-frame jitter, the temporal inconsistency the model should learn.
+``--swap matched`` makes the harder variant (colour-matched, feathered swaps; see ``SWAPS``).
 Besides the regular clips it writes a clip with no face, one with two faces, a portrait clip and
 a clip with an odd frame size. Output is deterministic for a given seed.
 """
@@ -44,6 +45,7 @@ class ClipSpec:
     swap_seed: int | None = None  # set for FAKE clips
     original: str | None = None
     kind: str = "regular"  # regular | no_face | two_faces | portrait | odd_size | poster (see paste_posters)
+    swap: str = "standard"  # standard | matched (see SWAPS)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class SampleConfig:
     portrait_size: tuple[int, int] = (1080, 1920)
     portrait_frames: int = 12
     crf: int = 23
+    swap: str = "standard"
     extra: dict = field(default_factory=dict)
 
 
@@ -78,16 +81,25 @@ def _video_ids(rng: np.random.Generator, n: int) -> list[str]:
     return ids
 
 
+SWAPS = {
+    "standard": "the donor face carries its own colour cast and flickers in brightness frame to frame",
+    "matched": "harder: the donor is colour-matched to the face it covers each frame and feathered in, with "
+    "less jitter and no flicker; REAL and FAKE clips get the same global grading and sensor noise",
+}
+
+
 def plan(cfg: SampleConfig) -> list[ClipSpec]:
     """Which clips to render, with their labels, parts and seeds."""
     if cfg.videos < 0 or cfg.parts < 1:
         raise ValueError("videos must be >= 0 and parts >= 1")
+    if cfg.swap not in SWAPS:
+        raise ValueError(f"swap must be one of {sorted(SWAPS)}, got {cfg.swap!r}")
     rng = np.random.default_rng(cfg.seed)
     n_specials = 4 if cfg.specials else 0
     ids = _video_ids(rng, cfg.videos + n_specials)
     seeds = rng.integers(0, 2**31 - 1, size=2 * len(ids))
     n_real = (cfg.videos + 1) // 2
-    common = dict(n_frames=cfg.frames, fps=cfg.fps)
+    common = dict(n_frames=cfg.frames, fps=cfg.fps, swap=cfg.swap)
     clips: list[ClipSpec] = []
     reals: list[ClipSpec] = []
     for i in range(n_real):
@@ -148,6 +160,7 @@ def plan(cfg: SampleConfig) -> list[ClipSpec]:
                 cfg.fps,
                 int(seeds[base + 2]),
                 kind="portrait",
+                swap=cfg.swap,
             ),
             ClipSpec(
                 ids[base + 3],
@@ -276,13 +289,14 @@ class _Scene:
 class _FaceSwap:
     """Blends a warped, re-coloured face into the scene's face region, jittered frame to frame."""
 
-    def __init__(self, scene: _Scene, photo: np.ndarray, seed: int):
+    def __init__(self, scene: _Scene, photo: np.ndarray, seed: int, matched: bool = False):
         self.scene = scene
         self.rng = np.random.default_rng(seed)
+        self.matched = matched
         fx1, fy1, fx2, fy2 = _ASTRONAUT_FACE
         pad = 8
         face = photo[fy1 - pad : fy2 + pad, fx1 - pad : fx2 + pad]
-        # Donor identity: another colour cast and a mild warp.
+        # Donor identity: another colour cast (matched swaps undo it each frame) and a mild warp.
         gains = self.rng.uniform(0.85, 1.15, size=3)
         self.donor = np.clip(face.astype(np.float32) * gains, 0, 255)
         self.donor = cv2.flip(self.donor, 1) if self.rng.random() < 0.5 else self.donor
@@ -293,6 +307,9 @@ class _FaceSwap:
         x1, y1, x2, y2 = self.scene.face_boxes[0]
         w, h = x2 - x1, y2 - y1
         jitter = self.rng.normal(0, 1, size=5)
+        if self.matched:
+            jitter[:3] *= 0.6  # less jitter, and no brightness flicker (colour matching sets it)
+            jitter[3:] = 0.0
         scale = 1.0 + 0.04 * jitter[0]
         cx = (x1 + x2) / 2 + 0.03 * w * jitter[1]
         cy = (y1 + y2) / 2 + 0.03 * h * jitter[2]
@@ -302,7 +319,7 @@ class _FaceSwap:
         donor = cv2.resize(self.donor, (tw, th)) * (1.0 + 0.05 * jitter[3]) + 4.0 * jitter[4]
         mask = np.zeros((th, tw), np.float32)
         cv2.ellipse(mask, (tw // 2, th // 2), (int(tw * 0.42), int(th * 0.46)), 0, 0, 360, 1.0, -1)
-        mask = cv2.GaussianBlur(mask, (0, 0), max(tw, th) * 0.06)[..., None]
+        mask = cv2.GaussianBlur(mask, (0, 0), max(tw, th) * (0.1 if self.matched else 0.06))[..., None]
         ox, oy = int(cx - tw / 2), int(cy - th / 2)
         H, W = out.shape[:2]
         sx0, sy0 = max(0, -ox), max(0, -oy)
@@ -311,10 +328,30 @@ class _FaceSwap:
             return out
         roi = out[oy + sy0 : oy + ey, ox + sx0 : ox + ex].astype(np.float32)
         d, mk = donor[sy0:ey, sx0:ex], mask[sy0:ey, sx0:ex]
+        if self.matched:
+            d = _match_colour(d, roi, mk[..., 0] > 0.5)
         out[oy + sy0 : oy + ey, ox + sx0 : ox + ex] = np.clip(roi * (1 - mk) + d * mk, 0, 255).astype(
             np.uint8
         )
         return out
+
+
+def _match_colour(src: np.ndarray, ref: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``src`` with the per-channel mean and spread of ``ref`` inside ``where`` (a colour transfer)."""
+    if where.sum() < 16:
+        return src
+    s, r = src[where], ref[where]
+    return (src - s.mean(0)) / (s.std(0) + 1e-3) * r.std(0) + r.mean(0)
+
+
+def _grade(frame: np.ndarray, spec: ClipSpec, i: int) -> np.ndarray:
+    """The global look of a matched-swap clip: a colour grade of its scene (shared by a FAKE and its
+    original) and fresh sensor noise every frame, on REAL and FAKE clips alike."""
+    rng = np.random.default_rng([spec.scene_seed, 1])
+    gains, gamma, sigma = rng.uniform(0.9, 1.1, 3), rng.uniform(0.85, 1.15), rng.uniform(1.0, 3.0)
+    x = 255.0 * (frame.astype(np.float32) / 255.0) ** gamma * gains
+    x += np.random.default_rng([spec.scene_seed, 2, i]).normal(0, sigma, frame.shape)
+    return np.clip(x, 0, 255).astype(np.uint8)
 
 
 def _ffmpeg() -> str:
@@ -347,7 +384,8 @@ def write_clip(spec: ClipSpec, path: str, photo: np.ndarray | None = None, crf: 
     """Render ``spec`` frame by frame straight into an ffmpeg/libx264 process (no whole video in memory)."""
     photo = _astronaut_bgr() if photo is None else photo
     scene = _Scene(spec, photo)
-    swap = _FaceSwap(scene, photo, spec.swap_seed) if spec.swap_seed is not None else None
+    matched = spec.swap == "matched"
+    swap = _FaceSwap(scene, photo, spec.swap_seed, matched) if spec.swap_seed is not None else None
     # Odd sizes need 4:4:4 chroma; libx264's 4:2:0 requires even dimensions.
     pix_fmt = "yuv420p" if spec.width % 2 == 0 and spec.height % 2 == 0 else "yuv444p"
     cmd = [
@@ -392,6 +430,8 @@ def write_clip(spec: ClipSpec, path: str, photo: np.ndarray | None = None, crf: 
             frame = scene.frame(i, canvas)
             if spec.kind == "poster":
                 frame = paste_posters(frame, photo)
+            if matched:
+                frame = _grade(frame, spec, i)
             proc.stdin.write(frame.tobytes())
         proc.stdin.close()
         err = proc.stderr.read().decode(errors="replace")
@@ -440,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--portrait-size", default="1080x1920", help="WxH of the portrait clip")
     p.add_argument("--portrait-frames", type=int, default=12)
+    p.add_argument(
+        "--swap",
+        choices=sorted(SWAPS),
+        default="standard",
+        help="; ".join(f"{k}: {v}" for k, v in SWAPS.items()),
+    )
     args = p.parse_args(argv)
     try:
         pw, ph = (int(v) for v in args.portrait_size.lower().split("x"))
@@ -458,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         specials=not args.no_specials,
         portrait_size=(pw, ph),
         portrait_frames=args.portrait_frames,
+        swap=args.swap,
     )
     clips = generate(args.out, cfg)
     n_fake = sum(c.label == "FAKE" for c in clips)

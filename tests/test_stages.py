@@ -124,6 +124,34 @@ def test_sample_clip_bytes_are_deterministic(tmp_path):
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
 
 
+def test_matched_swaps_carry_no_colour_cast_and_real_clips_share_the_grading():
+    """The harder generator: a matched swap's face region keeps the original's colour (the standard
+    swap shifts it), and a REAL clip's frames get the same global grading as its FAKEs."""
+    from dfpipe.sample import _astronaut_bgr, _FaceSwap, _grade, _Scene
+
+    photo = _astronaut_bgr()
+    real = ClipSpec("r", "REAL", 0, 320, 240, n_frames=1, fps=10.0, scene_seed=5, swap="matched")
+    scene = _Scene(real, photo)
+    x1, y1, x2, y2 = (int(v) for v in scene.face_boxes[0])
+    inner = (slice(y1 + (y2 - y1) // 4, y2 - (y2 - y1) // 4), slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4))
+
+    def cast(matched: bool) -> float:
+        casts = []
+        for seed in range(6):
+            swapped = _FaceSwap(scene, photo, seed, matched).apply(scene.canvas)
+            diff = swapped[inner].reshape(-1, 3).mean(0) - scene.canvas[inner].reshape(-1, 3).mean(0)
+            casts.append(np.abs(diff - diff.mean()).max())  # a shift of one channel against the others
+        return float(np.mean(casts))
+
+    assert cast(True) < 0.5 * cast(False), (cast(True), cast(False))
+    frame = scene.frame(0)
+    graded = _grade(frame, real, 0)
+    assert np.array_equal(graded, _grade(frame, real, 0)) and not np.array_equal(graded, frame)
+    fake = ClipSpec("f", "FAKE", 0, 320, 240, n_frames=1, fps=10.0, scene_seed=5, swap_seed=1, swap="matched")
+    background = (slice(0, 20), slice(0, 20))  # outside the face: REAL and FAKE graded alike
+    assert np.array_equal(_grade(frame, fake, 0)[background], graded[background])
+
+
 def test_catalog_dfdc_with_bad_entries(tmp_path):
     part = tmp_path / "dfdc_train_part_3"
     part.mkdir()
