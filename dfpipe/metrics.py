@@ -63,9 +63,14 @@ def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
 
 
 def best_temperature(loss_of: Callable[[float], float]) -> float:
-    """The temperature in [0.25, 20] (400 log-spaced values) with the lowest ``loss_of(T)``."""
-    grid = np.exp(np.linspace(np.log(0.25), np.log(20.0), 400))
-    return float(grid[int(np.argmin([loss_of(t) for t in grid]))])
+    """The temperature in [0.25, 20] with the lowest ``loss_of(T)``: 41 log-spaced values, then 41
+    between the best one's neighbours (82 evaluations, steps of 0.5%; a video-level loss over a
+    whole corpus costs seconds per evaluation)."""
+    lo, hi = np.log(0.25), np.log(20.0)
+    grid = np.linspace(lo, hi, 41)
+    i = int(np.argmin([loss_of(float(np.exp(x))) for x in grid]))
+    fine = np.linspace(grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)], 41)
+    return float(np.exp(fine[int(np.argmin([loss_of(float(np.exp(x))) for x in fine]))]))
 
 
 def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

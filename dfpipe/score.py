@@ -49,9 +49,89 @@ def aggregate(probs: np.ndarray, tracks: np.ndarray, how: Aggregation = "max_tra
     raise ValueError(f"unknown aggregation {how!r}")
 
 
-def window_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Calibrated window probabilities: sigmoid(logit / T), T fitted on the val split at training."""
-    return M.sigmoid(np.asarray(logits, float) / max(temperature, 1e-6))
+CALIBRATED_PRIOR = 0.5  # the share of FAKE a trained classifier's probabilities assume (see below)
+
+
+def prior_shift(prior_fake: float, calibrated_prior: float = CALIBRATED_PRIOR) -> float:
+    """What to add to a calibrated logit so its probability assumes ``prior_fake`` FAKE videos
+    instead of ``calibrated_prior`` (Bayes' rule on the odds); 0 when they are equal.
+
+    One prior runs through training and scoring: the classifier's loss weighs FAKE by REAL/FAKE
+    (``pos_weight``), so it learns as if the classes were balanced; its temperature is fitted on
+    the *balanced* validation log loss, so its probabilities are calibrated for a prior of 0.5; a
+    video without a usable window gets that same prior by default (DFDC practice: 0.5). A user who
+    knows the share of FAKE videos in what they score (``score prior_fake=0.84``) shifts every
+    probability and the fallback to it together.
+    """
+    return float(_logit(prior_fake) - _logit(calibrated_prior))
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
+
+def window_probs(logits: np.ndarray, temperature: float, shift: float = 0.0) -> np.ndarray:
+    """Calibrated window probabilities: sigmoid(logit / T + shift), T fitted on the val split at
+    training, ``shift`` from :func:`prior_shift`."""
+    return M.sigmoid(np.asarray(logits, float) / max(temperature, 1e-6) + shift)
+
+
+def video_probs(
+    probs: np.ndarray, labels: np.ndarray, videos: np.ndarray, tracks: np.ndarray, how: Aggregation
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each video's probability by the scoring rule ``how`` (:func:`aggregate`) and its label, from
+    arrays of windows. Validation picks checkpoints and fits the temperature with the rule scoring
+    uses, so the numbers it reports are the numbers a scored video gets."""
+    return VideoGroups(labels, videos, tracks).probs(probs, how)
+
+
+class VideoGroups:
+    """Windows grouped by video once, for many evaluations (a temperature search)."""
+
+    def __init__(self, labels: np.ndarray, videos: np.ndarray, tracks: np.ndarray):
+        videos = np.asarray(videos)
+        self.order = np.argsort(videos, kind="stable")
+        videos = videos[self.order]
+        self.tracks = np.asarray(tracks)[self.order]
+        starts = np.r_[0, np.nonzero(videos[1:] != videos[:-1])[0] + 1, len(videos)]
+        self.groups = [slice(a, b) for a, b in zip(starts[:-1], starts[1:], strict=True) if b > a]
+        labels = np.asarray(labels)[self.order]
+        self.labels = np.asarray([float(labels[g][0]) for g in self.groups])
+
+    def probs(self, window_probs: np.ndarray, how: Aggregation) -> tuple[np.ndarray, np.ndarray]:
+        p = np.asarray(window_probs, float)[self.order]
+        return np.asarray([aggregate(p[g], self.tracks[g], how) for g in self.groups]), self.labels
+
+
+def video_temperature(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    videos: np.ndarray,
+    tracks: np.ndarray,
+    how: Aggregation,
+    shift: float = 0.0,
+    balanced: bool = True,
+    current: float = 1.0,
+) -> tuple[float, float, float]:
+    """The temperature of window logits that minimises the log loss of the *video* probabilities
+    (windows aggregated by ``how``), so calibration holds for what is reported; with ``balanced``
+    the mean of the per-class losses (calibration for a prior of 0.5 whatever the class ratio).
+
+    Returns ``(temperature, loss at T=current, loss at the temperature)``; ``current`` when one class
+    is missing.
+    """
+    loss = M.balanced_log_loss if balanced else M.log_loss
+    groups = VideoGroups(labels, videos, tracks)
+
+    def video_loss(t: float) -> float:
+        p, y = groups.probs(window_probs(logits, t, shift), how)
+        return loss(y, p)
+
+    if len(np.unique(groups.labels)) < 2:
+        return current, video_loss(current), video_loss(current)
+    t = M.best_temperature(video_loss)
+    return t, video_loss(current), video_loss(t)
 
 
 def clip(p: float, low: float, high: float) -> float:
@@ -109,7 +189,34 @@ class VideoRule:
     aggregation: Aggregation = "max_track_mean"
     clip_low: float = 0.01
     clip_high: float = 0.99
-    fallback: Literal["prior", "half"] = "prior"
+    fallback: Literal["prior", "half", "train"] = "prior"
+    prior_fake: float = CALIBRATED_PRIOR  # the share of FAKE the probabilities assume (prior_shift)
+
+    def __post_init__(self):
+        if not 0 <= self.clip_low < self.clip_high <= 1:
+            raise ValueError("need 0 <= clip_low < clip_high <= 1")
+        if not 0 < self.prior_fake < 1:
+            raise ValueError(f"prior_fake must be between 0 and 1 (exclusive), got {self.prior_fake}")
+
+    @classmethod
+    def of(cls, options, meta: dict) -> VideoRule:
+        """The rule of a scoring run's options (``aggregation``, ``clip_low``/``clip_high``, ``fallback``,
+        ``prior_fake``); the model's own aggregation unless one is given."""
+        return cls(
+            options.aggregation or meta.get("aggregation", "max_track_mean"),
+            options.clip_low,
+            options.clip_high,
+            options.fallback,
+            options.prior_fake,
+        )
+
+    def fallback_prob(self, meta: dict) -> float:
+        """A video with no usable window: the scoring prior (default), 0.5, or the training set's
+        share of FAKE windows (``train``; the default before the prior was made one)."""
+        return {"prior": self.prior_fake, "half": 0.5, "train": meta.get("prior_fake", 0.5)}[self.fallback]
+
+    def shift(self, meta: dict) -> float:
+        return prior_shift(self.prior_fake, meta.get("calibrated_prior", CALIBRATED_PRIOR))
 
 
 def video_row(
@@ -132,9 +239,11 @@ def video_row(
         reason=None,
     )
     probs = (
-        window_probs([w["logit"] for w in windows], meta.get("temperature", 1.0)) if windows else np.zeros(0)
+        window_probs([w["logit"] for w in windows], meta.get("temperature", 1.0), rule.shift(meta))
+        if windows
+        else np.zeros(0)
     )
-    prior = meta.get("prior_fake", 0.5) if rule.fallback == "prior" else 0.5
+    prior = rule.fallback_prob(meta)
     if video.get("status") != R.STATUS_OK:
         row.update(prob_fake=prior, reason=f"extract_failed: {video.get('error')}")
     elif not windows:

@@ -19,7 +19,7 @@ import torch
 
 from dfpipe import metrics as M
 from dfpipe.embed import FaceTensors
-from dfpipe.score import Aggregation, aggregate
+from dfpipe.score import video_probs
 
 log = logging.getLogger(__name__)
 
@@ -290,22 +290,6 @@ def window_logits(
     if not logits:
         return np.zeros(0), np.zeros(0), np.zeros(0, dtype=object), np.zeros(0, np.int32)
     return tuple(np.concatenate(x) for x in (logits, labels, videos, tracks))
-
-
-def video_probs(
-    probs: np.ndarray, labels: np.ndarray, videos: np.ndarray, tracks: np.ndarray, how: Aggregation
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each video's probability by the scoring rule ``how`` (:func:`dfpipe.score.aggregate`), and its label.
-
-    Validation picks checkpoints and fits the temperature with the rule scoring uses, so the
-    numbers it reports are the numbers a scored video gets.
-    """
-    out_p, out_y = [], []
-    for v in np.unique(videos):
-        sel = videos == v
-        out_p.append(aggregate(probs[sel], tracks[sel], how))
-        out_y.append(float(labels[sel][0]))
-    return np.asarray(out_p), np.asarray(out_y)
 
 
 def _validate_classifier(model, ctx: TrainContext, cfg: dict, shape) -> dict:

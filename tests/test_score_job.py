@@ -108,6 +108,36 @@ def test_rescoring_touches_only_new_videos(scored, classifier_model):
     assert len(scores) == before + 1 and scores.video_id.is_unique
 
 
+def test_calibrate_refits_the_temperature_on_the_labelled_videos_and_says_so(
+    scored, classifier_model, tmp_path, capsys
+):
+    """calibrate=true: a model whose temperature is wrong for this dataset (0.25: over-confident) gets one
+    fitted on the dataset's labelled videos, before/after log loss printed and kept, and every window
+    probability written is the logit under the new temperature (the first run's faces are the input)."""
+    import pyarrow.parquet as pq
+
+    _, first = scored
+    model = tmp_path / "model"
+    shutil.copytree(classifier_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**meta, "temperature": 0.25}))
+    out = tmp_path / "calibrated"
+    capsys.readouterr()
+    assert main(["score", "--input", str(first / "extract"), "--model", str(model),
+                 "--output", str(out), "calibrate=true"]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    cal = json.loads((out / "stats.json").read_text())["calibration"]
+    assert cal["fitted"] and cal["model_temperature"] == 0.25 and cal["temperature"] > 0.25
+    assert cal["log_loss_after"] < cal["log_loss_before"]
+    assert f"temperature 0.250 -> {cal['temperature']:.3f}" in said and "log loss" in said
+    scores = read_scores(str(out), None).to_pandas()
+    labelled = scores[(scores.n_windows > 0) & scores.label.notna() & scores.reason.isna()]
+    assert cal["videos"] == len(labelled) > 0
+    windows = pq.read_table(out / "window_scores").to_pandas()
+    expected = 1 / (1 + np.exp(-windows.logit.to_numpy(float) / cal["temperature"]))
+    assert np.allclose(windows.prob_fake, expected, atol=1e-5)
+
+
 def test_score_video_agrees_with_the_bulk_job(scored, classifier_model, tmp_path, capsys):
     data, out = scored
     scores = read_scores(str(out), None).to_pandas().set_index("video_id")

@@ -239,10 +239,57 @@ def test_a_poster_never_decides_the_video():
     assert row["n_tracks_counted"] == 1 and len(probs) == 6
     none_counted = [{**w, "counted": False} for w in windows]
     row, _ = video_row(video, none_counted, {"temperature": 1.0, "prior_fake": 0.4}, VideoRule(), "m", "now")
-    assert row["prob_fake"] == pytest.approx(0.4) and row["reason"].startswith("no_counted_window")
+    assert row["prob_fake"] == pytest.approx(0.5) and row["reason"].startswith("no_counted_window")
+    rule = VideoRule(fallback="train")
+    row, _ = video_row(video, none_counted, {"temperature": 1.0, "prior_fake": 0.4}, rule, "m", "now")
+    assert row["prob_fake"] == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize("bad", [dict(min_share=1.5), dict(min_mean_prob=-0.1), dict(min_relative_size=2)])
 def test_track_rule_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         TrackRule(**bad)
+
+
+def test_one_prior_shifts_probabilities_and_the_fallback_together():
+    """The model is calibrated for 0.5 FAKE; prior_fake moves every probability by Bayes' rule and the
+    fallback to the same value, and a prior equal to the calibrated one changes nothing."""
+    from dfpipe.score import VideoRule, prior_shift, video_row
+
+    video = {"video_id": "v", "status": R.STATUS_OK, "n_tracks": 1, "n_tracks_counted": 1}
+    windows = [{"track_id": 0, "start_frame": 0, "logit": 0.0, "counted": True}]
+    meta = {"temperature": 2.0, "prior_fake": 0.3}
+    assert video_row(video, windows, meta, VideoRule(), "m", "now")[0]["prob_fake"] == pytest.approx(0.5)
+    row, probs = video_row(video, windows, meta, VideoRule(prior_fake=0.84), "m", "now")
+    assert row["prob_fake"] == pytest.approx(0.84) and probs[0] == pytest.approx(0.84)
+    odds = 3.0 * (0.84 / 0.16)  # a window at odds 3:1 for a balanced prior, at a prior of 0.84
+    windows[0]["logit"] = 2.0 * np.log(3.0)
+    row, _ = video_row(video, windows, meta, VideoRule(prior_fake=0.84, clip_high=1.0), "m", "now")
+    assert row["prob_fake"] == pytest.approx(odds / (1 + odds))
+    empty = {**video, "status": R.STATUS_FAILED, "error": "x"}
+    assert video_row(empty, [], meta, VideoRule(prior_fake=0.84), "m", "now")[0][
+        "prob_fake"
+    ] == pytest.approx(0.84)
+    assert prior_shift(0.5) == 0.0
+    with pytest.raises(ValueError, match="prior_fake"):
+        VideoRule(prior_fake=1.0)
+
+
+def test_the_video_temperature_is_fitted_for_a_balanced_prior():
+    """With five FAKE videos per REAL one, the balanced fit equals the plain fit on a set where each REAL
+    video counts five times: the probabilities assume 0.5 FAKE whatever the validation ratio."""
+    from dfpipe.score import video_temperature
+
+    rng = np.random.default_rng(0)
+    n_real, n_fake = 20, 100
+    y = np.r_[np.zeros(n_real), np.ones(n_fake)]
+    logits = np.where(y == 1, 1.0, -1.0) * 4 + rng.normal(0, 3, len(y)) + 1.5  # biased towards FAKE
+    videos = np.array([f"v{i}" for i in range(len(y))])
+    tracks = np.zeros(len(y), int)
+    t_bal, before, after = video_temperature(logits, y, videos, tracks, "mean", balanced=True)
+    copies = np.r_[np.repeat(np.arange(n_real), 5), np.arange(n_real, len(y))]
+    vids = np.array([f"c{i}" for i in range(len(copies))])
+    t_rep, _, _ = video_temperature(logits[copies], y[copies], vids, tracks[copies], "mean", balanced=False)
+    t_plain, _, _ = video_temperature(logits, y, videos, tracks, "mean", balanced=False)
+    assert t_bal == pytest.approx(t_rep, rel=0.02) and abs(t_bal - t_plain) > 0.05 * t_plain
+    assert after < before

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -29,7 +30,7 @@ from dfpipe.extract import Resources
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_uri_for, embed_windows
-from dfpipe.score import VideoRule, WindowScoreStage, video_row
+from dfpipe.score import VideoRule, WindowScoreStage, video_row, video_temperature
 from dfpipe.timing import StepTimer
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,20 @@ class ScoreConfig(C.RunOptions):
     )
     clip_low: float = C.option(0.01, "lowest probability written (one confident mistake dominates log loss)")
     clip_high: float = C.option(0.99, "highest probability written")
-    fallback: Literal["prior", "half"] = C.option(
-        "prior", "probability of videos with no usable window: the training prior or 0.5"
+    prior_fake: float = C.option(
+        0.5,
+        "share of FAKE videos the probabilities assume: the model is calibrated for 0.5 (balanced); give the "
+        "share expected in what you score to shift every probability and the fallback by Bayes' rule",
+    )
+    fallback: Literal["prior", "half", "train"] = C.option(
+        "prior",
+        "probability of videos with no usable window: prior_fake (default; DFDC practice is 0.5), 0.5, or "
+        "the share of FAKE among the training windows (train)",
+    )
+    calibrate: bool = C.option(
+        False,
+        "fit the temperature again on this dataset's labelled videos (log loss before and after is printed "
+        "and kept in stats.json); every video is then scored again with it",
     )
     extract: dict = C.option(
         {},
@@ -72,17 +85,11 @@ class ScoreConfig(C.RunOptions):
     use_gpu: bool | None = C.option(None, "use GPUs (default: when the cluster has them)")
 
     def __post_init__(self):
-        if not 0 <= self.clip_low < self.clip_high <= 1:
-            raise ValueError("need 0 <= clip_low < clip_high <= 1")
+        VideoRule.of(self, {})  # checks clip_low/clip_high and prior_fake
         check_overrides(self.extract, self.segment)
 
     def video_rule(self, meta: dict) -> VideoRule:
-        return VideoRule(
-            self.aggregation or meta.get("aggregation", "max_track_mean"),
-            self.clip_low,
-            self.clip_high,
-            self.fallback,
-        )
+        return VideoRule.of(self, meta)
 
 
 # Options a scoring run may give for its extraction and segmentation (the rest are fixed by the run).
@@ -266,9 +273,12 @@ def run(cfg: ScoreConfig) -> dict:
         seg_cfg.output, opts, columns=["video_id", "split", "n_tracks", "n_tracks_counted", "reason"]
     )
     scored = read_scores(cfg.output, opts, version, columns=["video_id", "model_version"])
+    rescore_all = cfg.all or cfg.calibrate  # a temperature fitted now applies to every video
+    if cfg.calibrate and not cfg.all and scored.num_rows:
+        console.say("score: calibrate=true: every video is scored again with the temperature fitted now")
     pending = (
         manifest
-        if cfg.all
+        if rescore_all
         else manifest.filter(pc.invert(pc.is_in(manifest.column("video_id"), scored.column("video_id"))))
     )
     console.say(
@@ -306,11 +316,15 @@ def run(cfg: ScoreConfig) -> dict:
         salt=version,
     )
     writer.remove_orphans()
-    if cfg.all and scored.num_rows:
+    if rescore_all and scored.num_rows:
         remove_version(cfg.output, version, opts)
     segments = {r["video_id"]: r for r in summary.to_pylist()}
     learned = model_splits(meta, opts)
     rule = cfg.video_rule(meta)
+    calibration = None
+    if cfg.calibrate:
+        calibration = refit_temperature(pending, window_rows, meta, rule)
+        meta = {**meta, "temperature": calibration["temperature"]}
     batch_scores, batch_windows = [], []
     for video in pending.to_pylist():
         seg = segments.get(video["video_id"], {})
@@ -355,6 +369,8 @@ def run(cfg: ScoreConfig) -> dict:
         "frames_per_s": round(n_frames / elapsed, 2) if elapsed else None,
         "step_seconds": timer.rounded(),
     }
+    if calibration:
+        stats["calibration"] = calibration
     storage.write_json(paths["stats"], stats, opts)
     labels = {x for x in all_scores.column("label").to_pylist() if x is not None}
     if cfg.evaluate and labels == {R.LABEL_REAL, R.LABEL_FAKE}:
@@ -373,6 +389,50 @@ def run(cfg: ScoreConfig) -> dict:
     elif cfg.evaluate and labels:
         console.say("score: evaluation skipped: the labelled videos are all of one class")
     return stats
+
+
+def refit_temperature(
+    pending: pa.Table, window_rows: dict[str, list[dict]], meta: dict, rule: VideoRule
+) -> dict:
+    """``calibrate=true``: the temperature that minimises the video log loss of this dataset's
+    labelled videos under the scoring rule (counted windows, the prior shift), said out loud."""
+    labels = dict(
+        zip(pending.column("video_id").to_pylist(), pending.column("label").to_pylist(), strict=True)
+    )
+    logits, ys, videos, tracks = [], [], [], []
+    for video, rows in window_rows.items():
+        if labels.get(video) not in (R.LABEL_REAL, R.LABEL_FAKE):
+            continue
+        for w in rows:
+            if w.get("counted") is not False:
+                logits.append(w["logit"])
+                ys.append(labels[video])
+                videos.append(video)
+                tracks.append(w["track_id"])
+    current = float(meta.get("temperature", 1.0))
+    n_videos = len(set(videos))
+    if len(set(ys)) < 2:
+        console.say(
+            f"score: calibrate=true: needs labelled videos of both classes with windows; the model's temperature {current:.3f} stays"
+        )
+        return {"temperature": current, "model_temperature": current, "videos": n_videos, "fitted": False}
+    t, before, after = video_temperature(
+        np.asarray(logits), np.asarray(ys), np.asarray(videos), np.asarray(tracks),
+        rule.aggregation, shift=rule.shift(meta), balanced=False, current=current,
+    )  # fmt: skip
+    console.say(
+        f"score: calibrate=true: temperature {current:.3f} -> {t:.3f}, fitted on {n_videos} labelled videos of "
+        f"this dataset: their video log loss {before:.4f} -> {after:.4f} (videos without windows aside; the "
+        "report now evaluates on the videos the temperature was fitted on)"
+    )
+    return {
+        "temperature": t,
+        "model_temperature": current,
+        "videos": n_videos,
+        "log_loss_before": before,
+        "log_loss_after": after,
+        "fitted": True,
+    }
 
 
 def score_windows(
@@ -442,6 +502,12 @@ def format_summary(stats: dict, report: bool = True) -> str:
     ]
     for reason, n in stats["fallback_by_reason"].items():
         lines.append(f"  fallback probability, {reason}: {n}")
+    cal = stats.get("calibration")
+    if cal and cal.get("fitted"):
+        lines.append(
+            f"  calibrate=true: temperature {cal['model_temperature']:.3f} -> {cal['temperature']:.3f} on "
+            f"{cal['videos']} labelled videos, video log loss {cal['log_loss_before']:.4f} -> {cal['log_loss_after']:.4f}"
+        )
     if report and "report" in stats:
         from dfpipe.jobs import evaluate
 

@@ -44,7 +44,13 @@ class ScoreVideoConfig(C.RunOptions):
     )
     clip_low: float = C.option(0.01, "lowest probability reported")
     clip_high: float = C.option(0.99, "highest probability reported")
-    fallback: Literal["prior", "half"] = C.option("prior", "probability when no window is usable")
+    prior_fake: float = C.option(
+        0.5,
+        "share of FAKE the probability assumes (the model is calibrated for 0.5; see 'dfpipe score --help')",
+    )
+    fallback: Literal["prior", "half", "train"] = C.option(
+        "prior", "probability when no window is usable: prior_fake, 0.5, or the training share (train)"
+    )
     device: Literal["auto", "cpu", "cuda"] = C.option(
         "auto", "where MTCNN and the embedder run: auto uses a GPU when one is visible"
     )
@@ -56,6 +62,7 @@ class ScoreVideoConfig(C.RunOptions):
 
     def __post_init__(self):
         score_job.check_overrides(self.extract, self.segment)
+        VideoRule.of(self, {})  # checks clip_low/clip_high and prior_fake
 
 
 def run(cfg: ScoreVideoConfig) -> dict:
@@ -100,12 +107,7 @@ class Scorer:
         self.embed.setup()
         self.classify = WindowScoreStage(cfg.model)
         self.classify.setup()
-        self.rule = VideoRule(
-            cfg.aggregation or self.meta.get("aggregation", "max_track_mean"),
-            cfg.clip_low,
-            cfg.clip_high,
-            cfg.fallback,
-        )
+        self.rule = VideoRule.of(cfg, self.meta)
         self.load_seconds = time.perf_counter() - started
 
     def __enter__(self) -> Scorer:

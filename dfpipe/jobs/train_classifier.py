@@ -10,13 +10,13 @@ import pyarrow.compute as pc
 
 from dfpipe import config as C
 from dfpipe import console, modelio, runner, storage
-from dfpipe import metrics as M
 from dfpipe import records as R
 from dfpipe.embed import codes_array
 from dfpipe.jobs import _training as T
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import embed_windows, read_split
-from dfpipe.training import classifier_loop, video_probs, window_logits
+from dfpipe.score import CALIBRATED_PRIOR, video_temperature
+from dfpipe.training import classifier_loop, window_logits
 
 NAME = "train_classifier"
 RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
@@ -156,6 +156,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
     )
     progress.close()
     meta["temperature"] = calibrate(best["model"], meta, rows_uri, opts)
+    meta["calibrated_prior"] = CALIBRATED_PRIOR
     segment_cfg = storage.read_json(segment_job.layout(cfg.input)["config"], opts)
     meta["segment"] = {
         "uri": storage.normalize(cfg.input),
@@ -177,7 +178,9 @@ def run(cfg: TrainClassifierConfig) -> dict:
 def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
     """A temperature for the window logits, fitted on the val split: the one minimising the log loss
     of the *video* probabilities that scoring computes from them (the model's aggregation over
-    counted windows), so calibration holds for what is reported."""
+    counted windows), so calibration holds for what is reported. The loss is balanced over the
+    classes, as the training loss is (``pos_weight``): the probabilities assume a prior of 0.5
+    (``dfpipe.score.prior_shift``)."""
     model = modelio.build(meta)
     model.load_state_dict(state)
     val = storage.read_parquet_dir(
@@ -197,15 +200,10 @@ def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
         model, iter([batch]), (meta["n_frames"], meta["code_dim"]), "cpu"
     )
     how = meta["aggregation"]
-
-    def video_loss(t: float) -> float:
-        vp, vy = video_probs(M.sigmoid(logits / t), labels, videos, tracks, how)
-        return M.log_loss(vy, vp)
-
-    temperature = M.best_temperature(video_loss) if len(np.unique(labels)) == 2 else 1.0
+    temperature, before, after = video_temperature(logits, labels, videos, tracks, how, balanced=True)
     console.say(
-        f"train_classifier: temperature {temperature:.3f} (val video log loss, {how}: "
-        f"{video_loss(1.0):.4f} -> {video_loss(temperature):.4f})"
+        f"train_classifier: temperature {temperature:.3f} (val video log loss balanced over the classes, {how}: "
+        f"{before:.4f} -> {after:.4f}; probabilities assume {CALIBRATED_PRIOR:.0%} FAKE)"
     )
     return temperature
 
