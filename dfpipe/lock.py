@@ -2,8 +2,10 @@
 
 Local roots use an exclusive create (``O_EXCL``), which is atomic. Object stores have no portable
 create-if-absent, so there the lock is written with a random token and read back after a pause:
-a weaker guard that is enough for cron-spaced runs. A lock older than ``stale_after_s`` is taken
-over, so a run killed without cleaning up blocks nothing for long.
+a weaker guard that is enough for cron-spaced runs. While a run holds the lock a heartbeat thread
+rewrites its ``beat`` time (every quarter of ``stale_after_s``, at most every minute); a lock whose
+last beat is older than ``stale_after_s`` is taken over, so a run killed without cleaning up blocks
+nothing for long, and a long run is never joined by a second one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -26,7 +29,18 @@ class LockHeld(RuntimeError):
 
 
 def _holder() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "token": uuid.uuid4().hex}
+    now = time.time()
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": now,
+        "beat": now,
+        "token": uuid.uuid4().hex,
+    }
+
+
+def _last_beat(holder: dict) -> float:
+    return float(holder.get("beat", holder.get("since", 0)))
 
 
 @contextmanager
@@ -37,10 +51,14 @@ def run_lock(uri: str, options: storage.StorageOptions | None = None, stale_afte
             other = storage.read_json(uri, options)
         except (ValueError, OSError):
             other = {"since": 0}
-        age = time.time() - float(other.get("since", 0))
+        age = time.time() - _last_beat(other)
         if age < stale_after_s:
-            raise LockHeld(f"{uri} is held by {other.get('host')} pid {other.get('pid')} for {age:.0f} s")
-        log.warning("taking over a stale lock %s (%.0f s old)", uri, age)
+            held = time.time() - float(other.get("since", 0))
+            raise LockHeld(
+                f"{uri} is held by {other.get('host')} pid {other.get('pid')} for {held:.0f} s "
+                f"(last heartbeat {age:.0f} s ago)"
+            )
+        log.warning("taking over a stale lock %s (no heartbeat for %.0f s)", uri, age)
         storage.delete(uri, options)
     if storage.is_local(uri):
         path = storage.strip_protocol(uri)
@@ -56,11 +74,31 @@ def run_lock(uri: str, options: storage.StorageOptions | None = None, stale_afte
         time.sleep(1.0)
         if storage.read_json(uri, options).get("token") != me["token"]:
             raise LockHeld(f"{uri} was taken by another run just now")
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat, args=(uri, options, me, min(60.0, stale_after_s / 4), stop), daemon=True
+    )
+    beat.start()
     try:
         yield me
     finally:
+        stop.set()
+        beat.join()
         try:
             if storage.read_json(uri, options).get("token") == me["token"]:
                 storage.delete(uri, options)
         except (OSError, ValueError):
             log.warning("could not release lock %s", uri)
+
+
+def _heartbeat(uri: str, options, me: dict, every: float, stop: threading.Event) -> None:
+    """Refresh the lock's ``beat`` until ``stop``; stop beating if another run took the lock over."""
+    while not stop.wait(every):
+        try:
+            if storage.read_json(uri, options).get("token") != me["token"]:
+                log.warning("lock %s was taken over by another run; no longer refreshing it", uri)
+                return
+            me["beat"] = time.time()
+            storage.write_json(uri, me, options)
+        except (OSError, ValueError) as exc:  # a missed beat is retried; only many make the lock stale
+            log.warning("could not refresh lock %s: %s", uri, exc)

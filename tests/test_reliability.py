@@ -363,3 +363,30 @@ def test_every_job_entry_point_exits_through_exit_process():
 
 # A stale recorded Ray head (a `ray start` head killed on this machine): tests/test_console.py runs a
 # job as a process on such a machine.
+
+
+def test_a_held_lock_is_refreshed_and_only_a_really_stale_one_is_taken_over(tmp_path, caplog):
+    """A run holding the rescore lock longer than stale_after_s keeps it (its heartbeat refreshes it);
+    a lock whose holder stopped beating longer ago than that is taken over, with a warning."""
+    import time
+
+    from dfpipe.lock import LockHeld, run_lock
+
+    uri = str(tmp_path / "rescore.lock")
+    with run_lock(uri, stale_after_s=1.0) as me:
+        time.sleep(1.6)  # longer than stale_after_s: without the heartbeat a second run would take over
+        with pytest.raises(LockHeld, match="last heartbeat"):
+            with run_lock(uri, stale_after_s=1.0):
+                pass
+        assert json.loads(Path(uri).read_text())["beat"] > me["since"] + 0.5
+    assert not Path(uri).exists(), "released at the end"
+
+    gone = {"host": "elsewhere", "pid": 1, "since": time.time() - 100, "beat": time.time() - 50, "token": "x"}
+    Path(uri).write_text(json.dumps(gone))
+    with pytest.raises(LockHeld):
+        with run_lock(uri, stale_after_s=60.0):
+            pass
+    with caplog.at_level("WARNING", logger="dfpipe.lock"):
+        with run_lock(uri, stale_after_s=30.0) as me:
+            assert json.loads(Path(uri).read_text())["token"] == me["token"]
+    assert "taking over a stale lock" in caplog.text
