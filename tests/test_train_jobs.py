@@ -252,3 +252,39 @@ def test_training_batches_span_videos_per_class_on_ray_train(ray_session, tmp_pa
                 assert len(set(real)) >= min(8, videos) and len(set(fake)) >= min(8, videos), (real, fake)
                 assert {v[0] for v in real} == {"0"} and {v[0] for v in fake} == {"1"}
     assert first[0]["batches"][0] != first[1]["batches"][0], "epoch 2 comes in another order"
+
+
+def test_cached_codes_of_faces_extracted_otherwise_are_made_again(tmp_path, capsys):
+    """The embedding cache is keyed by the extraction's config hash too: after `extract --overwrite` with
+    other options, the codes cached from the old faces are dropped (here no window is left to embed,
+    so no Ray is needed to see it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dfpipe import records as R
+    from dfpipe.jobs._codes import embed_windows, faces_version
+
+    embedder = tmp_path / "embedder"
+    embedder.mkdir()
+    (embedder / "model.pt").write_bytes(b"weights")
+    (tmp_path / "extract").mkdir()
+    (tmp_path / "segment").mkdir()
+    (tmp_path / "extract" / "config.json").write_text(json.dumps({"config_hash": "new"}))
+    (tmp_path / "segment" / "config.json").write_text(
+        json.dumps({"config": {"input": str(tmp_path / "extract")}})
+    )
+    assert faces_version(str(tmp_path / "segment"), None) == "new"
+    cache = tmp_path / "segment" / "embeddings" / "v"
+    (cache / "windows").mkdir(parents=True)
+    version = modelio.model_version(str(embedder))
+    (cache / "cache.json").write_text(json.dumps({"embedder_version": version, "faces_config_hash": "old"}))
+    row = {"window_id": "w", "video_id": "v", "track_id": 0, "label": 1, "part": "p", "split": "train",
+           "start_frame": 0, "n_frames": 1, "counted": True, "code_dim": 2, "codes": [0.0, 1.0]}  # fmt: skip
+    pq.write_table(pa.Table.from_pylist([row], schema=R.EMBEDDINGS_SCHEMA), cache / "windows" / "a.parquet")
+    none = pa.table({"window_id": pa.array([], pa.string())})
+    embed_windows(
+        none, str(embedder), str(cache), None, False, 8, faces_version(str(tmp_path / "segment"), None)
+    )
+    assert not list((cache / "windows").glob("*.parquet")) if (cache / "windows").exists() else True
+    assert json.loads((cache / "cache.json").read_text())["faces_config_hash"] == "new"
+    assert "extracted with other options" in capsys.readouterr().out

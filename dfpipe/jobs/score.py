@@ -29,7 +29,7 @@ from dfpipe import records as R
 from dfpipe.extract import Resources
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
-from dfpipe.jobs._codes import cache_uri_for, embed_windows
+from dfpipe.jobs._codes import cache_uri_for, embed_windows, faces_version
 from dfpipe.score import VideoRule, WindowScoreStage, video_row, video_temperature
 from dfpipe.timing import StepTimer
 
@@ -294,9 +294,9 @@ def run(cfg: ScoreConfig) -> dict:
         use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
         if windows.num_rows:
             with timer("embed"):
-                rows_uri, _ = embed_windows(
-                    windows, embedder, cache_uri_for(seg_cfg.output, embedder, opts), opts, use_gpu, 128
-                )
+                cache = cache_uri_for(seg_cfg.output, embedder, opts)
+                faces = faces_version(seg_cfg.output, opts)
+                rows_uri, _ = embed_windows(windows, embedder, cache, opts, use_gpu, 128, faces)
             with timer("classify"):
                 window_rows = score_windows(
                     rows_uri, set(windows.column("window_id").to_pylist()), cfg.model, opts, cfg.num_workers

@@ -14,7 +14,7 @@ from dfpipe import records as R
 from dfpipe.embed import codes_array
 from dfpipe.jobs import _training as T
 from dfpipe.jobs import segment as segment_job
-from dfpipe.jobs._codes import embed_windows, read_split
+from dfpipe.jobs._codes import embed_windows, faces_version, read_split
 from dfpipe.score import CALIBRATED_PRIOR, video_temperature
 from dfpipe.training import classifier_loop, window_logits
 
@@ -94,7 +94,9 @@ def run(cfg: TrainClassifierConfig) -> dict:
     cache = cfg.embeddings_cache or storage.join(
         cfg.input, "embeddings", modelio.model_version(cfg.embedder, opts)
     )
-    rows_uri, embedded = embed_windows(windows, cfg.embedder, cache, opts, use_gpu, cfg.embed_batch_faces)
+    rows_uri, embedded = embed_windows(
+        windows, cfg.embedder, cache, opts, use_gpu, cfg.embed_batch_faces, faces_version(cfg.input, opts)
+    )
 
     train = windows.filter(pc.equal(windows.column("split"), "train"))
     n_fake = int(pc.sum(pc.equal(train.column("label"), R.LABEL_FAKE)).as_py())
