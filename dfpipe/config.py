@@ -182,6 +182,28 @@ def config_hash(config, keys: typing.Iterable[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def refuse_other_settings(
+    output: str, found: set, config, keys: typing.Iterable[str], previous: dict | None
+) -> None:
+    """The one rule of every step that appends to an output: rows made with other settings (config
+    hashes in ``found`` other than this config's) are never mixed with new ones. Raises a
+    :class:`ConfigError` (exit 2) naming each option that differs from ``previous`` (the config the
+    output's config.json recorded) and the way out, ``--overwrite``."""
+    digest = config_hash(config, keys)
+    other = set(found) - {digest, None}
+    if not other:
+        return
+    now = to_dict(config)
+    changed = [
+        k for k in sorted(keys) if previous is not None and k in previous and previous[k] != now.get(k)
+    ]
+    named = ", ".join(f"{k} {previous[k]!r} -> {now.get(k)!r}" for k in changed)
+    raise ConfigError(
+        f"{output} holds rows made with other settings ({named or 'config hash ' + sorted(other)[0]}); "
+        "pass --overwrite to redo them, or choose another output"
+    )
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """Where a job runs and how it reaches object stores; every job config extends this.

@@ -84,7 +84,7 @@ def test_extract_bad_inputs_are_recorded_not_fatal(ray_session, messy_dataset, t
     assert (good.status == "ok").all() and (good.n_frames > 0).all()
 
 
-def test_rerun_is_noop_and_overwrite_identical(ray_session, sample_dataset, tmp_path):
+def test_rerun_is_noop_and_overwrite_identical(ray_session, sample_dataset, tmp_path, capsys):
     out = str(tmp_path / "out")
     assert extract(str(sample_dataset), out) == 0
     first_manifest = read_manifest(out).drop_columns(["elapsed_s"]).sort_by("video_id")
@@ -96,6 +96,13 @@ def test_rerun_is_noop_and_overwrite_identical(ray_session, sample_dataset, tmp_
     assert extract(str(sample_dataset), out) == 0
     stats = json.loads(Path(out, "stats.json").read_text())
     assert stats["run"]["videos_processed"] == 0
+    assert sorted(p.name for p in Path(out, "videos").iterdir()) == files
+
+    # Other row-changing options on the same output are refused, naming them (one rule for every step).
+    capsys.readouterr()
+    assert extract(str(sample_dataset), out, "face_size=72") == 2
+    err = capsys.readouterr().err
+    assert "face_size 64 -> 72" in err and "--overwrite" in err, err
     assert sorted(p.name for p in Path(out, "videos").iterdir()) == files
 
     assert extract(str(sample_dataset), out, "--overwrite") == 0

@@ -136,12 +136,9 @@ def run(cfg: SegmentConfig) -> dict:
         for key in ("videos", "windows", "tracks"):
             storage.delete(paths[key], opts)
     done = read_summary(cfg.output, opts, columns=["video_id", "config_hash"])
-    other = set(done.column("config_hash").to_pylist()) - {config_hash}
-    if other:
-        raise C.ConfigError(
-            f"{cfg.output} holds windows made with other settings (config hash {sorted(other)[0]}); "
-            "pass --overwrite to redo them, or choose another output"
-        )
+    previous = storage.read_json(paths["config"], opts) if storage.exists(paths["config"], opts) else {}
+    found = set(pc.unique(done.column("config_hash")).to_pylist())
+    C.refuse_other_settings(cfg.output, found, cfg, OUTPUT_FIELDS, previous.get("config"))
     source = (
         storage.read_json(extract_job.layout(cfg.input)["config"], opts)
         if storage.exists(extract_job.layout(cfg.input)["config"], opts)
