@@ -31,6 +31,7 @@ def test_storage_options_endpoint_precedence(monkeypatch):
     assert opts == {
         "anon": True,
         "client_kwargs": {"endpoint_url": "http://config:3", "region_name": "eu-west-1"},
+        "config_kwargs": {"retries": {"max_attempts": 10, "mode": "standard"}},  # throttling is retried
     }
     assert storage.StorageOptions(endpoint_url="http://x").for_protocol("file") == {}
 
