@@ -31,7 +31,6 @@ refused env -u RAY_AUTH_TOKEN RAY_AUTH_MODE=disabled HOME="$WORK/no-home"     # 
 echo "smoke: submits without the cluster's token are refused"
 
 submit() { ray job submit --working-dir . -- "$@"; }
-submit python jobs/extract.py --input "$WORK/data" --output "$WORK/extract" face_size=64 max_frames=20
 submit python jobs/pipeline.py --input "$WORK/data" --output "$WORK/run" \
   extract.face_size=64 extract.max_frames=20 segment.window_len=8 segment.window_stride=4 \
   segment.val_parts=dfdc_train_part_1 train_embedder.face_size=80 train_embedder.epochs=1 \
@@ -51,7 +50,7 @@ from dfpipe.jobs.rescore import dump_output
 from dfpipe.jobs.score import read_scores
 
 work = Path(sys.argv[1])
-manifest = read_manifest(str(work / "extract"))
+manifest = read_manifest(str(work / "run/extract"))  # the pipeline's extract step, as a submitted job
 assert manifest.num_rows == build_catalog(str(work / "data")).num_rows, "extract: every video in the manifest"
 assert (work / "run/score/report/report.json").exists(), "pipeline: evaluation report"
 dump = work / "data/dfdc_train_part_0"
@@ -59,5 +58,5 @@ scores = read_scores(dump_output(str(work / "rescore"), str(dump)), None).to_pan
 assert len(scores) == len(list(dump.glob("*.mp4"))) and scores.video_id.is_unique, "rescore: each video once"
 stats = json.loads((work / "rescore/rescore_stats.json").read_text())
 assert all(d["scored_this_run"] == 0 for d in stats["dumps"].values()), "second rescore: nothing new"
-print("smoke: ray job submit of extract, pipeline and rescore: OK")
+print("smoke: ray job submit of the pipeline (extract included) and rescore: OK")
 PY

@@ -289,7 +289,7 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint(segmented_sample, t
 
     out = tmp_path / "embedder"
     cmd = [sys.executable, str(ROOT / "jobs" / "train_embedder.py"), "--input", str(segmented_sample)]
-    cmd += ["--output", str(out), *EMBEDDER_ARGS, "epochs=6"]
+    cmd += ["--output", str(out), *EMBEDDER_ARGS, "epochs=3"]
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(
         cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -305,7 +305,7 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint(segmented_sample, t
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from the checkpoint of epoch" in rerun.stdout + rerun.stderr
-    assert json.loads((out / "model.json").read_text())["epochs_trained"] == 6
+    assert json.loads((out / "model.json").read_text())["epochs_trained"] == 3
 
 
 # A job process whose daemon threads are inside pyarrow scans when it exits, as Ray Data's
