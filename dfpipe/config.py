@@ -182,24 +182,26 @@ def config_hash(config, keys: typing.Iterable[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def refuse_other_settings(
-    output: str, found: set, config, keys: typing.Iterable[str], previous: dict | None
-) -> None:
-    """The one rule of every step that appends to an output: rows made with other settings (config
-    hashes in ``found`` other than this config's) are never mixed with new ones. Raises a
-    :class:`ConfigError` (exit 2) naming each option that differs from ``previous`` (the config the
-    output's config.json recorded) and the way out, ``--overwrite``."""
+def refuse_other_settings(config, keys: typing.Iterable[str], done, config_uri: str) -> None:
+    """The one rule of every step that appends to an output (``config.output``): rows made with other
+    settings (``config_hash`` values of the ``done`` rows other than this config's) are never mixed
+    with new ones. Raises a :class:`ConfigError` (exit 2) naming each option that differs from the
+    config the output's ``config_uri`` recorded, and the way out, ``--overwrite``."""
+    from dfpipe import storage
+
+    opts = config.storage_options
     digest = config_hash(config, keys)
-    other = set(found) - {digest, None}
+    other = set(done.column("config_hash").unique().to_pylist()) - {digest, None}
     if not other:
         return
+    previous = storage.read_json(config_uri, opts).get("config") if storage.exists(config_uri, opts) else None
     now = to_dict(config)
     changed = [
         k for k in sorted(keys) if previous is not None and k in previous and previous[k] != now.get(k)
     ]
     named = ", ".join(f"{k} {previous[k]!r} -> {now.get(k)!r}" for k in changed)
     raise ConfigError(
-        f"{output} holds rows made with other settings ({named or 'config hash ' + sorted(other)[0]}); "
+        f"{config.output} holds rows made with other settings ({named or 'config hash ' + sorted(other)[0]}); "
         "pass --overwrite to redo them, or choose another output"
     )
 

@@ -46,7 +46,10 @@ class StorageOptions:
             client_kwargs["region_name"] = self.region
         # botocore's "standard" retry mode: throttling (SlowDown) and 5xx answers are retried with
         # exponential backoff, up to 10 attempts; at thousands of workers, throttling is routine.
-        opts: dict = {"anon": self.anon, "config_kwargs": {"retries": {"max_attempts": 10, "mode": "standard"}}}
+        opts: dict = {
+            "anon": self.anon,
+            "config_kwargs": {"retries": {"max_attempts": 10, "mode": "standard"}},
+        }
         if client_kwargs:
             opts["client_kwargs"] = client_kwargs
         return opts

@@ -180,9 +180,7 @@ def run(cfg: ExtractConfig) -> dict:
     catalog = build_catalog(cfg.input, opts)
     done = read_manifest(cfg.output, opts, columns=["video_id", "config_hash"])
     config_hash = C.config_hash(cfg, OUTPUT_FIELDS)
-    previous = storage.read_json(paths["config"], opts) if storage.exists(paths["config"], opts) else {}
-    found = set(pc.unique(done.column("config_hash")).to_pylist())
-    C.refuse_other_settings(cfg.output, found, cfg, OUTPUT_FIELDS, previous.get("config"))
+    C.refuse_other_settings(cfg, OUTPUT_FIELDS, done, paths["config"])
     pending = catalog.filter(pc.invert(pc.is_in(catalog.column("video_id"), done.column("video_id"))))
     storage.write_json(
         paths["config"], {"job": NAME, "config": C.to_dict(cfg), "config_hash": config_hash}, opts

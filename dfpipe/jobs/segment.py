@@ -136,9 +136,7 @@ def run(cfg: SegmentConfig) -> dict:
         for key in ("videos", "windows", "tracks"):
             storage.delete(paths[key], opts)
     done = read_summary(cfg.output, opts, columns=["video_id", "config_hash"])
-    previous = storage.read_json(paths["config"], opts) if storage.exists(paths["config"], opts) else {}
-    found = set(pc.unique(done.column("config_hash")).to_pylist())
-    C.refuse_other_settings(cfg.output, found, cfg, OUTPUT_FIELDS, previous.get("config"))
+    C.refuse_other_settings(cfg, OUTPUT_FIELDS, done, paths["config"])
     source = (
         storage.read_json(extract_job.layout(cfg.input)["config"], opts)
         if storage.exists(extract_job.layout(cfg.input)["config"], opts)
