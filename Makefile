@@ -28,7 +28,7 @@ lock:
 # A second `make demo` reuses everything already computed.
 demo: install
 	[ -d $(DEMO_DIR)/dataset ] || $(PYTHON) -m dfpipe.sample $(DEMO_DIR)/dataset --videos 40 --frames 40 --parts 5 --seed 0
-	$(PYTHON) jobs/pipeline.py --input $(DEMO_DIR)/dataset --output $(DEMO_DIR)/run --config configs/demo.yaml
+	$(PYTHON) jobs/run.py --input $(DEMO_DIR)/dataset --output $(DEMO_DIR)/run --config configs/demo.yaml
 
 test: install
 	$(PYTHON) -m pytest
@@ -42,7 +42,7 @@ lint:
 	$(PYTHON) -m ruff format --check dfpipe jobs tests bench
 
 bench: install
-	$(PYTHON) bench/extract.py
+	$(PYTHON) bench/extract_throughput.py
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

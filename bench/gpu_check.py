@@ -168,7 +168,7 @@ def decode_floor(clips: list[str], max_frames: int, threads: int) -> float:
 
 def extraction(clips: list[str], device: str, max_frames: int, threads: int, workdir: str) -> dict:
     """The extraction stage over ``clips``: frames/s including decode, detector frames per call."""
-    from dfpipe.extract import FaceExtractStage
+    from dfpipe.extraction import FaceExtractStage
 
     in_flight = min(len(clips), 16 if device == "cuda" else threads)
     stage = FaceExtractStage(

@@ -5,7 +5,7 @@
 
 For each seed: a sample dataset of ``--videos`` clips in 5 parts (``python -m dfpipe.sample``, that
 seed; part 3 validates, part 4 is the held-out test, as in ``make demo``), then the whole pipeline
-(``jobs/pipeline.py --config configs/demo.yaml``) with that seed for both trainings, each in its own
+(``jobs/run.py --config configs/demo.yaml``) with that seed for both trainings, each in its own
 process. Prints per seed the embedder's validation AUC (distance to the REAL centroid), the
 classifier's validation video log loss, and the test split's video accuracy and log loss from the
 evaluation report, then their mean and worst. Target (issue 15): worst test accuracy >= 0.95 and
@@ -49,7 +49,7 @@ def pipeline(data: str, out: str, seed: int) -> float:
     """Run the whole pipeline in its own process (its own local Ray); seconds taken."""
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "jobs/pipeline.py", "--input", data, "--output", out, "--config", "configs/demo.yaml",
+        [sys.executable, "jobs/run.py", "--input", data, "--output", out, "--config", "configs/demo.yaml",
          f"train_embedder.seed={seed}", f"train_classifier.seed={seed}"],
         check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
     )  # fmt: skip

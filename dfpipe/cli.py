@@ -28,7 +28,7 @@ JOBS = {
     "score": ("dfpipe.jobs.score", "ScoreConfig"),
     "evaluate": ("dfpipe.jobs.evaluate", "EvaluateConfig"),
     "score-video": ("dfpipe.jobs.score_video", "ScoreVideoConfig"),
-    "run": ("dfpipe.jobs.pipeline", "PipelineConfig"),
+    "run": ("dfpipe.jobs.run", "PipelineConfig"),
     "rescore": ("dfpipe.jobs.rescore", "RescoreConfig"),
     "check": ("dfpipe.jobs.check", "CheckConfig"),
 }

@@ -174,6 +174,10 @@ EMBEDDINGS_SCHEMA = pa.schema(
     + [("code_dim", pa.int32()), ("codes", pa.list_(pa.float32()))]  # codes: n_frames * code_dim, row-major
 )
 
+# One row per video under the embedding cache's ``videos/`` (the marker): the codes of its windows
+# are in the chunk of the same name under ``windows/``.
+EMBEDDED_VIDEOS_SCHEMA = pa.schema([("video_id", pa.string()), ("n_windows", pa.int32())])
+
 # One row per video and model version under ``scores/``; every video of the dataset has one.
 SCORES_SCHEMA = pa.schema(
     [
@@ -215,7 +219,3 @@ def reason_of(error: str | None) -> str | None:
     if not error:
         return None
     return error.split(":", 1)[0].strip()
-
-
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()

@@ -15,14 +15,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def ensure_ray(address: str | None = None) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else to the head
     ``ray start`` left running on this machine, else start a local Ray.
 
@@ -45,10 +44,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                 where,
             )
             address = "local"
-    kwargs: dict[str, Any] = {"log_to_driver": True}
-    if address in (None, "local") and num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
-    ray.init(address=address, **kwargs)
+    ray.init(address=address, log_to_driver=True)
 
 
 def recorded_head() -> tuple[str | None, str]:
@@ -97,34 +93,35 @@ class _StageActor:
         return self.stage(batch)
 
 
-def pool_size(stage, num_gpus: float) -> int:
+def pool_size(stage) -> int:
     """How many actors the cluster can hold for ``stage`` (its own cap wins)."""
     res = stage.resources
     if res.max_workers:
         return max(1, res.max_workers)
     by_cpu = cluster_cpus() / max(res.num_cpus, 1e-3)
-    by_gpu = cluster_gpus() / num_gpus if num_gpus else math.inf
+    by_gpu = cluster_gpus() / res.num_gpus if res.num_gpus else math.inf
     return max(1, int(min(by_cpu, by_gpu)))
 
 
-def map_stage(ds, stage, num_gpus: float = 0.0, n_batches: int | None = None):
-    """``ds.map_batches`` over an actor pool running ``stage``.
+def map_stage(ds, stage, n_rows: int | None = None):
+    """``ds.map_batches`` over an actor pool running ``stage``, each actor given the CPUs and GPUs of
+    ``stage.resources``.
 
-    With ``n_batches`` known, the pool starts at its full size (never more actors than batches)
+    With ``n_rows`` known, the pool starts at its full size (never more actors than batches)
     instead of growing from one actor as Ray Data's autoscaler sees a queue: on a short job the
     growing took most of the run.
     """
     import ray
 
     res = stage.resources
-    size = pool_size(stage, num_gpus)
-    start = 1 if n_batches is None else max(1, min(size, math.ceil(n_batches / res.batch_size)))
+    size = pool_size(stage)
+    start = 1 if n_rows is None else max(1, min(size, math.ceil(n_rows / res.batch_size)))
     log.info(
         "%s: actor pool of up to %d (cpus=%s, gpus=%s each)",
         type(stage).__name__,
         size,
         res.num_cpus,
-        num_gpus,
+        res.num_gpus,
     )
     return ds.map_batches(
         _StageActor,
@@ -133,18 +130,32 @@ def map_stage(ds, stage, num_gpus: float = 0.0, n_batches: int | None = None):
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=start, max_size=size),
         num_cpus=res.num_cpus,
-        num_gpus=num_gpus,
+        num_gpus=res.num_gpus,
     )
 
 
-def read_parquet(uri: str, options=None, columns: list[str] | None = None):
-    """A Ray dataset streamed from the Parquet files under ``uri`` (local or object storage)."""
+def read_parquet(uri: str, options=None, columns: list[str] | None = None, where=None):
+    """A Ray dataset streamed from the Parquet files under ``uri`` (local or object storage), of
+    the rows matching ``where`` (a ``pyarrow.compute`` expression, applied as the files are read)."""
     import ray
 
     from dfpipe import storage
 
     fs, path = storage.arrow_filesystem(uri, options)
-    return ray.data.read_parquet(path, filesystem=fs, columns=columns)
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+    if where is None:
+        return ds
+    return ds.map_batches(_Where(where), batch_size=None, batch_format="pyarrow")
+
+
+class _Where:
+    """Keeps the rows of a block that match a pyarrow expression (vectorised, in the read tasks)."""
+
+    def __init__(self, expression):
+        self.expression = expression
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return table.filter(self.expression)
 
 
 def dataset_from_table(table: pa.Table, rows_per_block: int = 1):
@@ -360,8 +371,3 @@ def _forwarded(queue, on_report: Callable[[dict], None] | None) -> Iterator[None
                 pass
         finally:
             queue.shutdown()
-
-
-def map_fn(ds, fn, batch_size: int, num_cpus: float = 1.0):
-    """``ds.map_batches`` with a plain callable (no state to load) in tasks."""
-    return ds.map_batches(fn, batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus)

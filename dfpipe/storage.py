@@ -55,6 +55,29 @@ class StorageOptions:
         return opts
 
 
+@dataclass(frozen=True)
+class Folder:
+    """A folder URI and the options to reach it, passed around as one (datatrove's ``DataFolder``)."""
+
+    uri: str
+    options: StorageOptions | None = None
+
+    def join(self, *parts: str) -> str:
+        return join(self.uri, *parts)
+
+    def exists(self, *parts: str) -> bool:
+        return exists(self.join(*parts) if parts else self.uri, self.options)
+
+    def read_json(self, *parts: str):
+        return read_json(self.join(*parts), self.options)
+
+    def write_json(self, name: str, obj) -> None:
+        write_json(self.join(name), obj, self.options)
+
+    def delete(self, *parts: str) -> None:
+        delete(self.join(*parts) if parts else self.uri, self.options)
+
+
 def protocol_of(uri: str) -> str:
     match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
     return match.group(1).lower() if match else "file"
@@ -247,31 +270,51 @@ class ChunkedParquetWriter:
         if not self.n_pending:
             return
         marker_rows = pa.concat_tables(self.pending[self.marker])
-        keys = ([self.salt] if self.salt else []) + sorted(
-            str(k) for k in marker_rows.column(self.key).to_pylist()
-        )
-        name = f"part-{hashlib.sha256(chr(10).join(keys).encode()).hexdigest()[:20]}.parquet"
-        for folder, (uri, schema) in self.folders.items():
-            parts = self.pending[folder]
-            table = pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()
-            write_parquet(table, join(uri, name), self.options)
+        name = chunk_name(marker_rows.column(self.key).to_pylist(), self.salt)
+        write_chunk(self.folders, {k: v for k, v in self.pending.items() if v}, name, self.options)
         self.written += marker_rows.num_rows
         self.pending = {name: [] for name in self.folders}
         self.n_pending, self.last_flush = 0, time.monotonic()
 
     def remove_orphans(self) -> int:
         """Delete chunk files whose marker file is missing (a crash between the two); returns how many."""
-        marker_uri = self.folders[self.marker][0]
-        markers = {posixpath.basename(f) for f in find(marker_uri, self.options)}
-        removed = 0
-        for folder, (uri, _) in self.folders.items():
-            if folder == self.marker:
-                continue
-            for f in find(uri, self.options):
-                if f.endswith(".parquet") and posixpath.basename(f) not in markers:
-                    delete(f, self.options)
-                    removed += 1
-        return removed
+        return remove_orphans(self.folders, self.options)
+
+
+def chunk_name(keys, salt: str = "") -> str:
+    """The file name of a chunk holding the rows of ``keys``: a hash of them (and ``salt``), so a
+    rerun over the same keys writes the same name and nothing depends on time or chance."""
+    parts = ([salt] if salt else []) + sorted(str(k) for k in keys)
+    return f"part-{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:20]}.parquet"
+
+
+def write_chunk(
+    folders: dict[str, tuple[str, pa.Schema]],
+    tables: dict[str, pa.Table | list[pa.Table]],
+    name: str,
+    options: StorageOptions | None = None,
+) -> None:
+    """One file named ``name`` in every folder of ``folders`` (the last one, the marker, last), each
+    atomically; a folder without rows gets an empty file, so the chunk is whole."""
+    for folder, (uri, schema) in folders.items():
+        parts = tables.get(folder)
+        parts = [parts] if isinstance(parts, pa.Table) else list(parts or [])
+        table = pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()
+        write_parquet(table, join(uri, name), options)
+
+
+def remove_orphans(folders: dict[str, tuple[str, pa.Schema]], options: StorageOptions | None = None) -> int:
+    """Delete chunk files whose marker file (same name in the last folder) is missing: the left-overs
+    of a run that stopped between the two. Returns how many."""
+    marker_uri = list(folders.values())[-1][0]
+    markers = {posixpath.basename(f) for f in find(marker_uri, options)}
+    removed = 0
+    for uri, _ in list(folders.values())[:-1]:
+        for f in find(uri, options):
+            if f.endswith(".parquet") and posixpath.basename(f) not in markers:
+                delete(f, options)
+                removed += 1
+    return removed
 
 
 def copy(src_uri: str, dst_uri: str, options: StorageOptions | None = None) -> None:

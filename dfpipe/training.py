@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from dfpipe import metrics as M
-from dfpipe.embed import FaceTensors
-from dfpipe.score import video_probs
+from dfpipe.embedding import FaceTensors
+from dfpipe.scoring import video_probs
 
 log = logging.getLogger(__name__)
 

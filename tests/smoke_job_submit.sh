@@ -31,7 +31,7 @@ refused env -u RAY_AUTH_TOKEN RAY_AUTH_MODE=disabled HOME="$WORK/no-home"     # 
 echo "smoke: submits without the cluster's token are refused"
 
 submit() { ray job submit --working-dir . -- "$@"; }
-submit python jobs/pipeline.py --input "$WORK/data" --output "$WORK/run" \
+submit python jobs/run.py --input "$WORK/data" --output "$WORK/run" \
   extract.face_size=64 extract.max_frames=20 segment.window_len=8 segment.window_stride=4 \
   segment.val_parts=dfdc_train_part_1 train_embedder.face_size=80 train_embedder.epochs=1 \
   train_embedder.batch_size=8 train_embedder.steps_per_epoch=2 train_classifier.epochs=2 \
@@ -45,9 +45,8 @@ python - "$WORK" <<'PY'
 import json, sys
 from pathlib import Path
 from dfpipe.catalog import build_catalog
-from dfpipe.jobs.extract import read_manifest
+from dfpipe.outputs import read_manifest, read_scores
 from dfpipe.jobs.rescore import dump_output
-from dfpipe.jobs.score import read_scores
 
 work = Path(sys.argv[1])
 manifest = read_manifest(str(work / "run/extract"))  # the pipeline's extract step, as a submitted job

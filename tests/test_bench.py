@@ -21,7 +21,7 @@ def run_bench(*args: str) -> dict:
 
 def test_extract_bench_tiny(tmp_path):
     report = run_bench(
-        "bench/extract.py",
+        "bench/extract_throughput.py",
         *("--videos", "1", "--frames", "6", "--size", "320x240", "--baseline-frames", "2"),
         *("--seed-frames", "1", "--workdir", str(tmp_path)),
     )
@@ -47,7 +47,7 @@ def test_extract_bench_tiny(tmp_path):
 def test_score_bench_tiny(classifier_model, tmp_path):
     # 20 frames: the model's recipe keeps every second frame and needs 8 for a window.
     report = run_bench(
-        "bench/score.py",
+        "bench/score_throughput.py",
         *("--model", str(classifier_model), "--videos", "2", "--frames", "20", "--repeat", "1"),
         *("--workdir", str(tmp_path)),
     )
@@ -60,7 +60,15 @@ def test_score_bench_tiny(classifier_model, tmp_path):
 
 
 def test_segment_bench_tiny_and_its_rerun(tmp_path):
-    args = ("bench/segment.py", "--rows", "3000", "--frames-per-video", "100", "--workdir", str(tmp_path))
+    args = (
+        "bench/segment_throughput.py",
+        "--rows",
+        "3000",
+        "--frames-per-video",
+        "100",
+        "--workdir",
+        str(tmp_path),
+    )
     first = run_bench(*args)
     assert first["rows"] >= 3000 and first["videos"] >= 20
     assert set(first["results"]) == {"core (1 process)", f"job (Ray, {os.cpu_count()} CPUs)"}

@@ -10,9 +10,9 @@ from pathlib import Path
 from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.catalog import build_catalog
-from dfpipe.check import check_output
 from dfpipe.cli import main
-from dfpipe.jobs.extract import read_manifest
+from dfpipe.outputs import read_manifest
+from dfpipe.verify import check_output
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["face_size=64", "detect_batch=8"]
@@ -176,7 +176,8 @@ def test_extract_shared_dfdc(ray_session, shared_dfdc, tmp_path):
 def test_summary_warns_when_tracks_are_mostly_one_frame_long():
     import pandas as pd
 
-    from dfpipe.jobs.extract import format_summary, fragmented
+    from dfpipe.jobs.extract import format_summary
+    from dfpipe.outputs import fragmented
 
     n_tracks = pd.Series([1, 3, 10, 10])
     one_frame = pd.Series([1, 2, 4, None])

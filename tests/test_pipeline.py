@@ -9,7 +9,7 @@ import pytest
 
 from dfpipe.cli import main
 from dfpipe.jobs.rescore import dump_output
-from dfpipe.jobs.score import read_scores
+from dfpipe.outputs import read_scores
 
 TINY = [
     "extract.face_size=64",

@@ -18,9 +18,9 @@ from faults import INTERNAL, SLOW_DOWN, FaultyS3Proxy, kill, processes, wait_for
 
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.check import check_output
 from dfpipe.cli import main
-from dfpipe.jobs.extract import read_manifest
+from dfpipe.outputs import read_manifest
+from dfpipe.verify import check_output
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["face_size=64", "max_frames=60"]
@@ -112,7 +112,7 @@ def test_check_passes_on_the_corpus_and_catches_corruption(corpus_extracted, tmp
 
 def test_decode_limits_refuse_by_rule(corpus, tmp_path):
     from dfpipe.decode import DecodeLimits
-    from dfpipe.extract import FaceExtractStage
+    from dfpipe.extraction import FaceExtractStage
 
     dataset, _ = corpus
     video = {"video_id": "v", "uri": str(dataset / "good" / "good_real.mp4"), "filename": "v.mp4"}

@@ -7,7 +7,7 @@ import pytest
 from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.cli import main
-from dfpipe.jobs.extract import read_manifest
+from dfpipe.outputs import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_extract_from_s3_to_s3(s3_extracted, messy_dataset):
 
 
 def test_segment_on_s3(s3_extracted):
-    from dfpipe.jobs.segment import read_summary, read_windows
+    from dfpipe.outputs import read_summary, read_windows
 
     out = "s3://dfpipe-test/segment-out"
     assert main(["segment", "--input", s3_extracted, "--output", out, "window_len=8", "window_stride=4"]) == 0

@@ -17,8 +17,8 @@ from dfpipe import storage
 from dfpipe.catalog import build_catalog
 from dfpipe.cli import main
 from dfpipe.config import JobError
-from dfpipe.jobs.score import read_scores
 from dfpipe.jobs.score_video import Scorer
+from dfpipe.outputs import read_scores
 
 
 def brute_auc(y, p) -> float:
@@ -33,14 +33,43 @@ def score(data, model, out) -> int:
     return main(["score", "--input", str(data), "--model", str(model), "--output", str(out)])
 
 
+DRIVER_TABLES: list[tuple[tuple[str, ...], int]] = []  # what reached the driver in `scored`
+
+
 @pytest.fixture(scope="module")
 def scored(classifier_model, messy_dataset, tmp_path_factory):
+    from dfpipe import runner
+
     root, _ = messy_dataset
     data = tmp_path_factory.mktemp("score-data") / "dataset"
     shutil.copytree(root, data)
     out = tmp_path_factory.mktemp("scored") / "score"
-    assert score(data, classifier_model, out) == 0
+    streamed = runner.iter_tables
+
+    def recorded(ds):
+        for table in streamed(ds):
+            DRIVER_TABLES.append((tuple(table.column_names), table.num_rows))
+            yield table
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "iter_tables", recorded)
+        assert score(data, classifier_model, out) == 0
     return data, out
+
+
+def test_no_window_or_face_reaches_the_driver(scored):
+    """Workers write faces, windows, codes and window scores; the driver gets one small row per
+    video from each step (extract, segment, embed, score), so its memory does not grow with windows."""
+    data, _ = scored
+    videos = build_catalog(str(data)).num_rows
+    payload = {"face_jpeg", "faces", "codes", "logit", "windows", "window_id", "start_frame"}
+    assert DRIVER_TABLES, "the score run streamed nothing back"
+    for columns, _ in DRIVER_TABLES:
+        assert not payload & set(columns), columns
+    by_step: dict[tuple[str, ...], int] = {}
+    for columns, rows in DRIVER_TABLES:
+        by_step[columns] = by_step.get(columns, 0) + rows
+    assert max(by_step.values()) <= videos, by_step
 
 
 def test_every_video_has_one_clipped_score(scored, messy_dataset):

@@ -10,7 +10,7 @@ import pytest
 from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.cli import main
-from dfpipe.jobs.segment import read_summary, read_windows
+from dfpipe.outputs import read_summary, read_windows
 
 
 def independent_window_count(

@@ -262,7 +262,7 @@ def test_cached_codes_of_faces_extracted_otherwise_are_made_again(tmp_path, caps
     import pyarrow.parquet as pq
 
     from dfpipe import records as R
-    from dfpipe.jobs._codes import embed_windows, faces_version
+    from dfpipe.jobs._codes import embed_videos, faces_version
 
     embedder = tmp_path / "embedder"
     embedder.mkdir()
@@ -281,10 +281,9 @@ def test_cached_codes_of_faces_extracted_otherwise_are_made_again(tmp_path, caps
     row = {"window_id": "w", "video_id": "v", "track_id": 0, "label": 1, "part": "p", "split": "train",
            "start_frame": 0, "n_frames": 1, "counted": True, "code_dim": 2, "codes": [0.0, 1.0]}  # fmt: skip
     pq.write_table(pa.Table.from_pylist([row], schema=R.EMBEDDINGS_SCHEMA), cache / "windows" / "a.parquet")
-    none = pa.table({"window_id": pa.array([], pa.string())})
-    embed_windows(
-        none, str(embedder), str(cache), None, False, 8, faces_version(str(tmp_path / "segment"), None)
-    )
+    none = pa.table({"video_id": pa.array([], pa.string()), "chunk": pa.array([], pa.string())})
+    segment, faces = str(tmp_path / "segment"), faces_version(str(tmp_path / "segment"), None)
+    embed_videos(none, segment, str(embedder), str(cache), None, False, 8, faces)
     assert not list((cache / "windows").glob("*.parquet")) if (cache / "windows").exists() else True
     assert json.loads((cache / "cache.json").read_text())["faces_config_hash"] == "new"
     assert "extracted with other options" in capsys.readouterr().out

@@ -10,11 +10,9 @@ import tempfile
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dfpipe import __version__, console, recipe, storage
+from dfpipe import __version__, console, outputs, recipe, storage
 from dfpipe import config as C
 from dfpipe import records as R
-from dfpipe.jobs import extract as extract_job
-from dfpipe.jobs import segment as segment_job
 from dfpipe.modelio import save_model
 from dfpipe.training import epoch_line, metric_kind, plot_curves
 
@@ -81,17 +79,23 @@ def training_hash(cfg) -> str:
     return C.config_hash(cfg, [k for k in C.fields_of(type(cfg)) if k not in OPERATIONAL_FIELDS])
 
 
-def load_windows(segment_output: str, options, splits: tuple[str, ...]) -> pa.Table:
+# What the classifier's checks and counts read of each window (never the whole row).
+COUNT_COLUMNS = ("video_id", "label", "split", "counted", "n_frames", "frame_stride")
+
+
+def load_windows(
+    segment_output: str, options, splits: tuple[str, ...], columns: tuple[str, ...] | None = COUNT_COLUMNS
+) -> pa.Table:
     """Counted windows of ``splits``, checked: each split non-empty and holding both classes.
 
     Windows of tracks that do not count (posters, background faces: ``windows.TrackRule``) are
     left out: they carry the video's label without showing its manipulated face.
     """
-    if not storage.exists(segment_job.layout(segment_output)["windows"], options):
+    if not storage.exists(outputs.segmentation(segment_output)["windows"], options):
         raise C.ConfigError(
             f"{segment_output!r} is not a segmenter output (no windows/): run 'dfpipe segment' first"
         )
-    windows = segment_job.read_windows(segment_output, options)
+    windows = outputs.read_windows(segment_output, options, columns=list(columns) if columns else None)
     windows = windows.filter(pc.is_valid(windows.column("label")))
     windows = windows.filter(pc.fill_null(windows.column("counted"), True))
     for split in splits:
@@ -113,9 +117,9 @@ def load_windows(segment_output: str, options, splits: tuple[str, ...]) -> pa.Ta
 def data_recipe(segment_output: str, options) -> dict:
     """The recipe (:mod:`dfpipe.recipe`) of the rows under ``segment_output``: its segmentation
     options and those of the extraction it read, which must not have changed since."""
-    seg = storage.read_json(segment_job.layout(segment_output)["config"], options)
+    seg = storage.read_json(outputs.segmentation(segment_output)["config"], options)
     source = seg.get("source") or {}
-    ext_uri = extract_job.layout(source.get("uri", ""))["config"] if source.get("uri") else None
+    ext_uri = outputs.extraction(source.get("uri", ""))["config"] if source.get("uri") else None
     if not ext_uri or not storage.exists(ext_uri, options):
         raise C.ConfigError(
             f"{segment_output} does not say which extraction it read, or that extraction's config.json is gone: "

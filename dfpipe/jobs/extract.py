@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,11 +10,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dfpipe import config as C
-from dfpipe import console, recipe, runner, storage
+from dfpipe import outputs, recipe, runner, storage
 from dfpipe import records as R
 from dfpipe.catalog import build_catalog
 from dfpipe.decode import DecodeLimits
-from dfpipe.extract import FaceExtractStage, Resources, manifest_row
+from dfpipe.extraction import FaceExtractStage, manifest_row
+from dfpipe.stage import Resources
+from dfpipe.step import Step, run_step, write_stats
 
 log = logging.getLogger(__name__)
 
@@ -116,23 +117,6 @@ class ExtractConfig(C.RunOptions):
             raise ValueError("output must differ from input: write results beside the dataset, not into it")
 
 
-def layout(output: str) -> dict[str, str]:
-    return {
-        "faces": storage.join(output, "faces"),
-        "videos": storage.join(output, "videos"),
-        "stats": storage.join(output, "stats.json"),
-        "config": storage.join(output, "config.json"),
-    }
-
-
-def read_manifest(
-    output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None
-) -> pa.Table:
-    return storage.read_parquet_dir(
-        layout(output)["videos"], columns=columns, schema=R.VIDEOS_SCHEMA, options=options
-    )
-
-
 def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtractStage:
     in_flight = cfg.videos_in_flight or (GPU_VIDEOS_IN_FLIGHT if num_gpus > 0 else 1)
     return FaceExtractStage(
@@ -165,106 +149,68 @@ def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtr
     )
 
 
+def worker_gpus(cfg: ExtractConfig) -> float:
+    """GPUs per extraction actor: as given, else one where the cluster has GPUs (asks the cluster)."""
+    if cfg.gpus_per_worker is not None:
+        return cfg.gpus_per_worker
+    return 1.0 if cfg.device != "cpu" and runner.cluster_gpus() > 0 else 0.0
+
+
 def run(cfg: ExtractConfig) -> dict:
     """Extract every video of ``cfg.input`` not yet in the manifest under ``cfg.output``."""
-    started = time.monotonic()
     opts = cfg.storage_options
-    paths = layout(cfg.output)
+    paths = outputs.extraction(cfg.output)
     if not storage.exists(cfg.input, opts):
         raise C.ConfigError(
             f"input {cfg.input!r} does not exist: check the path (and for s3:// the endpoint and credentials)"
         )
     if cfg.overwrite:
-        for key in ("videos", "faces"):
-            storage.delete(paths[key], opts)
+        storage.delete(paths["faces"], opts)
     catalog = build_catalog(cfg.input, opts)
-    done = read_manifest(cfg.output, opts, columns=["video_id", "config_hash"])
     config_hash = C.config_hash(cfg, OUTPUT_FIELDS)
-    C.refuse_other_settings(cfg, OUTPUT_FIELDS, done, paths["config"])
-    pending = catalog.filter(pc.invert(pc.is_in(catalog.column("video_id"), done.column("video_id"))))
-    storage.write_json(
-        paths["config"], {"job": NAME, "config": C.to_dict(cfg), "config_hash": config_hash}, opts
-    )
 
-    writer = storage.ChunkedParquetWriter(
-        {"videos": (paths["videos"], R.VIDEOS_SCHEMA)}, "video_id", opts, cfg.manifest_flush_rows
-    )
-    # Entries the catalog already knows are broken go straight to the manifest.
-    broken = pending.filter(pc.is_valid(pending.column("error")))
-    todo = pending.filter(pc.is_null(pending.column("error")))
-    if broken.num_rows:
-        writer.add(
-            videos=pa.Table.from_pylist(
-                [manifest_row(r, config_hash) for r in broken.to_pylist()], schema=R.VIDEOS_SCHEMA
-            )
+    def settle(pending: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """Entries the catalog already knows are broken go straight to the manifest."""
+        broken = pending.filter(pc.is_valid(pending.column("error")))
+        rows = [manifest_row(r, config_hash) for r in broken.to_pylist()]
+        return (
+            pa.Table.from_pylist(rows, schema=R.VIDEOS_SCHEMA),
+            pending.filter(pc.is_null(pending.column("error"))),
         )
-    console.say(
-        f"extract: {catalog.num_rows} videos in catalog, {done.num_rows} already in manifest, "
-        f"{todo.num_rows} to process, {broken.num_rows} unusable entries"
-    )
 
-    frames_this_run = 0
-    if todo.num_rows:
-        runner.ensure_ray(cfg.ray_address)
-        if cfg.gpus_per_worker is not None:
-            num_gpus = cfg.gpus_per_worker
-        else:
-            num_gpus = 1.0 if cfg.device != "cpu" and runner.cluster_gpus() > 0 else 0.0
-        stage = build_stage(cfg, paths["faces"], num_gpus)
-        ds = runner.map_stage(
-            runner.dataset_from_table(todo), stage, num_gpus=num_gpus, n_batches=todo.num_rows
+    # Workers write each video's face shard; the manifest rows (one small row per video) come back
+    # and the driver writes them in chunks, so the manifest is not one file per video.
+    run = run_step(
+        Step(
+            name=NAME,
+            output=storage.Folder(cfg.output, opts),
+            cfg=cfg,
+            overwrite=cfg.overwrite,
+            todo=catalog,
+            stage=lambda: build_stage(cfg, paths["faces"], worker_gpus(cfg)),  # once Ray is joined
+            folders={"videos": (paths["videos"], R.VIDEOS_SCHEMA)},
+            fields=OUTPUT_FIELDS,
+            marker_on_driver=True,
+            flush_rows=cfg.manifest_flush_rows,
+            settle=settle,
+            sums=("n_frames",),
+            say=lambda total, done, todo, broken: (
+                f"{total} videos in catalog, {done} already in manifest, {todo} to process, {broken} unusable entries"
+            ),
         )
-        progress = console.Progress("extract", todo.num_rows, "videos")
-        for table in runner.iter_tables(ds):
-            frames_this_run += int(pc.sum(table.column("n_frames")).as_py() or 0)
-            writer.add(videos=table)
-            progress.update(progress.done + table.num_rows, frames=frames_this_run)
-        progress.close()
-    writer.flush()
-    elapsed = time.monotonic() - started
-    stats = compute_stats(cfg.output, opts, catalog.num_rows)
-    stats["run"] = {
-        "videos_processed": int(pending.num_rows),
-        "frames": frames_this_run,
-        "seconds": round(elapsed, 2),
-        "frames_per_s": round(frames_this_run / elapsed, 2) if elapsed > 0 else None,
-    }
-    stats["config_hash"] = config_hash
-    storage.write_json(paths["stats"], stats, opts)
-    return stats
-
-
-def compute_stats(output: str, options: storage.StorageOptions | None, catalog_rows: int) -> dict:
-    """Counts over the whole manifest, so stats always agree with the rows on disk."""
-    cols = ["video_id", "status", "error", "n_frames", "n_detected", "n_tracks", "n_one_frame_tracks"]
-    cols += [f"n_{f}" for f in R.FRAME_FLAGS]
-    m = read_manifest(output, options, columns=cols).to_pandas()
-    failed = m[m.status == R.STATUS_FAILED]
-    reasons = failed.error.map(R.reason_of).value_counts().to_dict()
-    frag = sorted(m.video_id[fragmented(m.n_tracks, m.n_one_frame_tracks)].tolist())
-    return {
-        "videos": {
-            "catalog": int(catalog_rows),
-            "manifest": int(len(m)),
-            "unique": int(m.video_id.nunique()),
-            "ok": int((m.status == R.STATUS_OK).sum()),
-            "failed": int(len(failed)),
-            "failed_by_reason": {str(k): int(v) for k, v in sorted(reasons.items())},
+    )
+    frames = run.sums["n_frames"]
+    return write_stats(
+        storage.Folder(cfg.output, opts),
+        outputs.extraction_stats(cfg.output, opts, catalog.num_rows),
+        {
+            "videos_processed": run.processed,
+            "frames": frames,
+            "seconds": round(run.seconds, 2),
+            "frames_per_s": round(frames / run.seconds, 2) if run.seconds > 0 else None,
         },
-        "frames": {
-            "decoded": int(m.n_frames.sum()),
-            "detected": int(m.n_detected.fillna(0).sum()),
-            **{flag: int(m[f"n_{flag}"].sum()) for flag in R.FRAME_FLAGS},
-        },
-        "tracks": int(m.n_tracks.sum()),
-        "fragmented_tracks": {"videos": len(frag), "examples": frag[:10]},
-    }
-
-
-def fragmented(n_tracks, n_one_frame_tracks):
-    """Videos whose tracks are mostly one frame long: faces were found but not followed between
-    frames (sampling too sparse for the motion, or a gap rule that cannot bridge the stride)."""
-    return (n_tracks >= 3) & (n_one_frame_tracks.fillna(0) * 2 > n_tracks)
+        config_hash,
+    )
 
 
 def format_summary(stats: dict) -> str:

@@ -24,13 +24,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dfpipe import config as C
-from dfpipe import console, modelio, recipe, runner, storage
+from dfpipe import console, modelio, outputs, recipe, runner, storage
 from dfpipe import records as R
-from dfpipe.extract import Resources
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
-from dfpipe.jobs._codes import cache_uri_for, embed_windows, faces_version
-from dfpipe.score import VideoRule, WindowScoreStage, video_row, video_temperature
+from dfpipe.jobs._codes import cache_uri_for, embed_videos, faces_version, segmented_videos
+from dfpipe.scoring import (
+    VIDEO_COLUMNS,
+    VideoRule,
+    VideoScoreStage,
+    WindowLogitsStage,
+    score_tables,
+    video_temperature,
+)
+from dfpipe.stage import Resources
+from dfpipe.step import Step, run_step
 from dfpipe.timing import StepTimer
 
 log = logging.getLogger(__name__)
@@ -112,11 +120,6 @@ def check_overrides(extract: dict, segment: dict) -> None:
         )
 
 
-def layout(output: str) -> dict[str, str]:
-    names = ("extract", "scores", "window_scores", "submission.csv", "report", "stats.json", "config.json")
-    return {name.split(".")[0]: storage.join(output, name) for name in names}
-
-
 def load_model_meta(model: str, opts) -> tuple[dict, str, str]:
     """The classifier's meta, its embedder directory and the combined model version."""
     try:
@@ -133,12 +136,6 @@ def load_model_meta(model: str, opts) -> tuple[dict, str, str]:
         (modelio.model_version(model, opts) + modelio.model_version(embedder, opts)).encode()
     ).hexdigest()[:12]
     return meta, embedder, version
-
-
-def is_extraction_output(uri: str, opts) -> bool:
-    return storage.exists(extract_job.layout(uri)["videos"], opts) and storage.exists(
-        extract_job.layout(uri)["config"], opts
-    )
 
 
 def data_plan(meta: dict, model: str, cfg) -> tuple[dict, dict, list[str]]:
@@ -170,7 +167,7 @@ def check_extraction(uri: str, ext_cfg: extract_job.ExtractConfig, opts, given: 
         if given
         else "an earlier scoring run into this --output extracted them for another recipe: choose another --output"
     )
-    info = storage.read_json(extract_job.layout(uri)["config"], opts)
+    info = storage.read_json(outputs.extraction(uri)["config"], opts)
     expected = {k: C.to_dict(ext_cfg)[k] for k in recipe.EXTRACT_OPTIONS}
     diffs = recipe.differences(expected, info.get("config", {}))
     if diffs:
@@ -179,7 +176,7 @@ def check_extraction(uri: str, ext_cfg: extract_job.ExtractConfig, opts, given: 
             f"{recipe.describe(diffs, 'extract', 'recipe', 'extraction')}. {fix}"
         )
     expected_hash = C.config_hash(ext_cfg, extract_job.OUTPUT_FIELDS)
-    hashes = extract_job.read_manifest(uri, opts, columns=["config_hash"]).column("config_hash")
+    hashes = outputs.read_manifest(uri, opts, columns=["config_hash"]).column("config_hash")
     stale = pc.sum(pc.not_equal(hashes, expected_hash)).as_py() or 0
     if stale:
         raise C.ConfigError(
@@ -212,7 +209,7 @@ def model_splits(meta: dict, opts) -> dict[str, str]:
     its segmentation's summary. Empty (every scored video unsplit) when that output is gone."""
     uri = meta.get("segment", {}).get("uri")
     try:
-        table = segment_job.read_summary(uri, opts, columns=["video_id", "split"]) if uri else None
+        table = outputs.read_summary(uri, opts, columns=["video_id", "split"]) if uri else None
     except (OSError, ValueError) as exc:
         log.warning(
             "the model's segmentation %s cannot be read (%s): every video is reported unsplit", uri, exc
@@ -223,21 +220,10 @@ def model_splits(meta: dict, opts) -> dict[str, str]:
     return dict(zip(table.column("video_id").to_pylist(), table.column("split").to_pylist(), strict=True))
 
 
-def read_scores(
-    output: str, opts, model_version: str | None = None, columns: list[str] | None = None
-) -> pa.Table:
-    t = storage.read_parquet_dir(
-        layout(output)["scores"], columns=columns, schema=R.SCORES_SCHEMA, options=opts
-    )
-    if model_version is not None and t.num_rows:
-        t = t.filter(pc.equal(t.column("model_version"), model_version))
-    return t
-
-
 def run(cfg: ScoreConfig) -> dict:
     started = time.monotonic()
     opts = cfg.storage_options
-    paths = layout(cfg.output)
+    paths = outputs.scoring(cfg.output)
     meta, embedder, version = load_model_meta(cfg.model, opts)
     if not storage.exists(cfg.input, opts):
         raise C.ConfigError(f"input {cfg.input!r} does not exist")
@@ -245,18 +231,13 @@ def run(cfg: ScoreConfig) -> dict:
     # before any work. An extraction output given as input is used as it is, else the dataset is
     # extracted under OUTPUT/extract (reusing what an earlier run did there).
     ext_options, seg_options, notes = data_plan(meta, cfg.model, cfg)
-    given_faces = is_extraction_output(cfg.input, opts)
+    given_faces = outputs.is_extraction(cfg.input, opts)
     extract_uri = cfg.input if given_faces else paths["extract"]
     ext_cfg = extract_config(ext_options, cfg.input, paths["extract"], cfg)
-    if given_faces or is_extraction_output(extract_uri, opts):
+    if given_faces or outputs.is_extraction(extract_uri, opts):
         check_extraction(extract_uri, ext_cfg, opts, given=given_faces)
     for note in notes:
         console.say(f"score: differs from the model's recipe, as given: {note}")
-    storage.write_json(
-        paths["config"],
-        {"job": NAME, "config": C.to_dict(cfg), "model_version": version, "recipe": meta["recipe"]},
-        opts,
-    )
 
     # 1-2. Extraction and segmentation, each doing only what is missing.
     timer = StepTimer()
@@ -267,12 +248,9 @@ def run(cfg: ScoreConfig) -> dict:
     with timer("segment"):
         segment_job.run(seg_cfg)
 
-    # 3. Which videos need a score from this model version.
-    manifest = extract_job.read_manifest(extract_uri, opts)
-    summary = segment_job.read_summary(
-        seg_cfg.output, opts, columns=["video_id", "split", "n_tracks", "n_tracks_counted", "reason"]
-    )
-    scored = read_scores(cfg.output, opts, version, columns=["video_id", "model_version"])
+    # 3. Which videos need a score from this model version; their codes first (the cache).
+    manifest = outputs.read_manifest(extract_uri, opts, columns=[*VIDEO_COLUMNS, "n_frames"])
+    scored = outputs.read_scores(cfg.output, opts, version, columns=["video_id", "model_version"])
     rescore_all = cfg.all or cfg.calibrate  # a temperature fitted now applies to every video
     if cfg.calibrate and not cfg.all and scored.num_rows:
         console.say("score: calibrate=true: every video is scored again with the temperature fitted now")
@@ -281,81 +259,58 @@ def run(cfg: ScoreConfig) -> dict:
         if rescore_all
         else manifest.filter(pc.invert(pc.is_in(manifest.column("video_id"), scored.column("video_id"))))
     )
-    console.say(
-        f"score: {manifest.num_rows} videos, {scored.num_rows} already scored by model {version}, {pending.num_rows} to score"
-    )
     n_frames = int(pc.sum(pending.column("n_frames")).as_py() or 0)
-
-    window_rows: dict[str, list[dict]] = {}
-    if pending.num_rows:
-        windows = segment_job.read_windows(seg_cfg.output, opts)
-        windows = windows.filter(pc.is_in(windows.column("video_id"), pending.column("video_id")))
+    cache = cache_uri_for(seg_cfg.output, embedder, opts)
+    with_windows = segmented_videos(seg_cfg.output, opts, pending.column("video_id"))
+    if with_windows.num_rows:
         runner.ensure_ray(cfg.ray_address)
         use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
-        if windows.num_rows:
-            with timer("embed"):
-                cache = cache_uri_for(seg_cfg.output, embedder, opts)
-                faces = faces_version(seg_cfg.output, opts)
-                rows_uri, _ = embed_windows(windows, embedder, cache, opts, use_gpu, 128, faces)
-            with timer("classify"):
-                window_rows = score_windows(
-                    rows_uri, set(windows.column("window_id").to_pylist()), cfg.model, opts, cfg.num_workers
-                )
+        with timer("embed"):
+            faces = faces_version(seg_cfg.output, opts)
+            embed_videos(with_windows, seg_cfg.output, embedder, cache, opts, use_gpu, 128, faces)
+    todo = score_inputs(pending, seg_cfg.output, cache, meta, opts)
 
-    # 4. One row per pending video, windows or not; window scores beside them.
-    write_started = time.perf_counter()
-    scored_at = datetime.now(UTC).isoformat(timespec="seconds")
-    writer = storage.ChunkedParquetWriter(
-        {
-            "window_scores": (paths["window_scores"], R.WINDOW_SCORES_SCHEMA),
-            "scores": (paths["scores"], R.SCORES_SCHEMA),
-        },
-        "video_id",
-        opts,
-        flush_rows=5000,
-        salt=version,
-    )
-    writer.remove_orphans()
+    # 4. One row per pending video, windows or not, written with its window scores by the workers.
     if rescore_all and scored.num_rows:
         remove_version(cfg.output, version, opts)
-    segments = {r["video_id"]: r for r in summary.to_pylist()}
-    learned = model_splits(meta, opts)
     rule = cfg.video_rule(meta)
+    scorer = VideoScoreStage(
+        cfg.model,
+        outputs.embeddings(cache)["windows"],
+        meta,
+        rule,
+        version,
+        datetime.now(UTC).isoformat(timespec="seconds"),
+        storage_options=opts,
+        resources=Resources(num_cpus=1, batch_size=VIDEOS_PER_BATCH, max_workers=cfg.num_workers),
+    )
     calibration = None
     if cfg.calibrate:
-        calibration = refit_temperature(pending, window_rows, meta, rule)
-        meta = {**meta, "temperature": calibration["temperature"]}
-    batch_scores, batch_windows = [], []
-    for video in pending.to_pylist():
-        seg = segments.get(video["video_id"], {})
-        video = {
-            **video,
-            # A split only for videos the model's own segmentation put there; other videos (a new
-            # dump, another dataset) are unsplit, whatever the split rule would call them.
-            "split": seg.get("split") if learned.get(video["video_id"]) == seg.get("split") else None,
-            "n_tracks": seg.get("n_tracks", video.get("n_tracks")),
-            "n_tracks_counted": seg.get("n_tracks_counted"),
-            "segment_reason": seg.get("reason"),
-        }
-        wins = window_rows.get(video["video_id"], [])
-        row, probs = video_row(video, wins, meta, rule, version, scored_at)
-        batch_scores.append(row)
-        batch_windows += [
-            {**w, "prob_fake": float(p), "model_version": version} for w, p in zip(wins, probs, strict=True)
-        ]
-        if len(batch_scores) >= 1000:
-            writer.add(
-                window_scores=pa.Table.from_pylist(batch_windows, schema=R.WINDOW_SCORES_SCHEMA),
-                scores=pa.Table.from_pylist(batch_scores, schema=R.SCORES_SCHEMA),
+        calibration = refit_temperature(todo, scorer, meta, rule, cfg.ray_address)
+        scorer.meta = meta = {**meta, "temperature": calibration["temperature"]}
+    already = 0 if rescore_all else scored.num_rows
+    with timer("classify"):
+        run_step(
+            Step(
+                name=NAME,
+                output=storage.Folder(cfg.output, opts),
+                cfg=cfg,
+                todo=todo,
+                stage=scorer,
+                folders=outputs.scoring_folders(cfg.output),
+                split=score_tables,
+                salt=version,
+                redo=True,  # ``todo`` is already what this model version has not scored
+                rows_per_block=VIDEOS_PER_BATCH,
+                config={"model_version": version, "recipe": meta["recipe"]},
+                say=lambda total, *_: (
+                    f"{manifest.num_rows} videos, {already} already scored by model {version}, {total} to score"
+                ),
             )
-            batch_scores, batch_windows = [], []
-    writer.add(
-        window_scores=pa.Table.from_pylist(batch_windows, schema=R.WINDOW_SCORES_SCHEMA),
-        scores=pa.Table.from_pylist(batch_scores, schema=R.SCORES_SCHEMA),
-    )
-    writer.flush()
+        )
 
-    all_scores = read_scores(cfg.output, opts, version)
+    write_started = time.perf_counter()
+    all_scores = outputs.read_scores(cfg.output, opts, version)
     write_submission(all_scores, paths["submission"], opts)
     timer.seconds["write"] = time.perf_counter() - write_started
     elapsed = time.monotonic() - started
@@ -391,33 +346,56 @@ def run(cfg: ScoreConfig) -> dict:
     return stats
 
 
+VIDEOS_PER_BATCH = 64
+
+
+def score_inputs(pending: pa.Table, segment_output: str, cache: str, meta: dict, opts) -> pa.Table:
+    """The rows :class:`dfpipe.scoring.VideoScoreStage` scores: each pending video's manifest fields,
+    its segmentation, the split the model learned it in and the cache chunk of its codes (one small
+    row per video: the driver never holds a window)."""
+    summary = outputs.read_summary(
+        segment_output, opts, columns=["video_id", "split", "n_tracks", "n_tracks_counted", "reason"]
+    ).rename_columns(["video_id", "seg_split", "seg_n_tracks", "n_tracks_counted", "segment_reason"])
+    codes = outputs.with_chunks(
+        outputs.embeddings(cache)["videos"], R.EMBEDDED_VIDEOS_SCHEMA, ["video_id"], opts
+    )
+    learned = model_splits(meta, opts)
+    todo = pending.select(list(VIDEO_COLUMNS)).join(summary, "video_id", join_type="left outer")
+    todo = todo.join(codes, "video_id", join_type="left outer")
+    learned_split = [learned.get(v) for v in todo.column("video_id").to_pylist()]
+    return todo.append_column("learned_split", pa.array(learned_split, pa.string())).sort_by("chunk")
+
+
 def refit_temperature(
-    pending: pa.Table, window_rows: dict[str, list[dict]], meta: dict, rule: VideoRule
+    todo: pa.Table, scorer: VideoScoreStage, meta: dict, rule: VideoRule, ray_address
 ) -> dict:
     """``calibrate=true``: the temperature that minimises the video log loss of this dataset's
-    labelled videos under the scoring rule (counted windows, the prior shift), said out loud."""
-    labels = dict(
-        zip(pending.column("video_id").to_pylist(), pending.column("label").to_pylist(), strict=True)
-    )
-    logits, ys, videos, tracks = [], [], [], []
-    for video, rows in window_rows.items():
-        if labels.get(video) not in (R.LABEL_REAL, R.LABEL_FAKE):
-            continue
-        for w in rows:
-            if w.get("counted") is not False:
-                logits.append(w["logit"])
-                ys.append(labels[video])
-                videos.append(video)
-                tracks.append(w["track_id"])
+    labelled videos under the scoring rule (counted windows, the prior shift), said out loud. Only
+    the labelled videos' window logits come back to the driver (five compact columns)."""
+    labelled = todo.filter(pc.and_(pc.is_valid(todo.column("label")), pc.is_valid(todo.column("chunk"))))
     current = float(meta.get("temperature", 1.0))
-    n_videos = len(set(videos))
-    if len(set(ys)) < 2:
+    tables = []
+    if labelled.num_rows:
+        runner.ensure_ray(ray_address)
+        ds = runner.map_stage(
+            runner.dataset_from_table(labelled, rows_per_block=VIDEOS_PER_BATCH),
+            WindowLogitsStage(scorer),
+            n_rows=labelled.num_rows,
+        )
+        tables = [t for t in runner.iter_tables(ds) if t.num_rows]
+    logits = pa.concat_tables(tables) if tables else None
+    if logits is not None:
+        logits = logits.filter(pc.fill_null(logits.column("counted"), True))
+    n_videos = len(set(logits.column("video_id").to_pylist())) if logits is not None else 0
+    ys = np.asarray(logits.column("label").to_pylist()) if logits is not None else np.zeros(0)
+    if len(set(ys.tolist())) < 2:
         console.say(
             f"score: calibrate=true: needs labelled videos of both classes with windows; the model's temperature {current:.3f} stays"
         )
         return {"temperature": current, "model_temperature": current, "videos": n_videos, "fitted": False}
     t, before, after = video_temperature(
-        np.asarray(logits), np.asarray(ys), np.asarray(videos), np.asarray(tracks),
+        logits.column("logit").to_numpy(zero_copy_only=False), ys,
+        np.asarray(logits.column("video_id").to_pylist()), np.asarray(logits.column("track_id").to_pylist()),
         rule.aggregation, shift=rule.shift(meta), balanced=False, current=current,
     )  # fmt: skip
     console.say(
@@ -435,33 +413,16 @@ def refit_temperature(
     }
 
 
-def score_windows(
-    rows_uri: str, window_ids: set[str], model: str, opts, num_workers: int | None
-) -> dict[str, list[dict]]:
-    """Logits of the cached windows in ``window_ids``, grouped by video."""
-    ds = runner.read_parquet(rows_uri, opts).filter(lambda r: r["window_id"] in window_ids)
-    stage = WindowScoreStage(
-        model, storage_options=opts, resources=Resources(num_cpus=1, batch_size=256, max_workers=num_workers)
-    )
-    out: dict[str, list[dict]] = {}
-    for table in runner.iter_tables(runner.map_stage(ds, stage)):
-        for row in table.to_pylist():
-            out.setdefault(row["video_id"], []).append(row)
-    for rows in out.values():
-        rows.sort(key=lambda r: (r["track_id"], r["start_frame"]))
-    return out
-
-
 def remove_version(output: str, version: str, opts) -> int:
     """Delete the score chunks of one model version (``--all``); the rows are written again right after."""
     removed = 0
-    for f in storage.find(layout(output)["scores"], opts):
+    for f in storage.find(outputs.scoring(output)["scores"], opts):
         fs, path = storage.filesystem(f, opts)
         with fs.open(path, "rb") as fh:
             versions = set(pq.read_table(fh, columns=["model_version"]).column("model_version").to_pylist())
         if versions == {version}:
             name = posixpath.basename(f)
-            storage.delete(storage.join(layout(output)["window_scores"], name), opts)
+            storage.delete(storage.join(outputs.scoring(output)["window_scores"], name), opts)
             storage.delete(f, opts)
             removed += 1
     return removed

@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 from dfpipe import config as C
 from dfpipe import records as R
 from dfpipe.catalog import dataset_part
-from dfpipe.embed import FaceCropsStage, WindowEmbedStage, with_frames
+from dfpipe.embedding import FaceCropsStage, WindowEmbedStage, with_frames
 from dfpipe.faces import pick_device
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import score as score_job
-from dfpipe.score import VideoRule, WindowScoreStage, video_row
-from dfpipe.segment import FACE_COLUMNS
+from dfpipe.scoring import VideoRule, WindowScoreStage, video_row
+from dfpipe.segmentation import FACE_COLUMNS
 from dfpipe.timing import StepTimer
 from dfpipe.windows import segment_video, window_id
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Literal
 
-import pyarrow.compute as pc
-
 from dfpipe import config as C
-from dfpipe import console, recipe, runner, storage
+from dfpipe import outputs, recipe, storage
 from dfpipe import records as R
-from dfpipe.extract import Resources
-from dfpipe.jobs import extract as extract_job
-from dfpipe.segment import SegmentStage, flatten_windows
+from dfpipe.segmentation import SegmentStage, segment_tables
+from dfpipe.stage import Resources
+from dfpipe.step import Step, run_step, write_stats
 from dfpipe.windows import SplitRule, TrackRule, WindowSpec
 
 log = logging.getLogger(__name__)
@@ -91,153 +88,68 @@ class SegmentConfig(C.RunOptions):
         )
 
 
-def layout(output: str) -> dict[str, str]:
-    return {
-        "windows": storage.join(output, "windows"),
-        "tracks": storage.join(output, "tracks"),
-        "videos": storage.join(output, "videos"),
-        "stats": storage.join(output, "stats.json"),
-        "config": storage.join(output, "config.json"),
-    }
-
-
-def read_summary(
-    output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None
-):
-    return storage.read_parquet_dir(
-        layout(output)["videos"], columns=columns, schema=R.SEGMENTS_SCHEMA, options=options
-    )
-
-
-def read_windows(
-    output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None
-):
-    return storage.read_parquet_dir(
-        layout(output)["windows"], columns=columns, schema=R.WINDOWS_SCHEMA, options=options
-    )
-
-
-def read_tracks(output: str, options: storage.StorageOptions | None = None, columns: list[str] | None = None):
-    return storage.read_parquet_dir(
-        layout(output)["tracks"], columns=columns, schema=R.TRACKS_SCHEMA, options=options
-    )
-
-
 def run(cfg: SegmentConfig) -> dict:
-    started = time.monotonic()
     opts = cfg.storage_options
-    paths = layout(cfg.output)
-    if not storage.exists(extract_job.layout(cfg.input)["videos"], opts):
+    source_paths = outputs.extraction(cfg.input)
+    if not storage.exists(source_paths["videos"], opts):
         raise C.ConfigError(
             f"{cfg.input!r} is not an extraction output (no videos/ manifest): run 'dfpipe extract' first"
         )
-    config_hash = C.config_hash(cfg, OUTPUT_FIELDS)
-    if cfg.overwrite:
-        for key in ("videos", "windows", "tracks"):
-            storage.delete(paths[key], opts)
-    done = read_summary(cfg.output, opts, columns=["video_id", "config_hash"])
-    C.refuse_other_settings(cfg, OUTPUT_FIELDS, done, paths["config"])
     source = (
-        storage.read_json(extract_job.layout(cfg.input)["config"], opts)
-        if storage.exists(extract_job.layout(cfg.input)["config"], opts)
+        storage.read_json(source_paths["config"], opts)
+        if storage.exists(source_paths["config"], opts)
         else {}
     )
-    storage.write_json(
-        paths["config"],
-        {
-            "job": NAME,
-            "config": C.to_dict(cfg),
-            "config_hash": config_hash,
-            "source": {"uri": storage.normalize(cfg.input), "config_hash": source.get("config_hash")},
-        },
-        opts,
-    )
-
-    manifest = extract_job.read_manifest(
+    manifest = outputs.read_manifest(
         cfg.input,
         opts,
         columns=["video_id", "label", "part", "original", "status", "error", "frame_stride", "faces_uri"],
     )
-    pending = manifest.filter(pc.invert(pc.is_in(manifest.column("video_id"), done.column("video_id"))))
-    console.say(
-        f"segment: {manifest.num_rows} videos in manifest, {done.num_rows} already segmented, {pending.num_rows} to do"
+    stage = SegmentStage(
+        spec=cfg.window_spec,
+        split_rule=cfg.split_rule,
+        usable_flags=cfg.usable_flags,
+        track_rule=cfg.track_rule,
+        config_hash=C.config_hash(cfg, OUTPUT_FIELDS),
+        storage_options=opts,
+        resources=Resources(num_cpus=1, batch_size=cfg.videos_per_task, max_workers=cfg.num_workers),
     )
-
-    # Windows, tracks and summary rows of the same videos share a chunk name; the summary file is
-    # written last and marks the chunk done, so a crash leaves at most files without a summary (removed here).
-    writer = storage.ChunkedParquetWriter(
-        {
-            "windows": (paths["windows"], R.WINDOWS_SCHEMA),
-            "tracks": (paths["tracks"], R.TRACKS_SCHEMA),
-            "videos": (paths["videos"], R.SEGMENTS_SCHEMA),
-        },
-        "video_id",
-        opts,
-        cfg.manifest_flush_rows,
-    )
-    orphans = writer.remove_orphans()
-    if orphans:
-        log.warning("removed %d windows files left without their summary by an interrupted run", orphans)
-    frames = 0
-    if pending.num_rows:
-        runner.ensure_ray(cfg.ray_address)
-        stage = SegmentStage(
-            spec=cfg.window_spec,
-            split_rule=cfg.split_rule,
-            usable_flags=cfg.usable_flags,
-            track_rule=cfg.track_rule,
-            config_hash=config_hash,
-            storage_options=opts,
-            resources=Resources(num_cpus=1, batch_size=cfg.videos_per_task, max_workers=cfg.num_workers),
+    # Each worker writes the windows, tracks and summary rows of its batch as one chunk, the summary
+    # last: a crash leaves at most windows without a summary, removed by the next run.
+    run = run_step(
+        Step(
+            name=NAME,
+            output=storage.Folder(cfg.output, opts),
+            cfg=cfg,
+            overwrite=cfg.overwrite,
+            todo=manifest,
+            stage=stage,
+            folders=outputs.segmentation_folders(cfg.output),
+            fields=OUTPUT_FIELDS,
+            split=segment_tables,
+            sums=("n_frames",),
+            rows_per_block=cfg.videos_per_task,
+            config={
+                "source": {"uri": storage.normalize(cfg.input), "config_hash": source.get("config_hash")}
+            },
+            say=lambda total, done, todo, _: (
+                f"{total} videos in manifest, {done} already segmented, {todo} to do"
+            ),
         )
-        ds = runner.map_stage(runner.dataset_from_table(pending, rows_per_block=cfg.videos_per_task), stage)
-        progress = console.Progress("segment", pending.num_rows, "videos")
-        for table in runner.iter_tables(ds):
-            summary, windows, tracks = flatten_windows(table)
-            frames += int(pc.sum(summary.column("n_frames")).as_py() or 0)
-            writer.add(windows=windows, tracks=tracks, videos=summary)
-            progress.update(progress.done + summary.num_rows, frames=frames)
-        progress.close()
-    writer.flush()
-    stats = compute_stats(cfg.output, opts)
-    elapsed = time.monotonic() - started
-    stats["run"] = {
-        "videos_processed": int(pending.num_rows),
-        "frame_rows": frames,
-        "seconds": round(elapsed, 2),
-        "frames_per_s": round(frames / elapsed, 1) if elapsed > 0 else None,
-    }
-    stats["config_hash"] = config_hash
-    storage.write_json(paths["stats"], stats, opts)
-    return stats
-
-
-def compute_stats(output: str, options: storage.StorageOptions | None) -> dict:
-    s = read_summary(output, options).to_pandas()
-    w = read_windows(output, options, columns=["window_id", "video_id", "split", "label"]).to_pandas()
-    reasons = s.reason.dropna().map(lambda r: r.split(":", 1)[0]).value_counts().to_dict()
-    splits = {}
-    for split in R.SPLITS:
-        sv, sw = s[s.split == split], w[w.split == split]
-        splits[split] = {
-            "videos": int(len(sv)),
-            "videos_with_windows": int((sv.n_windows > 0).sum()),
-            "fake": int((sv.label == R.LABEL_FAKE).sum()),
-            "real": int((sv.label == R.LABEL_REAL).sum()),
-            "windows": int(len(sw)),
-        }
-    return {
-        "videos": int(len(s)),
-        "videos_with_windows": int((s.n_windows > 0).sum()),
-        "no_window_by_reason": {str(k): int(v) for k, v in sorted(reasons.items())},
-        "windows": int(len(w)),
-        "tracks": int(s.n_tracks.sum()),
-        "tracks_counted": int(s.n_tracks_counted.fillna(0).sum()),
-        "runs": int(s.n_runs.sum()),
-        "short_runs": int(s.n_short_runs.sum()),
-        "frames_dropped": {r: int(s[f"dropped_{r}"].sum()) for r in R.DROP_REASONS},
-        "splits": splits,
-    }
+    )
+    frames = run.sums["n_frames"]
+    stats = outputs.segmentation_stats(cfg.output, opts)
+    return write_stats(
+        storage.Folder(cfg.output, opts),
+        stats,
+        {
+            "videos_processed": run.processed,
+            "frame_rows": frames,
+            "seconds": round(run.seconds, 2),
+            "frames_per_s": round(frames / run.seconds, 1) if run.seconds > 0 else None,
+        },
+        run.config_hash,
+    )
 
 
 def format_summary(stats: dict) -> str:

@@ -7,15 +7,15 @@ from typing import Literal
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from dfpipe import config as C
-from dfpipe import console, modelio, runner, storage
+from dfpipe import console, modelio, outputs, runner, storage
 from dfpipe import records as R
-from dfpipe.embed import codes_array
+from dfpipe.embedding import codes_array
 from dfpipe.jobs import _training as T
-from dfpipe.jobs import segment as segment_job
-from dfpipe.jobs._codes import embed_windows, faces_version, read_split
-from dfpipe.score import CALIBRATED_PRIOR, video_temperature
+from dfpipe.jobs._codes import embed_videos, faces_version, read_split, segmented_videos
+from dfpipe.scoring import CALIBRATED_PRIOR, video_temperature
 from dfpipe.training import classifier_loop, window_logits
 
 NAME = "train_classifier"
@@ -94,8 +94,16 @@ def run(cfg: TrainClassifierConfig) -> dict:
     cache = cfg.embeddings_cache or storage.join(
         cfg.input, "embeddings", modelio.model_version(cfg.embedder, opts)
     )
-    rows_uri, embedded = embed_windows(
-        windows, cfg.embedder, cache, opts, use_gpu, cfg.embed_batch_faces, faces_version(cfg.input, opts)
+    videos = segmented_videos(cfg.input, opts, pc.unique(windows.column("video_id")))
+    rows_uri, embedded = embed_videos(
+        videos,
+        cfg.input,
+        cfg.embedder,
+        cache,
+        opts,
+        use_gpu,
+        cfg.embed_batch_faces,
+        faces_version(cfg.input, opts),
     )
 
     train = windows.filter(pc.equal(windows.column("split"), "train"))
@@ -159,7 +167,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
     progress.close()
     meta["temperature"] = calibrate(best["model"], meta, rows_uri, opts)
     meta["calibrated_prior"] = CALIBRATED_PRIOR
-    segment_cfg = storage.read_json(segment_job.layout(cfg.input)["config"], opts)
+    segment_cfg = storage.read_json(outputs.segmentation(cfg.input)["config"], opts)
     meta["segment"] = {
         "uri": storage.normalize(cfg.input),
         "config_hash": segment_cfg.get("config_hash"),
@@ -182,25 +190,11 @@ def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
     of the *video* probabilities that scoring computes from them (the model's aggregation over
     counted windows), so calibration holds for what is reported. The loss is balanced over the
     classes, as the training loss is (``pos_weight``): the probabilities assume a prior of 0.5
-    (``dfpipe.score.prior_shift``)."""
+    (``dfpipe.scoring.prior_shift``)."""
     model = modelio.build(meta)
     model.load_state_dict(state)
-    val = storage.read_parquet_dir(
-        rows_uri,
-        columns=["video_id", "track_id", "label", "split", "counted", "codes"],
-        schema=R.EMBEDDINGS_SCHEMA,
-        options=opts,
-    )
-    val = val.filter(pc.and_(pc.equal(val.column("split"), "val"), pc.fill_null(val.column("counted"), True)))
-    batch = {
-        "codes": codes_array(val, meta["n_frames"], meta["code_dim"]),
-        "label": np.asarray(val.column("label").to_pylist()),
-        "video_id": np.asarray(val.column("video_id").to_pylist()),
-        "track_id": np.asarray(val.column("track_id").to_pylist()),
-    }
-    logits, labels, videos, tracks = window_logits(
-        model, iter([batch]), (meta["n_frames"], meta["code_dim"]), "cpu"
-    )
+    shape = (meta["n_frames"], meta["code_dim"])
+    logits, labels, videos, tracks = window_logits(model, val_batches(rows_uri, opts, shape), shape, "cpu")
     how = meta["aggregation"]
     temperature, before, after = video_temperature(logits, labels, videos, tracks, how, balanced=True)
     console.say(
@@ -208,6 +202,26 @@ def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
         f"{before:.4f} -> {after:.4f}; probabilities assume {CALIBRATED_PRIOR:.0%} FAKE)"
     )
     return temperature
+
+
+def val_batches(rows_uri: str, opts, shape: tuple[int, int]):
+    """The counted val windows' codes, one cache file at a time (only their rows are read), so the
+    driver holds one file's codes and every val window's logit, never every code."""
+    counted = (pc.field("split") == "val") & (pc.field("counted").is_null() | pc.field("counted"))
+    for f in storage.find(rows_uri, opts):
+        if not f.endswith(".parquet"):
+            continue
+        fs, path = storage.arrow_filesystem(f, opts)
+        table = pq.read_table(
+            path, filesystem=fs, columns=["video_id", "track_id", "label", "codes"], filters=counted
+        )
+        if table.num_rows:
+            yield {
+                "codes": codes_array(table, *shape),
+                "label": np.asarray(table.column("label").to_pylist()),
+                "video_id": np.asarray(table.column("video_id").to_pylist()),
+                "track_id": np.asarray(table.column("track_id").to_pylist()),
+            }
 
 
 def format_summary(meta: dict) -> str:

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from dfpipe import config as C
 from dfpipe import console, runner, storage
 from dfpipe import records as R
-from dfpipe.embed import FaceCropsStage, sample_faces
+from dfpipe.embedding import FaceCropsStage, sample_faces
 from dfpipe.jobs import _training as T
 from dfpipe.modelio import load_state
 from dfpipe.models.embedder import MIN_FACE_SIZE
@@ -103,7 +103,7 @@ def run(cfg: TrainEmbedderConfig) -> dict:
         )
         return done
     opts = cfg.storage_options
-    windows = T.load_windows(cfg.input, opts, ("train", "val"))
+    windows = T.load_windows(cfg.input, opts, ("train", "val"), columns=None)
     init_state = initial_state(cfg)
     runner.ensure_ray(cfg.ray_address)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0

@@ -28,19 +28,10 @@ from dfpipe.batching import CallBatcher
 from dfpipe.decode import DecodeError, DecodeLimits, VideoReader, prefetched
 from dfpipe.faces import FaceDetector, crop_face, encode_jpeg, face_flags
 from dfpipe.keyframes import KeyframeDetector
+from dfpipe.stage import Resources
 from dfpipe.tracks import link_tracks
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one worker of a stage needs; the runner maps this onto Ray."""
-
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    batch_size: int = 1
-    max_workers: int | None = None
 
 
 @dataclass

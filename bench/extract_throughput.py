@@ -1,6 +1,6 @@
 """Extraction speed against the decode floor and the seed's loop, side by side in one run.
 
-    python bench/extract.py [--videos 2] [--frames 300] [--size 1920x1080] [--json]
+    python bench/extract_throughput.py [--videos 2] [--frames 300] [--size 1920x1080] [--json]
 
 Generates H.264 clips (30 fps) of the sample generator's face scene, then measures in the same run:
   decode       OpenCV decode of every frame, every core (the floor)
@@ -194,7 +194,7 @@ def catalog_rows(paths: list[str]):
 
 
 def stage_in_process(paths: list[str], out: str, threads: int, **settings) -> tuple[int, float, int]:
-    from dfpipe.extract import FaceExtractStage
+    from dfpipe.extraction import FaceExtractStage
 
     stage = FaceExtractStage(faces_uri=out, threads=threads, **settings)
     stage.setup()
@@ -232,6 +232,7 @@ def job_subprocess(folder: str, out: str, num_cpus: int) -> dict:
 def _job_main(folder: str, out: str, num_cpus: int) -> None:
     import ray
 
+    from dfpipe import outputs
     from dfpipe.cli import parse_args
     from dfpipe.jobs import extract
 
@@ -243,7 +244,7 @@ def _job_main(folder: str, out: str, num_cpus: int) -> None:
     stats = extract.run(cfg)
     seconds = time.perf_counter() - start
     ray.shutdown()
-    manifest = extract.read_manifest(out, columns=["n_frames", "elapsed_s"])
+    manifest = outputs.read_manifest(out, columns=["n_frames", "elapsed_s"])
     busy = sum(manifest.column("elapsed_s").to_pylist())  # seconds actors spent on videos
     workers = min(num_cpus, manifest.num_rows)
     print(json.dumps({"frames": stats["run"]["frames"], "seconds": seconds, "actor_seconds": busy / workers}))
@@ -360,7 +361,7 @@ def real_clips(folder: str, limit: int) -> list[str]:
 
 def compare_stage(paths, workdir, tag, variants, ref, threads, record) -> dict:
     """Time each stage variant on ``paths`` and measure its agreement with the reference boxes."""
-    from dfpipe.extract import FaceExtractStage
+    from dfpipe.extraction import FaceExtractStage
 
     defaults = FaceExtractStage(faces_uri="")
     agree = {}
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = os.path.join(args.workdir, f"clips-{args.size}-{args.frames}")
     paths = make_clips(clips, 4 * n, args.frames, width, height)
 
-    from dfpipe.extract import FaceExtractStage
+    from dfpipe.extraction import FaceExtractStage
 
     defaults = FaceExtractStage(faces_uri="")
     rates: dict[str, dict] = {}

@@ -1,6 +1,6 @@
 """Scoring throughput on this machine: the bulk score job and score-video, with the time of each step.
 
-    python bench/score.py [--model out/demo/run/models/classifier] [--videos 16] [--frames 40] [--json]
+    python bench/score_throughput.py [--model out/demo/run/models/classifier] [--videos 16] [--frames 40] [--json]
 
 Needs a trained classifier directory (``make demo`` leaves one at the default path). Generates a
 labelled sample dataset, then in one run measures:

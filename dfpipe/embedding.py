@@ -1,9 +1,10 @@
 """From windows to face pixels and codes: the stages between segmentation and the models.
 
-``WindowFacesStage`` reads each video's face shard once per batch and returns, per window, its
-face crops (or a sample of single faces for the embedder); ``decode_faces`` turns JPEG crops
-into normalised tensors with optional augmentation; ``WindowEmbedStage`` turns a window's crops
-into a sequence of codes with a trained embedder.
+``FaceCropsStage`` reads each video's face shard once per batch and returns, per row, the face
+crops of its ``frames`` (windows, or single faces sampled by ``sample_faces`` for the embedder);
+``decode_faces`` turns JPEG crops into normalised tensors with optional augmentation;
+``WindowEmbedStage`` turns a window's crops into a sequence of codes with a trained embedder;
+``VideoEmbedStage`` does both for every window of a batch of videos (the embedding cache).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.extract import Resources
+from dfpipe.stage import Resources
 
 log = logging.getLogger(__name__)
 
@@ -267,3 +268,60 @@ def codes_array(table_or_batch, n_frames: int, code_dim: int) -> np.ndarray:
         else np.zeros((0, n_frames * code_dim), np.float32)
     )
     return arr.reshape(-1, n_frames, code_dim)
+
+
+@dataclass
+class VideoEmbedStage:
+    """Videos in (``video_id`` and ``chunk``: the segmentation chunk holding their windows), the code
+    sequences of every window of theirs out. One worker reads the windows of its batch, their crops
+    (each face shard once) and embeds them, so no window or crop passes through the driver."""
+
+    windows_folder: str
+    model_dir: str
+    device: str = "auto"
+    batch_faces: int = 128
+    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=8))
+
+    def setup(self) -> None:
+        self.crops = FaceCropsStage(storage_options=self.storage_options)
+        self.embed = WindowEmbedStage(
+            self.model_dir, self.device, self.batch_faces, storage_options=self.storage_options
+        )
+        self.embed.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from dfpipe.outputs import read_chunk_rows
+
+        if not hasattr(self, "embed"):
+            self.setup()
+        by_chunk: dict[str, list[str]] = {}
+        for vid, chunk in zip(
+            batch.column("video_id").to_pylist(), batch.column("chunk").to_pylist(), strict=True
+        ):
+            by_chunk.setdefault(chunk, []).append(vid)
+        windows = [
+            read_chunk_rows(
+                self.windows_folder, chunk, R.WINDOWS_SCHEMA, "video_id", ids, self.storage_options
+            )
+            for chunk, ids in sorted(by_chunk.items())
+        ]
+        windows = pa.concat_tables(windows) if windows else R.WINDOWS_SCHEMA.empty_table()
+        if not windows.num_rows:
+            return R.EMBEDDINGS_SCHEMA.empty_table()
+        return self.embed(self.crops(with_frames(windows)))
+
+
+def embedded_videos(codes: pa.Table, batch: pa.Table) -> dict[str, pa.Table]:
+    """A chunk of the embedding cache: the codes, and one marker row per video of the batch (with
+    how many of its windows have codes), so a video whose crops were missing is not retried forever."""
+    counts = dict.fromkeys(batch.column("video_id").to_pylist(), 0)
+    for vid in codes.column("video_id").to_pylist():
+        counts[vid] += 1
+    marker = pa.table(
+        {
+            "video_id": pa.array(list(counts), pa.string()),
+            "n_windows": pa.array(list(counts.values()), pa.int32()),
+        }
+    )
+    return {"windows": codes, "videos": marker}

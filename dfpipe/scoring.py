@@ -11,12 +11,13 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dfpipe import metrics as M
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.embed import codes_array
-from dfpipe.extract import Resources
+from dfpipe.embedding import codes_array
+from dfpipe.stage import Resources
 
 Aggregation = Literal["max_track_mean", "mean", "confident"]
 
@@ -260,3 +261,108 @@ def video_row(
             row["prob_fake"] = aggregate(probs[counted], tracks[counted], rule.aggregation)
     row["prob_fake"] = clip(row["prob_fake"], rule.clip_low, rule.clip_high)
     return row, probs
+
+
+_WINDOW_SCORE_STRUCT = pa.struct(list(R.WINDOW_SCORES_SCHEMA))
+# What VideoScoreStage returns: a score row per video, its window scores nested (split by score_tables).
+VIDEO_SCORES_SCHEMA = R.SCORES_SCHEMA.append(pa.field("windows", pa.list_(_WINDOW_SCORE_STRUCT)))
+# The columns of a video the stage needs: manifest fields, its segmentation and the chunk of its codes.
+VIDEO_COLUMNS = ("video_id", "uri", "filename", "part", "label", "status", "error", "n_tracks")
+
+
+@dataclass
+class VideoScoreStage:
+    """Videos in (manifest fields, their segmentation's ``seg_split``/``seg_n_tracks``/
+    ``n_tracks_counted``/``segment_reason``, the split the model learned them in, and ``chunk``:
+    the embedding-cache chunk of their codes, null without windows), one score row per video out
+    with its window scores nested. Windows are aggregated per video here, in the worker."""
+
+    model_dir: str
+    codes_folder: str
+    meta: dict
+    rule: VideoRule
+    model_version: str
+    scored_at: str
+    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=64))
+
+    def setup(self) -> None:
+        self.windows = WindowScoreStage(self.model_dir, self.storage_options)
+        self.windows.setup()
+
+    def window_logits(self, batch: pa.Table) -> pa.Table:
+        """The logit of every window of the batch's videos (the classifier over their cached codes)."""
+        from dfpipe.outputs import read_chunk_rows
+
+        if not hasattr(self, "windows"):
+            self.setup()
+        by_chunk: dict[str, list[str]] = {}
+        for vid, chunk in zip(
+            batch.column("video_id").to_pylist(), batch.column("chunk").to_pylist(), strict=True
+        ):
+            if chunk is not None:
+                by_chunk.setdefault(chunk, []).append(vid)
+        codes = [
+            read_chunk_rows(self.codes_folder, c, R.EMBEDDINGS_SCHEMA, "video_id", ids, self.storage_options)
+            for c, ids in sorted(by_chunk.items())
+        ]
+        return self.windows(pa.concat_tables(codes) if codes else R.EMBEDDINGS_SCHEMA.empty_table())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        by_video: dict[str, list[dict]] = {}
+        for w in self.window_logits(batch).to_pylist():
+            by_video.setdefault(w["video_id"], []).append(w)
+        out = []
+        for video in batch.to_pylist():
+            seg_split = video.get("seg_split")
+            video = {
+                **video,
+                # A split only for videos the model's own segmentation put there; other videos (a new
+                # dump, another dataset) are unsplit, whatever the split rule would call them.
+                "split": seg_split if video.get("learned_split") == seg_split else None,
+                "n_tracks": video["seg_n_tracks"]
+                if video.get("seg_n_tracks") is not None
+                else video.get("n_tracks"),
+            }
+            wins = sorted(
+                by_video.get(video["video_id"], []), key=lambda w: (w["track_id"], w["start_frame"])
+            )
+            row, probs = video_row(video, wins, self.meta, self.rule, self.model_version, self.scored_at)
+            row["windows"] = [
+                {**w, "prob_fake": float(p), "model_version": self.model_version}
+                for w, p in zip(wins, probs, strict=True)
+            ]
+            out.append(row)
+        return pa.Table.from_pylist(out, schema=VIDEO_SCORES_SCHEMA)
+
+
+def score_tables(stage_output: pa.Table, batch: pa.Table | None = None) -> dict[str, pa.Table]:
+    """The stage's output as the tables of a scoring chunk: window scores, then scores (the marker)."""
+    flat = pc.list_flatten(stage_output.column("windows"))
+    windows = (
+        pa.Table.from_struct_array(flat.combine_chunks())
+        if len(flat)
+        else R.WINDOW_SCORES_SCHEMA.empty_table()
+    )
+    return {
+        "window_scores": windows.cast(R.WINDOW_SCORES_SCHEMA),
+        "scores": stage_output.select(R.SCORES_SCHEMA.names).cast(R.SCORES_SCHEMA),
+    }
+
+
+@dataclass
+class WindowLogitsStage:
+    """The window logits of a batch of videos (``VideoScoreStage.window_logits``), for fitting a
+    temperature (``score calibrate=true``): compact columns only."""
+
+    scorer: VideoScoreStage
+
+    @property
+    def resources(self) -> Resources:
+        return self.scorer.resources
+
+    def setup(self) -> None:
+        self.scorer.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.scorer.window_logits(batch).select(["video_id", "track_id", "counted", "label", "logit"])

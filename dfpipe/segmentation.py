@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.extract import Resources
+from dfpipe.stage import Resources
 from dfpipe.windows import SplitRule, TrackRule, WindowSpec, segment_video, window_id
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,12 @@ class SegmentStage:
         fs, path = storage.filesystem(uri, self.storage_options)
         with fs.open(path, "rb") as fh:
             return pq.read_table(fh, columns=FACE_COLUMNS)
+
+
+def segment_tables(stage_output: pa.Table, batch: pa.Table | None = None) -> dict[str, pa.Table]:
+    """The stage's output as the tables of a segmentation chunk (``dfpipe.outputs``)."""
+    summary, windows, tracks = flatten_windows(stage_output)
+    return {"windows": windows, "tracks": tracks, "videos": summary}
 
 
 def flatten_windows(stage_output: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:

@@ -1,4 +1,4 @@
-"""The whole pipeline: ``python jobs/pipeline.py --input DATASET --output ROOT [--config FILE] [key=value ...]``."""
+"""The whole pipeline: ``python jobs/run.py --input DATASET --output ROOT [--config FILE] [key=value ...]``."""
 
 import _bootstrap  # noqa: F401  (puts the checkout on sys.path)
 

@@ -1,6 +1,6 @@
 """Segmentation throughput on a generated frame table (default 10 million rows).
 
-    python bench/segment.py [--rows 10000000] [--frames-per-video 500] [--json]
+    python bench/segment_throughput.py [--rows 10000000] [--frames-per-video 500] [--json]
 
 Writes an extraction-shaped output (one face shard per video, a manifest) with realistic flags:
 one or two tracks per video, bursts of missing faces, a few low-probability frames. Then measures,
@@ -103,7 +103,7 @@ def generate(root: str, rows: int, per_video: int, seed: int = 0) -> tuple[int, 
 
 
 def core(root: str) -> tuple[int, float]:
-    from dfpipe.segment import FACE_COLUMNS
+    from dfpipe.segmentation import FACE_COLUMNS
     from dfpipe.windows import TrackRule, WindowSpec, segment_video
 
     files = sorted(os.listdir(os.path.join(root, "faces")))

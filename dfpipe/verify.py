@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dfpipe import outputs, storage
 from dfpipe import records as R
-from dfpipe import storage
 
 MAX_LISTED = 20  # violations of one kind printed in full; the rest are counted
 
@@ -62,10 +62,10 @@ def duplicates(values) -> list:
 
 def check_output(uri: str, options: storage.StorageOptions | None = None) -> Report:
     report = Report()
-    outputs = find_outputs(uri, options)
-    if not outputs:
+    found = find_outputs(uri, options)
+    if not found:
         report.violations.append(f"{uri}: no dfpipe output found (no config.json here or in sub-folders)")
-    for out, job in outputs:
+    for out, job in found:
         check = CHECKS.get(job)
         if check is not None:
             check(out, options, report)
@@ -106,10 +106,9 @@ def check_no_partial_files(uri: str, options, report: Report) -> None:
 
 def check_extract(out: str, options, report: Report) -> None:
     from dfpipe.catalog import build_catalog
-    from dfpipe.jobs import extract as extract_job
 
-    paths = extract_job.layout(out)
-    manifest = extract_job.read_manifest(out, options)
+    paths = outputs.extraction(out)
+    manifest = outputs.read_manifest(out, options)
     ids = manifest.column("video_id").to_pylist()
     report.expect(out, duplicates(ids), "videos in the manifest more than once")
 
@@ -147,7 +146,7 @@ def check_extract(out: str, options, report: Report) -> None:
 
     if storage.exists(paths["stats"], options):
         written = storage.read_json(paths["stats"], options)
-        fresh = extract_job.compute_stats(out, options, written["videos"]["catalog"])
+        fresh = outputs.extraction_stats(out, options, written["videos"]["catalog"])
         bad = [k for k in ("videos", "frames", "tracks") if not _agrees(written.get(k), fresh[k])]
         report.expect(out, bad, "stats.json sections that disagree with the rows")
 
@@ -182,13 +181,11 @@ def _shard_problem(uri: str, row: dict, options) -> str | None:
 
 
 def check_segment(out: str, options, report: Report) -> None:
-    from dfpipe.jobs import extract as extract_job
-    from dfpipe.jobs import segment as segment_job
 
-    config = storage.read_json(segment_job.layout(out)["config"], options)["config"]
+    config = storage.read_json(outputs.segmentation(out)["config"], options)["config"]
     usable = set(config["usable_flags"])
-    manifest = extract_job.read_manifest(config["input"], options, columns=["video_id"])
-    summary = segment_job.read_summary(out, options, columns=["video_id", "n_windows"])
+    manifest = outputs.read_manifest(config["input"], options, columns=["video_id"])
+    summary = outputs.read_summary(out, options, columns=["video_id", "n_windows"])
     ids = summary.column("video_id").to_pylist()
     report.expect(out, duplicates(ids), "videos summarised more than once")
     report.expect(
@@ -196,7 +193,7 @@ def check_segment(out: str, options, report: Report) -> None:
         sorted(set(manifest.column("video_id").to_pylist()) - set(ids)),
         "manifest videos with no summary row",
     )
-    windows = segment_job.read_windows(out, options)
+    windows = outputs.read_windows(out, options)
     report.expect(out, duplicates(windows.column("window_id").to_pylist()), "duplicate window ids")
     per_video = Counter(windows.column("video_id").to_pylist())
     counts = dict(zip(ids, summary.column("n_windows").to_pylist(), strict=True))
@@ -241,19 +238,14 @@ def _group_by(rows: list[dict], key: str) -> dict:
 
 
 def check_score(out: str, options, report: Report) -> None:
-    from dfpipe.jobs import extract as extract_job
-    from dfpipe.jobs import score as score_job
-    from dfpipe.jobs import segment as segment_job
 
-    paths = score_job.layout(out)
+    paths = outputs.scoring(out)
     config = storage.read_json(paths["config"], options)["config"]
-    extract_uri = (
-        config["input"] if score_job.is_extraction_output(config["input"], options) else paths["extract"]
-    )
+    extract_uri = config["input"] if outputs.is_extraction(config["input"], options) else paths["extract"]
     videos = set(
-        extract_job.read_manifest(extract_uri, options, columns=["video_id"]).column("video_id").to_pylist()
+        outputs.read_manifest(extract_uri, options, columns=["video_id"]).column("video_id").to_pylist()
     )
-    scores = score_job.read_scores(out, options, None)
+    scores = outputs.read_scores(out, options, None)
     for version in sorted(set(scores.column("model_version").to_pylist())):
         mine = scores.filter(pc.equal(scores.column("model_version"), version))
         ids = mine.column("video_id").to_pylist()
@@ -277,7 +269,7 @@ def check_score(out: str, options, report: Report) -> None:
     for sub, job in find_outputs(out, options, depth=1):
         if job == "segment":
             known |= set(
-                segment_job.read_windows(sub, options, columns=["window_id"]).column("window_id").to_pylist()
+                outputs.read_windows(sub, options, columns=["window_id"]).column("window_id").to_pylist()
             )
     report.expect(
         out,

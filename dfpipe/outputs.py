@@ -1,0 +1,212 @@
+"""Every output's folder layout and its readers, in one place.
+
+Jobs write these folders and ``dfpipe check`` verifies them; both read them through here, so a
+layout change is one edit and nothing imports a job module to find a file. Readers return whole
+tables: use them for per-video tables (manifests, summaries, scores) and column-pruned reads;
+per-window payloads (codes, crops) are streamed by the runner or read per chunk by a worker.
+
+    extraction   OUTPUT/faces/<video>.parquet   one shard per video (frames, boxes, flags, crops)
+                 OUTPUT/videos/part-*.parquet   the manifest: one row per input video (the marker)
+    segmentation OUTPUT/windows/, tracks/, videos/ (the marker), chunk files of the same name
+    embeddings   CACHE/windows/, videos/ (the marker), CACHE/cache.json
+    score        OUTPUT/window_scores/, scores/ (the marker), submission.csv, report/, extract/,
+                 segment-<hash>/
+every output     OUTPUT/config.json, OUTPUT/stats.json, OUTPUT/logs/
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dfpipe import records as R
+from dfpipe import storage
+
+
+def extraction(output: str) -> dict[str, str]:
+    return {
+        "faces": storage.join(output, "faces"),
+        "videos": storage.join(output, "videos"),
+        "stats": storage.join(output, "stats.json"),
+        "config": storage.join(output, "config.json"),
+    }
+
+
+def segmentation(output: str) -> dict[str, str]:
+    return {
+        "windows": storage.join(output, "windows"),
+        "tracks": storage.join(output, "tracks"),
+        "videos": storage.join(output, "videos"),
+        "stats": storage.join(output, "stats.json"),
+        "config": storage.join(output, "config.json"),
+    }
+
+
+def embeddings(cache: str) -> dict[str, str]:
+    return {
+        "windows": storage.join(cache, "windows"),
+        "videos": storage.join(cache, "videos"),
+        "meta": storage.join(cache, "cache.json"),
+    }
+
+
+def scoring(output: str) -> dict[str, str]:
+    names = ("extract", "scores", "window_scores", "submission.csv", "report", "stats.json", "config.json")
+    return {name.split(".")[0]: storage.join(output, name) for name in names}
+
+
+# Chunked folders, marker last: a chunk's files share a name and count only once the marker's exists.
+def segmentation_folders(output: str) -> dict[str, tuple[str, pa.Schema]]:
+    paths = segmentation(output)
+    return {
+        "windows": (paths["windows"], R.WINDOWS_SCHEMA),
+        "tracks": (paths["tracks"], R.TRACKS_SCHEMA),
+        "videos": (paths["videos"], R.SEGMENTS_SCHEMA),
+    }
+
+
+def embedding_folders(cache: str) -> dict[str, tuple[str, pa.Schema]]:
+    paths = embeddings(cache)
+    return {
+        "windows": (paths["windows"], R.EMBEDDINGS_SCHEMA),
+        "videos": (paths["videos"], R.EMBEDDED_VIDEOS_SCHEMA),
+    }
+
+
+def scoring_folders(output: str) -> dict[str, tuple[str, pa.Schema]]:
+    paths = scoring(output)
+    return {
+        "window_scores": (paths["window_scores"], R.WINDOW_SCORES_SCHEMA),
+        "scores": (paths["scores"], R.SCORES_SCHEMA),
+    }
+
+
+def read_manifest(output: str, options=None, columns: list[str] | None = None) -> pa.Table:
+    return storage.read_parquet_dir(
+        extraction(output)["videos"], columns=columns, schema=R.VIDEOS_SCHEMA, options=options
+    )
+
+
+def is_extraction(uri: str, options=None) -> bool:
+    paths = extraction(uri)
+    return storage.exists(paths["videos"], options) and storage.exists(paths["config"], options)
+
+
+def read_summary(output: str, options=None, columns: list[str] | None = None) -> pa.Table:
+    return storage.read_parquet_dir(
+        segmentation(output)["videos"], columns=columns, schema=R.SEGMENTS_SCHEMA, options=options
+    )
+
+
+def read_windows(output: str, options=None, columns: list[str] | None = None) -> pa.Table:
+    return storage.read_parquet_dir(
+        segmentation(output)["windows"], columns=columns, schema=R.WINDOWS_SCHEMA, options=options
+    )
+
+
+def read_tracks(output: str, options=None, columns: list[str] | None = None) -> pa.Table:
+    return storage.read_parquet_dir(
+        segmentation(output)["tracks"], columns=columns, schema=R.TRACKS_SCHEMA, options=options
+    )
+
+
+def read_scores(output: str, options=None, model_version: str | None = None, columns=None) -> pa.Table:
+    t = storage.read_parquet_dir(
+        scoring(output)["scores"], columns=columns, schema=R.SCORES_SCHEMA, options=options
+    )
+    if model_version is not None and t.num_rows:
+        t = t.filter(pc.equal(t.column("model_version"), model_version))
+    return t
+
+
+def with_chunks(marker_folder: str, schema: pa.Schema, columns: list[str], options=None) -> pa.Table:
+    """The marker rows of a chunked folder (``columns`` of them) plus ``chunk``, the name of the
+    file holding them: the same name holds their payload in the chunk's other folders, which is how
+    a worker finds a video's windows or codes without the driver ever reading them."""
+    tables = []
+    for f in storage.find(marker_folder, options):
+        name = posixpath.basename(f)
+        if not name.endswith(".parquet") or name.startswith((".", "_")):
+            continue
+        fs, path = storage.filesystem(f, options)
+        with fs.open(path, "rb") as fh:
+            t = pq.read_table(fh, columns=columns, schema=schema)
+        tables.append(t.append_column("chunk", pa.array([name] * t.num_rows, pa.string())))
+    if not tables:
+        empty = schema.empty_table().select(columns)
+        return empty.append_column("chunk", pa.array([], pa.string()))
+    return pa.concat_tables(tables)
+
+
+def read_chunk_rows(
+    folder: str, chunk: str, schema: pa.Schema, key: str, keys: list[str], options=None, columns=None
+) -> pa.Table:
+    """The rows of ``keys`` in one chunk file of ``folder`` (read by a worker)."""
+    fs, path = storage.filesystem(storage.join(folder, chunk), options)
+    with fs.open(path, "rb") as fh:
+        t = pq.read_table(fh, columns=columns, schema=schema)
+    return t.filter(pc.is_in(t.column(key), pa.array(keys, pa.string())))
+
+
+def extraction_stats(output: str, options, catalog_rows: int) -> dict:
+    """Counts over the whole manifest, so stats always agree with the rows on disk."""
+    cols = ["video_id", "status", "error", "n_frames", "n_detected", "n_tracks", "n_one_frame_tracks"]
+    cols += [f"n_{f}" for f in R.FRAME_FLAGS]
+    m = read_manifest(output, options, columns=cols).to_pandas()
+    failed = m[m.status == R.STATUS_FAILED]
+    reasons = failed.error.map(R.reason_of).value_counts().to_dict()
+    frag = sorted(m.video_id[fragmented(m.n_tracks, m.n_one_frame_tracks)].tolist())
+    return {
+        "videos": {
+            "catalog": int(catalog_rows),
+            "manifest": int(len(m)),
+            "unique": int(m.video_id.nunique()),
+            "ok": int((m.status == R.STATUS_OK).sum()),
+            "failed": int(len(failed)),
+            "failed_by_reason": {str(k): int(v) for k, v in sorted(reasons.items())},
+        },
+        "frames": {
+            "decoded": int(m.n_frames.sum()),
+            "detected": int(m.n_detected.fillna(0).sum()),
+            **{flag: int(m[f"n_{flag}"].sum()) for flag in R.FRAME_FLAGS},
+        },
+        "tracks": int(m.n_tracks.sum()),
+        "fragmented_tracks": {"videos": len(frag), "examples": frag[:10]},
+    }
+
+
+def fragmented(n_tracks, n_one_frame_tracks):
+    """Videos whose tracks are mostly one frame long: faces were found but not followed between
+    frames (sampling too sparse for the motion, or a gap rule that cannot bridge the stride)."""
+    return (n_tracks >= 3) & (n_one_frame_tracks.fillna(0) * 2 > n_tracks)
+
+
+def segmentation_stats(output: str, options) -> dict:
+    s = read_summary(output, options).to_pandas()
+    w = read_windows(output, options, columns=["window_id", "video_id", "split", "label"]).to_pandas()
+    reasons = s.reason.dropna().map(lambda r: r.split(":", 1)[0]).value_counts().to_dict()
+    splits = {}
+    for split in R.SPLITS:
+        sv, sw = s[s.split == split], w[w.split == split]
+        splits[split] = {
+            "videos": int(len(sv)),
+            "videos_with_windows": int((sv.n_windows > 0).sum()),
+            "fake": int((sv.label == R.LABEL_FAKE).sum()),
+            "real": int((sv.label == R.LABEL_REAL).sum()),
+            "windows": int(len(sw)),
+        }
+    return {
+        "videos": int(len(s)),
+        "videos_with_windows": int((s.n_windows > 0).sum()),
+        "no_window_by_reason": {str(k): int(v) for k, v in sorted(reasons.items())},
+        "windows": int(len(w)),
+        "tracks": int(s.n_tracks.sum()),
+        "tracks_counted": int(s.n_tracks_counted.fillna(0).sum()),
+        "runs": int(s.n_runs.sum()),
+        "short_runs": int(s.n_short_runs.sum()),
+        "frames_dropped": {r: int(s[f"dropped_{r}"].sum()) for r in R.DROP_REASONS},
+        "splits": splits,
+    }

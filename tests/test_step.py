@@ -1,0 +1,124 @@
+"""Tier 2: the incremental step executor every job's step runs on (dfpipe.step), on a local Ray."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dfpipe import config as C
+from dfpipe import storage
+from dfpipe.stage import Resources
+from dfpipe.step import ChunkWriter, Step, run_step
+
+PAYLOAD = pa.schema([("video_id", pa.string()), ("i", pa.int32())])
+MARKER = pa.schema([("video_id", pa.string()), ("n_rows", pa.int32()), ("config_hash", pa.string())])
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToyConfig(C.RunOptions):
+    output: str = C.option(help="output")
+    rows: int = C.option(3, "payload rows per video (changes rows)")
+    overwrite: bool = C.option(False, "redo")
+
+
+@dataclass
+class ToyStage:
+    """Per video, ``rows`` payload rows and one marker row; the payload is nested, as the real
+    stages nest windows under their video."""
+
+    rows: int
+    digest: str
+    resources: Resources = Resources(num_cpus=0.5, batch_size=2)
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        vids = batch.column("video_id").to_pylist()
+        return pa.table(
+            {
+                "video_id": vids,
+                "n_rows": pa.array([self.rows] * len(vids), pa.int32()),
+                "config_hash": [self.digest] * len(vids),
+                "payload": pa.array([list(range(self.rows))] * len(vids), pa.list_(pa.int32())),
+            }
+        )
+
+
+def toy_tables(out: pa.Table, batch: pa.Table) -> dict[str, pa.Table]:
+    pairs = zip(out["video_id"].to_pylist(), out["payload"].to_pylist(), strict=True)
+    rows = [{"video_id": v, "i": i} for v, items in pairs for i in items]
+    return {"payload": pa.Table.from_pylist(rows, schema=PAYLOAD), "videos": out.drop(["payload"])}
+
+
+def toy_step(cfg: ToyConfig, videos: list[str]) -> Step:
+    return Step(
+        name="toy",
+        output=storage.Folder(cfg.output),
+        cfg=cfg,
+        overwrite=cfg.overwrite,
+        todo=pa.table({"video_id": videos}),
+        stage=ToyStage(cfg.rows, C.config_hash(cfg, ("rows",))),
+        folders={"payload": (f"{cfg.output}/payload", PAYLOAD), "videos": (f"{cfg.output}/videos", MARKER)},
+        fields=("rows",),
+        split=toy_tables,
+        sums=("n_rows",),
+        rows_per_block=2,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _pickled_by_value():
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def test_a_step_writes_on_workers_skips_what_is_done_and_cleans_up_after_a_crash(ray_session, tmp_path):
+    cfg = ToyConfig(output=str(tmp_path / "out"))
+    videos = [f"v{i}" for i in range(7)]
+    first = run_step(toy_step(cfg, videos))
+    assert (first.processed, first.done_before, first.sums) == (7, 0, {"n_rows": 21})
+    payload = sorted((tmp_path / "out" / "payload").glob("*.parquet"))
+    markers = sorted((tmp_path / "out" / "videos").glob("*.parquet"))
+    assert [p.name for p in payload] == [p.name for p in markers]  # one chunk, one name per folder
+    assert storage.read_parquet_dir(str(tmp_path / "out" / "payload")).num_rows == 21
+
+    # A rerun, and one with two new videos: only what is new is done.
+    assert run_step(toy_step(cfg, videos)).processed == 0
+    assert run_step(toy_step(cfg, [*videos, "v7", "v8"])).processed == 2
+
+    # A run that stopped between a chunk's payload and its marker: the next run removes the
+    # payload left without a marker and redoes those videos, with no duplicate rows.
+    lost = markers[0]
+    lost_here = pq.read_table(lost).column("video_id").to_pylist()
+    lost.unlink()
+    again = run_step(toy_step(cfg, [*videos, "v7", "v8"]))
+    assert again.processed == len(lost_here) > 0
+    rows = storage.read_parquet_dir(str(tmp_path / "out" / "payload")).to_pandas()
+    assert len(rows) == 27 and not rows.duplicated().any()
+
+    # Rows made with other settings are never mixed in: exit 2 naming the option, unless --overwrite.
+    other = ToyConfig(output=str(tmp_path / "out"), rows=4)
+    with pytest.raises(C.ConfigError, match=r"rows 3 -> 4.*--overwrite"):
+        run_step(toy_step(other, videos))
+    redone = run_step(toy_step(ToyConfig(output=str(tmp_path / "out"), rows=4, overwrite=True), videos))
+    assert redone.processed == 7
+    assert storage.read_parquet_dir(str(tmp_path / "out" / "payload")).num_rows == 28
+
+
+def test_chunk_writer_returns_only_the_marker_rows(tmp_path):
+    """What a worker hands back to the driver is the marker table alone, never the payload."""
+    writer = ChunkWriter(
+        ToyStage(5, "h"),
+        {"payload": (str(tmp_path / "p"), PAYLOAD), "videos": (str(tmp_path / "m"), MARKER)},
+        "video_id",
+        toy_tables,
+    )
+    back = writer(pa.table({"video_id": ["a", "b"]}))
+    assert back.column_names == ["video_id", "n_rows", "config_hash"] and back.num_rows == 2
+    assert storage.read_parquet_dir(str(tmp_path / "p")).num_rows == 10
