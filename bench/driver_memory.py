@@ -10,8 +10,9 @@ on a local Ray with 2 CPUs, and reports
 
   driver peak   the peak resident memory of the driver process alone (getrusage ru_maxrss)
   driver idle   its resident memory after imports and ray.init, before the job: the fixed cost
-  tree peak     the largest sum of resident memory over the driver and every process below it
-                (Ray's GCS, raylet and workers), sampled every 0.2 s
+  tree peak     the largest proportional set size (PSS: shared pages split between sharers) summed
+                over the driver and every process below it (Ray's GCS, raylet, workers, object
+                store), sampled every 0.2 s
 
 and the ratios 4N / N of the driver peak and of its growth over idle. Target: driver 4N <= 1.2x N.
 """
@@ -26,10 +27,11 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _memory import PeakMemory, rss_kib  # noqa: E402
 
 WINDOW = {"window_len": 4, "window_stride": 2}
 FACE_SIZE = 80
@@ -159,36 +161,6 @@ def models(root: str) -> str:
     return out
 
 
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and every process below it (from /proc's parent links)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
-
-
 def child(data: str, model: str, out: str) -> dict:
     """One score run in this process; memory figures in MiB."""
     import ray
@@ -197,16 +169,9 @@ def child(data: str, model: str, out: str) -> dict:
     from dfpipe.jobs import score
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    idle = _rss_kib(os.getpid())
-    tree_peak, stop = [0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            tree_peak[0] = max(tree_peak[0], sum(_rss_kib(p) for p in _tree(os.getpid())))
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    idle = rss_kib(os.getpid())
+    tree = PeakMemory(os.getpid())
+    tree.start()
     started = time.perf_counter()
     try:
         cfg = parse_args(
@@ -214,15 +179,14 @@ def child(data: str, model: str, out: str) -> dict:
         )
         stats = score.run(cfg)
     finally:
-        stop.set()
-        sampler.join()
+        tree.stop()
         ray.shutdown()
     return {
         "videos": stats["videos"],
         "seconds": round(time.perf_counter() - started, 1),
         "driver_idle_mib": round(idle / 1024, 1),
         "driver_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "tree_peak_mib": round(tree_peak[0] / 1024, 1),
+        "tree_peak_mib": round(tree.peak / 1024**2, 1),
     }
 
 

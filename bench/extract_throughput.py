@@ -28,13 +28,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from _memory import PeakMemory  # noqa: E402
 
 from dfpipe.sample import ClipSpec, write_clip  # noqa: E402
 
@@ -248,50 +248,6 @@ def _job_main(folder: str, out: str, num_cpus: int) -> None:
     busy = sum(manifest.column("elapsed_s").to_pylist())  # seconds actors spent on videos
     workers = min(num_cpus, manifest.num_rows)
     print(json.dumps({"frames": stats["run"]["frames"], "seconds": seconds, "actor_seconds": busy / workers}))
-
-
-class PeakMemory(threading.Thread):
-    """Polls the proportional set size (PSS, shared pages split between sharers) of a process tree."""
-
-    def __init__(self, root: int, every: float = 0.2):
-        super().__init__(daemon=True)
-        self.root, self.every, self.peak = root, every, 0
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.every):
-            self.peak = max(self.peak, sum(_pss(pid) for pid in _tree(self.root)))
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-
-def _tree(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    tree, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
-        tree += frontier
-    return tree
-
-
-def _pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 # --- agreement ---------------------------------------------------------------------------------

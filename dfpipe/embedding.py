@@ -291,22 +291,11 @@ class VideoEmbedStage:
         self.embed.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from dfpipe.outputs import read_chunk_rows
+        from dfpipe.outputs import read_batch_rows
 
         if not hasattr(self, "embed"):
             self.setup()
-        by_chunk: dict[str, list[str]] = {}
-        for vid, chunk in zip(
-            batch.column("video_id").to_pylist(), batch.column("chunk").to_pylist(), strict=True
-        ):
-            by_chunk.setdefault(chunk, []).append(vid)
-        windows = [
-            read_chunk_rows(
-                self.windows_folder, chunk, R.WINDOWS_SCHEMA, "video_id", ids, self.storage_options
-            )
-            for chunk, ids in sorted(by_chunk.items())
-        ]
-        windows = pa.concat_tables(windows) if windows else R.WINDOWS_SCHEMA.empty_table()
+        windows = read_batch_rows(self.windows_folder, batch, R.WINDOWS_SCHEMA, self.storage_options)
         if not windows.num_rows:
             return R.EMBEDDINGS_SCHEMA.empty_table()
         return self.embed(self.crops(with_frames(windows)))

@@ -26,36 +26,26 @@ from dfpipe import records as R
 from dfpipe import storage
 
 
+def _layout(output: str, *names: str) -> dict[str, str]:
+    """``{"videos": OUTPUT/videos, "stats": OUTPUT/stats.json, ...}``: each name without its suffix."""
+    return {name.split(".")[0]: storage.join(output, name) for name in names}
+
+
 def extraction(output: str) -> dict[str, str]:
-    return {
-        "faces": storage.join(output, "faces"),
-        "videos": storage.join(output, "videos"),
-        "stats": storage.join(output, "stats.json"),
-        "config": storage.join(output, "config.json"),
-    }
+    return _layout(output, "faces", "videos", "stats.json", "config.json")
 
 
 def segmentation(output: str) -> dict[str, str]:
-    return {
-        "windows": storage.join(output, "windows"),
-        "tracks": storage.join(output, "tracks"),
-        "videos": storage.join(output, "videos"),
-        "stats": storage.join(output, "stats.json"),
-        "config": storage.join(output, "config.json"),
-    }
+    return _layout(output, "windows", "tracks", "videos", "stats.json", "config.json")
 
 
 def embeddings(cache: str) -> dict[str, str]:
-    return {
-        "windows": storage.join(cache, "windows"),
-        "videos": storage.join(cache, "videos"),
-        "meta": storage.join(cache, "cache.json"),
-    }
+    return {**_layout(cache, "windows", "videos"), "meta": storage.join(cache, "cache.json")}
 
 
 def scoring(output: str) -> dict[str, str]:
     names = ("extract", "scores", "window_scores", "submission.csv", "report", "stats.json", "config.json")
-    return {name.split(".")[0]: storage.join(output, name) for name in names}
+    return _layout(output, *names)
 
 
 # Chunked folders, marker last: a chunk's files share a name and count only once the marker's exists.
@@ -141,14 +131,22 @@ def with_chunks(marker_folder: str, schema: pa.Schema, columns: list[str], optio
     return pa.concat_tables(tables)
 
 
-def read_chunk_rows(
-    folder: str, chunk: str, schema: pa.Schema, key: str, keys: list[str], options=None, columns=None
-) -> pa.Table:
-    """The rows of ``keys`` in one chunk file of ``folder`` (read by a worker)."""
-    fs, path = storage.filesystem(storage.join(folder, chunk), options)
-    with fs.open(path, "rb") as fh:
-        t = pq.read_table(fh, columns=columns, schema=schema)
-    return t.filter(pc.is_in(t.column(key), pa.array(keys, pa.string())))
+def read_batch_rows(folder: str, batch: pa.Table, schema: pa.Schema, options=None) -> pa.Table:
+    """The rows under ``folder`` of the videos of ``batch`` (its ``video_id`` and ``chunk`` columns:
+    :func:`with_chunks`; a null chunk has none), each chunk file read once. Read by a worker."""
+    by_chunk: dict[str, list[str]] = {}
+    for vid, chunk in zip(
+        batch.column("video_id").to_pylist(), batch.column("chunk").to_pylist(), strict=True
+    ):
+        if chunk is not None:
+            by_chunk.setdefault(chunk, []).append(vid)
+    tables = []
+    for chunk, ids in sorted(by_chunk.items()):
+        fs, path = storage.filesystem(storage.join(folder, chunk), options)
+        with fs.open(path, "rb") as fh:
+            t = pq.read_table(fh, schema=schema)
+        tables.append(t.filter(pc.is_in(t.column("video_id"), pa.array(ids, pa.string()))))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def extraction_stats(output: str, options, catalog_rows: int) -> dict:

@@ -292,21 +292,13 @@ class VideoScoreStage:
 
     def window_logits(self, batch: pa.Table) -> pa.Table:
         """The logit of every window of the batch's videos (the classifier over their cached codes)."""
-        from dfpipe.outputs import read_chunk_rows
+        from dfpipe.outputs import read_batch_rows
 
         if not hasattr(self, "windows"):
             self.setup()
-        by_chunk: dict[str, list[str]] = {}
-        for vid, chunk in zip(
-            batch.column("video_id").to_pylist(), batch.column("chunk").to_pylist(), strict=True
-        ):
-            if chunk is not None:
-                by_chunk.setdefault(chunk, []).append(vid)
-        codes = [
-            read_chunk_rows(self.codes_folder, c, R.EMBEDDINGS_SCHEMA, "video_id", ids, self.storage_options)
-            for c, ids in sorted(by_chunk.items())
-        ]
-        return self.windows(pa.concat_tables(codes) if codes else R.EMBEDDINGS_SCHEMA.empty_table())
+        return self.windows(
+            read_batch_rows(self.codes_folder, batch, R.EMBEDDINGS_SCHEMA, self.storage_options)
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         by_video: dict[str, list[dict]] = {}

@@ -74,14 +74,14 @@ class Step:
     """What one incremental step does; :func:`run_step` does it."""
 
     name: str  # what the console calls it ("segment")
-    output: storage.Folder  # config.json goes here, beside the folders
     cfg: C.RunOptions | None  # the job's config: recorded in config.json, its Ray address joined
     todo: pa.Table  # every row this step should have done, one per key
     stage: Stage | Callable[[], Stage]  # does one batch of rows (or makes it, once Ray is joined)
     folders: Folders  # where its rows go; the last is the marker (one row per key)
+    output: storage.Folder | None = None  # config.json goes here (default: the config's output)
+    overwrite: bool | None = None  # delete the folders first (default: the config's --overwrite)
     key: str = "video_id"
     fields: tuple[str, ...] = ()  # options of ``cfg`` that change rows: rows made otherwise are refused
-    overwrite: bool = False  # delete the folders first
     # (stage output, input batch) -> a table per folder; default: the output is the marker's
     split: Callable[[pa.Table, pa.Table], dict[str, pa.Table]] | None = None
     salt: str = ""  # separates chunks of the same keys (a model version)
@@ -98,6 +98,12 @@ class Step:
     settle: Callable[[pa.Table], tuple[pa.Table, pa.Table]] | None = None
     # The console line before the work: ``say(total, done, todo, settled)``.
     say: Callable[[int, int, int, int], str] | None = None
+
+    def __post_init__(self):
+        if self.output is None:
+            self.output = storage.Folder(self.cfg.output, self.cfg.storage_options)
+        if self.overwrite is None:
+            self.overwrite = bool(getattr(self.cfg, "overwrite", False))
 
 
 @dataclass

@@ -58,9 +58,7 @@ def toy_tables(out: pa.Table, batch: pa.Table) -> dict[str, pa.Table]:
 def toy_step(cfg: ToyConfig, videos: list[str]) -> Step:
     return Step(
         name="toy",
-        output=storage.Folder(cfg.output),
         cfg=cfg,
-        overwrite=cfg.overwrite,
         todo=pa.table({"video_id": videos}),
         stage=ToyStage(cfg.rows, C.config_hash(cfg, ("rows",))),
         folders={"payload": (f"{cfg.output}/payload", PAYLOAD), "videos": (f"{cfg.output}/videos", MARKER)},

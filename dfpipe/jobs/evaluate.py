@@ -6,6 +6,8 @@ import os
 import tempfile
 from dataclasses import dataclass
 
+import pyarrow.compute as pc
+
 from dfpipe import config as C
 from dfpipe import records as R
 from dfpipe import report as rep
@@ -34,10 +36,15 @@ def run(cfg: EvaluateConfig) -> dict:
     )
     videos = storage.read_parquet_dir(scores_uri, schema=R.SCORES_SCHEMA, options=opts).to_pandas()
     videos = videos[videos.model_version == version]
+    # Window-level metrics need two columns of every window: read only those (a DFDC-sized output
+    # holds millions of windows).
     windows = storage.read_parquet_dir(
-        storage.join(cfg.input, "window_scores"), schema=R.WINDOW_SCORES_SCHEMA, options=opts
-    ).to_pandas()
-    windows = windows[windows.model_version == version]
+        storage.join(cfg.input, "window_scores"),
+        columns=["label", "prob_fake", "model_version"],
+        schema=R.WINDOW_SCORES_SCHEMA,
+        options=opts,
+    )
+    windows = windows.filter(pc.equal(windows.column("model_version"), version)).to_pandas()
     labelled = videos[videos.label.notna()]
     if labelled.empty or labelled.label.nunique() < 2:
         raise C.ConfigError(

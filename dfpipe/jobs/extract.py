@@ -183,9 +183,7 @@ def run(cfg: ExtractConfig) -> dict:
     run = run_step(
         Step(
             name=NAME,
-            output=storage.Folder(cfg.output, opts),
             cfg=cfg,
-            overwrite=cfg.overwrite,
             todo=catalog,
             stage=lambda: build_stage(cfg, paths["faces"], worker_gpus(cfg)),  # once Ray is joined
             folders={"videos": (paths["videos"], R.VIDEOS_SCHEMA)},

@@ -293,7 +293,6 @@ def run(cfg: ScoreConfig) -> dict:
         run_step(
             Step(
                 name=NAME,
-                output=storage.Folder(cfg.output, opts),
                 cfg=cfg,
                 todo=todo,
                 stage=scorer,

@@ -119,9 +119,7 @@ def run(cfg: SegmentConfig) -> dict:
     run = run_step(
         Step(
             name=NAME,
-            output=storage.Folder(cfg.output, opts),
             cfg=cfg,
-            overwrite=cfg.overwrite,
             todo=manifest,
             stage=stage,
             folders=outputs.segmentation_folders(cfg.output),
