@@ -280,6 +280,7 @@ class VideoEmbedStage:
     model_dir: str
     device: str = "auto"
     batch_faces: int = 128
+    group_windows: int = 64  # windows read ahead while the previous ones are embedded
     storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=8))
 
@@ -298,7 +299,30 @@ class VideoEmbedStage:
         windows = read_batch_rows(self.windows_folder, batch, R.WINDOWS_SCHEMA, self.storage_options)
         if not windows.num_rows:
             return R.EMBEDDINGS_SCHEMA.empty_table()
-        return self.embed(self.crops(with_frames(windows)))
+        # The crops of the next group of videos are read on a thread while this group is embedded,
+        # so a GPU does not wait for Parquet and JPEG bytes.
+        groups = video_groups(with_frames(windows), self.group_windows)
+        out = []
+        with ThreadPoolExecutor(1, thread_name_prefix="dfpipe-crops") as reader:
+            ahead = reader.submit(self.crops, groups[0])
+            for nxt in [*groups[1:], None]:
+                crops = ahead.result()
+                if nxt is not None:
+                    ahead = reader.submit(self.crops, nxt)
+                out.append(self.embed(crops))
+        return pa.concat_tables(out)
+
+
+def video_groups(rows: pa.Table, size: int) -> list[pa.Table]:
+    """``rows`` (sorted so a video's rows are together) cut into slices of about ``size`` rows,
+    each holding whole videos."""
+    vids = rows.column("video_id").to_pylist()
+    cuts, start = [], 0
+    for i in range(1, len(vids) + 1):
+        if i == len(vids) or (i - start >= size and vids[i] != vids[i - 1]):
+            cuts.append(rows.slice(start, i - start))
+            start = i
+    return cuts
 
 
 def embedded_videos(codes: pa.Table, batch: pa.Table) -> dict[str, pa.Table]:

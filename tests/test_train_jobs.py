@@ -287,3 +287,40 @@ def test_cached_codes_of_faces_extracted_otherwise_are_made_again(tmp_path, caps
     assert not list((cache / "windows").glob("*.parquet")) if (cache / "windows").exists() else True
     assert json.loads((cache / "cache.json").read_text())["faces_config_hash"] == "new"
     assert "extracted with other options" in capsys.readouterr().out
+
+
+def test_video_embed_stage_gives_the_codes_of_the_two_stage_path(segmented_sample, embedder_model):
+    """The embedding cache's stage (a batch of videos in: their windows read from their chunk, crops
+    read ahead in groups of whole videos while the previous group is embedded) gives each window
+    the codes the crops stage + embedding stage give it, whatever the grouping."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from dfpipe import outputs
+    from dfpipe.embedding import FaceCropsStage, VideoEmbedStage, WindowEmbedStage, video_groups, with_frames
+    from dfpipe.jobs._codes import segmented_videos
+
+    videos = segmented_videos(str(segmented_sample), None).slice(0, 3)
+    windows = outputs.read_windows(str(segmented_sample))
+    windows = windows.filter(pc.is_in(windows.column("video_id"), videos.column("video_id")))
+    assert videos.num_rows == 3 and windows.num_rows > 3
+
+    embed = WindowEmbedStage(str(embedder_model), device="cpu")
+    embed.setup()
+    expected = embed(FaceCropsStage()(with_frames(windows))).sort_by("window_id")
+    folder = outputs.segmentation(str(segmented_sample))["windows"]
+    stage = VideoEmbedStage(folder, str(embedder_model), device="cpu", group_windows=2)
+    stage.setup()
+    got = stage(videos).sort_by("window_id")
+    assert got.column("window_id").to_pylist() == expected.column("window_id").to_pylist()
+    np.testing.assert_allclose(
+        np.asarray(got.column("codes").to_pylist()),
+        np.asarray(expected.column("codes").to_pylist()),
+        atol=1e-5,
+    )
+    groups = video_groups(with_frames(windows), 2)
+    assert len(groups) >= 3 and sum(g.num_rows for g in groups) == windows.num_rows
+    for g in groups:  # whole videos only
+        assert not set(g.column("video_id").to_pylist()) & {
+            v for other in groups if other is not g for v in other.column("video_id").to_pylist()
+        }
