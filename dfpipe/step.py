@@ -85,8 +85,7 @@ class Step:
     # (stage output, input batch) -> a table per folder; default: the output is the marker's
     split: Callable[[pa.Table, pa.Table], dict[str, pa.Table]] | None = None
     salt: str = ""  # separates chunks of the same keys (a model version)
-    redo: bool = False  # do every row of ``todo`` again (its old rows are removed by the caller)
-    done: Callable[[], pa.Table] | None = None  # the keys done (default: every marker row's)
+    redo: bool = False  # do every row of ``todo`` (the caller chose them and removed their old rows)
     marker_on_driver: bool = False  # the stage writes its payload; the driver writes marker chunks
     flush_rows: int = 2000  # marker rows per chunk when the driver writes them
     config: dict = field(default_factory=dict)  # extra entries for config.json
@@ -132,10 +131,7 @@ def run_step(step: Step) -> StepRun:
             "%s: removed %d files left without their marker by an interrupted run", step.name, orphans
         )
     columns = [step.key] + (["config_hash"] if "config_hash" in marker_schema.names else [])
-    if step.done is not None:
-        done = step.done()
-    else:
-        done = storage.read_parquet_dir(marker_uri, columns=columns, schema=marker_schema, options=opts)
+    done = storage.read_parquet_dir(marker_uri, columns=columns, schema=marker_schema, options=opts)
     digest = C.config_hash(cfg, step.fields) if cfg is not None else None
     if step.fields:
         C.refuse_other_settings(cfg, step.fields, done, step.output.join("config.json"))
