@@ -338,3 +338,27 @@ def embedded_videos(codes: pa.Table, batch: pa.Table) -> dict[str, pa.Table]:
         }
     )
     return {"windows": codes, "videos": marker}
+
+
+@dataclass
+class SampledFacesStage:
+    """Videos in (``video_id``, ``chunk``: their segmentation chunk), the embedder's training faces
+    out: ``faces_per_window`` frames of each counted window (:func:`sample_faces`), with their crops.
+    The worker reads the windows and crops, so no window passes through the driver."""
+
+    windows_folder: str
+    faces_per_window: int
+    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=16))
+
+    def setup(self) -> None:
+        self.crops = FaceCropsStage(storage_options=self.storage_options)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from dfpipe.outputs import read_batch_rows
+
+        if not hasattr(self, "crops"):
+            self.setup()
+        windows = read_batch_rows(self.windows_folder, batch, R.WINDOWS_SCHEMA, self.storage_options)
+        windows = windows.filter(pc.fill_null(windows.column("counted"), True))
+        return self.crops(sample_faces(windows, self.faces_per_window))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -324,3 +325,36 @@ def test_video_embed_stage_gives_the_codes_of_the_two_stage_path(segmented_sampl
         assert not set(g.column("video_id").to_pylist()) & {
             v for other in groups if other is not g for v in other.column("video_id").to_pylist()
         }
+
+
+def test_sampled_faces_stage_gives_the_faces_the_driver_used_to_sample(segmented_sample, tmp_path):
+    """The embedder's training faces, sampled per batch of videos on a worker (their windows read from
+    their chunk), are the faces sampling every counted window of those videos at once gives; a
+    window of a track that does not count gives none."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from dfpipe import outputs
+    from dfpipe.embedding import FaceCropsStage, SampledFacesStage, sample_faces
+    from dfpipe.jobs._codes import segmented_videos
+
+    seg = tmp_path / "segment"
+    shutil.copytree(segmented_sample, seg)
+    videos = segmented_videos(str(seg), None).slice(0, 4)
+    poster = videos.column("video_id")[0].as_py()  # its windows are marked as not counting
+    for f in (seg / "windows").glob("*.parquet"):
+        t = pq.read_table(f)
+        counted = pc.and_(pc.fill_null(t.column("counted"), True), pc.not_equal(t.column("video_id"), poster))
+        pq.write_table(t.set_column(t.schema.get_field_index("counted"), "counted", counted), f)
+    windows = outputs.read_windows(str(seg))
+    windows = windows.filter(pc.is_in(windows.column("video_id"), videos.column("video_id")))
+    expected = FaceCropsStage()(sample_faces(windows.filter(windows.column("counted")), 3))
+    stage = SampledFacesStage(outputs.segmentation(str(seg))["windows"], 3)
+    stage.setup()
+    got = pa_rows(stage(videos))
+    assert got == pa_rows(expected) and len(got) > 4 and all(r["faces"] for r in got)
+    assert poster not in {r["video_id"] for r in got}
+
+
+def pa_rows(table) -> list[dict]:
+    return sorted(table.to_pylist(), key=lambda r: (r["video_id"], r["track_id"], r["frames"]))

@@ -9,10 +9,11 @@ from typing import Literal
 import pyarrow.compute as pc
 
 from dfpipe import config as C
-from dfpipe import console, runner, storage
+from dfpipe import console, outputs, runner, storage
 from dfpipe import records as R
-from dfpipe.embedding import FaceCropsStage, sample_faces
+from dfpipe.embedding import SampledFacesStage
 from dfpipe.jobs import _training as T
+from dfpipe.jobs._codes import segmented_videos
 from dfpipe.modelio import load_state
 from dfpipe.models.embedder import MIN_FACE_SIZE
 from dfpipe.training import embedder_loop
@@ -103,30 +104,36 @@ def run(cfg: TrainEmbedderConfig) -> dict:
         )
         return done
     opts = cfg.storage_options
-    windows = T.load_windows(cfg.input, opts, ("train", "val"), columns=None)
+    T.load_windows(cfg.input, opts, ("train", "val"))  # checks the splits (a few columns a window)
     init_state = initial_state(cfg)
     runner.ensure_ray(cfg.ray_address)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
 
-    crops = FaceCropsStage(storage_options=opts)
+    # One row per video with windows (its split, label and segmentation chunk); the workers read its
+    # windows, sample faces and read their crops.
+    summary = outputs.read_summary(cfg.input, opts, columns=["video_id", "split", "label"])
+    videos = segmented_videos(cfg.input, opts).join(summary, "video_id").sort_by("chunk")
+    stage = SampledFacesStage(
+        outputs.segmentation(cfg.input)["windows"], cfg.faces_per_window, storage_options=opts
+    )
     datasets, counts = {}, {}
     for name, split, label in (
         ("train_real", "train", R.LABEL_REAL),
         ("train_fake", "train", R.LABEL_FAKE),
         ("val", "val", None),
     ):
-        sel = pc.equal(windows.column("split"), split)
-        if label is not None:
-            sel = pc.and_(sel, pc.equal(windows.column("label"), label))
-        faces = sample_faces(windows.filter(sel), cfg.faces_per_window)
-        counts[name] = faces.num_rows
+        labels = videos.column("label")
+        labelled = pc.equal(labels, label) if label is not None else pc.is_valid(labels)
+        chosen = videos.filter(pc.and_(pc.equal(videos.column("split"), split), labelled))
         # JPEG crops are small: materialise them before training so the data stages never compete with
         # the training workers for CPUs; decoding and augmentation happen in the loop, fresh each epoch.
         # Shuffled once (seeded) so each worker's stream mixes all videos; the loop's sampler then
         # builds every batch from many videos (dfpipe.sampling).
-        datasets[name] = runner.shuffled(
-            runner.map_stage(runner.dataset_from_table(faces, rows_per_block=64), crops), cfg.seed
-        ).materialize()
+        faces = runner.map_stage(
+            runner.dataset_from_table(chosen, rows_per_block=16), stage, n_rows=chosen.num_rows
+        )
+        datasets[name] = runner.shuffled(faces, cfg.seed).materialize()
+        counts[name] = datasets[name].count()
     half = cfg.batch_size // 2
     steps = cfg.steps_per_epoch or max(
         1, math.ceil(min(counts["train_real"], counts["train_fake"]) / (cfg.num_workers * half))
