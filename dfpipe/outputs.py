@@ -16,8 +16,6 @@ every output     OUTPUT/config.json, OUTPUT/stats.json, OUTPUT/logs/
 
 from __future__ import annotations
 
-import posixpath
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -116,19 +114,7 @@ def with_chunks(marker_folder: str, schema: pa.Schema, columns: list[str], optio
     """The marker rows of a chunked folder (``columns`` of them) plus ``chunk``, the name of the
     file holding them: the same name holds their payload in the chunk's other folders, which is how
     a worker finds a video's windows or codes without the driver ever reading them."""
-    tables = []
-    for f in storage.find(marker_folder, options):
-        name = posixpath.basename(f)
-        if not name.endswith(".parquet") or name.startswith((".", "_")):
-            continue
-        fs, path = storage.filesystem(f, options)
-        with fs.open(path, "rb") as fh:
-            t = pq.read_table(fh, columns=columns, schema=schema)
-        tables.append(t.append_column("chunk", pa.array([name] * t.num_rows, pa.string())))
-    if not tables:
-        empty = schema.empty_table().select(columns)
-        return empty.append_column("chunk", pa.array([], pa.string()))
-    return pa.concat_tables(tables)
+    return storage.read_parquet_dir(marker_folder, columns, schema, options, file_column="chunk")
 
 
 def read_batch_rows(folder: str, batch: pa.Table, schema: pa.Schema, options=None) -> pa.Table:

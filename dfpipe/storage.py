@@ -211,23 +211,28 @@ def read_parquet_dir(
     columns: list[str] | None = None,
     schema: pa.Schema | None = None,
     options: StorageOptions | None = None,
+    file_column: str | None = None,
 ) -> pa.Table:
-    """All ``*.parquet`` files below ``uri`` as one table (empty table of ``schema`` when none).
+    """All ``*.parquet`` files below ``uri`` as one table (empty table of ``schema`` when none),
+    with ``file_column`` holding each row's file name when given.
 
     For small tables (manifests, summaries); large ones go through Ray Data.
     """
     files = [f for f in find(uri, options) if f.endswith(".parquet") and not _is_hidden(f)]
-    if not files:
-        if schema is None:
-            return pa.table({})
-        empty = schema.empty_table()
-        return empty.select(columns) if columns else empty
     tables = []
     for f in files:
         fs, path = filesystem(f, options)
         with fs.open(path, "rb") as fh:
-            tables.append(pq.read_table(fh, columns=columns, schema=schema))
-    return pa.concat_tables(tables, promote_options="default")
+            t = pq.read_table(fh, columns=columns, schema=schema)
+        if file_column:
+            t = t.append_column(file_column, pa.array([posixpath.basename(f)] * t.num_rows, pa.string()))
+        tables.append(t)
+    if tables:
+        return pa.concat_tables(tables, promote_options="default")
+    if schema is None:
+        return pa.table({})
+    empty = schema.empty_table().select(columns) if columns else schema.empty_table()
+    return empty.append_column(file_column, pa.array([], pa.string())) if file_column else empty
 
 
 class ChunkedParquetWriter:
