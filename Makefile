@@ -5,7 +5,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # No "running pip as root" warning in containers and CI.
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: install system-deps lock demo test test-all lint bench clean
+.PHONY: install system-deps lock demo test test-slow test-all lint bench clean
 
 system-deps:
 	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg; }
@@ -30,12 +30,19 @@ demo: install
 	[ -d $(DEMO_DIR)/dataset ] || $(PYTHON) -m dfpipe.sample $(DEMO_DIR)/dataset --videos 40 --frames 40 --parts 5 --seed 0
 	$(PYTHON) jobs/run.py --input $(DEMO_DIR)/dataset --output $(DEMO_DIR)/run --config configs/demo.yaml
 
+# The default tier: every test but the slow ones (tests/conftest.py sets the tiers), in minutes.
 test: install
 	$(PYTHON) -m pytest
 
-# Everything, including the slow tier.
+# The slow tier: job processes with their own Ray, killed actors, drivers and trainings, a flaky S3,
+# the bad-input corpus, the real clips, the benchmarks' tiny runs, and every property test run large.
+# DFPIPE_TEST_CHAIN=DIR (set by .ci/run for both tiers) lets it reuse the chain the default tier built.
+test-slow: install
+	$(PYTHON) -m pytest -m "(slow or property) and not gpu" --hypothesis-profile=thorough
+
+# Both tiers in one run (the chain built once).
 test-all: install
-	$(PYTHON) -m pytest -m "not gpu"
+	$(PYTHON) -m pytest -m "not gpu" --hypothesis-profile=thorough
 
 lint:
 	$(PYTHON) -m ruff check dfpipe jobs tests bench

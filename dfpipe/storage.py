@@ -45,10 +45,12 @@ class StorageOptions:
         if self.region:
             client_kwargs["region_name"] = self.region
         # botocore's "standard" retry mode: throttling (SlowDown) and 5xx answers are retried with
-        # exponential backoff, up to 10 attempts; at thousands of workers, throttling is routine.
+        # exponential backoff, up to 10 attempts (AWS_MAX_ATTEMPTS, AWS's own variable, sets another
+        # count); at thousands of workers, throttling is routine.
+        attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or 10)
         opts: dict = {
             "anon": self.anon,
-            "config_kwargs": {"retries": {"max_attempts": 10, "mode": "standard"}},
+            "config_kwargs": {"retries": {"max_attempts": attempts, "mode": "standard"}},
         }
         if client_kwargs:
             opts["client_kwargs"] = client_kwargs

@@ -1,4 +1,10 @@
-"""Shared fixtures: one local Ray for the session, generated datasets, a moto S3 server."""
+"""Shared fixtures: one local Ray for the session, generated datasets, a moto S3 server, the session's
+pipeline chain (extract -> segment -> both models, built once), and the tiers.
+
+Tiers are set here, once, by what a test costs (``pytest_collection_modifyitems``): a test that uses a
+fixture of ``SLOW_FIXTURES`` is in the slow tier, every property test is also run large there. The
+default tier (``make test``) is every other test; ``make test-slow`` runs the slow tier; CI runs both.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 # Fake credentials before Ray starts, so its workers inherit them (moto accepts any).
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -16,8 +23,41 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# Ray Train's controller polls its workers every 2 s by default; each training run in the suite waited
+# up to that long at start and end. Polled faster here (the controller inherits the driver's environment).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Property tests: a small run by default, a large one in the slow tier (--hypothesis-profile=thorough).
+settings.register_profile("default", max_examples=30, deadline=None)
+settings.register_profile(
+    "thorough", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("default")
+
+# What makes a test slow, by the fixture it uses. Everything here still runs in CI (make test-slow).
+SLOW_FIXTURES = {
+    "shared_dfdc": "the real 1080p clips of ../shared/data",
+    "job_process": "a job run as its own process: its own Ray, cold, every time",
+    "bench": "a tiny run of a benchmark (several nested Ray jobs)",
+    "fault_dataset": "faults injected: killed actors and drivers, a flaky or failing S3",
+    "corpus": "the bad-input corpus: odd containers, rotations, huge and truncated files",
+    "extra_ray_train": "a Ray Train run beyond the session chain's (its start-up alone is ~15 s here)",
+    "concurrent_rescores": "two rescore runs racing for the lock",
+    "extra_scoring": "scoring runs from raw videos beyond the session's (each starts four actor pools)",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & SLOW_FIXTURES.keys():
+            item.add_marker(pytest.mark.slow)
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.property)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 SMALL = dict(
     videos=4, frames=20, width=320, height=240, fps=10.0, parts=2, portrait_size=(270, 480), portrait_frames=6
@@ -94,13 +134,16 @@ def add_bad_inputs(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def sample_dataset(tmp_path_factory) -> Path:
-    return make_sample(tmp_path_factory.mktemp("sample"), frames=24)
+def sample_dataset(chain_root) -> Path:
+    """The generated sample the session's chain learns from (kept with the chain: see ``chain_root``)."""
+    return built_once(chain_root / "sample", lambda path: make_sample(path, frames=24))
 
 
 @pytest.fixture(scope="session")
-def messy_dataset(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    root = make_sample(tmp_path_factory.mktemp("messy"), seed=3)
+def messy_dataset(sample_dataset, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The sample dataset with broken entries beside it: its good videos are the ones the session's
+    models learned from, so scoring it also shows the windows scored are the windows learned."""
+    root = copy_tree(sample_dataset, tmp_path_factory.mktemp("messy") / "dataset")
     return root, add_bad_inputs(root)
 
 
@@ -118,83 +161,124 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def extracted_sample(ray_session, sample_dataset, tmp_path_factory) -> Path:
-    """The sample dataset through the extraction job once, for the stages after it.
-
-    Every second frame and 64-px crops: the models trained on it carry a recipe other than the
-    defaults, so every scoring test also proves that scoring follows the model's recipe.
-    """
-    from dfpipe.cli import main
-
-    out = tmp_path_factory.mktemp("extracted") / "extract"
-    args = ["extract", "--input", str(sample_dataset), "--output", str(out), "face_size=64", "frame_stride=2"]
-    assert main(args) == 0
-    return out
+def job_process() -> dict:
+    """The environment of a job run as its own process (as CI, cron or ``ray job submit`` run one):
+    it starts its own local Ray, not this session's."""
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(ROOT)}
+    return env
 
 
 @pytest.fixture(scope="session")
-def segmented_sample(extracted_sample, tmp_path_factory) -> Path:
+def extra_ray_train(ray_session) -> None:
+    """Asked for by a test that runs Ray Train itself, beside the chain's three runs (the slow tier)."""
+
+
+@pytest.fixture(scope="session")
+def extra_scoring(ray_session) -> None:
+    """Asked for by a test that scores raw videos several times over (rescoring dumps, on S3): each run
+    extracts, segments, embeds and scores, ~20 s of actor start-up alone here (the slow tier)."""
+
+
+@pytest.fixture(scope="session")
+def bench() -> Path:
+    """The benchmarks' folder: their tiny runs are tests, so they cannot rot."""
+    return ROOT / "bench"
+
+
+# The session's pipeline chain: one dataset through every step once, in the layout `dfpipe run` uses
+# (so tests/test_pipeline.py runs the pipeline over it and proves its steps are configured alike).
+# Every second frame and 64-px crops: the models trained on it carry a recipe other than the defaults,
+# so every scoring test also proves that scoring follows the model's recipe. One training worker: the
+# test of batches across workers (tests/test_train_jobs.py) has two.
+CHAIN = {
+    "extract": ["face_size=64", "frame_stride=2"],
+    "segment": ["val_parts=dfdc_train_part_1", "window_len=8", "window_stride=4"],
+    "train_embedder": ["face_size=80", "epochs=2", "batch_size=8", "steps_per_epoch=1", "num_workers=1"],
+    "train_classifier": ["epochs=2", "batch_size=8", "num_workers=1", "hidden_size=16"],
+}
+EMBEDDER_ARGS = CHAIN["train_embedder"]
+
+
+def pipeline_args(chain: dict = CHAIN) -> list[str]:
+    """The chain's options as `dfpipe run` takes them (extract.face_size=64 ...)."""
+    return [f"{step}.{arg}" for step, args in chain.items() for arg in args]
+
+
+@pytest.fixture(scope="session")
+def chain_root(tmp_path_factory) -> Path:
+    """Where the chain is built: a fresh folder, or ``DFPIPE_TEST_CHAIN`` when set, so that CI's slow
+    tier (a second pytest run on the same checkout, right after the default tier) reuses the chain
+    the default tier built instead of training both models again. Each piece is reused only once it
+    was built completely (see ``built_once``)."""
+    shared = os.environ.get("DFPIPE_TEST_CHAIN")
+    if shared:
+        Path(shared).mkdir(parents=True, exist_ok=True)
+        return Path(shared)
+    return tmp_path_factory.mktemp("chain")
+
+
+def built_once(path: Path, build) -> Path:
+    """``build(path)`` unless an earlier run finished it (its ``.NAME.built`` marker beside it, written
+    last; beside, not inside, where a catalog or ``dfpipe check`` would see it)."""
+    marker = path.parent / f".{path.name}.built"
+    if not marker.exists():
+        if path.exists():
+            shutil.rmtree(path)  # an interrupted build
+        build(path)
+        marker.write_text("")
+    return path
+
+
+@pytest.fixture(scope="session")
+def extracted_sample(ray_session, sample_dataset, chain_root) -> Path:
+    """The sample dataset through the extraction job once, for the stages after it."""
+    from dfpipe.cli import main
+
+    def build(out: Path) -> None:
+        assert main(["extract", "--input", str(sample_dataset), "--output", str(out), *CHAIN["extract"]]) == 0
+
+    return built_once(chain_root / "extract", build)
+
+
+@pytest.fixture(scope="session")
+def segmented_sample(extracted_sample, chain_root) -> Path:
     """Windows of the sample, part 1 held out for validation (REAL and FAKE in each split)."""
     from dfpipe.cli import main
 
-    out = tmp_path_factory.mktemp("segmented") / "segment"
-    assert (
-        main(
-            [
-                "segment",
-                "--input",
-                str(extracted_sample),
-                "--output",
-                str(out),
-                "val_parts=dfdc_train_part_1",
-                "window_len=8",
-                "window_stride=4",
-            ]
+    def build(out: Path) -> None:
+        assert (
+            main(["segment", "--input", str(extracted_sample), "--output", str(out), *CHAIN["segment"]]) == 0
         )
-        == 0
-    )
-    return out
 
-
-EMBEDDER_ARGS = ["face_size=80", "epochs=3", "batch_size=8", "steps_per_epoch=3", "num_workers=2", "lr=1e-3"]
+    return built_once(chain_root / "segment", build)
 
 
 @pytest.fixture(scope="session")
-def embedder_model(segmented_sample, tmp_path_factory) -> Path:
+def embedder_model(segmented_sample, chain_root) -> Path:
     """An embedder trained in two invocations: stopped after its first epoch, then resumed."""
     from dfpipe.cli import main
 
-    out = tmp_path_factory.mktemp("models") / "embedder"
-    args = ["train_embedder", "--input", str(segmented_sample), "--output", str(out), *EMBEDDER_ARGS]
-    assert main([*args, "stop_after_epochs=1"]) == 0
-    assert json.loads((out / "model.json").read_text())["epochs_trained"] == 1
-    # Kept to prove the second invocation resumed: a restart would record epoch 0 anew.
-    shutil.copy(out / "metrics.json", out.parent / "first_invocation_metrics.json")
-    assert main(args) == 0
-    return out
+    def build(out: Path) -> None:
+        args = ["train_embedder", "--input", str(segmented_sample), "--output", str(out), *EMBEDDER_ARGS]
+        assert main([*args, "stop_after_epochs=1"]) == 0
+        assert json.loads((out / "model.json").read_text())["epochs_trained"] == 1
+        # Kept to prove the second invocation resumed: a restart would record epoch 0 anew.
+        shutil.copy(out / "metrics.json", out.parent / "first_invocation_metrics.json")
+        assert main(args) == 0
+
+    return built_once(chain_root / "models" / "embedder", build)
+
+
+def classifier_args(segmented: Path, embedder: Path, out: Path, options: list[str]) -> list[str]:
+    return ["train_classifier", "--input", str(segmented), "--embedder", str(embedder), "--output", str(out),
+            *options]  # fmt: skip
 
 
 @pytest.fixture(scope="session")
-def classifier_model(segmented_sample, embedder_model, tmp_path_factory) -> Path:
+def classifier_model(segmented_sample, embedder_model, chain_root) -> Path:
     from dfpipe.cli import main
 
-    out = tmp_path_factory.mktemp("models") / "classifier"
-    assert (
-        main(
-            [
-                "train_classifier",
-                "--input",
-                str(segmented_sample),
-                "--embedder",
-                str(embedder_model),
-                "--output",
-                str(out),
-                "epochs=6",
-                "batch_size=8",
-                "num_workers=2",
-                "hidden_size=16",
-            ]
-        )
-        == 0
-    )
-    return out
+    def build(out: Path) -> None:
+        assert main(classifier_args(segmented_sample, embedder_model, out, CHAIN["train_classifier"])) == 0
+
+    return built_once(chain_root / "models" / "classifier", build)

@@ -19,9 +19,9 @@ def run_bench(*args: str) -> dict:
     return json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
-def test_extract_bench_tiny(tmp_path):
+def test_extract_bench_tiny(tmp_path, bench):
     report = run_bench(
-        "bench/extract_throughput.py",
+        str(bench / "extract_throughput.py"),
         *("--videos", "1", "--frames", "6", "--size", "320x240", "--baseline-frames", "2"),
         *("--seed-frames", "1", "--workdir", str(tmp_path)),
     )
@@ -44,10 +44,10 @@ def test_extract_bench_tiny(tmp_path):
     assert all(v > 0 for v in report["peak_mib"].values())
 
 
-def test_score_bench_tiny(classifier_model, tmp_path):
+def test_score_bench_tiny(classifier_model, tmp_path, bench):
     # 20 frames: the model's recipe keeps every second frame and needs 8 for a window.
     report = run_bench(
-        "bench/score_throughput.py",
+        str(bench / "score_throughput.py"),
         *("--model", str(classifier_model), "--videos", "2", "--frames", "20", "--repeat", "1"),
         *("--workdir", str(tmp_path)),
     )
@@ -59,9 +59,9 @@ def test_score_bench_tiny(classifier_model, tmp_path):
     assert "load" in runs["score-video cold"]["steps"] and "load" not in runs["score-video warm"]["steps"]
 
 
-def test_segment_bench_tiny_and_its_rerun(tmp_path):
+def test_segment_bench_tiny_and_its_rerun(tmp_path, bench):
     args = (
-        "bench/segment_throughput.py",
+        str(bench / "segment_throughput.py"),
         "--rows",
         "3000",
         "--frames-per-video",
@@ -76,11 +76,11 @@ def test_segment_bench_tiny_and_its_rerun(tmp_path):
     assert again["rows"] == first["rows"] and again["videos"] == first["videos"]
 
 
-def test_gpu_check_runs_on_cpu_with_tiny_sizes(tmp_path):
+def test_gpu_check_runs_on_cpu_with_tiny_sizes(tmp_path, bench):
     """The one-call GPU check (bench/gpu_check.sh) works end to end here; CUDA rows are skipped."""
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run(
-        ["bash", "bench/gpu_check.sh", "--tiny", "--workdir", str(tmp_path / "w"), "--json", str(out)],
+        ["bash", str(bench / "gpu_check.sh"), "--tiny", "--workdir", str(tmp_path / "w"), "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

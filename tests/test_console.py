@@ -104,7 +104,7 @@ def job_env(ray_tmp: str) -> dict:
     return env
 
 
-def test_a_job_as_a_process_prints_its_lines_and_names_its_log(sample_dataset, tmp_path):
+def test_a_job_as_a_process_prints_its_lines_and_names_its_log(sample_dataset, tmp_path, job_process):
     """As CI, cron or `ray job submit` run it: output captured, not a terminal. The machine also
     has a stale recorded head (a `ray start` head killed here leaves its address in Ray's temp
     folder): the job must say so and start a local Ray, not retry the dead address."""
@@ -121,7 +121,12 @@ def test_a_job_as_a_process_prints_its_lines_and_names_its_log(sample_dataset, t
             "--output", str(out), "max_frames=6", "face_size=64", "num_workers=1"]  # fmt: skip
     try:
         proc = subprocess.run(
-            argv, cwd=ROOT, env=job_env(ray_tmp), capture_output=True, text=True, timeout=300
+            argv,
+            cwd=ROOT,
+            env={**job_process, "RAY_TMPDIR": ray_tmp},
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     finally:  # the job shuts its local Ray down itself (`ray stop` would kill this session's Ray too)
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from dfpipe import records as R
 from dfpipe import storage
@@ -16,6 +19,7 @@ from dfpipe.verify import check_output
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["face_size=64", "detect_batch=8"]
+QUICK = ["max_frames=10"]  # reruns and partial outputs: what is redone matters, not how many frames
 
 
 def extract(input_uri: str, output_uri: str, *extra: str) -> int:
@@ -37,9 +41,17 @@ def check_output_complete(dataset: str, output: str) -> dict:
     return {"manifest": manifest, "faces": faces, "stats": stats}
 
 
-def test_extract_sample_end_to_end(ray_session, sample_dataset, tmp_path):
-    out = str(tmp_path / "out")
+@pytest.fixture(scope="module")
+def sample_extracted(ray_session, sample_dataset, tmp_path_factory) -> str:
+    """The sample through the job with this module's options: checked end to end, then rerun in place
+    (a rerun and an --overwrite must leave it as it is)."""
+    out = str(tmp_path_factory.mktemp("extract-job") / "out")
     assert extract(str(sample_dataset), out) == 0
+    return out
+
+
+def test_extract_sample_end_to_end(sample_extracted, sample_dataset):
+    out = sample_extracted
     res = check_output_complete(str(sample_dataset), out)
     m = res["manifest"].set_index("filename")
     assert (m.status == "ok").all()
@@ -84,9 +96,8 @@ def test_extract_bad_inputs_are_recorded_not_fatal(ray_session, messy_dataset, t
     assert (good.status == "ok").all() and (good.n_frames > 0).all()
 
 
-def test_rerun_is_noop_and_overwrite_identical(ray_session, sample_dataset, tmp_path, capsys):
-    out = str(tmp_path / "out")
-    assert extract(str(sample_dataset), out) == 0
+def test_rerun_is_noop_and_overwrite_identical(sample_extracted, sample_dataset, capsys):
+    out = sample_extracted
     first_manifest = read_manifest(out).drop_columns(["elapsed_s"]).sort_by("video_id")
     first_faces = faces_table(out).sort_by(
         [("video_id", "ascending"), ("frame_idx", "ascending"), ("track_id", "ascending")]
@@ -118,7 +129,7 @@ def test_rerun_is_noop_and_overwrite_identical(ray_session, sample_dataset, tmp_
 def test_rerun_after_partial_output_completes_without_duplicates(ray_session, sample_dataset, tmp_path):
     """Simulates a driver killed mid-run: some manifest files and face shards are gone."""
     out = tmp_path / "out"
-    assert extract(str(sample_dataset), str(out), "manifest_flush_rows=2") == 0
+    assert extract(str(sample_dataset), str(out), *QUICK, "manifest_flush_rows=2") == 0
     files = sorted((out / "videos").iterdir())
     assert len(files) >= 2
     import pyarrow.parquet as pq
@@ -127,7 +138,7 @@ def test_rerun_after_partial_output_completes_without_duplicates(ray_session, sa
     files[0].unlink()
     for vid in lost_ids:
         (out / "faces" / f"{vid}.parquet").unlink(missing_ok=True)
-    assert extract(str(sample_dataset), str(out)) == 0
+    assert extract(str(sample_dataset), str(out), *QUICK) == 0
     res = check_output_complete(str(sample_dataset), str(out))
     assert res["stats"]["run"]["videos_processed"] == len(lost_ids)
 
@@ -209,3 +220,26 @@ def test_videos_in_flight_give_the_same_rows_through_ray(
     ours, alone = rows(out), rows(extracted_sample)
     assert len(ours) == len(alone) and ours.video_id.nunique() >= 8
     assert ours.equals(alone)
+
+
+def test_check_catches_duplicates_lost_shards_leftovers_and_wrong_stats(extracted_sample, tmp_path):
+    """`dfpipe check` on the session's extraction finds nothing; on a copy with every row of a manifest
+    chunk twice, an ok video's face shard gone, a half-written file and a wrong count, it names each."""
+    report = check_output(str(extracted_sample))
+    assert report.ok and report.checked, report.format()
+    broken = tmp_path / "broken"
+    shutil.copytree(extracted_sample, broken)
+    chunk = sorted((broken / "videos").glob("*.parquet"))[0]
+    shutil.copy(chunk, broken / "videos" / "part-duplicate.parquet")  # every row of a chunk twice
+    manifest = read_manifest(str(broken)).to_pandas()
+    ok = manifest[(manifest.status == "ok") & (manifest.n_tracks > 0)].video_id.iloc[0]
+    (broken / "faces" / f"{ok}.parquet").unlink()  # an ok video loses its faces
+    (broken / "faces" / ".tmp-abc").write_bytes(b"half")  # a crash mid-write
+    stats = json.loads((broken / "stats.json").read_text())
+    stats["frames"]["ok"] += 1
+    (broken / "stats.json").write_text(json.dumps(stats))
+    report = check_output(str(broken))
+    text = "\n".join(report.violations)
+    for needle in ("more than once", "face shard is missing", "temporary files", "stats.json"):
+        assert needle in text, report.format()
+    assert main(["check", str(broken)]) == 1

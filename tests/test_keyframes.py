@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from dfpipe.keyframes import KeyframeDetector, match_faces
@@ -118,7 +118,6 @@ def test_a_scene_cut_is_detected_both_sides_and_ends_tracks():
     assert {int(t[0]) for t, f in zip(ids, out, strict=True) if f.index >= 13} == {1}
 
 
-@settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(1, 90),
     every=st.integers(1, 12),
@@ -224,7 +223,6 @@ def test_rejects_bad_settings(bad):
         KeyframeDetector(lambda frames: [], **bad)
 
 
-@settings(max_examples=80, deadline=None)
 @given(
     stride=st.integers(1, 30),
     max_gap=st.integers(1, 8),

@@ -110,12 +110,12 @@ def test_check_passes_on_the_corpus_and_catches_corruption(corpus_extracted, tmp
     assert main(["check", str(broken)]) == 1
 
 
-def test_decode_limits_refuse_by_rule(corpus, tmp_path):
+def test_decode_limits_refuse_by_rule(sample_dataset, tmp_path):
     from dfpipe.decode import DecodeLimits
     from dfpipe.extraction import FaceExtractStage
 
-    dataset, _ = corpus
-    video = {"video_id": "v", "uri": str(dataset / "good" / "good_real.mp4"), "filename": "v.mp4"}
+    clip = sorted(sample_dataset.glob("dfdc_train_part_0/*.mp4"))[0]
+    video = {"video_id": "v", "uri": str(clip), "filename": "v.mp4"}
     video.update(part="p", label=0, original=None, error=None)
     cases = [
         (dict(max_bytes=1000), R.REASON_TOO_LARGE),
@@ -157,7 +157,7 @@ def test_killed_actor_is_retried_and_nothing_is_lost(ray_session, fault_dataset,
     assert_checks(str(out))
 
 
-def test_driver_killed_mid_extraction_then_rerun(fault_dataset, tmp_path, ray_session):
+def test_driver_killed_mid_extraction_then_rerun(fault_dataset, tmp_path, ray_session, job_process):
     out = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -167,9 +167,12 @@ def test_driver_killed_mid_extraction_then_rerun(fault_dataset, tmp_path, ray_se
         "--output",
         str(out),
     ]
-    env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(
-        [*cmd, *FAST], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*cmd, *FAST],
+        env=job_process,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         faces = out / "faces"
@@ -212,7 +215,7 @@ def test_s3_throttling_and_5xx_are_retried(s3_endpoint, ray_session, fault_datas
 
 
 def test_s3_persistent_failure_is_a_clear_error_and_a_rerun_completes(
-    s3_endpoint, ray_session, fault_dataset, capsys
+    s3_endpoint, ray_session, fault_dataset, capsys, monkeypatch
 ):
     fs = _bucket(s3_endpoint, "dfpipe-faults2")
     fs.put(str(fault_dataset), "dfpipe-faults2/data", recursive=True)
@@ -221,7 +224,8 @@ def test_s3_persistent_failure_is_a_clear_error_and_a_rerun_completes(
     def manifest_writes_fail(method: str, path: str, n: int):
         return INTERNAL if method in ("PUT", "POST") and "/out/videos/" in path else None
 
-    with FaultyS3Proxy(s3_endpoint, manifest_writes_fail) as proxy:
+    with FaultyS3Proxy(s3_endpoint, manifest_writes_fail) as proxy, monkeypatch.context() as mp:
+        mp.setenv("AWS_MAX_ATTEMPTS", "3")  # the driver's manifest writes: 3 attempts, not 10 with backoff
         assert main(["extract", *args, f"s3_endpoint_url={proxy.url}"]) == 1
     assert proxy.failed >= 3, "the failing write was not retried"
     err = capsys.readouterr().err
@@ -233,8 +237,12 @@ def test_s3_persistent_failure_is_a_clear_error_and_a_rerun_completes(
     assert_checks("s3://dfpipe-faults2/out", opts)
 
 
-def test_overlapping_rescore_runs_score_each_video_once(classifier_model, sample_dataset, tmp_path):
-    root = tmp_path / "rescore"
+@pytest.fixture(scope="module")
+def concurrent_rescores(
+    classifier_model, sample_dataset, tmp_path_factory
+) -> tuple[Path, list[str], list[int]]:
+    """Two rescore runs of the same dump started at once (threads of one driver), then a third."""
+    root = tmp_path_factory.mktemp("rescore-race") / "rescore"
     args = ["rescore", "--model", str(classifier_model), "--output", str(root)]
     args += ["--input", str(sample_dataset)]
     codes: list[int] = []
@@ -243,6 +251,11 @@ def test_overlapping_rescore_runs_score_each_video_once(classifier_model, sample
         t.start()
     for t in runs:
         t.join(timeout=600)
+    return root, args, codes
+
+
+def test_overlapping_rescore_runs_score_each_video_once(concurrent_rescores):
+    root, args, codes = concurrent_rescores
     assert codes == [0, 0]
     assert main(args) == 0  # a third run after both: nothing new
     (dump,) = (root / "dumps").iterdir()
@@ -261,10 +274,9 @@ def test_secrets_never_reach_logs_configs_or_outputs(
     try:
         fs = _bucket(s3_endpoint, "dfpipe-secrets")
         out_s3 = "s3://dfpipe-secrets/out"
-        assert main(["extract", "--input", str(sample_dataset), "--output", out_s3, *FAST]) == 0
-        assert (
-            main(["extract", "--input", str(sample_dataset), "--output", str(tmp_path / "local"), *FAST]) == 0
-        )
+        part = str(sample_dataset / "dfdc_train_part_1")  # two videos: what is written matters, not how much
+        assert main(["extract", "--input", part, "--output", out_s3, *FAST]) == 0
+        assert main(["extract", "--input", part, "--output", str(tmp_path / "local"), *FAST]) == 0
         assert main(["extract", "--help"]) == 0
     finally:
         os.environ["AWS_SECRET_ACCESS_KEY"] = old or "testing"
@@ -280,7 +292,7 @@ def test_secrets_never_reach_logs_configs_or_outputs(
                 assert SENTINEL.encode() not in p.read_bytes(), p
 
 
-def test_training_killed_mid_run_resumes_from_its_checkpoint(segmented_sample, tmp_path):
+def test_training_killed_mid_run_resumes_from_its_checkpoint(segmented_sample, tmp_path, job_process):
     """SIGKILL a training job (driver, Ray and workers) once it has a checkpoint; the rerun resumes.
 
     A checkpoint counts once Ray Train has recorded it (its manager snapshot); a kill before that
@@ -290,7 +302,7 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint(segmented_sample, t
     out = tmp_path / "embedder"
     cmd = [sys.executable, str(ROOT / "jobs" / "train_embedder.py"), "--input", str(segmented_sample)]
     cmd += ["--output", str(out), *EMBEDDER_ARGS, "epochs=3"]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = job_process
     proc = subprocess.Popen(
         cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -329,7 +341,7 @@ exit_process(int(sys.argv[2]))
 """
 
 
-def test_a_job_process_exit_status_is_its_result(tmp_path):
+def test_a_job_process_exit_status_is_its_result(tmp_path, job_process):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -337,7 +349,7 @@ def test_a_job_process_exit_status_is_its_result(tmp_path):
     pq.write_table(pa.table({"a": list(range(200_000))}), table, row_group_size=1000)
     script = tmp_path / "job.py"
     script.write_text(_EXIT_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = job_process
     codes = []
     for i in range(10):
         want = 3 if i == 0 else 0  # a failure's exit code survives too

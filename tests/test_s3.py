@@ -20,6 +20,7 @@ def bucket(s3_endpoint, ray_session):
 
 
 def test_storage_options_endpoint_precedence(monkeypatch):
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:1")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     assert storage.StorageOptions().for_protocol("s3")["client_kwargs"]["endpoint_url"] == "http://generic:1"
@@ -34,6 +35,8 @@ def test_storage_options_endpoint_precedence(monkeypatch):
         "config_kwargs": {"retries": {"max_attempts": 10, "mode": "standard"}},  # throttling is retried
     }
     assert storage.StorageOptions(endpoint_url="http://x").for_protocol("file") == {}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")  # AWS's own variable for the retry count
+    assert storage.StorageOptions().for_protocol("s3")["config_kwargs"]["retries"]["max_attempts"] == 3
 
 
 def test_storage_on_s3(bucket):
@@ -91,7 +94,7 @@ def test_segment_on_s3(s3_extracted):
     assert len(failed) > 0 and failed.reason.str.startswith("extract_failed").all()
 
 
-def test_score_on_s3_follows_the_models_recipe(bucket, classifier_model, s3_extracted, capsys):
+def test_score_on_s3_follows_the_models_recipe(bucket, classifier_model, s3_extracted, extra_scoring, capsys):
     """Model, dataset and output all on S3: the recipe (every second frame, 64-px crops) is read from
     the model's model.json there, applied to the new extraction, and faces extracted otherwise are refused."""
     model = "s3://dfpipe-test/models/classifier"

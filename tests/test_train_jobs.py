@@ -1,4 +1,5 @@
-"""Tier 2: both training jobs end to end on Ray Train (2 CPU workers, a few steps), with resume."""
+"""Tier 2: both training jobs end to end on Ray Train (the session chain's models: one CPU worker, a few
+steps, the embedder resumed), and batches across two workers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EMBEDDER_ARGS
+from conftest import CHAIN, EMBEDDER_ARGS, classifier_args
 
 from dfpipe import modelio
 from dfpipe.cli import main
@@ -20,10 +21,16 @@ def embedder(embedder_model) -> Path:
 
 
 def test_embedder_artefacts_resume_and_reload(embedder):
+    epochs = int(dict(a.split("=") for a in EMBEDDER_ARGS)["epochs"])
+    assert epochs >= 2, "the chain's embedder must resume: at least one epoch after the first"
     meta = json.loads((embedder / "model.json").read_text())
-    assert meta["epochs_trained"] == 3 and meta["architecture"] == "face_embedder" and meta["code_dim"] == 128
+    assert (
+        meta["epochs_trained"] == epochs
+        and meta["architecture"] == "face_embedder"
+        and meta["code_dim"] == 128
+    )
     history = json.loads((embedder / "metrics.json").read_text())["epochs"]
-    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["epoch"] for h in history] == list(range(epochs))
     (first,) = json.loads((embedder.parent / "first_invocation_metrics.json").read_text())["epochs"]
     assert history[0] == first, "the second invocation resumed after epoch 0 instead of training it again"
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
@@ -38,7 +45,7 @@ def test_embedder_artefacts_resume_and_reload(embedder):
         events.Tags()["scalars"]
     )
     logged = events.Scalars("loss/train_loss")
-    assert [e.step for e in logged] == [0, 1, 2]
+    assert [e.step for e in logged] == list(range(epochs))
     assert [e.value for e in logged] == pytest.approx([h["train_loss"] for h in history], rel=1e-6)
     config = json.loads((embedder / "config.json").read_text())
     assert config["config"]["seed"] == meta["seed"] == 0
@@ -74,35 +81,44 @@ def test_embedder_artefacts_resume_and_reload(embedder):
     )
 
 
-def test_classifier_end_to_end_reuses_cached_embeddings(
-    segmented_sample, embedder, classifier_model, tmp_path
-):
+def test_classifier_end_to_end_and_its_embedding_cache(segmented_sample, embedder, classifier_model):
+    from dfpipe.jobs._codes import cache_uri_for, embed_videos, faces_version, segmented_videos
+
     meta = json.loads((classifier_model / "model.json").read_text())
     assert meta["windows_embedded_this_run"] > 0
     assert meta["n_frames"] == 8 and meta["window_len"] == 8 and 0.25 <= meta["temperature"] <= 20
     assert (classifier_model / "embedder" / "model.pt").exists(), "the classifier carries its embedder"
     history = json.loads((classifier_model / "metrics.json").read_text())["epochs"]
-    assert len(history) == 6 and {"val_loss", "val_video_acc", "val_video_auc", "val_auc"} <= set(history[0])
+    epochs = int(dict(a.split("=") for a in CHAIN["train_classifier"])["epochs"])
+    assert len(history) == epochs and {"val_loss", "val_video_acc", "val_video_auc", "val_auc"} <= set(
+        history[0]
+    )
     model, _ = modelio.load_model(str(classifier_model), "window_classifier")
     assert model.lstm.hidden_size == 16
-    # Retraining the LSTM with other settings embeds nothing again.
-    out = tmp_path / "classifier2"
-    argv = [
-        "train_classifier",
-        "--input",
-        str(segmented_sample),
-        "--embedder",
-        str(embedder),
-        "--output",
-        str(out),
-        "epochs=2",
-        "batch_size=8",
-        "num_workers=2",
-        "hidden_size=8",
-    ]
-    assert main(argv) == 0
-    assert json.loads((out / "model.json").read_text())["windows_embedded_this_run"] == 0
-    assert modelio.load_model(str(out), "window_classifier")[0].lstm.hidden_size == 8
+    # The codes are cached beside the windows, by embedder version, where every classifier run looks:
+    # asking for every window's codes again embeds none (a retrained LSTM costs no embedding).
+    cache = cache_uri_for(str(segmented_sample), str(embedder), None)
+    assert meta["embeddings_cache"] == cache
+    videos = segmented_videos(str(segmented_sample), None)
+    faces = faces_version(str(segmented_sample), None)
+    _, embedded = embed_videos(videos, str(segmented_sample), str(embedder), cache, None, False, 8, faces)
+    assert videos.num_rows > 0 and embedded == 0
+
+
+@pytest.fixture(scope="module")
+def retrained_classifier(
+    segmented_sample, embedder, classifier_model, extra_ray_train, tmp_path_factory
+) -> Path:
+    """The chain's classifier trained again with other settings, beside the first."""
+    out = tmp_path_factory.mktemp("retrained") / "classifier2"
+    options = ["epochs=2", "batch_size=8", "num_workers=2", "hidden_size=8"]
+    assert main(classifier_args(segmented_sample, embedder, out, options)) == 0
+    return out
+
+
+def test_retraining_the_lstm_with_other_settings_embeds_nothing_again(retrained_classifier):
+    assert json.loads((retrained_classifier / "model.json").read_text())["windows_embedded_this_run"] == 0
+    assert modelio.load_model(str(retrained_classifier), "window_classifier")[0].lstm.hidden_size == 8
 
 
 def test_training_refuses_bad_inputs(segmented_sample, extracted_sample, tmp_path, capsys):
@@ -220,7 +236,7 @@ def _faces_by_video(label: int, videos: int, per: int):
     return runner.shuffled(ray.data.from_items(rows, override_num_blocks=8), seed=7).materialize()
 
 
-def test_training_batches_span_videos_per_class_on_ray_train(ray_session, tmp_path):
+def test_training_batches_span_videos_per_class_on_ray_train(extra_ray_train, tmp_path):
     """Two Ray Train workers, 10 videos per class stored one after another: every batch of an epoch holds
     faces of at least min(8, videos per class) videos of each class, and the two epochs differ in order.
     (The same seed reproducing the batches is tested on the sampler; a second Ray Train run here, which

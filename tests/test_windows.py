@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from dfpipe import records as R
@@ -45,7 +45,6 @@ def reference_runs(frames, usable, stride):
     return runs
 
 
-@settings(max_examples=300, deadline=None)
 @given(track_rows())
 def test_windows_lie_inside_one_run_and_have_exact_length(case):
     frames, usable, spec, stride = case
@@ -72,7 +71,6 @@ def test_windows_lie_inside_one_run_and_have_exact_length(case):
                 assert r[-1] in ends
 
 
-@settings(max_examples=100, deadline=None)
 @given(track_rows(), st.randoms(use_true_random=False))
 def test_row_order_does_not_matter(case, rnd):
     frames, usable, spec, stride = case
@@ -82,7 +80,6 @@ def test_row_order_does_not_matter(case, rnd):
     assert shuffled.windows == windows_for_track(frames, usable, spec, stride).windows
 
 
-@settings(max_examples=100, deadline=None)
 @given(track_rows())
 def test_duplicated_rows_are_deduplicated(case):
     """Duplicates are de-duplicated (and counted); a frame is usable only if all its rows are."""
@@ -243,6 +240,28 @@ def test_a_poster_never_decides_the_video():
     rule = VideoRule(fallback="train")
     row, _ = video_row(video, none_counted, {"temperature": 1.0, "prior_fake": 0.4}, rule, "m", "now")
     assert row["prob_fake"] == pytest.approx(0.4)
+
+
+def test_a_confident_video_probability_is_clipped_and_the_window_probabilities_are_not():
+    """Windows sure either way (logits of +-20) give a video probability at the rule's bounds, never 0
+    or 1 (one confident mistake would dominate log loss); the windows keep their own probabilities."""
+    from dfpipe.scoring import VideoRule, video_row
+
+    video = {"video_id": "v", "status": R.STATUS_OK, "n_tracks": 1, "n_tracks_counted": 1}
+    for logit, bound in ((20.0, 0.99), (-20.0, 0.01)):
+        windows = [{"track_id": 0, "start_frame": s, "logit": logit, "counted": True} for s in (0, 4)]
+        row, probs = video_row(video, windows, {"temperature": 1.0}, VideoRule(), "m", "now")
+        assert row["prob_fake"] == pytest.approx(bound, abs=1e-12), (logit, row["prob_fake"])
+        assert all(abs(p - bound) > 0.009 for p in probs), "window probabilities are not clipped"
+    windows = [{"track_id": 0, "start_frame": 0, "logit": 20.0, "counted": True}]
+    row, _ = video_row(
+        video, windows, {"temperature": 1.0}, VideoRule(clip_low=0.2, clip_high=0.7), "m", "now"
+    )
+    assert row["prob_fake"] == pytest.approx(0.7)
+    # The fallback of a video with no window is clipped too.
+    failed = {**video, "status": R.STATUS_FAILED, "error": "x"}
+    row, _ = video_row(failed, [], {}, VideoRule(prior_fake=0.999), "m", "now")
+    assert row["prob_fake"] == pytest.approx(0.99)
 
 
 @pytest.mark.parametrize("bad", [dict(min_share=1.5), dict(min_mean_prob=-0.1), dict(min_relative_size=2)])
