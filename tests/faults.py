@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import json
 import os
+import shutil
 import signal
 import socketserver
 import threading
@@ -131,3 +133,25 @@ def kill(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def assert_check_names_a_broken_copy(output: Path, tmp_path: Path, ok_video: str) -> None:
+    """A copy of the extraction ``output`` with every row of a manifest chunk twice, ``ok_video``'s face
+    shard gone, a half-written file and a wrong count in stats.json: `dfpipe check` names each."""
+    from dfpipe.cli import main
+    from dfpipe.verify import check_output
+
+    broken = tmp_path / "broken"
+    shutil.copytree(output, broken)
+    chunk = sorted((broken / "videos").glob("*.parquet"))[0]
+    shutil.copy(chunk, broken / "videos" / "part-duplicate.parquet")  # every row of a chunk twice
+    (broken / "faces" / f"{ok_video}.parquet").unlink()  # an ok video loses its faces
+    (broken / "faces" / ".tmp-abc").write_bytes(b"half")  # a crash mid-write
+    stats = json.loads((broken / "stats.json").read_text())
+    stats["frames"]["ok"] += 1
+    (broken / "stats.json").write_text(json.dumps(stats))
+    report = check_output(str(broken))
+    text = "\n".join(report.violations)
+    for needle in ("more than once", "face shard is missing", "temporary files", "stats.json"):
+        assert needle in text, report.format()
+    assert main(["check", str(broken)]) == 1

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from faults import assert_check_names_a_broken_copy
 
 from dfpipe import records as R
 from dfpipe import storage
@@ -227,19 +227,6 @@ def test_check_catches_duplicates_lost_shards_leftovers_and_wrong_stats(extracte
     chunk twice, an ok video's face shard gone, a half-written file and a wrong count, it names each."""
     report = check_output(str(extracted_sample))
     assert report.ok and report.checked, report.format()
-    broken = tmp_path / "broken"
-    shutil.copytree(extracted_sample, broken)
-    chunk = sorted((broken / "videos").glob("*.parquet"))[0]
-    shutil.copy(chunk, broken / "videos" / "part-duplicate.parquet")  # every row of a chunk twice
-    manifest = read_manifest(str(broken)).to_pandas()
+    manifest = read_manifest(str(extracted_sample)).to_pandas()
     ok = manifest[(manifest.status == "ok") & (manifest.n_tracks > 0)].video_id.iloc[0]
-    (broken / "faces" / f"{ok}.parquet").unlink()  # an ok video loses its faces
-    (broken / "faces" / ".tmp-abc").write_bytes(b"half")  # a crash mid-write
-    stats = json.loads((broken / "stats.json").read_text())
-    stats["frames"]["ok"] += 1
-    (broken / "stats.json").write_text(json.dumps(stats))
-    report = check_output(str(broken))
-    text = "\n".join(report.violations)
-    for needle in ("more than once", "face shard is missing", "temporary files", "stats.json"):
-        assert needle in text, report.format()
-    assert main(["check", str(broken)]) == 1
+    assert_check_names_a_broken_copy(extracted_sample, tmp_path, ok)

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
-from faults import INTERNAL, SLOW_DOWN, FaultyS3Proxy, kill, processes, wait_for
+from faults import (
+    INTERNAL,
+    SLOW_DOWN,
+    FaultyS3Proxy,
+    assert_check_names_a_broken_copy,
+    kill,
+    processes,
+    wait_for,
+)
 
 from dfpipe import records as R
 from dfpipe import storage
@@ -94,20 +102,7 @@ def test_good_videos_are_unaffected_by_bad_neighbours(corpus, corpus_extracted, 
 
 def test_check_passes_on_the_corpus_and_catches_corruption(corpus_extracted, tmp_path):
     assert_checks(str(corpus_extracted))
-    broken = tmp_path / "broken"
-    shutil.copytree(corpus_extracted, broken)
-    chunk = sorted((broken / "videos").glob("*.parquet"))[0]
-    shutil.copy(chunk, broken / "videos" / "part-duplicate.parquet")  # every row of a chunk twice
-    (broken / "faces" / "good_real.parquet").unlink()  # an ok video loses its faces
-    (broken / "faces" / ".tmp-abc").write_bytes(b"half")  # a crash mid-write
-    stats = json.loads((broken / "stats.json").read_text())
-    stats["frames"]["ok"] += 1
-    (broken / "stats.json").write_text(json.dumps(stats))
-    report = check_output(str(broken))
-    text = "\n".join(report.violations)
-    for needle in ("more than once", "face shard is missing", "temporary files", "stats.json"):
-        assert needle in text, report.format()
-    assert main(["check", str(broken)]) == 1
+    assert_check_names_a_broken_copy(corpus_extracted, tmp_path, "good_real")
 
 
 def test_decode_limits_refuse_by_rule(sample_dataset, tmp_path):
