@@ -5,7 +5,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # No "running pip as root" warning in containers and CI.
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: install system-deps lock demo test test-slow test-all lint bench clean
+.PHONY: install system-deps lock demo test test-slow test-cluster test-all lint bench clean
 
 system-deps:
 	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg; }
@@ -38,11 +38,16 @@ test: install
 # the bad-input corpus, the real clips, the benchmarks' tiny runs, and every property test run large.
 # DFPIPE_TEST_CHAIN=DIR (set by .ci/run for both tiers) lets it reuse the chain the default tier built.
 test-slow: install
-	$(PYTHON) -m pytest -m "(slow or property) and not gpu" --hypothesis-profile=thorough
+	$(PYTHON) -m pytest -m "(slow or property) and not gpu and not cluster" --hypothesis-profile=thorough
+
+# The cluster tier: a head with no CPUs and two worker nodes with private disks on this machine
+# (tests/cluster.py), jobs through `ray job submit`: storage some node cannot see is refused.
+test-cluster: install
+	$(PYTHON) -m pytest -m cluster
 
 # Both tiers in one run (the chain built once).
 test-all: install
-	$(PYTHON) -m pytest -m "not gpu" --hypothesis-profile=thorough
+	$(PYTHON) -m pytest -m "not gpu and not cluster" --hypothesis-profile=thorough
 
 lint:
 	$(PYTHON) -m ruff check dfpipe jobs tests bench

@@ -148,6 +148,12 @@ def run_job(name: str, argv: list[str], log_file: bool = False) -> int:
         console.shout(f"dfpipe {name}: error: {exc}")
         console.shout(f"run 'dfpipe {name} --help' for the options")
         return 2
+    if getattr(module, "RAY", False):
+        try:
+            refuse_unshared_storage(cfg)  # before anything is written, the log file included
+        except C.ConfigError as exc:
+            console.shout(f"dfpipe {name}: error: {exc}")
+            return 2
     if not (log_file and getattr(module, "RAY", False) and not cfg.verbose):
         return _run(name, module, cfg)
     from dfpipe import storage
@@ -162,6 +168,30 @@ def run_job(name: str, argv: list[str], log_file: bool = False) -> int:
         finally:  # Ray's last forwarded lines are flushed at shutdown: into the log, not after the table
             if "ray" in sys.modules and sys.modules["ray"].is_initialized():
                 sys.modules["ray"].shutdown()
+
+
+def refuse_unshared_storage(cfg) -> None:
+    """On a cluster of several machines, a local path some node cannot see would lose work (face shards
+    written to a worker's own disk) or fail late: refuse it at start-up, naming the path and the nodes.
+    A local Ray on one machine (the demo, the tests) is not checked."""
+    from dfpipe import runner
+
+    paths = cfg.local_paths()
+    if not paths or not runner.joins_cluster(cfg.ray_address):
+        return
+    runner.ensure_ray(cfg.ray_address)
+    unseen = runner.unseen_paths(paths)
+    if unseen:
+        lines = [
+            f"{name} {paths[name]} is not seen by node(s) {', '.join(nodes)}"
+            for name, nodes in unseen.items()
+        ]
+        raise C.ConfigError(
+            "storage the cluster does not share: "
+            + "; ".join(lines)
+            + ". On a cluster of several machines every node reads and writes the job's storage: use s3:// "
+            "(or gs://, abfs://), or a filesystem mounted at the same path on every node (NFS, EFS, Lustre)"
+        )
 
 
 def _run(name: str, module, cfg) -> int:

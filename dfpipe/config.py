@@ -229,6 +229,26 @@ class RunOptions:
 
         return StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
 
+    def local_paths(self) -> dict[str, str]:
+        """The local paths the job reads or writes (``--input``, ``--output``, ``--model``, ...), as
+        absolute paths: on a cluster of several machines, every node must see each of them."""
+        from dfpipe import storage
+
+        out = {}
+        for name in PATH_FIELDS:
+            value = getattr(self, name, None)
+            for i, uri in enumerate(value if isinstance(value, tuple | list) else [value]):
+                if isinstance(uri, str) and uri and storage.is_local(uri):
+                    out[
+                        f"--{name}"
+                        + (f" #{i + 1}" if isinstance(value, tuple | list) and len(value) > 1 else "")
+                    ] = storage.strip_protocol(uri)
+        return out
+
+
+# The config fields that name storage a job reads or writes (checked on clusters of several machines).
+PATH_FIELDS = ("input", "output", "model", "embedder", "embeddings_cache")
+
 
 RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
 

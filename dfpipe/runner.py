@@ -70,6 +70,116 @@ def answers(address: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def joins_cluster(address: str | None = None) -> bool:
+    """Whether a job would run on a cluster that may have other machines: Ray already connected, an
+    address given (or ``RAY_ADDRESS``, as under ``ray job submit``), or a live head ``ray start``
+    recorded on this machine. A local Ray started for the job is one machine."""
+    import ray
+
+    if ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"):
+        return True
+    recorded, _ = recorded_head()
+    return bool(recorded and answers(recorded))
+
+
+def _sees(probe: dict) -> bool:
+    """On one node: whether ``probe``'s path is the driver's (its marker file, or for a path the
+    driver cannot write, the same entries)."""
+    if probe.get("marker"):
+        return os.path.exists(probe["marker"])
+    try:
+        return sorted(os.listdir(probe["path"]))[:64] == probe["names"]
+    except OSError:
+        return os.path.isfile(probe["path"]) and probe["names"] is None
+
+
+def unseen_paths(paths: dict[str, str], timeout_s: float = 60.0) -> dict[str, list[str]]:
+    """For each local path of ``paths`` (name -> path) that some alive node of the cluster cannot
+    see as the driver sees it, the nodes that cannot (``ip (node id)``; a node that did not answer
+    within ``timeout_s`` counts). Empty on a cluster of one node, and for object-store URIs.
+
+    As Ray Train validates its storage path: the driver writes a marker file (for a path it cannot
+    write, it lists the entries) and a zero-CPU task pinned to every alive node looks for it.
+    """
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not paths:
+        return {}
+    here = ray.get_runtime_context().get_node_id()
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
+    if not nodes:
+        return {}
+    probes, cleanup = {}, []
+    for name, path in paths.items():
+        probe = {"path": path, "marker": None, "names": None}
+        target = path if os.path.isdir(path) else None
+        created = None
+        if target is None and not os.path.exists(path):  # an output not made yet: made for the check
+            created = path
+            while created and not os.path.exists(os.path.dirname(created)):
+                created = os.path.dirname(created)
+            try:
+                os.makedirs(path)
+                target = path
+            except OSError:
+                created = None
+        marker = os.path.join(target, f".dfpipe-visible-{uuid.uuid4().hex[:12]}") if target else None
+        try:
+            if marker is None:
+                raise OSError("not a folder")
+            with open(marker, "w") as fh:
+                fh.write("written by the driver to check that every node sees this folder\n")
+            probe["marker"] = marker
+        except OSError:
+            marker = None
+            try:
+                probe["names"] = sorted(os.listdir(path))[:64]
+            except OSError:
+                probe["names"] = None
+        probes[name] = probe
+        cleanup.append((marker, created))
+    sees = ray.remote(num_cpus=0, max_retries=0)(_sees)
+    try:
+        pending = {
+            (name, f"{n['NodeManagerAddress']} ({n['NodeID'][:12]})"): sees.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(probe)
+            for name, probe in probes.items()
+            for n in nodes
+        }
+        ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=timeout_s)
+        answered = {ref.hex() for ref in ready}
+        unseen: dict[str, list[str]] = {}
+        for (name, node), ref in pending.items():
+            ok = ref.hex() in answered and _get_or_false(ref)
+            if not ok:
+                unseen.setdefault(name, []).append(node)
+        return unseen
+    finally:
+        for marker, created in cleanup:
+            if marker:
+                try:
+                    os.remove(marker)
+                except OSError:
+                    pass
+            if created:
+                import shutil
+
+                shutil.rmtree(created, ignore_errors=True)
+
+
+def _get_or_false(ref) -> bool:
+    import ray
+
+    try:
+        return bool(ray.get(ref, timeout=5))
+    except Exception:  # a node that died during the check cannot see anything
+        return False
+
+
 def cluster_gpus() -> float:
     import ray
 
@@ -286,7 +396,7 @@ def fit(
     if on_report is not None:
         from ray.util.queue import Queue
 
-        progress = Queue(actor_options={"num_cpus": 0})
+        progress = Queue(actor_options=driver_node_options())
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"loop": loop, "config": loop_config, "progress": progress},
@@ -318,6 +428,16 @@ def fit(
     return read(best), read(result.checkpoint)
 
 
+def driver_node_options() -> dict:
+    """Actor options for a helper of the driver (the progress queue): no CPUs, on the driver's own
+    node, so the loss of a worker node (a spot reclaim) cannot take it and the job with it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False)}
+
+
 def _ordered_ingest():
     """Ray Train's ingest options with ``preserve_order``: the blocks of a (seeded, materialized)
     dataset reach the same workers in the same order every run, so a seed reproduces the data order."""
@@ -344,10 +464,18 @@ def _forwarded(queue, on_report: Callable[[dict], None] | None) -> Iterator[None
 
     stop = threading.Event()
 
+    lost = threading.Event()
+
     def forward(block: bool) -> bool:
+        if lost.is_set():
+            return False
         try:
             item = queue.get(block=block, timeout=0.5 if block else None)
         except Empty:
+            return False
+        except Exception as exc:  # the queue's actor died: progress lines stop, training goes on
+            lost.set()
+            log.warning("epoch metrics no longer reach the driver (%s); training goes on", exc)
             return False
         try:
             on_report(item)
@@ -356,7 +484,7 @@ def _forwarded(queue, on_report: Callable[[dict], None] | None) -> Iterator[None
         return True
 
     def pump() -> None:
-        while not stop.is_set():
+        while not stop.is_set() and not lost.is_set():
             forward(True)
 
     thread = threading.Thread(target=pump, name="dfpipe-train-progress", daemon=True)
@@ -370,4 +498,7 @@ def _forwarded(queue, on_report: Callable[[dict], None] | None) -> Iterator[None
             while forward(False):
                 pass
         finally:
-            queue.shutdown()
+            try:
+                queue.shutdown()
+            except Exception:  # already gone with its node
+                log.debug("progress queue already gone", exc_info=True)

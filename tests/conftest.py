@@ -47,10 +47,18 @@ SLOW_FIXTURES = {
 }
 
 
+# A Ray cluster of several nodes started on this machine (tests/cluster.py): its own tier and CI stage.
+CLUSTER_FIXTURES = {
+    "local_cluster": "a head and two worker nodes with private disks, jobs by `ray job submit`"
+}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
-        if used & SLOW_FIXTURES.keys():
+        if used & CLUSTER_FIXTURES.keys():
+            item.add_marker(pytest.mark.cluster)
+        elif used & SLOW_FIXTURES.keys():
             item.add_marker(pytest.mark.slow)
         if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
             item.add_marker(pytest.mark.property)

@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(mktemp -d /tmp/dfpipe-smoke.XXXXXX)
-cleanup() { ray stop --force >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+# The head's processes inherit this tag; cleanup ends exactly them (`ray stop` would end every Ray here).
+export DFPIPE_CLUSTER="smoke-$$"
+cleanup() { python tests/cluster.py kill "$DFPIPE_CLUSTER" >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 python -m dfpipe.sample "$WORK/data" --videos 4 --frames 20 --parts 2 --portrait-size 270x480 --portrait-frames 6

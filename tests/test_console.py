@@ -216,3 +216,26 @@ def test_a_failing_epoch_report_never_fails_the_training():
     with _forwarded(queue, on_report):
         queue.items += [{"epoch": 0}, {"epoch": 1}]
     assert seen == [0, 1] and queue.closed
+
+
+def test_a_lost_progress_queue_never_fails_the_training(caplog):
+    """The queue's actor gone (its node died): the driver stops printing epochs, says so once, and
+    the training it wraps finishes."""
+    from ray.exceptions import RayActorError
+
+    from dfpipe.runner import _forwarded
+
+    class GoneQueue:
+        calls = 0
+
+        def get(self, block=True, timeout=None):
+            GoneQueue.calls += 1
+            raise RayActorError()
+
+        def shutdown(self):
+            raise RayActorError()
+
+    with caplog.at_level("WARNING", logger="dfpipe.runner"), _forwarded(GoneQueue(), lambda m: None):
+        finished = True
+    assert finished and GoneQueue.calls == 1
+    assert "epoch metrics no longer reach the driver" in caplog.text
