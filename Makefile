@@ -2,6 +2,8 @@
 PYTHON ?= python3
 DEMO_DIR ?= out/demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The install step the test targets run first (`make test-slow INSTALL=` skips it, as CI does after `make test`).
+INSTALL ?= install
 # No "running pip as root" warning in containers and CI.
 export PIP_ROOT_USER_ACTION := ignore
 
@@ -37,12 +39,12 @@ test: install
 # The slow tier: job processes with their own Ray, killed actors, drivers and trainings, a flaky S3,
 # the bad-input corpus, the real clips, the benchmarks' tiny runs, and every property test run large.
 # DFPIPE_TEST_CHAIN=DIR (set by .ci/run for both tiers) lets it reuse the chain the default tier built.
-test-slow: install
+test-slow: $(INSTALL)
 	$(PYTHON) -m pytest -m "(slow or property) and not gpu and not cluster" --hypothesis-profile=thorough
 
 # The cluster tier: a head with no CPUs and two worker nodes with private disks on this machine
 # (tests/cluster.py), jobs through `ray job submit`: storage some node cannot see is refused.
-test-cluster: install
+test-cluster: $(INSTALL)
 	$(PYTHON) -m pytest -m cluster
 
 # Both tiers in one run (the chain built once).
