@@ -36,11 +36,11 @@ submit() { ray job submit --working-dir . -- "$@"; }
 submit python jobs/run.py --input "$WORK/data" --output "$WORK/run" \
   extract.face_size=64 extract.max_frames=20 segment.window_len=8 segment.window_stride=4 \
   segment.val_parts=dfdc_train_part_1 train_embedder.face_size=80 train_embedder.epochs=1 \
-  train_embedder.batch_size=8 train_embedder.steps_per_epoch=2 train_classifier.epochs=2 \
-  train_classifier.batch_size=8
-submit python jobs/rescore.py --input "$WORK/data/dfdc_train_part_0" --model "$WORK/run/models/classifier" \
+  train_embedder.batch_size=8 train_embedder.steps_per_epoch=2 train_embedder.num_workers=1 \
+  train_classifier.epochs=2 train_classifier.batch_size=8 train_classifier.num_workers=1
+submit python jobs/rescore.py --input "$WORK/data/dfdc_train_part_1" --model "$WORK/run/models/classifier" \
   --output "$WORK/rescore"
-submit python jobs/rescore.py --input "$WORK/data/dfdc_train_part_0" --model "$WORK/run/models/classifier" \
+submit python jobs/rescore.py --input "$WORK/data/dfdc_train_part_1" --model "$WORK/run/models/classifier" \
   --output "$WORK/rescore"
 
 python - "$WORK" <<'PY'
@@ -54,7 +54,7 @@ work = Path(sys.argv[1])
 manifest = read_manifest(str(work / "run/extract"))  # the pipeline's extract step, as a submitted job
 assert manifest.num_rows == build_catalog(str(work / "data")).num_rows, "extract: every video in the manifest"
 assert (work / "run/score/report/report.json").exists(), "pipeline: evaluation report"
-dump = work / "data/dfdc_train_part_0"
+dump = work / "data/dfdc_train_part_1"
 scores = read_scores(dump_output(str(work / "rescore"), str(dump)), None).to_pandas()
 assert len(scores) == len(list(dump.glob("*.mp4"))) and scores.video_id.is_unique, "rescore: each video once"
 stats = json.loads((work / "rescore/rescore_stats.json").read_text())
