@@ -127,7 +127,9 @@ class LocalCluster:
         args = []
         for flag in NODE_PORTS:
             args += [f"--{flag}", str(free_port())]
-        base = 20000 + (int(self.id, 16) % 200 + self._next * 3) * 100 % 40000
+        # Worker ports below Linux's ephemeral range (32768-60999), where free_port()'s picks lie, a
+        # range of 100 a node: they collide neither with the ports above nor with another node's.
+        base = 20000 + ((int(self.id, 16) % 30) * 4 + self._next) * 100
         self._next += 1
         return [*args, "--min-worker-port", str(base), "--max-worker-port", str(base + 99)]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ def test_a_local_output_no_worker_sees_is_refused_before_any_work(local_cluster,
     its own of. The job stops at start-up with exit 2, names the path and the nodes and the fix, and
     writes nothing (no log file either)."""
     out = SCRATCH / "extract-out"
+    shutil.rmtree(out, ignore_errors=True)  # an earlier run's (the head sees the machine's folder)
     proc = local_cluster.submit(
         "python", "jobs/extract.py", "--input", str(sample_dataset / "dfdc_train_part_1"), "--output", str(out),
         "face_size=64", "max_frames=6",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHAIN, EMBEDDER_ARGS, classifier_args
+from conftest import CHAIN, EMBEDDER_ARGS
 
 from dfpipe import modelio
 from dfpipe.cli import main
@@ -103,22 +103,6 @@ def test_classifier_end_to_end_and_its_embedding_cache(segmented_sample, embedde
     faces = faces_version(str(segmented_sample), None)
     _, embedded = embed_videos(videos, str(segmented_sample), str(embedder), cache, None, False, 8, faces)
     assert videos.num_rows > 0 and embedded == 0
-
-
-@pytest.fixture(scope="module")
-def retrained_classifier(
-    segmented_sample, embedder, classifier_model, extra_ray_train, tmp_path_factory
-) -> Path:
-    """The chain's classifier trained again with other settings, beside the first."""
-    out = tmp_path_factory.mktemp("retrained") / "classifier2"
-    options = ["epochs=2", "batch_size=8", "num_workers=2", "hidden_size=8"]
-    assert main(classifier_args(segmented_sample, embedder, out, options)) == 0
-    return out
-
-
-def test_retraining_the_lstm_with_other_settings_embeds_nothing_again(retrained_classifier):
-    assert json.loads((retrained_classifier / "model.json").read_text())["windows_embedded_this_run"] == 0
-    assert modelio.load_model(str(retrained_classifier), "window_classifier")[0].lstm.hidden_size == 8
 
 
 def test_training_refuses_bad_inputs(segmented_sample, extracted_sample, tmp_path, capsys):
