@@ -139,10 +139,14 @@ class LocalCluster:
                 "--port", str(self.gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard),
                 "--ray-client-server-port", str(free_port()), "--include-dashboard=true",
                 "--disable-usage-stats", *self._ports()]  # fmt: skip
-        self._run(head, self._node_env("head"))
-        for _ in range(self.n_workers):
-            self.add_worker()
-        self.wait_for_nodes(1 + self.n_workers, timeout)
+        try:
+            self._run(head, self._node_env("head"))
+            for _ in range(self.n_workers):
+                self.add_worker()
+            self.wait_for_nodes(1 + self.n_workers, timeout)
+        except BaseException:
+            self.stop()  # a half-started cluster leaves nothing running
+            raise
         return self
 
     def add_worker(self) -> str:

@@ -97,7 +97,8 @@ def ray_session(s3_endpoint):
     import ray
 
     os.environ["AWS_ENDPOINT_URL_S3"] = s3_endpoint
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": this session's own Ray, never a cluster some `ray start` left running here.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
