@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -151,11 +152,15 @@ def unseen_paths(paths: dict[str, str], timeout_s: float = 60.0) -> dict[str, li
             for n in nodes
         }
         ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=timeout_s)
-        answered = {ref.hex() for ref in ready}
+        answers_of = {}  # a node that did not answer in time, or died meanwhile, does not see the path
+        for ref in ready:
+            try:
+                answers_of[ref] = bool(ray.get(ref))
+            except ray.exceptions.RayError:
+                answers_of[ref] = False
         unseen: dict[str, list[str]] = {}
         for (name, node), ref in pending.items():
-            ok = ref.hex() in answered and _get_or_false(ref)
-            if not ok:
+            if not answers_of.get(ref, False):
                 unseen.setdefault(name, []).append(node)
         return unseen
     finally:
@@ -166,18 +171,7 @@ def unseen_paths(paths: dict[str, str], timeout_s: float = 60.0) -> dict[str, li
                 except OSError:
                     pass
             if created:
-                import shutil
-
                 shutil.rmtree(created, ignore_errors=True)
-
-
-def _get_or_false(ref) -> bool:
-    import ray
-
-    try:
-        return bool(ray.get(ref, timeout=5))
-    except Exception:  # a node that died during the check cannot see anything
-        return False
 
 
 def cluster_gpus() -> float:
@@ -462,9 +456,7 @@ def _forwarded(queue, on_report: Callable[[dict], None] | None) -> Iterator[None
         return
     from ray.util.queue import Empty
 
-    stop = threading.Event()
-
-    lost = threading.Event()
+    stop, lost = threading.Event(), threading.Event()
 
     def forward(block: bool) -> bool:
         if lost.is_set():
