@@ -168,7 +168,7 @@ def child(data: str, model: str, out: str) -> dict:
     from dfpipe.cli import parse_args
     from dfpipe.jobs import score
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     idle = rss_kib(os.getpid())
     tree = PeakMemory(os.getpid())
     tree.start()

@@ -238,7 +238,7 @@ def _job_main(folder: str, out: str, num_cpus: int) -> None:
 
     # Ray given k CPUs gets k cores: without pinning, a "1 CPU" run still decodes on every core.
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:num_cpus]))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     cfg = parse_args(extract.ExtractConfig, ["--input", folder, "--output", out, "--overwrite"])
     start = time.perf_counter()
     stats = extract.run(cfg)

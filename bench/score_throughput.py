@@ -50,7 +50,7 @@ def score_job(data: str, model: str, out: str, cpus: int, frames: int) -> dict:
     from dfpipe.jobs import score
 
     shutil.rmtree(out, ignore_errors=True)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         cfg = parse_args(
             score.ScoreConfig,

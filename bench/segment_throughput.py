@@ -121,7 +121,7 @@ def job(root: str, out: str, cpus: int, rows: int) -> tuple[int, float]:
     from dfpipe.cli import parse_args
     from dfpipe.jobs import segment
 
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         cfg = parse_args(
             segment.SegmentConfig, ["--input", root, "--output", out, "--overwrite", "videos_per_task=200"]
