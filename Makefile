@@ -43,7 +43,8 @@ test-slow: $(INSTALL)
 	$(PYTHON) -m pytest -m "(slow or property) and not gpu and not cluster" --hypothesis-profile=thorough
 
 # The cluster tier: a head with no CPUs and two worker nodes with private disks on this machine
-# (tests/cluster.py), jobs through `ray job submit`: storage some node cannot see is refused.
+# (tests/cluster.py), jobs through `ray job submit`: token auth, storage some node cannot see refused,
+# the pipeline and rescore S3 to S3 with a worker node lost in every step.
 test-cluster: $(INSTALL)
 	$(PYTHON) -m pytest -m cluster
 

@@ -179,7 +179,7 @@ def refuse_unshared_storage(cfg) -> None:
     paths = cfg.local_paths()
     if not paths or not runner.joins_cluster(cfg.ray_address):
         return
-    runner.ensure_ray(cfg.ray_address)
+    runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
     unseen = runner.unseen_paths(paths)
     if unseen:
         lines = [

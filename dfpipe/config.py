@@ -222,6 +222,12 @@ class RunOptions:
     verbose: bool = option(
         False, "print Ray's logs and progress blocks here too (by default they go to OUTPUT/logs/)"
     )
+    capacity_wait_s: float = option(
+        900.0,
+        "on a cluster, how long a step may wait for capacity it lost (a dead node's replacement) "
+        "before the job fails saying so: a Ray Data step with no progress, training workers that "
+        "cannot be placed",
+    )
 
     @property
     def storage_options(self):
@@ -244,6 +250,11 @@ class RunOptions:
                         + (f" #{i + 1}" if isinstance(value, tuple | list) and len(value) > 1 else "")
                     ] = storage.strip_protocol(uri)
         return out
+
+
+def run_options_of(cfg: RunOptions) -> dict:
+    """``cfg``'s :class:`RunOptions` fields (where and how it runs), for the jobs a job runs."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunOptions)}
 
 
 # The config fields that name storage a job reads or writes (checked on clusters of several machines).

@@ -156,7 +156,7 @@ def run_step(step: Step) -> StepRun:
         )
         writer.add(marker=settled)
     if todo.num_rows:
-        runner.ensure_ray(cfg.ray_address if cfg is not None else None)
+        runner.ensure_ray(*((cfg.ray_address, cfg.capacity_wait_s) if cfg is not None else ()))
         stage = step.stage if hasattr(step.stage, "resources") else step.stage()
         if not step.marker_on_driver:
             stage = ChunkWriter(stage, step.folders, step.key, step.split, step.salt, opts)

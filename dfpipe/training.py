@@ -259,7 +259,10 @@ def _fit(
         metrics.update(validate(_unwrap(model)))
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         history.append(metrics)
-        _report(ctx, metrics, model, optimizer, epoch, history)
+        # The driver says so when workers carried on from a checkpoint (a rerun, or a restart after
+        # a lost worker); the history itself stays one plain record per epoch.
+        resumed = {"resumed_from": start - 1} if epoch == start and start > 0 else {}
+        _report(ctx, {**metrics, **resumed}, model, optimizer, epoch, history)
         stop = cfg.get("stop_after_epochs")
         if stop and epoch + 1 - start >= stop and epoch + 1 < cfg["epochs"]:
             break

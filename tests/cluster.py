@@ -5,9 +5,9 @@ own mount namespace with a private tmpfs over ``scratch`` (a local disk no other
 Used by ``tests/test_cluster.py`` (the ``cluster`` tier: ``make test-cluster``, a stage of CI) and by
 hand: ``python tests/cluster.py start`` prints the environment a client needs, ``... stop`` ends it.
 
-Every process of the cluster carries ``DFPIPE_CLUSTER=<id>`` (and ``DFPIPE_NODE=<name>``) in its
-environment, so stopping it or killing one node (SIGKILL, as a spot reclaim) touches only its own
-processes: never ``ray stop``, which ends every Ray on the machine.
+Each node's ``ray start`` begins a session of its own (``setsid``), which every process of the node
+keeps (raylet, agents, workers), so stopping the cluster or killing one node (SIGKILL, as a spot
+reclaim) touches exactly its processes: never ``ray stop``, which ends every Ray on the machine.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 NODE_PORTS = (
@@ -34,35 +35,31 @@ NODE_PORTS = (
 )
 
 
-def tagged_pids(cluster_id: str, node: str | None = None) -> list[int]:
-    """The processes whose environment carries ``DFPIPE_CLUSTER=cluster_id`` (and ``DFPIPE_NODE=node``)."""
-    want = f"DFPIPE_CLUSTER={cluster_id}".encode()
-    node_tag = f"DFPIPE_NODE={node}".encode() if node else None
+def session_pids(sid: int) -> list[int]:
+    """The processes of session ``sid`` (Ray puts each worker in a process group of its own, but
+    they all stay in the session of the ``ray start`` that began their node)."""
     out = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if want in environ and (node_tag is None or node_tag in environ):
-            out.append(int(entry.name))
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    out.append(int(entry.name))
+            except OSError:
+                continue
     return out
 
 
-def kill_tagged(cluster_id: str, node: str | None = None, grace_s: float = 2.0) -> int:
-    """End the tagged processes: SIGTERM, then SIGKILL (only SIGKILL for one node: a spot reclaim)."""
-    signals = (signal.SIGKILL,) if node else (signal.SIGTERM, signal.SIGKILL)
+def kill_sessions(sessions: list[int], signals=(signal.SIGTERM, signal.SIGKILL), grace_s: float = 2.0) -> int:
+    """End every process of ``sessions``: the count signalled."""
     killed = set()
     for sig in signals:
-        for pid in tagged_pids(cluster_id, node):
+        for pid in [p for sid in sessions for p in session_pids(sid)]:
             try:
                 os.kill(pid, sig)
                 killed.add(pid)
             except ProcessLookupError:
                 pass
-        if sig == signal.SIGTERM:
+        if sig != signals[-1]:
             time.sleep(grace_s)
     return len(killed)
 
@@ -97,8 +94,10 @@ class LocalCluster:
         self.tmp = Path(tempfile.mkdtemp(prefix="dfc", dir="/tmp"))  # short: Ray's socket paths live here
         self.gcs, self.dashboard = free_port(), free_port()
         self.token = secrets.token_hex(32)
-        self.workers: list[str] = []
-        self._next = 0
+        self.workers: list[str] = []  # the worker nodes alive (not killed)
+        self.sessions: dict[str, int] = {}  # node -> its session (every process of the node is in it)
+        self._next = 0  # port ranges handed out
+        self._started = 0  # worker nodes started (killed ones included)
 
     # -- what a client needs ------------------------------------------------------------------------
     @property
@@ -118,18 +117,21 @@ class LocalCluster:
     def gcs_address(self) -> str:
         return f"127.0.0.1:{self.gcs}"
 
-    def _node_env(self, name: str) -> dict:
-        env = {**self.env, "DFPIPE_CLUSTER": self.id, "DFPIPE_NODE": name}
-        env.pop("RAY_ADDRESS")
-        return env
+    @property
+    def _node_env(self) -> dict:
+        """The environment of a ``ray start``: the client's, less the address it would join."""
+        return {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
 
     def _ports(self) -> list[str]:
         args = []
         for flag in NODE_PORTS:
             args += [f"--{flag}", str(free_port())]
         # Worker ports below Linux's ephemeral range (32768-60999), where free_port()'s picks lie, a
-        # range of 100 a node: they collide neither with the ports above nor with another node's.
-        base = 20000 + ((int(self.id, 16) % 30) * 4 + self._next) * 100
+        # range of 100 a node (12 nodes a cluster: replacements included): they collide neither with
+        # the ports above nor with another node's.
+        if self._next == 12:
+            raise RuntimeError("a LocalCluster starts at most 12 nodes (its worker port ranges)")
+        base = 20000 + ((int(self.id, 16) % 10) * 12 + self._next) * 100
         self._next += 1
         return [*args, "--min-worker-port", str(base), "--max-worker-port", str(base + 99)]
 
@@ -140,7 +142,7 @@ class LocalCluster:
                 "--ray-client-server-port", str(free_port()), "--include-dashboard=true",
                 "--disable-usage-stats", *self._ports()]  # fmt: skip
         try:
-            self._run(head, self._node_env("head"))
+            self.sessions["head"] = self._run(head, self._node_env)
             for _ in range(self.n_workers):
                 self.add_worker()
             self.wait_for_nodes(1 + self.n_workers, timeout)
@@ -151,20 +153,29 @@ class LocalCluster:
 
     def add_worker(self) -> str:
         """A worker node in a mount namespace of its own, with a tmpfs over ``scratch``."""
-        name = f"worker{len(self.workers) + 1}"
+        self._started += 1
+        name = f"worker{self._started}"
         self.scratch.mkdir(parents=True, exist_ok=True)
         start = ["ray", "start", "--address", self.gcs_address, "--num-cpus", str(self.cpus),
                  "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *self._ports()]  # fmt: skip
         script = 'mount -t tmpfs -o size=2g tmpfs "$0" && exec "$@"'
-        self._run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(self.scratch), *start],
-                  self._node_env(name))  # fmt: skip
+        self.sessions[name] = self._run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(self.scratch), *start],
+            self._node_env,
+        )
         self.workers.append(name)
         return name
 
-    def _run(self, argv: list[str], env: dict) -> None:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
+    def _run(self, argv: list[str], env: dict) -> int:
+        """Start a node: ``argv`` in a session of its own, which every process of the node (its raylet,
+        agents and workers) inherits; returns the session's id."""
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        out, err = proc.communicate(timeout=180)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{out[-2000:]}\n{err[-2000:]}")
+        return proc.pid
 
     def alive_nodes(self) -> list[dict]:
         code = "import json, ray; ray.init(); print(json.dumps([n for n in ray.nodes() if n['Alive']]))"
@@ -185,23 +196,62 @@ class LocalCluster:
             time.sleep(2)
         raise TimeoutError(f"the cluster did not reach {n} alive nodes in {timeout:.0f} s")
 
-    def pids(self, node: str | None = None) -> list[int]:
-        """This cluster's processes (of one node when given), found by their environment."""
-        return tagged_pids(self.id, node)
+    def pids(self, node: str) -> list[int]:
+        """The processes of ``node``: its session (Ray's agents rewrite their environment, so the tag
+        in it does not find them all)."""
+        return session_pids(self.sessions[node])
 
     def kill_node(self, node: str) -> int:
-        """SIGKILL every process of ``node`` (a spot reclaim): the count killed."""
-        return kill_tagged(self.id, node)
+        """SIGKILL every process of ``node`` (a spot reclaim): the count killed. The node leaves
+        ``workers``; ``add_worker`` brings a replacement, as an autoscaler would."""
+        self.workers.remove(node)
+        return kill_sessions([self.sessions[node]], (signal.SIGKILL,))
 
     def stop(self) -> None:
-        kill_tagged(self.id)
+        kill_sessions(list(self.sessions.values()))
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def submit(self, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """``ray job submit --working-dir .`` of ``argv`` from the repository root, as on a cluster."""
+    def submit(
+        self, *argv: str, timeout: float = 600, env_vars: dict | None = None, job_id: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """``ray job submit --working-dir .`` of ``argv`` from the repository root, as on a cluster;
+        ``env_vars`` reach the job's driver and every worker process (its runtime environment). With
+        ``job_id`` it returns once the job is accepted (``--no-wait``): follow it with ``job_logs``."""
         root = Path(__file__).resolve().parents[1]
-        cmd = ["ray", "job", "submit", "--working-dir", ".", "--", *argv]
+        cmd = ["ray", "job", "submit", "--working-dir", "."]
+        if env_vars:
+            cmd += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
+        if job_id:
+            cmd += ["--no-wait", "--submission-id", job_id]
+        cmd += ["--", *argv]
         return subprocess.run(cmd, cwd=root, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def _api(self, path: str) -> dict:
+        """A GET of the head's job API (plain HTTP with the token: no Ray client in this process)."""
+        request = urllib.request.Request(
+            f"{self.env['RAY_ADDRESS']}/api/jobs/{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def job_logs(self, job_id: str) -> str:
+        return self._api(f"{job_id}/logs").get("logs", "")
+
+    def job_status(self, job_id: str) -> str:
+        """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+        return self._api(job_id)["status"]
+
+    def node_running(self, title: str) -> str | None:
+        """The first worker node with a process whose title (Ray's ``ray::...``) contains ``title``."""
+        for node in self.workers:
+            for pid in self.pids(node):
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if cmdline.startswith("ray::") and title in cmdline:
+                    return node
+        return None
 
 
 if __name__ == "__main__":
@@ -211,16 +261,14 @@ if __name__ == "__main__":
         if why:
             sys.exit(f"cannot start worker nodes with private disks here: {why}")
         cluster = LocalCluster(Path("."), Path("/tmp/dfpipe-node-scratch")).start()
-        state.write_text(json.dumps({"id": cluster.id, "tmp": str(cluster.tmp), "env": {
+        state.write_text(json.dumps({"id": cluster.id, "tmp": str(cluster.tmp), "sessions": cluster.sessions, "env": {
             k: cluster.env[k] for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_TMPDIR")}}))  # fmt: skip
         for k, v in json.loads(state.read_text())["env"].items():
             print(f"export {k}={v}")
     elif sys.argv[1:] == ["stop"]:
         saved = json.loads(state.read_text())
-        kill_tagged(saved["id"])
+        kill_sessions(list(saved["sessions"].values()))
         shutil.rmtree(saved["tmp"], ignore_errors=True)
         state.unlink()
-    elif sys.argv[1:2] == ["kill"] and len(sys.argv) == 3:  # the processes tagged DFPIPE_CLUSTER=ID
-        print(f"{kill_tagged(sys.argv[2])} processes ended")
     else:
-        sys.exit("usage: python tests/cluster.py start|stop|kill ID")
+        sys.exit("usage: python tests/cluster.py start|stop")

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,24 @@ def local_cluster(tmp_path_factory):
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), SCRATCH, workers=2).start()
     yield cluster
     cluster.stop()
+
+
+def test_a_submit_without_the_clusters_token_is_refused(local_cluster, tmp_path):
+    """Token authentication is on (as on every dfpipe cluster): a submit with a wrong token, or with
+    none at all, is refused for that reason and runs nothing."""
+    import subprocess
+
+    wrong = {**local_cluster.env, "RAY_AUTH_TOKEN": "not-the-token"}
+    none = {k: v for k, v in local_cluster.env.items() if k != "RAY_AUTH_TOKEN"}
+    none.update(RAY_AUTH_MODE="disabled", HOME=str(tmp_path))  # no ~/.ray/auth_token either
+    for env in (wrong, none):
+        proc = subprocess.run(
+            ["ray", "job", "submit", "--", "python", "-c", "print('ran')"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        shown = proc.stdout + proc.stderr
+        assert proc.returncode != 0, shown[-2000:]
+        assert "ran" not in proc.stdout.splitlines() and "AuthenticationError" in shown, shown[-2000:]
 
 
 def test_a_local_output_no_worker_sees_is_refused_before_any_work(local_cluster, sample_dataset):
@@ -82,3 +103,193 @@ def test_the_progress_queue_lives_on_the_drivers_node(local_cluster):
     line = next(x for x in proc.stdout.splitlines() if x.startswith("QUEUE"))
     seen = json.loads(line.split(" ", 1)[1])
     assert seen["nodes"] == [seen["here"]], seen
+
+
+# -- the whole product on the cluster, S3 to S3, a worker node lost in every step ------------------------
+
+BUCKET = "dfpipe-cluster"
+PIPELINE_OPTIONS = (
+    "extract.face_size=64", "extract.max_frames=24", "segment.window_len=8", "segment.window_stride=8",
+    "segment.val_parts=dfdc_train_part_1",
+    # The embedder on both worker nodes (one worker each): a lost node stops every worker, and the run
+    # goes on once a replacement node has joined. The classifier on one: it goes on on the other node.
+    "train_embedder.face_size=80", "train_embedder.epochs=2", "train_embedder.batch_size=4",
+    "train_embedder.steps_per_epoch=1", "train_embedder.faces_per_window=2", "train_embedder.num_workers=2",
+    "train_classifier.epochs=2", "train_classifier.batch_size=8", "train_classifier.num_workers=1",
+    "train_classifier.hidden_size=16",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def s3(s3_endpoint):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir(BUCKET)
+    return fs
+
+
+@pytest.fixture(scope="module")
+def job_env(s3_endpoint) -> dict:
+    """What every process of a job needs to reach the bucket (as a cluster's nodes would have)."""
+    return {
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+@dataclass
+class Loss:
+    """Where to kill a node: once the job has printed ``banner`` (None: from the start), ``ready()``
+    holds and a worker node runs a process titled ``title``."""
+
+    step: str
+    title: str
+    ready: object = None  # a callable, or None
+    banner: str | None = None
+    killed: dict = field(default_factory=dict)  # node, processes, at (monotonic), then step_left_s
+
+    @property
+    def ended(self) -> str | None:
+        """The line the job prints when the step ends (``dfpipe run``); None: the job's end."""
+        return f"-- {self.step} took" if self.banner else None
+
+
+def lose_nodes(cluster, job_id: str, losses: list[Loss], timeout: float = 900) -> str:
+    """Follow a submitted job; in each of ``losses``, in order, SIGKILL the worker node running the
+    step's work and start a replacement (as an autoscaler would). Returns the job's log once it ends."""
+    pending = list(losses)
+    joining: list[threading.Thread] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = cluster.job_status(job_id)
+        logs = cluster.job_logs(job_id)
+        over = status in ("SUCCEEDED", "FAILED", "STOPPED")
+        for lost in losses:  # how long each step went on after its node died
+            if (
+                lost.killed
+                and "step_left_s" not in lost.killed
+                and (over or (lost.ended and lost.ended in logs))
+            ):
+                lost.killed["step_left_s"] = round(time.monotonic() - lost.killed["at"], 1)
+        if over:
+            break
+        loss = pending[0] if pending else None
+        if loss and (loss.banner is None or loss.banner in logs) and (loss.ready is None or loss.ready()):
+            node = cluster.node_running(loss.title)
+            if node:
+                loss.killed = {"node": node, "at": time.monotonic(), "processes": cluster.kill_node(node)}
+                thread = threading.Thread(target=cluster.add_worker, daemon=True)
+                thread.start()
+                joining.append(thread)
+                pending.pop(0)
+                continue
+        time.sleep(0.3)
+    else:
+        raise TimeoutError(f"job {job_id} still {status} after {timeout:.0f} s:\n{logs[-3000:]}")
+    for thread in joining:
+        thread.join(timeout=180)
+    assert status == "SUCCEEDED", f"job {job_id} {status}:\n{logs[-5000:]}"
+    missed = [loss.step for loss in losses if not loss.killed]
+    assert not missed, f"no node was killed during {missed}: the step ended first\n{logs[-3000:]}"
+    return logs
+
+
+def listed(s3, pattern: str):
+    """Whether anything matches ``pattern`` in the bucket now (s3fs caches listings: fresh each time)."""
+
+    def ready() -> bool:
+        s3.invalidate_cache()
+        return bool(s3.glob(pattern.removeprefix("s3://")))
+
+    return ready
+
+
+def parquet_under(s3, uri: str):
+    return listed(s3, uri + "/**/*.parquet")
+
+
+def checkpoint_of(s3, uri: str):
+    """A checkpoint Ray Train has recorded (its manager's snapshot): a kill before it is a kill before
+    the first checkpoint, and the restarted workers rightly start over."""
+    return listed(s3, uri + "/_train/*/checkpoint_manager_snapshot.json")
+
+
+def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
+    local_cluster, sample_dataset, s3, job_env
+):
+    """`run` and `rescore` through `ray job submit`, all data on S3, the drivers on the head: in each
+    step a worker node is killed (every process, SIGKILL) while it does the step's work, and a
+    replacement joins. Each job finishes, `dfpipe check` finds nothing lost or doubled, and each
+    training resumed from its checkpoint with every epoch once in its history."""
+    from dfpipe.catalog import build_catalog
+    from dfpipe.jobs.rescore import dump_output
+    from dfpipe.outputs import read_manifest, read_scores
+    from dfpipe.storage import StorageOptions, read_json
+    from dfpipe.verify import check_output
+
+    data, run = f"s3://{BUCKET}/data", f"s3://{BUCKET}/run"
+    s3.put(str(sample_dataset), data.removeprefix("s3://"), recursive=True)
+    actor = "_StageActor"  # the title of the actor pool's processes in each Ray Data step
+    losses = [
+        Loss("extract", actor, parquet_under(s3, f"{run}/extract"), "== pipeline step: extract =="),
+        Loss("segment", actor, None, "== pipeline step: segment =="),
+        Loss("train_embedder", "RayTrainWorker", checkpoint_of(s3, f"{run}/models/embedder"),
+             "== pipeline step: train_embedder =="),
+        Loss("train_classifier", "RayTrainWorker", checkpoint_of(s3, f"{run}/models/classifier"),
+             "== pipeline step: train_classifier =="),
+        Loss("score", actor, parquet_under(s3, f"{run}/score"), "== pipeline step: score =="),
+    ]  # fmt: skip
+    started = time.monotonic()
+    proc = local_cluster.submit(
+        "python", "jobs/run.py", "--input", data, "--output", run, *PIPELINE_OPTIONS,
+        env_vars=job_env, job_id="pipeline-node-loss",
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    logs = lose_nodes(local_cluster, "pipeline-node-loss", losses)
+    took = time.monotonic() - started
+
+    opts = StorageOptions(endpoint_url=job_env["AWS_ENDPOINT_URL_S3"])
+    report = check_output(run, opts)
+    assert report.ok, report.format()
+    assert len(report.checked) >= 3, report.format()  # extract, segment and score, at least
+    manifest = read_manifest(f"{run}/extract", opts).to_pandas()
+    assert len(manifest) == build_catalog(str(sample_dataset)).num_rows and manifest.video_id.is_unique
+    for model in ("embedder", "classifier"):
+        epochs = [e["epoch"] for e in read_json(f"{run}/models/{model}/metrics.json", opts)["epochs"]]
+        assert epochs == [0, 1], f"{model}: every epoch once, in order: {epochs}"
+    assert logs.count("resuming from the checkpoint of epoch") == 2, logs[-5000:]
+    assert read_json(f"{run}/score/report/report.json", opts)
+
+    # rescore of a dump (its extraction and scoring), a node lost while it extracts; then again: nothing new
+    rescore, dump = f"s3://{BUCKET}/rescore", f"{data}/dfdc_train_part_1"
+    argv = (
+        "python",
+        "jobs/rescore.py",
+        "--input",
+        dump,
+        "--model",
+        f"{run}/models/classifier",
+        "--output",
+        rescore,
+    )
+    loss = Loss("rescore", actor, parquet_under(s3, rescore))
+    assert local_cluster.submit(*argv, env_vars=job_env, job_id="rescore-node-loss").returncode == 0
+    lose_nodes(local_cluster, "rescore-node-loss", [loss])
+    again = local_cluster.submit(*argv, env_vars=job_env)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    report = check_output(rescore, opts)
+    assert report.ok, report.format()
+    scores = read_scores(dump_output(rescore, dump, opts), opts).to_pandas()
+    assert len(scores) == len(s3.glob(dump.removeprefix("s3://") + "/*.mp4")) and scores.video_id.is_unique
+    stats = read_json(f"{rescore}/rescore_stats.json", opts)
+    assert all(d["scored_this_run"] == 0 for d in stats["dumps"].values()), "the second rescore: nothing new"
+
+    for lost in [*losses, loss]:  # for the README and the notes: each loss and how long the step went on
+        print(
+            f"NODE LOSS {lost.step}: killed {lost.killed['node']} ({lost.killed['processes']} processes); "
+            f"the step ended {lost.killed['step_left_s']} s later"
+        )
+    print(f"NODE LOSS pipeline with {len(losses)} node losses: {took:.0f} s")

@@ -19,8 +19,8 @@ def test_pipeline_over_the_session_chain_then_reuses_everything(
     """`dfpipe run` with the chain's options over the outputs the session's jobs made one by one: each
     step's configuration must equal its job's (an extraction or segmentation with other options is
     refused, a model with other settings too), so the pipeline finds them done and only scores. A
-    second run reuses everything. (From an empty output, the pipeline runs in CI's smoke test through
-    `ray job submit`: tests/smoke_job_submit.sh.)"""
+    second run reuses everything. (From an empty output, S3 to S3, the pipeline runs in the cluster tier
+    through `ray job submit`, a node lost in every step: tests/test_cluster.py.)"""
     out = chain_root
     argv = ["run", "--input", str(sample_dataset), "--output", str(out), *pipeline_args()]
     assert main(argv) == 0

@@ -358,3 +358,74 @@ def test_sampled_faces_stage_gives_the_faces_the_driver_used_to_sample(segmented
 
 def pa_rows(table) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda r: (r["video_id"], r["track_id"], r["frames"]))
+
+
+def _ids(ds) -> list[int]:
+    ds.context.execution_options.preserve_order = True  # as Ray Train's ingest reads (runner.fit)
+    return [r["id"] for r in ds.take_all()]
+
+
+def test_training_input_is_written_to_storage_once_and_read_back_in_its_order(ray_session, tmp_path):
+    """runner.staged: a training run's input lives in storage, not in an object store a lost node takes
+    with it; a rerun (a resumed training) reads what was written and computes nothing; a write cut
+    short is written again; the seeded order survives the round trip."""
+    import ray
+
+    from dfpipe import runner
+
+    uri = str(tmp_path / "input")
+    ds = runner.shuffled(ray.data.range(60, override_num_blocks=6), seed=5)
+    want = _ids(ds)
+    first = runner.staged(ds, uri)
+    files = sorted(p.name for p in (tmp_path / "input").iterdir())
+    assert "_SUCCESS" in files and sum(f.endswith(".parquet") for f in files) >= 2, files
+    assert _ids(first) == want and want != sorted(want)
+
+    def boom(row):
+        raise AssertionError("a staged input is computed again")
+
+    assert _ids(runner.staged(ray.data.range(60).map(boom), uri)) == want
+
+    (tmp_path / "input" / "_SUCCESS").unlink()  # a write cut short: files, no marker
+    assert _ids(runner.staged(ray.data.range(5), uri)) == [0, 1, 2, 3, 4]
+    empty = runner.staged(
+        ray.data.range(5).filter(expr=ray.data.expressions.col("id") > 9), str(tmp_path / "e")
+    )
+    assert empty.count() == 0
+
+
+def _never_runs(config, ctx):
+    raise AssertionError("no worker can be placed")
+
+
+def test_training_whose_workers_cannot_be_placed_fails_within_the_wait_saying_why(ray_session, tmp_path):
+    """Ray Train retries placing its workers forever; runner.fit stops after about capacity_wait_s with a
+    message naming the cause and the fix (3 workers of 1 CPU on this 2-CPU Ray never fit)."""
+    import sys
+    import time
+
+    import ray.cloudpickle
+
+    from dfpipe import runner
+    from dfpipe.config import JobError
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the loop is defined here
+    started = time.monotonic()
+    with pytest.raises(JobError, match=r"could not place 3 training worker\(s\) for 4 s.*capacity_wait_s"):
+        runner.fit(
+            _never_runs, {}, {}, num_workers=3, use_gpu=False, storage_path=str(tmp_path), name="nowhere",
+            capacity_wait_s=4,
+        )  # fmt: skip
+    assert time.monotonic() - started < 60
+
+
+def test_training_input_is_staged_in_storage_except_on_a_ray_this_process_started(ray_session, tmp_path):
+    """The session's Ray is a local one the tests started: one machine, so the input stays in its
+    object store (no read tasks every epoch); a driver that joined a cluster stages it in storage."""
+    import ray
+
+    from dfpipe import runner
+
+    assert runner.one_machine()
+    runner.training_input(ray.data.range(10), str(tmp_path / "input"))
+    assert not (tmp_path / "input").exists()

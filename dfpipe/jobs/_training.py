@@ -26,6 +26,7 @@ OPERATIONAL_FIELDS = {
     "max_failures",
     "stop_after_epochs",
     "ray_address",
+    "capacity_wait_s",
     "verbose",
     "s3_endpoint_url",
     "s3_region",
@@ -51,9 +52,13 @@ class EpochReport:
         self.writer = SummaryWriter(log_dir=self.folder)
 
     def __call__(self, metrics: dict) -> None:
+        metrics = dict(metrics)
         epoch = int(metrics.get("epoch", 0))
-        if self.progress.done == 0 and epoch > 0:  # the workers resumed from a checkpoint
-            console.say(f"{self.job}: resuming from the checkpoint of epoch {epoch - 1}")
+        resumed = metrics.pop("resumed_from", None)
+        if resumed is not None:  # a rerun, or workers restarted after one was lost with its node
+            console.say(f"{self.job}: resuming from the checkpoint of epoch {resumed}")
+        elif epoch < self.progress.done:  # workers restarted before the first checkpoint was recorded
+            console.say(f"{self.job}: training workers restarted with no checkpoint yet: from epoch 0 again")
         log.info("%s: %s", self.job, epoch_line(metrics))
         for key, value in metrics.items():
             if key != "epoch" and isinstance(value, int | float) and not isinstance(value, bool):
@@ -185,3 +190,8 @@ def export(cfg, best: dict, latest: dict, meta: dict, title: str) -> dict:
 
 def train_dir(cfg) -> str:
     return storage.join(cfg.output, "_train")
+
+
+def input_dir(cfg, name: str) -> str:
+    """Where a training run keeps its dataset ``name`` (``runner.staged``), beside its checkpoints."""
+    return storage.join(train_dir(cfg), "input", name)

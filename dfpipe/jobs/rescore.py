@@ -38,7 +38,7 @@ class RescoreConfig(C.RunOptions):
     def __post_init__(self):
         if not self.input:
             raise ValueError("give at least one --input dump URI")
-        fixed = {"input", "model", "output", "all", "ray_address", "s3_endpoint_url", "s3_region", "s3_anon"}
+        fixed = {"input", "model", "output", "all", *C.run_options_of(self)}
         clash = sorted(set(self.score) & fixed)
         if clash:
             raise ValueError(f"score.{clash[0]} is set by rescore itself; give it at the top level")
@@ -85,14 +85,7 @@ def check_names(dumps: tuple[str, ...], root: str, options: storage.StorageOptio
 def run(cfg: RescoreConfig) -> dict:
     started = time.monotonic()
     opts = cfg.storage_options
-    common = {
-        "model": cfg.model,
-        "all": cfg.all,
-        "ray_address": cfg.ray_address,
-        "s3_endpoint_url": cfg.s3_endpoint_url,
-        "s3_region": cfg.s3_region,
-        "s3_anon": cfg.s3_anon,
-    }
+    common = {"model": cfg.model, "all": cfg.all, **C.run_options_of(cfg)}
     check_names(cfg.input, cfg.output, opts)
     configs = {
         d: C.build(

@@ -52,26 +52,21 @@ class PipelineConfig(C.RunOptions):
         from dfpipe.jobs import extract, score, segment, train_classifier, train_embedder
 
         p = self.paths
-        common = {
-            "s3_endpoint_url": self.s3_endpoint_url,
-            "s3_region": self.s3_region,
-            "s3_anon": self.s3_anon,
-        }
-        ray = {"ray_address": self.ray_address}
+        common = C.run_options_of(self)  # every step runs where and as the pipeline does
         wired = {
-            "extract": (extract.ExtractConfig, {"input": self.input, "output": p["extract"], **ray}),
-            "segment": (segment.SegmentConfig, {"input": p["extract"], "output": p["segment"], **ray}),
+            "extract": (extract.ExtractConfig, {"input": self.input, "output": p["extract"]}),
+            "segment": (segment.SegmentConfig, {"input": p["extract"], "output": p["segment"]}),
             "train_embedder": (
                 train_embedder.TrainEmbedderConfig,
-                {"input": p["segment"], "output": p["embedder"], **ray},
+                {"input": p["segment"], "output": p["embedder"]},
             ),
             "train_classifier": (
                 train_classifier.TrainClassifierConfig,
-                {"input": p["segment"], "embedder": p["embedder"], "output": p["classifier"], **ray},
+                {"input": p["segment"], "embedder": p["embedder"], "output": p["classifier"]},
             ),
             "score": (
                 score.ScoreConfig,
-                {"input": p["extract"], "model": p["classifier"], "output": p["score"], **ray},
+                {"input": p["extract"], "model": p["classifier"], "output": p["score"]},
             ),
         }
         out = {}

@@ -263,7 +263,7 @@ def run(cfg: ScoreConfig) -> dict:
     cache = cache_uri_for(seg_cfg.output, embedder, opts)
     with_windows = segmented_videos(seg_cfg.output, opts, pending.column("video_id"))
     if with_windows.num_rows:
-        runner.ensure_ray(cfg.ray_address)
+        runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
         use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
         with timer("embed"):
             faces = faces_version(seg_cfg.output, opts)

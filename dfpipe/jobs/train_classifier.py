@@ -89,7 +89,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
             f"windows of several lengths {sorted(lengths)} in {cfg.input}; segment with one window_len"
         )
     n_frames = lengths.pop()
-    runner.ensure_ray(cfg.ray_address)
+    runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
     cache = cfg.embeddings_cache or storage.join(
         cfg.input, "embeddings", modelio.model_version(cfg.embedder, opts)
@@ -110,9 +110,13 @@ def run(cfg: TrainClassifierConfig) -> dict:
     n_fake = int(pc.sum(pc.equal(train.column("label"), R.LABEL_FAKE)).as_py())
     n_real = train.num_rows - n_fake
     steps = cfg.steps_per_epoch or max(1, -(-train.num_rows // (cfg.num_workers * cfg.batch_size)))
+    # The code sequences, read once before training (on a cluster into the run's storage, so they
+    # outlive any node, and read from there every epoch); the training split shuffled once (seeded).
     datasets = {
-        "train": runner.shuffled(read_split(rows_uri, "train", opts), cfg.seed).materialize(),
-        "val": read_split(rows_uri, "val", opts).materialize(),
+        "train": runner.training_input(
+            runner.shuffled(read_split(rows_uri, "train", opts), cfg.seed), T.input_dir(cfg, "train"), opts
+        ),
+        "val": runner.training_input(read_split(rows_uri, "val", opts), T.input_dir(cfg, "val"), opts),
     }
     console.say(
         f"train_classifier: train windows REAL {n_real}, FAKE {n_fake} (pos_weight {n_real / n_fake:.3f}); "
@@ -161,6 +165,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
         name="classifier",
         storage_options=opts,
         max_failures=cfg.max_failures,
+        capacity_wait_s=cfg.capacity_wait_s,
         select_by="val_video_loss",  # the video-level log loss under the scoring rule
         on_report=progress,
     )

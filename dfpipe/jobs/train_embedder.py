@@ -106,7 +106,7 @@ def run(cfg: TrainEmbedderConfig) -> dict:
     opts = cfg.storage_options
     T.load_windows(cfg.input, opts, ("train", "val"))  # checks the splits (a few columns a window)
     init_state = initial_state(cfg)
-    runner.ensure_ray(cfg.ray_address)
+    runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
 
     # One row per video with windows (its split, label and segmentation chunk); the workers read its
@@ -125,14 +125,15 @@ def run(cfg: TrainEmbedderConfig) -> dict:
         labels = videos.column("label")
         labelled = pc.equal(labels, label) if label is not None else pc.is_valid(labels)
         chosen = videos.filter(pc.and_(pc.equal(videos.column("split"), split), labelled))
-        # JPEG crops are small: materialise them before training so the data stages never compete with
-        # the training workers for CPUs; decoding and augmentation happen in the loop, fresh each epoch.
+        # JPEG crops are small: sample them once, before training (into the run's storage on a
+        # cluster, so the input outlives any node), so the data stages never compete with the
+        # training workers for CPUs; decoding and augmentation happen in the loop, fresh each epoch.
         # Shuffled once (seeded) so each worker's stream mixes all videos; the loop's sampler then
         # builds every batch from many videos (dfpipe.sampling).
         faces = runner.map_stage(
             runner.dataset_from_table(chosen, rows_per_block=16), stage, n_rows=chosen.num_rows
         )
-        datasets[name] = runner.shuffled(faces, cfg.seed).materialize()
+        datasets[name] = runner.training_input(runner.shuffled(faces, cfg.seed), T.input_dir(cfg, name), opts)
         counts[name] = datasets[name].count()
     half = cfg.batch_size // 2
     steps = cfg.steps_per_epoch or max(
@@ -176,6 +177,7 @@ def run(cfg: TrainEmbedderConfig) -> dict:
         name="embedder",
         storage_options=opts,
         max_failures=cfg.max_failures,
+        capacity_wait_s=cfg.capacity_wait_s,
         on_report=progress,
     )
     progress.close()
