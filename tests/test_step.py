@@ -120,3 +120,33 @@ def test_chunk_writer_returns_only_the_marker_rows(tmp_path):
     back = writer(pa.table({"video_id": ["a", "b"]}))
     assert back.column_names == ["video_id", "n_rows", "config_hash"] and back.num_rows == 2
     assert storage.read_parquet_dir(str(tmp_path / "p")).num_rows == 10
+
+
+@dataclass
+class UnplaceableStage(ToyStage):
+    """Actors of 3 CPUs on the session's 2-CPU Ray: as a cluster whose nodes are gone."""
+
+    resources: Resources = Resources(num_cpus=3, batch_size=2, max_workers=1)
+
+
+def test_a_step_with_no_capacity_fails_within_the_wait_saying_why(ray_session, tmp_path):
+    """Where no actor can be started (the nodes lost, none back), a step fails after capacity_wait_s with
+    a message naming the cause and the fix, instead of waiting forever."""
+    import time
+
+    cfg = ToyConfig(output=str(tmp_path / "out"), capacity_wait_s=5)
+    step = toy_step(cfg, ["v0", "v1"])
+    step.stage = UnplaceableStage(cfg.rows, "x")
+    from ray.data import DataContext
+
+    before = DataContext.get_current().execution_no_progress_timeout_s
+    started = time.monotonic()
+    try:
+        with pytest.raises(
+            C.JobError, match=r"no progress for 5 s: the cluster has no capacity.*capacity_wait_s"
+        ):
+            run_step(step)
+    finally:  # the bound is the process's: the session's later datasets get the default again
+        DataContext.get_current().execution_no_progress_timeout_s = before
+    assert time.monotonic() - started < 90
+    assert not list((tmp_path / "out").glob("*/*.parquet")), "nothing written"

@@ -398,7 +398,7 @@ def _never_runs(config, ctx):
     raise AssertionError("no worker can be placed")
 
 
-def test_training_whose_workers_cannot_be_placed_fails_within_the_wait_saying_why(ray_session, tmp_path):
+def test_training_whose_workers_cannot_be_placed_fails_within_the_wait_saying_why(extra_ray_train, tmp_path):
     """Ray Train retries placing its workers forever; runner.fit stops after about capacity_wait_s with a
     message naming the cause and the fix (3 workers of 1 CPU on this 2-CPU Ray never fit)."""
     import sys
