@@ -407,6 +407,8 @@ def fit(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from ray.train.v2.api.exceptions import ControllerError
 
     from dfpipe import storage
     from dfpipe.config import JobError
@@ -447,8 +449,8 @@ def fit(
     try:
         with _forwarded(progress, on_report):
             result = trainer.fit()
-    except Exception as exc:
-        if "worker group startup timed out" not in str(exc):
+    except ControllerError as exc:
+        if not isinstance(exc.controller_failure, WorkerGroupStartupTimeoutError):
             raise
         raise JobError(
             f"{name}: the cluster could not place {num_workers} training worker(s) for "
