@@ -177,8 +177,12 @@ def to_dict(config) -> dict[str, Any]:
 
 def config_hash(config, keys: typing.Iterable[str]) -> str:
     """A short stable hash of the fields that change a job's output."""
+    from dfpipe.recipe import ADDED
+
     values = to_dict(config)
-    payload = json.dumps({k: values[k] for k in sorted(keys)}, sort_keys=True)
+    # An option added later, at the value that reproduces the rows made before it, hashes as before.
+    kept = {k: values[k] for k in sorted(keys) if not (k in ADDED and values[k] == ADDED[k])}
+    payload = json.dumps(kept, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

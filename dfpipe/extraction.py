@@ -46,6 +46,9 @@ class FaceExtractStage:
     detect_long_side: int = 640
     detect_batch: int = 16
     detect_every: int = 16
+    scan_every: int = 64
+    mtcnn: str = "cascade"
+    pyramid_factor: float = 0.709
     agree_iou: float = 0.7
     verify_boxes: bool = True
     cut_threshold: float = 40.0
@@ -76,7 +79,14 @@ class FaceExtractStage:
         compute = max(1, self.threads - 1)  # with one thread, decoding and detection share it
         torch.set_num_threads(compute)
         cv2.setNumThreads(compute)
-        self.detector = FaceDetector(self.detect_long_side, self.min_face_size, device=self.device)
+        self.detector = FaceDetector(
+            self.detect_long_side,
+            self.min_face_size,
+            device=self.device,
+            engine=self.mtcnn,
+            min_face_px=self.min_face_px,
+            pyramid_factor=self.pyramid_factor,
+        )
         verify = partial(self.detector.verify, min_prob=self.min_prob)
         if self.videos_in_flight > 1:
             # Videos processed together share detector calls: on a GPU one call then carries the
@@ -85,8 +95,9 @@ class FaceExtractStage:
                 self.detector.detect, max_items=4 * self.videos_in_flight, key=lambda frame: frame.shape
             )
             self._verify = CallBatcher(verify, max_items=64 * self.videos_in_flight)
+            self._regions = CallBatcher(self.detector.detect_regions, max_items=4 * self.videos_in_flight)
         else:
-            self._detect, self._verify = self.detector.detect, verify
+            self._detect, self._verify, self._regions = self.detector.detect, verify, self.detector.detect_regions
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return pa.Table.from_pylist(self.process_many(batch.to_pylist()), schema=R.VIDEOS_SCHEMA)
@@ -113,12 +124,12 @@ class FaceExtractStage:
                         return
                     out[i] = self.process(video, concurrent=n)
             finally:
-                self._detect.leave()
-                self._verify.leave()
+                for batcher in (self._detect, self._verify, self._regions):
+                    batcher.leave()
 
         # Every worker counts from the start, so the first calls wait for all of them.
-        self._detect.enter(n)
-        self._verify.enter(n)
+        for batcher in (self._detect, self._verify, self._regions):
+            batcher.enter(n)
         with ThreadPoolExecutor(n, "dfpipe-video") as pool:
             for f in [pool.submit(worker) for _ in range(n)]:
                 f.result()  # a storage failure raises here, as in the one-video path
@@ -169,7 +180,9 @@ class FaceExtractStage:
         keyframes = KeyframeDetector(
             self._detect,
             verify=self._verify if self.verify_boxes else None,
+            detect_regions=self._regions,
             every=self.detect_every,
+            scan_every=self.scan_every,
             window=self.detect_batch,
             min_prob=self.min_prob,
             agree_iou=self.agree_iou,

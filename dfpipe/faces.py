@@ -32,21 +32,37 @@ def detection_scale(width: int, height: int, long_side: int) -> float:
 
 @dataclass
 class FaceDetector:
-    """MTCNN loaded once; ``detect`` takes a list of same-size BGR frames and returns boxes per frame."""
+    """MTCNN loaded once: whole-frame detection (``detect``), detection in regions around known faces
+    (``detect_regions``) and a second opinion on boxes it did not produce (``verify``).
+
+    ``engine`` is the cascade that runs: ``"cascade"`` (:mod:`dfpipe.mtcnn`: OpenCV resampling, the
+    pyramid starting at the smallest face that counts, ``min_face_px`` full-resolution pixels) or
+    ``"facenet"`` (facenet-pytorch's ``detect_face`` from ``min_face_size``, the rows of models
+    trained before the cascade existed).
+    """
 
     long_side: int = 640
     min_face_size: int = 20
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     device: str = "auto"
+    engine: str = "cascade"
+    min_face_px: int = 0
+    pyramid_factor: float = 0.709
 
     def __post_init__(self):
         from facenet_pytorch import MTCNN
 
+        from dfpipe.mtcnn import Cascade
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         self.device = pick_device(self.device)
         self.n_verified = 0  # boxes checked by verify(), and of those how many needed a ROI detection
         self.n_roi = 0
         self.n_calls = 0  # detect() calls and the frames they carried (frames per call matters on a GPU)
         self.n_frames = 0
+        self.n_region_calls = 0  # detect_regions() calls and the regions they carried
+        self.n_regions = 0
         # The MTCNN weights ship inside the facenet-pytorch wheel: no download here.
         self._mtcnn = MTCNN(
             keep_all=True,
@@ -56,11 +72,28 @@ class FaceDetector:
             select_largest=False,
             post_process=False,
         )
+        self._cascade = Cascade(
+            self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet, self.device, self.thresholds, self.pyramid_factor
+        )
+
+    def _faces(self, images: list[np.ndarray], min_size: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(boxes, probs)`` of each same-size RGB image, in its own pixels, faces of ``min_size`` up."""
+        import torch
+
+        if self.engine == "cascade":
+            return [(b, p) for b, p, _ in self._cascade.detect(images, min_size)]
+        from facenet_pytorch.models.utils.detect_face import detect_face
+
+        m = self._mtcnn
+        with torch.inference_mode():
+            found, _ = detect_face(np.stack(images), min_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor, m.device)
+        return [
+            (np.asarray(b, np.float32).reshape(-1, 5)[:, :4], np.asarray(b, np.float32).reshape(-1, 5)[:, 4])
+            for b in found
+        ]
 
     def detect(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(boxes (k,4) float32 in full-resolution pixels, probs (k,))`` per frame; k may be 0."""
-        import torch
-
         if not frames:
             return []
         self.n_calls += 1
@@ -75,14 +108,53 @@ class FaceDetector:
             )
             for f in frames
         ]
-        with torch.inference_mode():
-            boxes, probs = self._mtcnn.detect(np.stack(small))
+        min_size = self.min_face_size
+        if self.engine == "cascade":
+            # A face smaller than min_face_px is flagged small_face and never used: no pyramid level for it.
+            min_size = max(min_size, self.min_face_px * scale)
+        return [(b / scale, p) for b, p in self._faces(small, min_size)]
+
+    def detect_regions(self, frames: list[np.ndarray], hints: list[np.ndarray]) -> list[tuple | None]:
+        """Faces near known ones: for each frame (BGR, full resolution, any sizes), MTCNN on a region
+        around each of its ``hints`` boxes (twice the box, scaled to ``ROI_SIZE``), all regions of
+        all frames in one call.
+
+        Per frame, ``(boxes, probs)`` of the faces found in its regions, or None when a hinted face
+        was not found again (no face overlapping its box by ``REGION_FOUND_IOU``): the caller then
+        scans that frame whole. Faces outside every region are not looked for.
+        """
+        from dfpipe.tracks import iou_matrix
+
+        found = self._in_regions([(f, h) for f, hs in zip(frames, hints, strict=True) for h in hs])
+        self.n_region_calls += 1
+        out, k = [], 0
+        for hs in hints:
+            mine, k = found[k : k + len(hs)], k + len(hs)
+            boxes = np.concatenate([b for b, _ in mine]) if mine else np.zeros((0, 4), np.float32)
+            probs = np.concatenate([p for _, p in mine]) if mine else np.zeros((0,), np.float32)
+            lost = any(len(b) == 0 or iou_matrix(b, h[None]).max() < REGION_FOUND_IOU for (b, _), h in zip(mine, hs))
+            if lost:
+                out.append(None)
+                continue
+            keep = _nms(boxes, probs, 0.5)  # a face seen from two neighbouring regions is one face
+            out.append((boxes[keep], probs[keep]))
+        return out
+
+    def _in_regions(self, items: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(boxes, probs)`` in frame pixels found in a region around each ``(frame, box)``."""
+        if not items:
+            return []
+        crops, mapping = [], []
+        for frame, box in items:
+            side = max(float(box[2] - box[0]), float(box[3] - box[1]), 2.0) * (1 + 2 * ROI_MARGIN)
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            crops.append(cv2.cvtColor(crop_face(frame, box, ROI_MARGIN, ROI_SIZE), cv2.COLOR_BGR2RGB))
+            mapping.append((cx - side / 2, cy - side / 2, side / ROI_SIZE))
+        self.n_regions += len(items)
         out = []
-        for b, p in zip(boxes, probs, strict=True):
-            if b is None:
-                out.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)))
-            else:
-                out.append((np.asarray(b, np.float32) / scale, np.asarray(p, np.float32)))
+        min_size = ROI_MIN_FACE if self.engine == "cascade" else self.min_face_size
+        for (x0, y0, s), (b, p) in zip(mapping, self._faces(crops, min_size), strict=True):
+            out.append((b * s + np.array([x0, y0, x0, y0], np.float32), p))
         return out
 
     def verify(
@@ -97,11 +169,13 @@ class FaceDetector:
            48x48, all boxes in one batch (a fraction of a millisecond per box on a CPU). O-Net's
            probability >= ``ONET_PASS`` passes.
         2. O-Net scores some real faces low on MTCNN's own final boxes (on one real clip every face
-           scored 0.01-0.2), so a box it doubts is not failed on that alone: MTCNN runs on a 96x96
-           crop around it (region-of-interest detection, about a tenth of a full 640-px frame) and
-           the box passes when a face of ``min_prob`` or more overlaps it by ``min_iou``.
+           scored 0.01-0.2), so a box it doubts is not failed on that alone: MTCNN runs on a region
+           around it (:meth:`detect_regions`' regions) and the box passes when a face of ``min_prob``
+           or more overlaps it by ``min_iou``.
         """
         import torch
+
+        from dfpipe.tracks import iou_matrix
 
         counts = [len(b) for b in boxes]
         flat = [(f, b) for f, bs in zip(frames, boxes, strict=True) for b in bs]
@@ -114,41 +188,33 @@ class FaceDetector:
             onet_prob = self._mtcnn.onet(x)[2][:, 1].float().cpu().numpy()
         ok = onet_prob >= ONET_PASS
         doubtful = np.flatnonzero(~ok)
-        if len(doubtful):
-            ok[doubtful] = self._roi_confirms([flat[i] for i in doubtful], min_prob, min_iou)
+        for i, (b, p) in zip(doubtful, self._in_regions([flat[i] for i in doubtful]), strict=True):
+            b = b[p >= min_prob]
+            ok[i] = bool(len(b)) and bool(iou_matrix(b, flat[i][1][None]).max() >= min_iou)
         self.n_verified += len(flat)
         self.n_roi += len(doubtful)
         return list(np.split(ok, np.cumsum(counts)[:-1]))
 
-    def _roi_confirms(self, items: list[tuple[np.ndarray, np.ndarray]], min_prob: float, min_iou: float):
-        """MTCNN on a crop of twice each box's side, resized to ``ROI_SIZE``: a face there that overlaps the box?"""
-        import torch
 
-        from dfpipe.tracks import iou_matrix
-
-        crops, mapping = [], []
-        for frame, box in items:
-            side = max(float(box[2] - box[0]), float(box[3] - box[1]), 2.0) * (1 + 2 * ROI_MARGIN)
-            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-            crops.append(cv2.cvtColor(crop_face(frame, box, ROI_MARGIN, ROI_SIZE), cv2.COLOR_BGR2RGB))
-            mapping.append((cx - side / 2, cy - side / 2, side / ROI_SIZE))
-        with torch.inference_mode():
-            found, probs = self._mtcnn.detect(np.stack(crops))
-        out = np.zeros(len(items), bool)
-        for k, ((_, box), (x0, y0, s), b, p) in enumerate(zip(items, mapping, found, probs, strict=True)):
-            if b is None:
-                continue
-            b = np.asarray(b, np.float32)[np.asarray(p, np.float32) >= min_prob]
-            if len(b):
-                in_frame = b * s + np.array([x0, y0, x0, y0], np.float32)
-                out[k] = bool(iou_matrix(in_frame, box[None]).max() >= min_iou)
-        return out
-
-
+ENGINES = ("cascade", "facenet")
 # O-Net's probability that passes a box outright; below it, a region-of-interest detection decides.
 ONET_PASS = 0.5
 ROI_SIZE = 96
-ROI_MARGIN = 0.5  # the crop is twice the box's side: room for the face to have moved a little
+ROI_MARGIN = 0.5  # the region is twice the box's side: room for the face to have moved a little
+ROI_MIN_FACE = 20  # in region pixels: the face is about 48 px there, so it may shrink to 40% of its size
+REGION_FOUND_IOU = 0.1  # a face found in a region is the hinted one when it overlaps the hint at all
+
+
+def _nms(boxes: np.ndarray, probs: np.ndarray, iou: float) -> np.ndarray:
+    """Indices of the boxes kept by greedy non-maximum suppression, most probable first."""
+    from dfpipe.tracks import iou_matrix
+
+    order = np.argsort(-probs, kind="stable")
+    keep: list[int] = []
+    for i in order:
+        if not keep or iou_matrix(boxes[i][None], boxes[keep]).max() < iou:
+            keep.append(int(i))
+    return np.array(keep, dtype=np.int64)
 
 
 def crop_face(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:

@@ -16,13 +16,27 @@ extraction far below the decode floor. Faces move smoothly between shots, so ``K
 * treats a jump in a tiny strided thumbnail as a scene cut: the frames either side become
   keyframes, nothing is interpolated across, and the cut is reported so tracks end there.
 
+With ``detect_regions`` and ``scan_every``, most detections look only where faces are known. A
+keyframe is scanned whole once ``scan_every`` frames have passed since the last full scan (and the
+first frame, and both sides of a cut); the keyframes between, and bisection midpoints between two
+frames with as many confident faces, search regions around the faces expected there (the previous
+keyframe's, or the two ends' boxes interpolated), several frames in one call. A region that loses
+its face (turned away, covered, moved far) makes that frame a full scan; a midpoint between frames
+whose face count differs (a face came or went) is a full scan.
+
 It streams: frames are yielded in order as soon as their boxes are known, and it never holds more
 than ``window`` frames plus the tail after the last keyframe. With ``every=1`` it is dense detection.
 
-The blind spot: a face that is on no keyframe and on neither side of a disagreement (it appears and
-leaves between two keyframes) is never seen. Keyframes are every ``every``-th kept frame, so a face
-visible for at least ``every`` consecutive kept frames (``every * frame_stride / fps`` seconds) is
-always found, from its first frame to its last.
+The blind spots. Without regions: a face that is on no keyframe and on neither side of a
+disagreement (it appears and leaves between two keyframes) is never seen; keyframes are every
+``every``-th kept frame, so a face visible for at least ``every`` consecutive kept frames is always
+found, from its first frame to its last. With regions, a face that enters while others are tracked
+is not looked for until the next full scan. The scan finds it, and the bisection it starts (the face
+count changed) finds its first frame after the last keyframe before the scan; the frames from its
+entry to that keyframe are lost: at most ``scan_every - every`` kept frames (48 at the defaults of
+the extract job, 1.6 s at 30 fps). A face visible for fewer than about ``scan_every`` frames between
+two scans may be missed whole. Frames with no confident face are always scanned whole, so a first
+face is found as before.
 """
 
 from __future__ import annotations
@@ -39,6 +53,8 @@ Detection = tuple[np.ndarray, np.ndarray]  # boxes (k, 4) float32, probs (k,) fl
 DetectFn = Callable[[list[np.ndarray]], list[Detection]]
 # (frames, boxes per frame) -> whether each box holds a face, per frame
 VerifyFn = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
+# (frames, expected boxes per frame) -> the faces found around them per frame, None where one was lost
+RegionFn = Callable[[list[np.ndarray], list[np.ndarray]], list[Detection | None]]
 
 
 @dataclass
@@ -93,7 +109,9 @@ class KeyframeDetector:
 
     detect: DetectFn
     verify: VerifyFn | None = None
+    detect_regions: RegionFn | None = None
     every: int = 8
+    scan_every: int = 0
     window: int = 32
     min_prob: float = 0.9
     agree_iou: float = 0.7
@@ -102,44 +120,60 @@ class KeyframeDetector:
     def __post_init__(self):
         if self.every < 1 or self.window < 1:
             raise ValueError("every and window must be >= 1")
+        if self.scan_every < 0:
+            raise ValueError(f"scan_every must be >= 0, got {self.scan_every}")
         self.window = max(self.window, self.every)
+        # Regions are searched at keyframes between full scans only when there are such keyframes.
+        self.regional = self.detect_regions is not None and self.scan_every > self.every
         self.cuts: list[int] = []  # frame indices that start a new shot
-        self.n_detected = 0
+        self.n_detected = 0  # frames whose faces came from the detector (whole frame or regions)
+        self.n_scanned = 0  # of those, frames scanned whole, and frames where a region lost its face
+        self.n_lost = 0
         self.n_rejected = 0  # gaps whose interpolated boxes failed verification and were re-detected
 
     def run(self, chunks: Iterable[tuple[list[int], list[np.ndarray]]]) -> Iterator[FrameFaces]:
         """``chunks`` of (frame indices, frames) in order, as :class:`~dfpipe.decode.VideoReader` yields."""
-        self.cuts, self.n_detected, self.n_rejected = [], 0, 0
+        self.cuts, self.n_detected, self.n_rejected, self.n_scanned, self.n_lost = [], 0, 0, 0, 0
         buf_idx: list[int] = []  # buffered frames: [anchor (already yielded), then pending frames]
         buf: list[np.ndarray | None] = []
         known: dict[int, Detection] = {}  # buffer position -> detection
-        forced: set[int] = set()  # buffer positions that must be detected (either side of a cut)
+        forced: set[int] = set()  # buffer positions that must be detected (keyframes, either side of a cut)
+        full: set[int] = set()  # of those, the ones scanned whole (the rest: regions around known faces)
         prev_thumb = None
         pos = 0  # position of the next frame in the stream of kept frames
+        last_scan = -self.scan_every  # stream position of the last full scan
         for idx, frames in chunks:
             for i, frame in zip(idx, frames, strict=True):
                 thumb = thumbnail(frame)
                 if prev_thumb is not None and float(np.abs(thumb - prev_thumb).mean()) > self.cut_threshold:
                     self.cuts.append(i)
                     forced.update((len(buf) - 1, len(buf)))
+                    full.update((len(buf) - 1, len(buf)))
+                    last_scan = pos
                 prev_thumb = thumb
                 if pos % self.every == 0:
                     forced.add(len(buf))
+                    if not self.regional or pos - last_scan >= self.scan_every:
+                        full.add(len(buf))
+                        last_scan = pos
                 buf_idx.append(i)
                 buf.append(frame)
                 pos += 1
                 if len(buf) - (1 if known else 0) >= self.window:
-                    yield from self._flush(buf_idx, buf, known, forced, final=False)
-                    buf_idx, buf, known, forced = self._carry(buf_idx, buf, known)
+                    yield from self._flush(buf_idx, buf, known, forced, full, final=False)
+                    buf_idx, buf, known, forced, full = self._carry(buf_idx, buf, known)
         if buf and len(buf) > len(known):
-            yield from self._flush(buf_idx, buf, known, forced, final=True)
+            yield from self._flush(buf_idx, buf, known, forced, full, final=True)
 
-    def _flush(self, buf_idx, buf, known, forced, final: bool) -> Iterator[FrameFaces]:
+    def _flush(self, buf_idx, buf, known, forced, full, final: bool) -> Iterator[FrameFaces]:
         """Detect the buffer's keyframes, fill the gaps between them, yield frames up to the last one."""
         if final:
             forced.add(len(buf) - 1)
         keys = sorted(p for p in forced if p not in known)
-        self._detect_at(buf, known, keys)
+        scan = [p for p in keys if p in full or not self.regional]
+        self._detect_at(buf, known, scan)
+        # The other keyframes: around the faces of the latest frame known before each.
+        self._detect_around(buf, known, {p: known[max(q for q in known if q < p)] for p in keys if p not in scan})
         points = sorted(known)
         fills: dict[int, Detection] = {}
         gaps = list(pairwise(points))
@@ -159,7 +193,7 @@ class KeyframeDetector:
                 else:
                     fills.update(filled)
             midpoints = [(a + b) // 2 for a, b in split]
-            self._detect_at(buf, known, midpoints)
+            self._detect_midpoints(buf, known, split, midpoints)
             gaps = [g for (a, b), m in zip(split, midpoints, strict=True) for g in ((a, m), (m, b))]
         start = 1 if buf[0] is None else 0  # position 0 is the anchor, already yielded, or the first frame
         for p in range(start, points[-1] + 1):
@@ -184,15 +218,51 @@ class KeyframeDetector:
                         self.n_rejected += 1
         return [((a, b), filled) for (a, b, _), filled in zip(smooth, fills, strict=True)]
 
+    def _detect_midpoints(self, buf, known, gaps, midpoints) -> None:
+        """Bisection's detections. Where both ends have as many confident faces, the faces are known and
+        only where they went is not: regions around the boxes halfway between, each face paired with
+        the other end's nearest. Where the count changed a face came or went: a full scan."""
+        if not self.regional:
+            self._detect_at(buf, known, midpoints)
+            return
+        around, scan = {}, []
+        for (a, b), m in zip(gaps, midpoints, strict=True):
+            pairs = match_faces(known[a], known[b], self.min_prob, 0.0)
+            if pairs:
+                around[m] = interpolate(known[a], known[b], pairs, (m - a) / (b - a))
+            else:
+                scan.append(m)
+        self._detect_at(buf, known, scan)
+        self._detect_around(buf, known, around)
+
+    def _detect_around(self, buf, known, expected: dict[int, Detection]) -> None:
+        """Regions around the ``expected`` confident faces of each position; a full scan where none is
+        expected (a face could only be new) or one is lost."""
+        hints = {p: det[0][det[1] >= self.min_prob] for p, det in expected.items()}
+        scan = [p for p, h in hints.items() if len(h) == 0]
+        around = [p for p, h in hints.items() if len(h)]
+        if around:
+            found = self.detect_regions([buf[p] for p in around], [hints[p] for p in around])
+            for p, det in zip(around, found, strict=True):
+                if det is None:
+                    scan.append(p)
+                    self.n_lost += 1
+                else:
+                    known[p] = det
+                    self.n_detected += 1
+        self._detect_at(buf, known, sorted(scan))
+
     def _detect_at(self, buf, known, positions: list[int]) -> None:
+        """Full scans of ``positions``."""
         if positions:
             for p, det in zip(positions, self.detect([buf[p] for p in positions]), strict=True):
                 known[p] = det
             self.n_detected += len(positions)
+            self.n_scanned += len(positions)
 
     @staticmethod
     def _carry(buf_idx, buf, known):
         """Keep the last keyframe as the next buffer's anchor, and the frames after it."""
         last = max(known)
         anchor = {0: known[last]}
-        return buf_idx[last:], buf[last:], anchor, set()
+        return buf_idx[last:], buf[last:], anchor, set(), set()

@@ -21,6 +21,8 @@ EXTRACT_OPTIONS = (
     "max_frames",
     "detect_long_side",
     "detect_every",
+    "scan_every",
+    "mtcnn",
     "agree_iou",
     "verify_boxes",
     "cut_threshold",
@@ -33,6 +35,21 @@ EXTRACT_OPTIONS = (
     "track_iou",
     "track_max_gap",
 )
+
+# Row-changing options added after models and rows were first recorded, each with the value that
+# makes the rows as dfpipe did before it existed. A recipe or an extraction's config without one
+# holds that value, and a config holding it hashes as before the option existed: an old model
+# scores with the rows it learned from, and old rows keep their config_hash.
+ADDED = {
+    "scan_every": 0,  # every keyframe scanned whole (before regions around known faces)
+    "mtcnn": "facenet",  # facenet-pytorch's detect_face (before dfpipe's cascade)
+}
+
+
+def with_added(options: dict) -> dict:
+    """``options`` with every option of :data:`ADDED` it lacks set to the value it had before."""
+    return {**ADDED, **options}
+
 
 # Every segmentation option that changes which windows exist and which count.
 WINDOW_OPTIONS = (
@@ -82,7 +99,7 @@ def of_model(meta: dict, model: str) -> dict:
             f"model {model} records no data recipe (trained by an older dfpipe), so the options its rows "
             "were made with are unknown: train it again"
         )
-    return recipe
+    return {**recipe, "extract": with_added(recipe["extract"])}
 
 
 def differences(expected: dict, actual: dict) -> list[tuple[str, Any, Any]]:

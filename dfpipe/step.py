@@ -115,6 +115,16 @@ class StepRun:
     seconds: float
     sums: dict[str, int]
     config_hash: str | None
+    # Seconds from the start to the first results (Ray, the actors' start-up, a first batch), and
+    # the sums that had arrived by then: the rate after it is the step's steady rate.
+    first_s: float | None = None
+    sums_at_first: dict[str, int] | None = None
+
+    def steady_rate(self, column: str) -> float | None:
+        """``column``'s sum per second after the first results (None before two results)."""
+        if self.first_s is None or self.seconds <= self.first_s:
+            return None
+        return (self.sums[column] - self.sums_at_first[column]) / (self.seconds - self.first_s)
 
 
 def run_step(step: Step) -> StepRun:
@@ -149,6 +159,7 @@ def run_step(step: Step) -> StepRun:
     )
     console.say(f"{step.name}: " + say(step.todo.num_rows, done.num_rows, todo.num_rows, settled.num_rows))
     sums = dict.fromkeys(step.sums, 0)
+    first_s, sums_at_first = None, None
     writer = None
     if step.marker_on_driver or settled.num_rows:
         writer = storage.ChunkedParquetWriter(
@@ -165,6 +176,8 @@ def run_step(step: Step) -> StepRun:
         for table in runner.iter_tables(runner.map_stage(blocks, stage, n_rows=todo.num_rows)):
             for column in step.sums:
                 sums[column] += int(pc.sum(table.column(column)).as_py() or 0)
+            if first_s is None:
+                first_s, sums_at_first = time.monotonic() - started, dict(sums)
             if step.marker_on_driver:
                 writer.add(marker=table)
             frames = {"frames": sums["n_frames"]} if "n_frames" in sums else {}
@@ -179,6 +192,8 @@ def run_step(step: Step) -> StepRun:
         seconds=time.monotonic() - started,
         sums=sums,
         config_hash=digest,
+        first_s=first_s,
+        sums_at_first=sums_at_first,
     )
 
 

@@ -29,11 +29,13 @@ def test_extract_bench_tiny(tmp_path, bench):
     assert {"decode", "seed", "facenet", "dfdc", "stage", "job 2cpu N", "job 2cpu 4N", "job 1cpu 4N"} <= set(
         rates
     )
-    # Every baseline on the frames dfpipe gets (here capped at 2 per clip by --baseline-frames).
-    assert rates["dfdc"]["frames"] == rates["facenet"]["frames"] == 2
+    # The DFDC baseline on the frames dfpipe gets, facenet-pytorch on the first 2 (--baseline-frames).
+    assert rates["dfdc"]["frames"] == rates["stage"]["frames"] == 6 and rates["facenet"]["frames"] == 2
+    assert {"stage before"} <= set(rates) and rates["stage"]["scanned"] <= rates["stage"]["detected"]
+    assert rates["job 2cpu N"]["first_video_s"] > 0
     assert rates["stage"]["x_dfdc"] == rates["stage"]["frames_per_s"] / rates["dfdc"]["frames_per_s"]
     assert rates["stage"]["frames"] == 6 and rates["job 2cpu 4N"]["frames"] == 24
-    assert report["agreement"]["stage"]["frames_with_face"] == 2
+    assert report["agreement"]["stage"]["frames_with_face"] == 6
     assert set(report["targets"]) >= {
         "stage_x_decode",
         "stage_x_dfdc",

@@ -74,7 +74,10 @@ def test_extract_sample_end_to_end(sample_extracted, sample_dataset):
         else:
             assert row.n_ok >= 0.8 * row.n_frames, f"{clip.kind} {filename}: face found in most frames"
             assert vf[vf.flag == "ok"].track_id.nunique() == 1
-    assert res["stats"]["run"]["frames"] == int(res["manifest"].n_frames.sum())
+    run = res["stats"]["run"]
+    assert run["frames"] == int(res["manifest"].n_frames.sum())
+    # Start-up and the first video said apart from the rate after them.
+    assert 0 < run["first_video_s"] < run["seconds"] and run["steady_frames_per_s"] > 0
     assert Path(out, "config.json").exists()
 
 

@@ -18,7 +18,8 @@ class Script:
 
     def __init__(self, faces):
         self.faces = faces
-        self.calls: list[int] = []
+        self.calls: list[int] = []  # frames scanned whole, and frames searched in regions
+        self.region_calls: list[int] = []
         self.verified = 0
 
     def frame(self, i: int, shot: int = 0) -> np.ndarray:
@@ -35,6 +36,25 @@ class Script:
         for f in frames:
             self.calls.append(self.index(f))
             out.append(self.faces(self.index(f)))
+        return out
+
+    def regions(self, frames, hints):
+        """What MTCNN in regions around ``hints`` finds: the true faces centred within a region (twice
+        the hint's side), or None where a hinted face is not there any more."""
+        out = []
+        for f, hs in zip(frames, hints, strict=True):
+            self.region_calls.append(self.index(f))
+            boxes, probs = self.faces(self.index(f))
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+            inside = np.zeros(len(boxes), bool)
+            lost = False
+            for h in hs:
+                half = max(h[2] - h[0], h[3] - h[1])
+                c = (h[:2] + h[2:]) / 2
+                mine = np.all(np.abs(centres - c) <= half, axis=1)
+                lost |= not (mine & (iou_matrix(boxes, h[None])[:, 0] >= 0.1)).any() if len(boxes) else True
+                inside |= mine
+            out.append(None if lost else (boxes[inside], probs[inside]))
         return out
 
     def verify(self, frames, boxes):
@@ -163,6 +183,46 @@ def test_streams_every_frame_once_in_order_within_its_window(n, every, window, c
             assert i in boxed, f"frame {i} of a face visible for >= {every} frames was missed"
 
 
+@given(
+    n=st.integers(1, 120),
+    every=st.integers(1, 12),
+    scans=st.integers(1, 6),
+    window=st.integers(1, 40),
+    chunk=st.integers(1, 17),
+    present=st.lists(st.tuples(st.integers(0, 120), st.integers(1, 60)), max_size=3),
+)
+def test_with_regions_every_frame_once_in_order_and_boxes_only_on_faces(n, every, scans, window, chunk, present):
+    """Any schedule with regions: every frame once, in order, in bounded memory; boxes only where a
+    face is and where it is; and a face seen on a full scan is boxed from the keyframe before it."""
+    spans = [(a, a + length) for a, length in present]
+
+    def visible(i):
+        return any(a <= i < b for a, b in spans)
+
+    def faces(i):
+        return moving(i) if visible(i) else EMPTY
+
+    script = Script(faces)
+    kf = regional(script, every=every, scan_every=every * scans, window=window)
+    pulled, seen, boxed = [], [], set()
+
+    def source():
+        for idx, frames in chunks(script, n, chunk):
+            pulled.extend(idx)
+            yield idx, frames
+
+    for f in kf.run(source()):
+        seen.append(f.index)
+        assert len(pulled) - len(seen) <= max(window, every) + every + chunk
+        if len(f.boxes):
+            assert visible(f.index), f"a box on frame {f.index}, where there is no face"
+            np.testing.assert_allclose(f.boxes, moving(f.index)[0], atol=1e-3)
+            boxed.add(f.index)
+    assert seen == list(range(n))
+    for i in set(script.calls) & {i for i in range(n) if visible(i)}:
+        assert i in boxed, f"a face on a full scan ({i}) not boxed"
+
+
 def test_a_face_hidden_between_agreeing_keyframes_gets_no_boxes_there():
     """Turned away, covered or cut away on frames 5..11: keyframes 0 and 16 agree, the gap does not."""
 
@@ -217,7 +277,96 @@ def test_greedy_match_takes_best_overlap_first():
     assert greedy_match(ious, 0.05) == [(0, 0), (1, 1)]
 
 
-@pytest.mark.parametrize("bad", [dict(every=0), dict(window=0)])
+def regional(script, **settings) -> KeyframeDetector:
+    return KeyframeDetector(script, verify=script.verify, detect_regions=script.regions, **settings)
+
+
+def test_between_full_scans_keyframes_search_only_around_known_faces():
+    script = Script(moving)
+    kf = regional(script, every=8, scan_every=32, window=16)
+    out = list(kf.run(chunks(script, 100)))
+    assert [f.index for f in out] == list(range(100))
+    for f in out:
+        np.testing.assert_allclose(f.boxes, moving(f.index)[0], atol=1e-4)
+    assert sorted(script.calls) == [0, 32, 64, 96]  # the whole frame only every 32 frames
+    assert {8, 16, 24, 40, 48, 56, 72, 80, 88, 99} <= set(script.region_calls)
+    assert kf.n_scanned == 4 and kf.n_lost == 0 and kf.n_detected == 4 + len(set(script.region_calls))
+
+
+def test_without_regions_every_keyframe_is_a_full_scan():
+    script = Script(moving)
+    list(KeyframeDetector(script, every=8, scan_every=32, window=16).run(chunks(script, 50)))
+    assert sorted(script.calls) == [0, 8, 16, 24, 32, 40, 48, 49]
+    script = Script(moving)
+    list(regional(script, every=8, scan_every=8, window=16).run(chunks(script, 50)))
+    assert sorted(script.calls) == [0, 8, 16, 24, 32, 40, 48, 49] and not script.region_calls
+
+
+@pytest.mark.parametrize("enters", [33, 37, 45, 56, 57, 64, 70])
+def test_a_face_entering_between_scans_is_seen_from_the_last_keyframe_before_the_next_scan(enters):
+    """The blind spot regions add, in numbers: at most ``scan_every - every`` frames of a new face."""
+    every, scan_every = 8, 32
+
+    def faces(i):
+        a = slow(i)
+        if i < enters:
+            return a
+        b = np.array([[200, 20, 240, 60]], np.float32)
+        return np.concatenate([a[0], b]), np.array([0.99, 0.98], np.float32)
+
+    script = Script(faces)
+    out = list(regional(script, every=every, scan_every=scan_every, window=16).run(chunks(script, 120)))
+    seen = [f.index for f in out if len(f.boxes) == 2]
+    next_scan = -(-enters // scan_every) * scan_every
+    first = enters if enters % scan_every == 0 else max(enters, next_scan - every + 1)
+    assert seen == list(range(first, 120)), "found from the frame after the last keyframe before the scan on"
+    assert first - enters <= scan_every - every
+    assert all(len(f.boxes) >= 1 for f in out)
+
+
+def test_a_face_that_comes_and_goes_between_scans_is_missed_with_regions_and_found_without():
+    def faces(i):
+        a = slow(i)
+        if not 38 <= i < 60:
+            return a
+        b = np.array([[200, 20, 240, 60]], np.float32)
+        return np.concatenate([a[0], b]), np.array([0.99, 0.98], np.float32)
+
+    script = Script(faces)
+    out = list(regional(script, every=8, scan_every=32, window=16).run(chunks(script, 100)))
+    assert all(len(f.boxes) == 1 for f in out)
+    script = Script(faces)
+    out = list(regional(script, every=8, scan_every=8, window=16).run(chunks(script, 100)))
+    assert [f.index for f in out if len(f.boxes) == 2] == list(range(38, 60))
+
+
+def test_a_face_lost_by_its_region_is_scanned_for_in_the_whole_frame():
+    """A jump no region covers (the face moved far between two keyframes): the frame is scanned whole."""
+
+    def faces(i):
+        x = 10.0 if i < 20 else 300.0
+        return np.array([[x, 10, x + 40, 50]], np.float32), np.array([0.99], np.float32)
+
+    script = Script(faces)
+    kf = regional(script, every=8, scan_every=64, window=16)
+    out = list(kf.run(chunks(script, 40)))
+    for f in out:
+        np.testing.assert_allclose(f.boxes, faces(f.index)[0])
+    assert 24 in script.region_calls and 24 in script.calls and kf.n_lost >= 1
+    assert {19, 20} <= set(script.calls)  # where the face jumped, found by full scans
+
+
+def test_frames_without_a_face_are_scanned_whole_so_a_first_face_is_found_from_its_first_frame():
+    def faces(i):
+        return moving(i) if i >= 21 else EMPTY
+
+    script = Script(faces)
+    out = list(regional(script, every=8, scan_every=64, window=16).run(chunks(script, 60)))
+    assert [f.index for f in out if len(f.boxes)] == list(range(21, 60))
+    assert {8, 16, 24} <= set(script.calls)
+
+
+@pytest.mark.parametrize("bad", [dict(every=0), dict(window=0), dict(scan_every=-1)])
 def test_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         KeyframeDetector(lambda frames: [], **bad)

@@ -408,3 +408,22 @@ def test_explain_figure_title_clear_of_thumbnails_and_uncounted_tracks_apart():
     assert rows_of(apart) and max(b.y1 for b in rows_of(apart)) < lowest_counted, "not counted: below"
     assert not [b for b in rows_of(apart) if b.overlaps(counted._suptitle.get_window_extent(renderer))]
     plt.close(fig)
+
+
+def test_extraction_options_added_later_keep_old_models_and_rows_as_they_were():
+    """scan_every and mtcnn came after models and rows were recorded: at their old values (0, facenet)
+    rows hash as they did, an old model's recipe gets those values, and an old extraction is told apart
+    from a new recipe by name."""
+    from dfpipe import recipe
+
+    new = ExtractConfig(input="a", output="b")
+    as_before = ExtractConfig(input="a", output="b", scan_every=0, mtcnn="facenet")
+    keys_before = [k for k in recipe.EXTRACT_OPTIONS if k not in recipe.ADDED]
+    assert C.config_hash(as_before, recipe.EXTRACT_OPTIONS) == C.config_hash(as_before, keys_before)
+    assert C.config_hash(new, recipe.EXTRACT_OPTIONS) != C.config_hash(new, keys_before)
+    old_recipe = {"extract": {k: C.to_dict(as_before)[k] for k in keys_before}, "segment": {}}
+    rec = recipe.of_model({"recipe": old_recipe}, "m")
+    assert rec["extract"]["scan_every"] == 0 and rec["extract"]["mtcnn"] == "facenet"
+    made_before = recipe.with_added({k: C.to_dict(as_before)[k] for k in keys_before})
+    expected = {k: C.to_dict(new)[k] for k in recipe.EXTRACT_OPTIONS}
+    assert recipe.differences(expected, made_before) == [("scan_every", 64, 0), ("mtcnn", "cascade", "facenet")]

@@ -50,6 +50,17 @@ class ExtractConfig(C.RunOptions):
     detect_every: int = C.option(
         16, "run the detector on every k-th frame and interpolate boxes between (1: every frame)"
     )
+    scan_every: int = C.option(
+        64,
+        "scan the whole frame at a keyframe once k frames have passed since the last scan; keyframes between search "
+        "only around the faces already found, so a face that enters is found at the next scan (at most detect_every: "
+        "every keyframe a full scan)",
+    )
+    mtcnn: Literal["cascade", "facenet"] = C.option(
+        "cascade",
+        "MTCNN implementation: cascade (dfpipe's: OpenCV resampling, no pyramid level for faces under min_face_px) "
+        "or facenet (facenet-pytorch's detect_face, the rows of models trained before 2026-12)",
+    )
     agree_iou: float = C.option(
         0.7, "keyframes whose faces overlap less than this are re-detected in between, not interpolated"
     )
@@ -109,6 +120,8 @@ class ExtractConfig(C.RunOptions):
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.scan_every < 0:
+            raise ValueError(f"scan_every must be >= 0, got {self.scan_every}")
         if not 0 <= self.min_prob <= 1:
             raise ValueError(f"min_prob must be within [0, 1], got {self.min_prob}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -128,6 +141,8 @@ def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtr
         detect_long_side=cfg.detect_long_side,
         detect_batch=cfg.detect_batch,
         detect_every=cfg.detect_every,
+        scan_every=cfg.scan_every,
+        mtcnn=cfg.mtcnn,
         agree_iou=cfg.agree_iou,
         verify_boxes=cfg.verify_boxes,
         cut_threshold=cfg.cut_threshold,
@@ -206,6 +221,9 @@ def run(cfg: ExtractConfig) -> dict:
             "frames": frames,
             "seconds": round(run.seconds, 2),
             "frames_per_s": round(frames / run.seconds, 2) if run.seconds > 0 else None,
+            # Start-up (Ray, actors loading MTCNN) and the first video, apart from the rate after it.
+            "first_video_s": None if run.first_s is None else round(run.first_s, 2),
+            "steady_frames_per_s": None if run.steady_rate("n_frames") is None else round(run.steady_rate("n_frames"), 2),
         },
         config_hash,
     )
@@ -228,9 +246,10 @@ def format_summary(stats: dict) -> str:
             "track_max_gap"
         )
     if r:
-        fps = r.get("frames_per_s")
+        fps, steady = r.get("frames_per_s"), r.get("steady_frames_per_s")
         lines.append(
             f"this run: {r['videos_processed']} videos, {r['frames']} frames in {r['seconds']} s"
             + (f" ({fps} frames/s)" if fps else "")
+            + (f"; first video after {r['first_video_s']} s, then {steady} frames/s" if steady else "")
         )
     return "\n".join(lines)

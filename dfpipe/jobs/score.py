@@ -169,7 +169,7 @@ def check_extraction(uri: str, ext_cfg: extract_job.ExtractConfig, opts, given: 
     )
     info = storage.read_json(outputs.extraction(uri)["config"], opts)
     expected = {k: C.to_dict(ext_cfg)[k] for k in recipe.EXTRACT_OPTIONS}
-    diffs = recipe.differences(expected, info.get("config", {}))
+    diffs = recipe.differences(expected, recipe.with_added(info.get("config", {})))
     if diffs:
         raise C.ConfigError(
             f"{uri} holds faces extracted with options that differ from the model's recipe: "

@@ -1,0 +1,111 @@
+"""Tier 1: dfpipe's MTCNN cascade against facenet-pytorch's, and detection in regions around faces."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from dfpipe.faces import FaceDetector
+from dfpipe.mtcnn import pyramid_scales
+from dfpipe.tracks import iou_matrix
+from conftest import SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def detectors() -> dict[str, FaceDetector]:
+    return {engine: FaceDetector(device="cpu", engine=engine) for engine in ("cascade", "facenet")}
+
+
+def astronaut_scene(width: int, height: int, face_side: int) -> np.ndarray:
+    """A BGR frame of ``width`` x ``height`` with the astronaut photograph's face about ``face_side`` px tall."""
+    from skimage import data
+
+    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)  # 512 x 512, the face about 110 px tall
+    side = max(8, round(512 * face_side / 110))
+    frame = np.full((height, width, 3), 70, np.uint8)
+    small = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
+    y, x = (height - min(side, height)) // 2, (width - min(side, width)) // 2
+    frame[y : y + side, x : x + side] = small[: height - y, : width - x]
+    return frame
+
+
+def confident(det, min_prob=0.9):
+    boxes, probs = det
+    return boxes[probs >= min_prob]
+
+
+def real_frames() -> list[np.ndarray]:
+    frames = []
+    for path in sorted(SHARED_DATA.rglob("*.mp4")):
+        cap = cv2.VideoCapture(str(path))
+        cap.set(cv2.CAP_PROP_POS_FRAMES, 40)
+        ok, frame = cap.read()
+        cap.release()
+        if ok:
+            frames.append(frame)
+    return frames
+
+
+@pytest.mark.parametrize("size", [(640, 360), (1280, 720), (360, 640)])
+def test_the_cascade_finds_the_faces_facenet_pytorch_finds(detectors, size):
+    frame = astronaut_scene(*size, face_side=min(size) // 3)
+    ours = confident(detectors["cascade"].detect([frame])[0])
+    theirs = confident(detectors["facenet"].detect([frame])[0])
+    assert len(ours) == len(theirs) == 1
+    assert iou_matrix(ours, theirs)[0, 0] >= 0.9
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent (a fresh clone)")
+def test_on_real_footage_the_cascade_agrees_with_facenet_pytorch(detectors):
+    """One frame of every real clip: the same confident faces, boxes within MTCNN's own jitter."""
+    frames = real_frames()
+    pairs = same_count = 0
+    ious = []
+    for frame in frames:
+        ours = confident(detectors["cascade"].detect([frame])[0])
+        theirs = confident(detectors["facenet"].detect([frame])[0])
+        same_count += len(ours) == len(theirs)
+        if len(ours) and len(theirs):
+            ious += list(iou_matrix(theirs, ours).max(axis=1))
+            pairs += 1
+    assert len(frames) >= 3 and same_count >= 0.8 * len(frames)
+    assert np.mean(np.array(ious) >= 0.8) >= 0.9, f"IoU with facenet-pytorch's boxes: {np.round(ious, 2)}"
+
+
+def test_the_pyramid_starts_at_the_smallest_face_that_counts():
+    assert len(pyramid_scales(360, 640, 40, 0.709)) < len(pyramid_scales(360, 640, 20, 0.709))
+    assert pyramid_scales(360, 640, 20, 0.709)[0] == pytest.approx(12 / 20)
+    # P-Net finds faces down to about half the pyramid's first size: a 24-px face is under 60 / 2
+    frame = astronaut_scene(640, 360, face_side=24)
+    assert len(confident(FaceDetector(device="cpu", min_face_px=0).detect([frame])[0])) == 1
+    assert len(confident(FaceDetector(device="cpu", min_face_px=60).detect([frame])[0])) == 0
+    # facenet-pytorch's cascade keeps scanning from min_face_size, as the rows of older models were made
+    assert len(confident(FaceDetector(device="cpu", engine="facenet", min_face_px=60).detect([frame])[0])) == 1
+
+
+def test_regions_find_the_face_around_its_box_and_say_when_it_is_gone(detectors):
+    det = detectors["cascade"]
+    big = astronaut_scene(1280, 720, face_side=240)
+    small = astronaut_scene(640, 360, face_side=100)
+    big_box, small_box = (confident(d)[:1] for d in det.detect([big]) + det.detect([small]))
+    moved = small_box + np.array([12, -8, 12, -8], np.float32)  # the face a little off its last place
+    nowhere = np.array([[20, 20, 80, 80]], np.float32)  # a corner with no face
+    found = det.detect_regions([big, small, small], [big_box, moved, nowhere])
+    assert found[2] is None, "a region that lost its face says so"
+    for got, want in zip(found[:2], (big_box, small_box), strict=True):
+        assert len(confident(got)) == 1 and iou_matrix(confident(got), want)[0, 0] >= 0.8
+    assert det.n_regions >= 3 and det.n_region_calls >= 1
+
+
+def test_verify_passes_a_face_box_and_fails_an_empty_one(detectors):
+    frame = astronaut_scene(640, 360, face_side=110)
+    box = confident(detectors["cascade"].detect([frame])[0])[:1]
+    for det in detectors.values():
+        ok = det.verify([frame, frame], [box, np.array([[20, 20, 80, 80]], np.float32)])
+        assert ok[0].tolist() == [True] and ok[1].tolist() == [False]
+
+
+def test_an_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="engine must be one of"):
+        FaceDetector(device="cpu", engine="dlib")
