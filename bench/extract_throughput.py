@@ -239,9 +239,12 @@ def stage_in_process(paths: list[str], out: str, threads: int, **settings) -> tu
     """Frames, seconds, frames detected (whole or in regions) and frames scanned whole."""
     from dfpipe.extraction import FaceExtractStage
 
-    stage = FaceExtractStage(faces_uri=out, threads=threads, **settings)
+    # As the job runs it on a CPU worker of ``threads`` CPUs: one video per CPU at a time.
+    stage = FaceExtractStage(faces_uri=out, threads=threads, videos_in_flight=threads, **settings)
     stage.setup()
-    stage(catalog_rows(paths[:1]))  # warm-up: torch's first calls are slow (the job pays this once per actor)
+    stage(
+        catalog_rows(paths[:threads])
+    )  # warm-up: torch's first calls are slow (the job pays this once per actor)
     warm_scans = stage.detector.n_frames
     start = time.perf_counter()
     res = stage(catalog_rows(paths))
@@ -249,7 +252,12 @@ def stage_in_process(paths: list[str], out: str, threads: int, **settings) -> tu
     if set(res.column("status").to_pylist()) != {"ok"}:
         raise RuntimeError(f"the stage failed: {res.column('error').to_pylist()}")
     scanned = stage.detector.n_frames - warm_scans
-    return sum(res.column("n_frames").to_pylist()), seconds, sum(res.column("n_detected").to_pylist()), scanned
+    return (
+        sum(res.column("n_frames").to_pylist()),
+        seconds,
+        sum(res.column("n_detected").to_pylist()),
+        scanned,
+    )
 
 
 def job_subprocess(folder: str, out: str, num_cpus: int) -> dict:
@@ -454,12 +462,15 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "stage scan_every=32": {"scan_every": 32},
                 "stage scan_every=128": {"scan_every": 128},
-                "stage pyramid_factor=0.6": {"pyramid_factor": 0.6},
                 "stage every=8": {"detect_every": 8},
                 "stage every=32": {"detect_every": 32},
                 "stage long_side=480": {"detect_long_side": 480},
                 "stage every=1": {"detect_every": 1, "scan_every": 0},
-                "stage every=1 long_side=1920": {"detect_every": 1, "scan_every": 0, "detect_long_side": 1920},
+                "stage every=1 long_side=1920": {
+                    "detect_every": 1,
+                    "scan_every": 0,
+                    "detect_long_side": 1920,
+                },
             }
         )
     agree = compare_stage(paths[:n], args.workdir, "", variants, ref, cpus, record)

@@ -73,7 +73,12 @@ class FaceDetector:
             post_process=False,
         )
         self._cascade = Cascade(
-            self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet, self.device, self.thresholds, self.pyramid_factor
+            self._mtcnn.pnet,
+            self._mtcnn.rnet,
+            self._mtcnn.onet,
+            self.device,
+            self.thresholds,
+            self.pyramid_factor,
         )
 
     def _faces(self, images: list[np.ndarray], min_size: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -86,7 +91,9 @@ class FaceDetector:
 
         m = self._mtcnn
         with torch.inference_mode():
-            found, _ = detect_face(np.stack(images), min_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor, m.device)
+            found, _ = detect_face(
+                np.stack(images), min_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor, m.device
+            )
         return [
             (np.asarray(b, np.float32).reshape(-1, 5)[:, :4], np.asarray(b, np.float32).reshape(-1, 5)[:, 4])
             for b in found
@@ -98,44 +105,54 @@ class FaceDetector:
             return []
         self.n_calls += 1
         self.n_frames += len(frames)
-        h, w = frames[0].shape[:2]
-        scale = detection_scale(w, h, self.long_side)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        # Only the small copy MTCNN sees is converted to RGB.
-        small = [
-            cv2.cvtColor(
-                f if scale == 1.0 else cv2.resize(f, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB
-            )
-            for f in frames
-        ]
+        shrunk = [self._shrunk(f) for f in frames]
+        scale = shrunk[0][1]
+        small = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f, _ in shrunk]  # only the small copy is converted
         min_size = self.min_face_size
         if self.engine == "cascade":
             # A face smaller than min_face_px is flagged small_face and never used: no pyramid level for it.
             min_size = max(min_size, self.min_face_px * scale)
         return [(b / scale, p) for b, p in self._faces(small, min_size)]
 
+    def _shrunk(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        """The frame as detection sees it (long side at most ``long_side``, area-resampled), and the scale."""
+        h, w = frame.shape[:2]
+        scale = detection_scale(w, h, self.long_side)
+        if scale == 1.0:
+            return frame, scale
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), scale
+
     def detect_regions(self, frames: list[np.ndarray], hints: list[np.ndarray]) -> list[tuple | None]:
         """Faces near known ones: for each frame (BGR, full resolution, any sizes), MTCNN on a region
         around each of its ``hints`` boxes (twice the box, scaled to ``ROI_SIZE``), all regions of
         all frames in one call.
 
-        Per frame, ``(boxes, probs)`` of the faces found in its regions, or None when a hinted face
-        was not found again (no face overlapping its box by ``REGION_FOUND_IOU``): the caller then
-        scans that frame whole. Faces outside every region are not looked for.
+        Per frame, ``(boxes, probs)`` of the faces found in its regions, or None where the frame
+        should be scanned whole: a hinted face was not found again (no face overlapping its box by
+        ``REGION_FOUND_IOU``), or a region would not box it as a full scan does (:func:`region_suits`).
+        Faces outside every region are not looked for.
         """
         from dfpipe.tracks import iou_matrix
 
-        found = self._in_regions([(f, h) for f, hs in zip(frames, hints, strict=True) for h in hs])
+        suits = [
+            len(hs) > 0 and all(region_suits(f, h) for h in hs) for f, hs in zip(frames, hints, strict=True)
+        ]
+        asked = [(f, hs) for f, hs, ok in zip(frames, hints, suits, strict=True) if ok]
+        found = iter(self._in_regions([(f, h) for f, hs in asked for h in hs]))
         self.n_region_calls += 1
-        out, k = [], 0
-        for hs in hints:
-            mine, k = found[k : k + len(hs)], k + len(hs)
-            boxes = np.concatenate([b for b, _ in mine]) if mine else np.zeros((0, 4), np.float32)
-            probs = np.concatenate([p for _, p in mine]) if mine else np.zeros((0,), np.float32)
-            lost = any(len(b) == 0 or iou_matrix(b, h[None]).max() < REGION_FOUND_IOU for (b, _), h in zip(mine, hs))
+        out = []
+        for ok, hs in zip(suits, hints, strict=True):
+            mine = [next(found) for _ in hs] if ok else []
+            lost = not ok or any(
+                len(b) == 0 or iou_matrix(b, h[None]).max() < REGION_FOUND_IOU
+                for (b, _), h in zip(mine, hs, strict=True)
+            )
             if lost:
                 out.append(None)
                 continue
+            boxes = np.concatenate([b for b, _ in mine])
+            probs = np.concatenate([p for _, p in mine])
             keep = _nms(boxes, probs, 0.5)  # a face seen from two neighbouring regions is one face
             out.append((boxes[keep], probs[keep]))
         return out
@@ -144,12 +161,16 @@ class FaceDetector:
         """``(boxes, probs)`` in frame pixels found in a region around each ``(frame, box)``."""
         if not items:
             return []
-        crops, mapping = [], []
+        crops, mapping, small = [], [], {}
         for frame, box in items:
-            side = max(float(box[2] - box[0]), float(box[3] - box[1]), 2.0) * (1 + 2 * ROI_MARGIN)
-            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-            crops.append(cv2.cvtColor(crop_face(frame, box, ROI_MARGIN, ROI_SIZE), cv2.COLOR_BGR2RGB))
-            mapping.append((cx - side / 2, cy - side / 2, side / ROI_SIZE))
+            # Cut from the frame as a full scan sees it (shrunk to long_side): the face has the pixels
+            # it has there, so its box agrees with a full scan's, and the cut is cheap.
+            if id(frame) not in small:
+                small[id(frame)] = self._shrunk(frame)
+            image, scale = small[id(frame)]
+            crop, x0, y0, side = region_crop(image, box * scale, ROI_MARGIN, ROI_SIZE)
+            crops.append(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
+            mapping.append((x0 / scale, y0 / scale, side / scale / ROI_SIZE))
         self.n_regions += len(items)
         out = []
         min_size = ROI_MIN_FACE if self.engine == "cascade" else self.min_face_size
@@ -173,20 +194,14 @@ class FaceDetector:
            around it (:meth:`detect_regions`' regions) and the box passes when a face of ``min_prob``
            or more overlaps it by ``min_iou``.
         """
-        import torch
-
         from dfpipe.tracks import iou_matrix
 
         counts = [len(b) for b in boxes]
         flat = [(f, b) for f, bs in zip(frames, boxes, strict=True) for b in bs]
         if not flat:
             return [np.zeros((0,), bool) for _ in frames]
-        crops = [crop_face(f, b, 0.0, 48) for f, b in flat]
-        x = torch.from_numpy(np.stack(crops)[..., ::-1].copy()).to(self.device)  # BGR -> RGB
-        x = (x.permute(0, 3, 1, 2).float() - 127.5) * 0.0078125
-        with torch.inference_mode():
-            onet_prob = self._mtcnn.onet(x)[2][:, 1].float().cpu().numpy()
-        ok = onet_prob >= ONET_PASS
+        crops = [cv2.cvtColor(crop_face(f, b, 0.0, 48), cv2.COLOR_BGR2RGB) for f, b in flat]
+        ok = self._cascade.onet_probability(crops) >= ONET_PASS
         doubtful = np.flatnonzero(~ok)
         for i, (b, p) in zip(doubtful, self._in_regions([flat[i] for i in doubtful]), strict=True):
             b = b[p >= min_prob]
@@ -199,9 +214,10 @@ class FaceDetector:
 ENGINES = ("cascade", "facenet")
 # O-Net's probability that passes a box outright; below it, a region-of-interest detection decides.
 ONET_PASS = 0.5
-ROI_SIZE = 96
+ROI_SIZE = 128
 ROI_MARGIN = 0.5  # the region is twice the box's side: room for the face to have moved a little
-ROI_MIN_FACE = 20  # in region pixels: the face is about 48 px there, so it may shrink to 40% of its size
+ROI_MIN_FACE = 20  # in region pixels: the face is about 64 px there; P-Net levels down to faces of 20 px
+REGION_EDGE = 0.1  # a box reaching further out of the frame than this share of its side is cut by the edge
 REGION_FOUND_IOU = 0.1  # a face found in a region is the hinted one when it overlaps the hint at all
 
 
@@ -215,6 +231,36 @@ def _nms(boxes: np.ndarray, probs: np.ndarray, iou: float) -> np.ndarray:
         if not keep or iou_matrix(boxes[i][None], boxes[keep]).max() < iou:
             keep.append(int(i))
     return np.array(keep, dtype=np.int64)
+
+
+def region_suits(frame: np.ndarray, box: np.ndarray) -> bool:
+    """Whether a region around ``box`` finds its face as a full scan would: the box inside the frame
+    (by ``REGION_EDGE`` of its side) and the region smaller than the frame's short side."""
+    h, w = frame.shape[:2]
+    side = max(float(box[2] - box[0]), float(box[3] - box[1]))
+    slack = REGION_EDGE * side
+    inside = box[0] >= -slack and box[1] >= -slack and box[2] <= w + slack and box[3] <= h + slack
+    return bool(inside) and side * (1 + 2 * ROI_MARGIN) <= min(h, w)
+
+
+def region_crop(
+    frame: np.ndarray, box: np.ndarray, margin: float, size: int
+) -> tuple[np.ndarray, int, int, int]:
+    """The square of whole pixels around ``box`` enlarged by ``margin`` per side, area-resized to
+    ``size`` (as a full scan shrinks its frame: a warp would alias a large face and move its box);
+    edges replicated. Returns the crop and the square's left, top and side in frame pixels."""
+    side = max(2, round(max(float(box[2] - box[0]), float(box[3] - box[1])) * (1 + 2 * margin)))
+    x0 = round((float(box[0]) + float(box[2]) - side) / 2)
+    y0 = round((float(box[1]) + float(box[3]) - side) / 2)
+    h, w = frame.shape[:2]
+    inner = frame[max(0, y0) : min(h, y0 + side), max(0, x0) : min(w, x0 + side)]
+    pads = (max(0, -y0), max(0, y0 + side - h), max(0, -x0), max(0, x0 + side - w))
+    if inner.size == 0:
+        inner = np.zeros((1, 1, 3), frame.dtype)
+    if any(pads):
+        inner = cv2.copyMakeBorder(inner, *pads, cv2.BORDER_REPLICATE)
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(inner, (size, size), interpolation=interp), x0, y0, side
 
 
 def crop_face(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:

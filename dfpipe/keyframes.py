@@ -173,7 +173,9 @@ class KeyframeDetector:
         scan = [p for p in keys if p in full or not self.regional]
         self._detect_at(buf, known, scan)
         # The other keyframes: around the faces of the latest frame known before each.
-        self._detect_around(buf, known, {p: known[max(q for q in known if q < p)] for p in keys if p not in scan})
+        self._detect_around(
+            buf, known, {p: known[max(q for q in known if q < p)] for p in keys if p not in scan}
+        )
         points = sorted(known)
         fills: dict[int, Detection] = {}
         gaps = list(pairwise(points))

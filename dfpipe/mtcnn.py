@@ -9,7 +9,8 @@ wheel), thresholds, pyramid, non-maximum suppressions and box regressions. Two c
   calls torch's ``interpolate`` once per candidate: about 0.15 ms each, and real footage gives a
   hundred or more candidates per frame).
 
-Profiled on real 1080p clips these two were about a quarter of the detector's time. Boxes agree with
+Profiled on real 1080p clips these two were about a quarter of the detector's time. The networks
+run channels-last (NHWC): on a CPU that makes R-Net and O-Net 2.8x faster, with the same results. Boxes agree with
 facenet-pytorch's to the resampling's rounding; ``bench/extract_throughput.py`` measures the
 agreement with full-resolution detection. The pyramid can start above the smallest face a frame
 can hold (``min_size``) and step by another ``factor``: fewer, cheaper P-Net levels.
@@ -43,7 +44,15 @@ class Cascade:
     """``detect(images)``: faces of each same-size uint8 RGB image, as facenet-pytorch's MTCNN finds them."""
 
     def __init__(self, pnet, rnet, onet, device: str, thresholds=(0.6, 0.7, 0.7), factor: float = 0.709):
-        self.pnet, self.rnet, self.onet = pnet, rnet, onet
+        import copy
+
+        import torch
+
+        # Channels-last copies of the networks: the same results (to 1e-6), and on a CPU oneDNN runs
+        # them 1.4x (P-Net) to 2.8x (R-Net, O-Net) faster than in NCHW.
+        self.pnet, self.rnet, self.onet = (
+            copy.deepcopy(net).to(memory_format=torch.channels_last).eval() for net in (pnet, rnet, onet)
+        )
         self.device = device
         self.thresholds = tuple(thresholds)
         self.factor = factor
@@ -53,7 +62,16 @@ class Cascade:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(np.stack(images))).to(self.device)
-        return (x.permute(0, 3, 1, 2).float() - 127.5) * 0.0078125
+        # HxWx3 images are channels-last already: permuting gives that layout with no copy.
+        x = (x.permute(0, 3, 1, 2).float() - 127.5) * 0.0078125
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def onet_probability(self, images: list[np.ndarray]) -> np.ndarray:
+        """O-Net's face probability of each 48x48 uint8 RGB image (the last stage alone)."""
+        import torch
+
+        with torch.inference_mode():
+            return _batched(self.onet, self._tensor(images))[2][:, 1].float().cpu().numpy()
 
     def detect(self, images: list[np.ndarray], min_size: float) -> list[Faces]:
         import torch
@@ -170,7 +188,9 @@ def _cuts(images, boxes, inds, w: int, h: int, size: int) -> tuple[list[np.ndarr
     ok = (y2 > y1 - 1) & (x2 > x1 - 1)
     owner = inds.cpu().numpy()
     cuts = [
-        cv2.resize(images[owner[k]][y1[k] - 1 : y2[k], x1[k] - 1 : x2[k]], (size, size), interpolation=cv2.INTER_AREA)
+        cv2.resize(
+            images[owner[k]][y1[k] - 1 : y2[k], x1[k] - 1 : x2[k]], (size, size), interpolation=cv2.INTER_AREA
+        )
         for k in np.flatnonzero(ok)
     ]
     return cuts, ok

@@ -145,30 +145,49 @@ def test_keyframe_detectors_of_several_videos_give_the_same_boxes_batched():
             idx = list(range(s, min(100, s + 8)))
             yield idx, [frame(video, i) for i in idx]
 
-    def boxes(detect_fn, video):
-        kd = KeyframeDetector(detect_fn, every=8, window=8, cut_threshold=1e9)
+    def regions(frames, hints):
+        """The face where a hint is, or None where the hinted face is gone."""
+        out = []
+        for f, hs in zip(frames, hints, strict=True):
+            found = detect([f])[0]
+            near = len(found[0]) and all(abs(found[0][0, 0] - h[0]) < 30 for h in hs)
+            out.append(found if near else None)
+        return out
+
+    def boxes(detect_fn, regions_fn, video):
+        kd = KeyframeDetector(
+            detect_fn, detect_regions=regions_fn, every=8, scan_every=32, window=8, cut_threshold=1e9
+        )
         return [(f.index, f.boxes.round(3).tolist()) for f in kd.run(stream(video))]
 
-    alone = [boxes(detect, v) for v in range(8)]
-    counted = Recorder()
+    alone = [boxes(detect, regions, v) for v in range(8)]
+    counted, counted_regions = Recorder(), Recorder()
 
     def counting(frames):
         counted.calls.append(len(frames))
         return detect(frames)
 
+    def counting_regions(frames, hints):
+        counted_regions.calls.append(len(frames))
+        return regions(frames, hints)
+
     batcher = CallBatcher(counting, max_items=64, max_wait=1.0, key=lambda f: f.shape)
+    region_batcher = CallBatcher(counting_regions, max_items=64, max_wait=1.0)
 
     def one(video):
         try:
-            return boxes(batcher, video)
+            return boxes(batcher, region_batcher, video)
         finally:
             batcher.leave()
+            region_batcher.leave()
 
     batcher.enter(8)
+    region_batcher.enter(8)
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(one, range(8)))
     assert together == alone
     assert max(counted.calls) >= 8, counted.calls
+    assert max(counted_regions.calls) >= 4, counted_regions.calls
 
 
 def test_an_empty_request_is_answered_at_once():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from dfpipe.faces import FaceDetector
 from dfpipe.mtcnn import pyramid_scales
 from dfpipe.tracks import iou_matrix
-from conftest import SHARED_DATA
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,9 @@ def test_the_pyramid_starts_at_the_smallest_face_that_counts():
     assert len(confident(FaceDetector(device="cpu", min_face_px=0).detect([frame])[0])) == 1
     assert len(confident(FaceDetector(device="cpu", min_face_px=60).detect([frame])[0])) == 0
     # facenet-pytorch's cascade keeps scanning from min_face_size, as the rows of older models were made
-    assert len(confident(FaceDetector(device="cpu", engine="facenet", min_face_px=60).detect([frame])[0])) == 1
+    assert (
+        len(confident(FaceDetector(device="cpu", engine="facenet", min_face_px=60).detect([frame])[0])) == 1
+    )
 
 
 def test_regions_find_the_face_around_its_box_and_say_when_it_is_gone(detectors):

@@ -191,7 +191,9 @@ def test_streams_every_frame_once_in_order_within_its_window(n, every, window, c
     chunk=st.integers(1, 17),
     present=st.lists(st.tuples(st.integers(0, 120), st.integers(1, 60)), max_size=3),
 )
-def test_with_regions_every_frame_once_in_order_and_boxes_only_on_faces(n, every, scans, window, chunk, present):
+def test_with_regions_every_frame_once_in_order_and_boxes_only_on_faces(
+    n, every, scans, window, chunk, present
+):
     """Any schedule with regions: every frame once, in order, in bounded memory; boxes only where a
     face is and where it is; and a face seen on a full scan is boxed from the keyframe before it."""
     spans = [(a, a + length) for a, length in present]

@@ -426,4 +426,7 @@ def test_extraction_options_added_later_keep_old_models_and_rows_as_they_were():
     assert rec["extract"]["scan_every"] == 0 and rec["extract"]["mtcnn"] == "facenet"
     made_before = recipe.with_added({k: C.to_dict(as_before)[k] for k in keys_before})
     expected = {k: C.to_dict(new)[k] for k in recipe.EXTRACT_OPTIONS}
-    assert recipe.differences(expected, made_before) == [("scan_every", 64, 0), ("mtcnn", "cascade", "facenet")]
+    assert recipe.differences(expected, made_before) == [
+        ("scan_every", 64, 0),
+        ("mtcnn", "cascade", "facenet"),
+    ]

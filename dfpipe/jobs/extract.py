@@ -101,8 +101,8 @@ class ExtractConfig(C.RunOptions):
     )
     videos_in_flight: int | None = C.option(
         None,
-        "videos an actor processes at once, one thread each, their detections batched into shared calls "
-        "(default: 16 on a GPU, where one keyframe per call wastes it; 1 on CPUs); each holds about "
+        "videos an actor processes at once, one thread each (default: 16 on a GPU, their detections batched into "
+        "shared calls, as one keyframe per call wastes a GPU; on CPUs one per CPU of the actor); each holds about "
         "detect_batch + 16 decoded frames",
     )
     manifest_flush_rows: int = C.option(500, "manifest rows per videos/ file (also flushed every 60 s)")
@@ -131,7 +131,8 @@ class ExtractConfig(C.RunOptions):
 
 
 def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtractStage:
-    in_flight = cfg.videos_in_flight or (GPU_VIDEOS_IN_FLIGHT if num_gpus > 0 else 1)
+    threads = max(1, int(cfg.cpus_per_worker))
+    in_flight = cfg.videos_in_flight or (GPU_VIDEOS_IN_FLIGHT if num_gpus > 0 else threads)
     return FaceExtractStage(
         faces_uri=faces_uri,
         config_hash=C.config_hash(cfg, OUTPUT_FIELDS),
@@ -155,7 +156,7 @@ def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtr
         track_iou=cfg.track_iou,
         track_max_gap=cfg.track_max_gap,
         device="cuda" if num_gpus > 0 and cfg.device == "auto" else cfg.device,
-        threads=max(1, int(cfg.cpus_per_worker)),
+        threads=threads,
         videos_in_flight=in_flight,
         storage_options=cfg.storage_options,
         resources=Resources(
@@ -223,7 +224,9 @@ def run(cfg: ExtractConfig) -> dict:
             "frames_per_s": round(frames / run.seconds, 2) if run.seconds > 0 else None,
             # Start-up (Ray, actors loading MTCNN) and the first video, apart from the rate after it.
             "first_video_s": None if run.first_s is None else round(run.first_s, 2),
-            "steady_frames_per_s": None if run.steady_rate("n_frames") is None else round(run.steady_rate("n_frames"), 2),
+            "steady_frames_per_s": None
+            if run.steady_rate("n_frames") is None
+            else round(run.steady_rate("n_frames"), 2),
         },
         config_hash,
     )
