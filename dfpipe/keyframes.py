@@ -127,8 +127,8 @@ class KeyframeDetector:
         self.regional = self.detect_regions is not None and self.scan_every > self.every
         self.cuts: list[int] = []  # frame indices that start a new shot
         self.n_detected = 0  # frames whose faces came from the detector (whole frame or regions)
-        self.n_scanned = 0  # of those, frames scanned whole, and frames where a region lost its face
-        self.n_lost = 0
+        self.n_scanned = 0  # of those, frames scanned whole
+        self.n_lost = 0  # frames where a region lost its face (scanned whole instead)
         self.n_rejected = 0  # gaps whose interpolated boxes failed verification and were re-detected
 
     def run(self, chunks: Iterable[tuple[list[int], list[np.ndarray]]]) -> Iterator[FrameFaces]:

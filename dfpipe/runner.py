@@ -239,7 +239,9 @@ def map_stage(ds, stage, n_rows: int | None = None):
         fn_constructor_kwargs={"stage": stage},
         batch_size=res.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=start, max_size=size),
+        compute=ray.data.ActorPoolStrategy(
+            min_size=start, max_size=size, max_tasks_in_flight_per_actor=res.tasks_in_flight
+        ),
         num_cpus=res.num_cpus,
         num_gpus=res.num_gpus,
     )

@@ -28,6 +28,9 @@ class Resources:
     num_gpus: float = 0.0
     batch_size: int = 1
     max_workers: int | None = None
+    # Tasks (batches) sent to one worker at once (None: Ray Data's default). 1 where a task is long
+    # (a whole video): queued on a busy worker, the last tasks wait there while another worker idles.
+    tasks_in_flight: int | None = None
 
 
 class Stage(Protocol):

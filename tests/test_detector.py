@@ -111,3 +111,28 @@ def test_verify_passes_a_face_box_and_fails_an_empty_one(detectors):
 def test_an_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="engine must be one of"):
         FaceDetector(device="cpu", engine="dlib")
+
+
+def test_a_face_filling_the_frame_or_no_hint_is_scanned_whole(detectors):
+    det = detectors["cascade"]
+    frame = astronaut_scene(640, 360, face_side=110)
+    box = confident(det.detect([frame])[0])[:1]
+    huge = np.array([[100, 0, 500, 400]], np.float32)  # its region is larger than the frame
+    found = det.detect_regions([frame] * 3, [box, huge, np.zeros((0, 4), np.float32)])
+    assert found[0] is not None and found[1:] == [None, None]
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "unlabelled" / "sample_3.mp4").exists(), reason="../shared/data is absent"
+)
+def test_a_real_face_cut_by_the_frame_edge_is_scanned_whole(detectors):
+    """A real clip (unlabelled/sample_3.mp4): a face larger than the frame, its box well beyond the top edge.
+    A region (mostly replicated edge) finds it with another box (IoU about 0.7 with the full scan's),
+    so the frame is scanned whole instead."""
+    cap = cv2.VideoCapture(str(SHARED_DATA / "unlabelled" / "sample_3.mp4"))
+    ok, frame = cap.read()
+    cap.release()
+    det = detectors["cascade"]
+    box = confident(det.detect([frame])[0])[:1]
+    assert ok and len(box) and box[0, 1] < -0.1 * (box[0, 3] - box[0, 1]), "the face is cut by the top edge"
+    assert det.detect_regions([frame], [box]) == [None]

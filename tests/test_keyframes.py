@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -138,6 +140,36 @@ def test_a_scene_cut_is_detected_both_sides_and_ends_tracks():
     assert {int(t[0]) for t, f in zip(ids, out, strict=True) if f.index >= 13} == {1}
 
 
+def stream_checked(
+    make_detector, n, window, every, chunk, present
+) -> tuple[Script, set[int], Callable[[int], bool]]:
+    """Runs a detector over faces ``moving`` through the ``present`` spans and checks what holds for
+    any schedule: every frame once, in order; frames held never exceed window + every; a box only
+    where the face is, and where it is. Returns the script, the boxed frames and ``visible``."""
+    spans = [(a, a + length) for a, length in present]
+
+    def visible(i):
+        return any(a <= i < b for a, b in spans)
+
+    script = Script(lambda i: moving(i) if visible(i) else EMPTY)
+    pulled, seen, boxed = [], [], set()
+
+    def source():
+        for idx, frames in chunks(script, n, chunk):
+            pulled.extend(idx)
+            yield idx, frames
+
+    for f in make_detector(script).run(source()):
+        seen.append(f.index)
+        assert len(pulled) - len(seen) <= max(window, every) + every + chunk
+        if len(f.boxes):
+            assert visible(f.index), f"a box on frame {f.index}, where there is no face"
+            np.testing.assert_allclose(f.boxes, moving(f.index)[0], atol=1e-3)
+            boxed.add(f.index)
+    assert seen == list(range(n))
+    return script, boxed, visible
+
+
 @given(
     n=st.integers(1, 90),
     every=st.integers(1, 12),
@@ -146,38 +178,18 @@ def test_a_scene_cut_is_detected_both_sides_and_ends_tracks():
     present=st.lists(st.tuples(st.integers(0, 90), st.integers(1, 40)), max_size=3),
 )
 def test_streams_every_frame_once_in_order_within_its_window(n, every, window, chunk, present):
-    """Any schedule: every frame once, in order; frames held never exceed window + every; keyframes
-    detected; a box only where the face is, and the whole of every visible stretch of >= ``every``
-    frames found (the stated minimum duration)."""
-    spans = [(a, a + length) for a, length in present]
-
-    def visible(i):
-        return any(a <= i < b for a, b in spans)
-
-    def faces(i):
-        return moving(i) if visible(i) else EMPTY
-
-    script = Script(faces)
-    kf = KeyframeDetector(script, verify=script.verify, every=every, window=window)
-    pulled = []
-
-    def source():
-        for idx, frames in chunks(script, n, chunk):
-            pulled.extend(idx)
-            yield idx, frames
-
-    seen, boxed = [], set()
-    for f in kf.run(source()):
-        seen.append(f.index)
-        assert len(pulled) - len(seen) <= max(window, every) + every + chunk
-        if len(f.boxes):
-            assert visible(f.index), f"a box on frame {f.index}, where there is no face"
-            np.testing.assert_allclose(f.boxes, moving(f.index)[0], atol=1e-3)
-            boxed.add(f.index)
-    assert seen == list(range(n))
+    """Any schedule (see ``stream_checked``); keyframes detected, and the whole of every visible
+    stretch of >= ``every`` frames found (the stated minimum duration)."""
+    script, boxed, visible = stream_checked(
+        lambda s: KeyframeDetector(s, verify=s.verify, every=every, window=window),
+        n,
+        window,
+        every,
+        chunk,
+        present,
+    )
     assert set(range(0, n, every)) | {n - 1} <= set(script.calls)
-    visible_frames = {i for i in range(n) if visible(i)}
-    for i in visible_frames:
+    for i in {i for i in range(n) if visible(i)}:
         run = [j for j in range(i - every + 1, i + 1) if all(visible(k) for k in range(j, j + every))]
         if any(j >= 0 and j + every <= n for j in run):  # i lies in a visible stretch of >= every frames
             assert i in boxed, f"frame {i} of a face visible for >= {every} frames was missed"
@@ -194,33 +206,15 @@ def test_streams_every_frame_once_in_order_within_its_window(n, every, window, c
 def test_with_regions_every_frame_once_in_order_and_boxes_only_on_faces(
     n, every, scans, window, chunk, present
 ):
-    """Any schedule with regions: every frame once, in order, in bounded memory; boxes only where a
-    face is and where it is; and a face seen on a full scan is boxed from the keyframe before it."""
-    spans = [(a, a + length) for a, length in present]
-
-    def visible(i):
-        return any(a <= i < b for a, b in spans)
-
-    def faces(i):
-        return moving(i) if visible(i) else EMPTY
-
-    script = Script(faces)
-    kf = regional(script, every=every, scan_every=every * scans, window=window)
-    pulled, seen, boxed = [], [], set()
-
-    def source():
-        for idx, frames in chunks(script, n, chunk):
-            pulled.extend(idx)
-            yield idx, frames
-
-    for f in kf.run(source()):
-        seen.append(f.index)
-        assert len(pulled) - len(seen) <= max(window, every) + every + chunk
-        if len(f.boxes):
-            assert visible(f.index), f"a box on frame {f.index}, where there is no face"
-            np.testing.assert_allclose(f.boxes, moving(f.index)[0], atol=1e-3)
-            boxed.add(f.index)
-    assert seen == list(range(n))
+    """Any schedule with regions (see ``stream_checked``), and a face on a full scan is boxed there."""
+    script, boxed, visible = stream_checked(
+        lambda s: regional(s, every=every, scan_every=every * scans, window=window),
+        n,
+        window,
+        every,
+        chunk,
+        present,
+    )
     for i in set(script.calls) & {i for i in range(n) if visible(i)}:
         assert i in boxed, f"a face on a full scan ({i}) not boxed"
 

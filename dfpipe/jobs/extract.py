@@ -160,7 +160,11 @@ def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtr
         videos_in_flight=in_flight,
         storage_options=cfg.storage_options,
         resources=Resources(
-            num_cpus=cfg.cpus_per_worker, num_gpus=num_gpus, batch_size=in_flight, max_workers=cfg.num_workers
+            num_cpus=cfg.cpus_per_worker,
+            num_gpus=num_gpus,
+            batch_size=in_flight,
+            max_workers=cfg.num_workers,
+            tasks_in_flight=1,  # a task is videos_in_flight whole videos: none queued behind another
         ),
     )
 
