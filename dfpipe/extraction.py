@@ -66,30 +66,13 @@ class FaceExtractStage:
     resources: Resources = field(default_factory=Resources)
 
     def setup(self) -> None:
-        """Load the detector and share out the worker's ``threads`` CPUs.
-
-        On CPUs the work spreads over videos: with ``videos_in_flight`` of them (the job gives one
-        per CPU) each video thread decodes, detects and crops on one core. Measured on 2 CPUs over
-        the real clips: 125 frames/s, against 90 for one video with a decoding thread and a detection
-        thread (videos differ: a large face makes detection the slower half, a small one decoding,
-        and one video cannot balance them). A worker with fewer videos in flight than CPUs (a lone
-        video: score-video) decodes ahead on a thread of its own and detects on the rest. Letting
-        the decoder, torch and OpenCV each spread over every core only makes them contend.
-        """
-        import cv2
-        import torch
-
-        device = pick_device(self.device)
-        per_video = device == "cpu" and self.videos_in_flight >= self.threads
-        compute = (
-            1 if per_video else max(1, self.threads - 1)
-        )  # with one thread, decoding and detection share it
-        torch.set_num_threads(compute)
-        cv2.setNumThreads(compute)
+        """Load the detector (once per worker); :meth:`process_many` shares out the CPUs per batch."""
+        self.device = pick_device(self.device)
+        self._share_cpus(1)
         self.detector = FaceDetector(
             self.detect_long_side,
             self.min_face_size,
-            device=device,
+            device=self.device,
             engine=self.mtcnn,
             min_face_px=self.min_face_px,
         )
@@ -111,6 +94,27 @@ class FaceExtractStage:
                 self.detector.detect_regions,
             )
 
+    def _share_cpus(self, concurrent: int) -> None:
+        """Share the worker's ``threads`` CPUs among ``concurrent`` videos.
+
+        On CPUs the work spreads over videos: with one video per CPU (the job gives an actor as
+        many videos in flight as it has CPUs) each video thread decodes, detects and crops on one
+        core. Measured on 2 CPUs over the real clips: 125 frames/s, against 90 for one video with a
+        decoding thread and a detection thread (videos differ: a large face makes detection the
+        slower half, a small one decoding, and one video cannot balance them). With two or more
+        CPUs per video (a lone video: score-video) a video decodes ahead on a thread of its own and
+        torch and OpenCV get the rest. Letting the decoder, torch and OpenCV each spread over every
+        core only makes them contend.
+        """
+        import cv2
+        import torch
+
+        per_video = max(1, self.threads // max(1, concurrent))
+        compute = 1 if self.device == "cpu" and per_video < 2 else max(1, per_video - 1)
+        torch.set_num_threads(compute)
+        cv2.setNumThreads(compute)
+        self._prefetch = per_video >= 2
+
     def _batchers(self) -> list[CallBatcher]:
         return [b for b in (self._detect, self._verify, self._regions) if isinstance(b, CallBatcher)]
 
@@ -121,9 +125,10 @@ class FaceExtractStage:
         """Manifest rows for ``videos``, up to ``videos_in_flight`` of them at once (one thread each)."""
         if not hasattr(self, "detector"):
             self.setup()
-        if self.videos_in_flight <= 1 or len(videos) <= 1:
+        n = max(1, min(self.videos_in_flight, len(videos)))
+        if n == 1:
             return [self.process(v) for v in videos]
-        n = min(self.videos_in_flight, len(videos))
+        self._share_cpus(n)
         todo: queue.SimpleQueue = queue.SimpleQueue()
         for item in enumerate(videos):
             todo.put(item)
@@ -155,6 +160,8 @@ class FaceExtractStage:
         processed at the same time by this worker, which share its ``threads``."""
         if not hasattr(self, "detector"):
             self.setup()
+        if concurrent == 1:  # a video alone (not one of process_many's): all the CPUs are its
+            self._share_cpus(1)
         start = time.monotonic()
         row = manifest_row(video, self.config_hash)
         row["frame_stride"] = self.frame_stride
@@ -192,8 +199,7 @@ class FaceExtractStage:
     def _extract(self, path: str, video: dict, concurrent: int) -> tuple[pa.Table, dict, dict]:
         threads = decoder_threads(self.threads, concurrent)
         reader = VideoReader(path, self.frame_stride, self.limits, chunk=8, threads=threads)
-        # A CPU to spare beyond one per video in flight decodes ahead on a thread of its own.
-        chunks = prefetched(reader, depth=2) if self.threads > concurrent else reader
+        chunks = prefetched(reader, depth=2) if self._prefetch else reader
         keyframes = KeyframeDetector(
             self._detect,
             verify=self._verify if self.verify_boxes else None,
