@@ -68,7 +68,6 @@ class FaceExtractStage:
     def setup(self) -> None:
         """Load the detector (once per worker); :meth:`process_many` shares out the CPUs per batch."""
         self.device = pick_device(self.device)
-        self._share_cpus(1)
         self.detector = FaceDetector(
             self.detect_long_side,
             self.min_face_size,
@@ -113,7 +112,6 @@ class FaceExtractStage:
         compute = 1 if self.device == "cpu" and per_video < 2 else max(1, per_video - 1)
         torch.set_num_threads(compute)
         cv2.setNumThreads(compute)
-        self._prefetch = per_video >= 2
 
     def _batchers(self) -> list[CallBatcher]:
         return [b for b in (self._detect, self._verify, self._regions) if isinstance(b, CallBatcher)]
@@ -199,7 +197,8 @@ class FaceExtractStage:
     def _extract(self, path: str, video: dict, concurrent: int) -> tuple[pa.Table, dict, dict]:
         threads = decoder_threads(self.threads, concurrent)
         reader = VideoReader(path, self.frame_stride, self.limits, chunk=8, threads=threads)
-        chunks = prefetched(reader, depth=2) if self._prefetch else reader
+        # Two or more CPUs for this video (see _share_cpus): one of them decodes ahead.
+        chunks = prefetched(reader, depth=2) if self.threads // concurrent >= 2 else reader
         keyframes = KeyframeDetector(
             self._detect,
             verify=self._verify if self.verify_boxes else None,

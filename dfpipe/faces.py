@@ -47,7 +47,6 @@ class FaceDetector:
     device: str = "auto"
     engine: str = "cascade"
     min_face_px: int = 0
-    pyramid_factor: float = 0.709
 
     def __post_init__(self):
         from facenet_pytorch import MTCNN
@@ -78,7 +77,6 @@ class FaceDetector:
             self._mtcnn.onet,
             self.device,
             self.thresholds,
-            self.pyramid_factor,
         )
 
     def _faces(self, images: list[np.ndarray], min_size: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -94,10 +92,8 @@ class FaceDetector:
             found, _ = detect_face(
                 np.stack(images), min_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor, m.device
             )
-        return [
-            (np.asarray(b, np.float32).reshape(-1, 5)[:, :4], np.asarray(b, np.float32).reshape(-1, 5)[:, 4])
-            for b in found
-        ]
+        found = [np.asarray(b, np.float32).reshape(-1, 5) for b in found]
+        return [(b[:, :4], b[:, 4]) for b in found]
 
     def detect(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(boxes (k,4) float32 in full-resolution pixels, probs (k,))`` per frame; k may be 0."""
@@ -133,6 +129,9 @@ class FaceDetector:
         ``REGION_FOUND_IOU``), or a region would not box it as a full scan does (:func:`region_suits`).
         Faces outside every region are not looked for.
         """
+        import torch
+        from torchvision.ops import nms
+
         from dfpipe.tracks import iou_matrix
 
         suits = [
@@ -153,7 +152,8 @@ class FaceDetector:
                 continue
             boxes = np.concatenate([b for b, _ in mine])
             probs = np.concatenate([p for _, p in mine])
-            keep = _nms(boxes, probs, 0.5)  # a face seen from two neighbouring regions is one face
+            # A face seen from two neighbouring regions is one face.
+            keep = nms(torch.from_numpy(boxes), torch.from_numpy(probs), 0.5).numpy()
             out.append((boxes[keep], probs[keep]))
         return out
 
@@ -219,18 +219,6 @@ ROI_MARGIN = 0.5  # the region is twice the box's side: room for the face to hav
 ROI_MIN_FACE = 20  # in region pixels: the face is about 64 px there; P-Net levels down to faces of 20 px
 REGION_EDGE = 0.1  # a box reaching further out of the frame than this share of its side is cut by the edge
 REGION_FOUND_IOU = 0.1  # a face found in a region is the hinted one when it overlaps the hint at all
-
-
-def _nms(boxes: np.ndarray, probs: np.ndarray, iou: float) -> np.ndarray:
-    """Indices of the boxes kept by greedy non-maximum suppression, most probable first."""
-    from dfpipe.tracks import iou_matrix
-
-    order = np.argsort(-probs, kind="stable")
-    keep: list[int] = []
-    for i in order:
-        if not keep or iou_matrix(boxes[i][None], boxes[keep]).max() < iou:
-            keep.append(int(i))
-    return np.array(keep, dtype=np.int64)
 
 
 def region_suits(frame: np.ndarray, box: np.ndarray) -> bool:

@@ -69,13 +69,20 @@ class Cascade:
     def onet_probability(self, images: list[np.ndarray]) -> np.ndarray:
         """O-Net's face probability of each 48x48 uint8 RGB image (the last stage alone)."""
         import torch
+        from facenet_pytorch.models.utils.detect_face import fixed_batch_process
 
         with torch.inference_mode():
-            return _batched(self.onet, self._tensor(images))[2][:, 1].float().cpu().numpy()
+            return fixed_batch_process(self._tensor(images), self.onet)[2][:, 1].float().cpu().numpy()
 
     def detect(self, images: list[np.ndarray], min_size: float) -> list[Faces]:
         import torch
-        from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, generateBoundingBox
+        from facenet_pytorch.models.utils.detect_face import (
+            batched_nms_numpy,
+            bbreg,
+            fixed_batch_process,
+            generateBoundingBox,
+            rerec,
+        )
         from torchvision.ops import batched_nms
 
         n = len(images)
@@ -110,20 +117,20 @@ class Cascade:
                 ],
                 dim=1,
             )
-            boxes = _square(boxes)
+            boxes = rerec(boxes)
 
             # R-Net on 24x24 cuts of every candidate.
             cuts, ok = _cuts(images, boxes, inds, w, h, 24)
             boxes, inds = boxes[ok], inds[ok]
             if len(boxes):
-                reg, prob = _batched(self.rnet, self._tensor(cuts))
+                reg, prob = fixed_batch_process(self._tensor(cuts), self.rnet)
                 score = prob[:, 1]
                 passed = score > self.thresholds[1]
                 boxes = torch.cat([boxes[passed, :4], score[passed, None]], dim=1)
                 inds, reg = inds[passed], reg[passed]
                 keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
                 boxes, inds, reg = boxes[keep], inds[keep], reg[keep]
-                boxes = _square(_regress(boxes, reg))
+                boxes = rerec(bbreg(boxes, reg))
 
             # O-Net on 48x48 cuts: final boxes, probabilities and five landmarks.
             points = torch.zeros((0, 5, 2))
@@ -131,7 +138,7 @@ class Cascade:
                 cuts, ok = _cuts(images, boxes, inds, w, h, 48)
                 boxes, inds = boxes[ok], inds[ok]
             if len(boxes):
-                reg, marks, prob = _batched(self.onet, self._tensor(cuts))
+                reg, marks, prob = fixed_batch_process(self._tensor(cuts), self.onet)
                 score = prob[:, 1]
                 passed = score > self.thresholds[2]
                 boxes = torch.cat([boxes[passed, :4], score[passed, None]], dim=1)
@@ -141,7 +148,7 @@ class Cascade:
                 px = bw[:, None] * marks[:, :5] + boxes[:, 0:1] - 1
                 py = bh[:, None] * marks[:, 5:10] + boxes[:, 1:2] - 1
                 points = torch.stack([px, py], dim=2)
-                boxes = _regress(boxes, reg)
+                boxes = bbreg(boxes, reg)
                 keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], inds, 0.7, "Min")
                 boxes, inds, points = boxes[keep], inds[keep], points[keep]
             boxes, inds, points = boxes.cpu().numpy(), inds.cpu().numpy(), points.cpu().numpy()
@@ -158,33 +165,12 @@ class Cascade:
         return out
 
 
-def _square(boxes):
-    """Boxes grown to squares about their centres (MTCNN's ``rerec``)."""
-    import torch
-
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    side = torch.maximum(w, h)
-    x1 = boxes[:, 0] + w * 0.5 - side * 0.5
-    y1 = boxes[:, 1] + h * 0.5 - side * 0.5
-    return torch.stack([x1, y1, x1 + side, y1 + side, boxes[:, 4]], dim=1)
-
-
-def _regress(boxes, reg):
-    """Boxes moved by the network's regression offsets (MTCNN's ``bbreg``)."""
-    import torch
-
-    w = boxes[:, 2] - boxes[:, 0] + 1
-    h = boxes[:, 3] - boxes[:, 1] + 1
-    moved = boxes[:, :4] + reg[:, :4] * torch.stack([w, h, w, h], dim=1)
-    return torch.cat([moved, boxes[:, 4:5]], dim=1)
-
-
 def _cuts(images, boxes, inds, w: int, h: int, size: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each box's pixels, clipped to the image as facenet-pytorch's ``pad`` clips them, resized to
-    ``size``; and which boxes had any pixels."""
-    b = boxes[:, :4].trunc().int().cpu().numpy()
-    x1, y1 = np.maximum(b[:, 0], 1), np.maximum(b[:, 1], 1)
-    x2, y2 = np.minimum(b[:, 2], w), np.minimum(b[:, 3], h)
+    """Each box's pixels, clipped to the image by facenet-pytorch's ``pad``, resized to ``size``;
+    and which boxes had any pixels."""
+    from facenet_pytorch.models.utils.detect_face import pad
+
+    y1, y2, x1, x2 = pad(boxes, w, h)
     ok = (y2 > y1 - 1) & (x2 > x1 - 1)
     owner = inds.cpu().numpy()
     cuts = [
@@ -194,11 +180,3 @@ def _cuts(images, boxes, inds, w: int, h: int, size: int) -> tuple[list[np.ndarr
         for k in np.flatnonzero(ok)
     ]
     return cuts, ok
-
-
-def _batched(net, x, batch: int = 512):
-    """``net`` over ``x`` in slices (bounded memory on a GPU), outputs concatenated."""
-    import torch
-
-    outs = [net(x[i : i + batch]) for i in range(0, len(x), batch)]
-    return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))

@@ -218,6 +218,7 @@ def run(cfg: ExtractConfig) -> dict:
         )
     )
     frames = run.sums["n_frames"]
+    steady = run.steady_rate("n_frames")
     return write_stats(
         storage.Folder(cfg.output, opts),
         outputs.extraction_stats(cfg.output, opts, catalog.num_rows),
@@ -228,9 +229,7 @@ def run(cfg: ExtractConfig) -> dict:
             "frames_per_s": round(frames / run.seconds, 2) if run.seconds > 0 else None,
             # Start-up (Ray, actors loading MTCNN) and the first video, apart from the rate after it.
             "first_video_s": None if run.first_s is None else round(run.first_s, 2),
-            "steady_frames_per_s": None
-            if run.steady_rate("n_frames") is None
-            else round(run.steady_rate("n_frames"), 2),
+            "steady_frames_per_s": None if steady is None else round(steady, 2),
         },
         config_hash,
     )
