@@ -29,7 +29,7 @@ lock:
 # The main job on the embedded default: generated sample data, a local Ray, local files.
 # A second `make demo` reuses everything already computed.
 demo: install
-	[ -d $(DEMO_DIR)/dataset ] || $(PYTHON) -m dfpipe.sample $(DEMO_DIR)/dataset --videos 40 --frames 40 --parts 5 --seed 0
+	[ -d $(DEMO_DIR)/dataset ] || $(PYTHON) -m dfpipe.sampledata $(DEMO_DIR)/dataset --videos 40 --frames 40 --parts 5 --seed 0
 	$(PYTHON) jobs/run.py --input $(DEMO_DIR)/dataset --output $(DEMO_DIR)/run --config configs/demo.yaml
 
 # The default tier: every test but the slow ones (tests/conftest.py sets the tiers), in minutes.

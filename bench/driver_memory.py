@@ -127,9 +127,10 @@ def models(root: str) -> str:
     import torch
 
     from dfpipe import config as C
-    from dfpipe import modelio, recipe
+    from dfpipe import recipe
     from dfpipe.jobs import extract as extract_job
     from dfpipe.jobs import segment as segment_job
+    from dfpipe.train import modelio
 
     out = os.path.join(root, "model")
     if os.path.exists(os.path.join(out, "model.json")):

@@ -41,7 +41,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from _memory import PeakMemory  # noqa: E402
 
-from dfpipe.sample import ClipSpec, write_clip  # noqa: E402
+from dfpipe.sampledata.generate import ClipSpec, write_clip  # noqa: E402
 
 TARGETS = {
     "stage_x_decode": 0.5,
@@ -183,7 +183,7 @@ def dfdc_practice(
     call, each face cropped from the full-resolution frame (160 px, margin 0.2, as dfpipe crops)."""
     from facenet_pytorch import MTCNN
 
-    from dfpipe.faces import crop_face
+    from dfpipe.extract.faces import crop_face
 
     mtcnn = MTCNN(keep_all=True, device="cpu", post_process=False)
     _warm_up(lambda f: mtcnn.detect(f[None]))
@@ -237,7 +237,7 @@ def catalog_rows(paths: list[str]):
 
 def stage_in_process(paths: list[str], out: str, threads: int, **settings) -> tuple[int, float, int, int]:
     """Frames, seconds, frames detected (whole or in regions) and frames scanned whole."""
-    from dfpipe.extraction import FaceExtractStage
+    from dfpipe.extract.stage import FaceExtractStage
 
     # As the job runs it on a CPU worker of ``threads`` CPUs: one video per CPU at a time.
     stage = FaceExtractStage(faces_uri=out, threads=threads, videos_in_flight=threads, **settings)
@@ -323,8 +323,8 @@ def agreement(faces_dir: str, ref: dict, min_prob: float, min_face_px: int) -> d
     import pyarrow.parquet as pq
 
     from dfpipe import records as R
-    from dfpipe.faces import face_flags
-    from dfpipe.tracks import iou_matrix
+    from dfpipe.extract.faces import face_flags
+    from dfpipe.extract.tracks import iou_matrix
 
     ours: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     for name in sorted(os.listdir(faces_dir)):
@@ -381,7 +381,7 @@ def real_clips(folder: str, limit: int) -> list[str]:
 
 def compare_stage(paths, workdir, tag, variants, ref, threads, record) -> dict:
     """Time each stage variant on ``paths`` and measure its agreement with the reference boxes."""
-    from dfpipe.extraction import FaceExtractStage
+    from dfpipe.extract.stage import FaceExtractStage
 
     defaults = FaceExtractStage(faces_uri="")
     agree = {}
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = os.path.join(args.workdir, f"clips-{args.size}-{args.frames}")
     paths = make_clips(clips, 4 * n, args.frames, width, height)
 
-    from dfpipe.extraction import FaceExtractStage
+    from dfpipe.extract.stage import FaceExtractStage
 
     defaults = FaceExtractStage(faces_uri="")
     rates: dict[str, dict] = {}

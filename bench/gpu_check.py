@@ -36,8 +36,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dfpipe import config as C  # noqa: E402
-from dfpipe import modelio, recipe  # noqa: E402
-from dfpipe.decode import DecodeLimits, VideoReader  # noqa: E402
+from dfpipe import recipe  # noqa: E402
+from dfpipe.extract.decode import DecodeLimits, VideoReader  # noqa: E402
+from dfpipe.train import modelio
 
 TARGET_FRAMES_PER_S = 300.0
 TARGET_CLIP_SECONDS = 1.0
@@ -72,7 +73,7 @@ TINY = Size(2, 320, 240, 20, 20, 1, 4, 2, 8, 2, 1)
 
 def generate_clips(out: str, size: Size) -> list[str]:
     """Regular generated clips (a face moving, 30 fps, H.264) at ``size``; reused when present."""
-    from dfpipe import sample
+    from dfpipe.sampledata import generate as sample
 
     if not glob.glob(os.path.join(out, "**", "*.mp4"), recursive=True):
         sample.main(
@@ -136,8 +137,8 @@ def face_jpegs(n: int, size: int = 160) -> list[bytes]:
     """``n`` distinct face crops (the sample photograph, shifted and tinted) as JPEG bytes."""
     import cv2
 
-    from dfpipe.faces import encode_jpeg
-    from dfpipe.sample import _astronaut_bgr
+    from dfpipe.extract.faces import encode_jpeg
+    from dfpipe.sampledata.generate import _astronaut_bgr
 
     photo = _astronaut_bgr()
     rng = np.random.default_rng(0)
@@ -168,7 +169,7 @@ def decode_floor(clips: list[str], max_frames: int, threads: int) -> float:
 
 def extraction(clips: list[str], device: str, max_frames: int, threads: int, workdir: str) -> dict:
     """The extraction stage over ``clips``: frames/s including decode, detector frames per call."""
-    from dfpipe.extraction import FaceExtractStage
+    from dfpipe.extract.stage import FaceExtractStage
 
     in_flight = min(len(clips), 16 if device == "cuda" else threads)
     stage = FaceExtractStage(
@@ -221,7 +222,7 @@ def extraction(clips: list[str], device: str, max_frames: int, threads: int, wor
 def _context(datasets: dict, device: str):
     import torch
 
-    from dfpipe.training import LocalContext
+    from dfpipe.train.loops import LocalContext
 
     ctx = LocalContext(datasets)
     ctx.device = torch.device(device)
@@ -230,7 +231,7 @@ def _context(datasets: dict, device: str):
 
 def train_embedder(device: str, size: Size) -> dict:
     """Faces/s of the embedder's training loop (second epoch, after warm-up)."""
-    from dfpipe.training import embedder_loop
+    from dfpipe.train.loops import embedder_loop
 
     jpegs = face_jpegs(64)
     n = max(size.embed_batch, 64)
@@ -264,7 +265,7 @@ def train_embedder(device: str, size: Size) -> dict:
 
 def train_lstm(device: str, size: Size) -> dict:
     """Windows/s of the classifier's training loop (second epoch, after warm-up)."""
-    from dfpipe.training import classifier_loop
+    from dfpipe.train.loops import classifier_loop
 
     rng = np.random.default_rng(0)
     n, t, d = max(size.lstm_batch, 64), 16, 128

@@ -26,7 +26,7 @@ DEFAULT_MODEL = "out/demo/run/models/classifier"
 
 
 def dataset(workdir: str, videos: int, frames: int, size: str) -> str:
-    from dfpipe.sample import SampleConfig, generate
+    from dfpipe.sampledata.generate import SampleConfig, generate
 
     width, height = (int(v) for v in size.split("x"))
     out = os.path.join(workdir, f"score-data-{videos}-{frames}-{size}")

@@ -103,8 +103,8 @@ def generate(root: str, rows: int, per_video: int, seed: int = 0) -> tuple[int, 
 
 
 def core(root: str) -> tuple[int, float]:
-    from dfpipe.segmentation import FACE_COLUMNS
-    from dfpipe.windows import TrackRule, WindowSpec, segment_video
+    from dfpipe.segment.stage import FACE_COLUMNS
+    from dfpipe.segment.windows import TrackRule, WindowSpec, segment_video
 
     files = sorted(os.listdir(os.path.join(root, "faces")))
     start, rows = time.perf_counter(), 0

@@ -3,7 +3,7 @@
     python bench/stability.py [--seeds 0 1 2] [--videos 80] [--frames 40] [--swap standard|matched]
                               [--workdir out/stability] [--json]
 
-For each seed: a sample dataset of ``--videos`` clips in 5 parts (``python -m dfpipe.sample``, that
+For each seed: a sample dataset of ``--videos`` clips in 5 parts (``python -m dfpipe.sampledata``, that
 seed; part 3 validates, part 4 is the held-out test, as in ``make demo``), then the whole pipeline
 (``jobs/run.py --config configs/demo.yaml``) with that seed for both trainings, each in its own
 process. Prints per seed the embedder's validation AUC (distance to the REAL centroid), the
@@ -12,7 +12,7 @@ evaluation report, then their mean and worst. Target (issue 15): worst test accu
 log loss <= 0.2 on the standard generator.
 
 ``--swap matched`` generates the harder variant: colour-matched, feathered swaps without the
-donor's colour cast, and the same global grading on REAL and FAKE clips (see ``dfpipe.sample``).
+donor's colour cast, and the same global grading on REAL and FAKE clips (see ``dfpipe.sampledata.generate``).
 
 Every dataset is generated before any training starts; a second run reuses datasets and finished
 pipelines (delete ``--workdir`` to start again). Takes about 10 minutes per seed on 2 CPU cores.
@@ -37,7 +37,7 @@ def dataset(workdir: str, seed: int, videos: int, frames: int, swap: str) -> str
         tmp = out + ".part"
         subprocess.run(["rm", "-rf", tmp], check=True)
         subprocess.run(
-            [sys.executable, "-m", "dfpipe.sample", tmp, "--videos", str(videos), "--frames", str(frames),
+            [sys.executable, "-m", "dfpipe.sampledata", tmp, "--videos", str(videos), "--frames", str(frames),
              "--parts", "5", "--seed", str(seed), "--swap", swap],
             check=True, cwd=ROOT,
         )  # fmt: skip

@@ -299,7 +299,7 @@ def iter_tables(ds) -> Iterator[pa.Table]:
 
 
 class RayTrainContext:
-    """A :class:`dfpipe.training.TrainContext` backed by Ray Train, inside a TorchTrainer worker."""
+    """A :class:`dfpipe.train.loops.TrainContext` backed by Ray Train, inside a TorchTrainer worker."""
 
     def __init__(self, progress=None):
         import ray.train
@@ -329,7 +329,7 @@ class RayTrainContext:
     def latest_checkpoint(self):
         import ray.train
 
-        from dfpipe.modelio import load_state
+        from dfpipe.train.modelio import load_state
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
@@ -355,7 +355,7 @@ class RayTrainContext:
     def _tell_driver(self, metrics: dict) -> None:
         """Epoch metrics go to the driver, which prints them once (worker stdout is only logged)."""
         if self.progress is None:
-            from dfpipe.training import epoch_line
+            from dfpipe.train.loops import epoch_line
 
             print(epoch_line(metrics), flush=True)
             return
@@ -414,7 +414,7 @@ def fit(
 
     from dfpipe import storage
     from dfpipe.config import JobError
-    from dfpipe.modelio import load_state
+    from dfpipe.train.modelio import load_state
 
     fs, path = storage.arrow_filesystem(storage_path, storage_options)
     # Ray Train waits start_timeout for its workers to be placed, then tries again; the tries are

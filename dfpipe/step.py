@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -202,3 +203,21 @@ def write_stats(output: storage.Folder, stats: dict, run: dict, config_hash: str
     stats = {**stats, "run": run, "config_hash": config_hash}
     output.write_json("stats.json", stats)
     return stats
+
+
+class StepTimer:
+    """``with timer("embed"): ...`` adds the block's wall time to ``timer.seconds["embed"]``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
+
+    def rounded(self, digits: int = 3) -> dict[str, float]:
+        return {k: round(v, digits) for k, v in self.seconds.items()}

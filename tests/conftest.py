@@ -104,7 +104,7 @@ def ray_session(s3_endpoint):
 
 
 def make_sample(root: Path, **overrides) -> Path:
-    from dfpipe.sample import SampleConfig, generate
+    from dfpipe.sampledata.generate import SampleConfig, generate
 
     generate(str(root), SampleConfig(**{**SMALL, **overrides}))
     return root

@@ -139,7 +139,7 @@ def assert_check_names_a_broken_copy(output: Path, tmp_path: Path, ok_video: str
     """A copy of the extraction ``output`` with every row of a manifest chunk twice, ``ok_video``'s face
     shard gone, a half-written file and a wrong count in stats.json: `dfpipe check` names each."""
     from dfpipe.cli import main
-    from dfpipe.verify import check_output
+    from dfpipe.invariants import check_output
 
     broken = tmp_path / "broken"
     shutil.copytree(output, broken)

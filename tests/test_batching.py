@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from dfpipe.batching import CallBatcher
-from dfpipe.keyframes import KeyframeDetector
+from dfpipe.extract.batching import CallBatcher
+from dfpipe.extract.keyframes import KeyframeDetector
 
 
 class Recorder:

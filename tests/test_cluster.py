@@ -76,8 +76,8 @@ def test_storage_every_node_sees_passes_and_the_job_runs(local_cluster, sample_d
         "face_size=64", "max_frames=6",
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    from dfpipe.invariants import check_output
     from dfpipe.outputs import read_manifest
-    from dfpipe.verify import check_output
 
     manifest = read_manifest(str(out)).to_pandas()
     assert len(manifest) == 2 and manifest.video_id.is_unique and (manifest.status == "ok").all()
@@ -224,11 +224,11 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
     step a worker node is killed (every process, SIGKILL) while it does the step's work, and a
     replacement joins. Each job finishes, `dfpipe check` finds nothing lost or doubled, and each
     training resumed from its checkpoint with every epoch once in its history."""
-    from dfpipe.catalog import build_catalog
+    from dfpipe.extract.catalog import build_catalog
+    from dfpipe.invariants import check_output
     from dfpipe.jobs.rescore import dump_output
     from dfpipe.outputs import read_manifest, read_scores
     from dfpipe.storage import StorageOptions, read_json
-    from dfpipe.verify import check_output
 
     data, run = f"s3://{BUCKET}/data", f"s3://{BUCKET}/run"
     s3.put(str(sample_dataset), data.removeprefix("s3://"), recursive=True)

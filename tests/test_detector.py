@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
-from dfpipe.faces import FaceDetector
-from dfpipe.mtcnn import pyramid_scales
-from dfpipe.tracks import iou_matrix
+from dfpipe.extract.faces import FaceDetector
+from dfpipe.extract.mtcnn import pyramid_scales
+from dfpipe.extract.tracks import iou_matrix
 
 
 @pytest.fixture(scope="module")

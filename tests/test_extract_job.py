@@ -12,10 +12,10 @@ from faults import assert_check_names_a_broken_copy
 
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.catalog import build_catalog
 from dfpipe.cli import main
+from dfpipe.extract.catalog import build_catalog
+from dfpipe.invariants import check_output
 from dfpipe.outputs import read_manifest
-from dfpipe.verify import check_output
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["face_size=64", "detect_batch=8"]
@@ -58,7 +58,7 @@ def test_extract_sample_end_to_end(sample_extracted, sample_dataset):
     faces = res["faces"]
     from conftest import SMALL
 
-    from dfpipe.sample import SampleConfig, plan
+    from dfpipe.sampledata.generate import SampleConfig, plan
 
     kinds = {f"{c.video_id}.mp4": c for c in plan(SampleConfig(**SMALL))}
     for filename, clip in kinds.items():

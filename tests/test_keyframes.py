@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dfpipe.keyframes import KeyframeDetector, match_faces
-from dfpipe.tracks import greedy_match, iou_matrix, link_tracks
+from dfpipe.extract.keyframes import KeyframeDetector, match_faces
+from dfpipe.extract.tracks import greedy_match, iou_matrix, link_tracks
 
 EMPTY = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dfpipe import metrics as M
-from dfpipe import modelio
-from dfpipe.models.classifier import WindowClassifier
-from dfpipe.models.losses import batch_hard_triplet_loss, contrastive_l1_loss
-from dfpipe.training import LocalContext, classifier_loop, embedder_loop
+from dfpipe.score import metrics as M
+from dfpipe.train import modelio
+from dfpipe.train.loops import LocalContext, classifier_loop, embedder_loop
+from dfpipe.train.models.classifier import WindowClassifier
+from dfpipe.train.models.losses import batch_hard_triplet_loss, contrastive_l1_loss
 
 
 def test_triplet_loss_hand_computed():
@@ -55,7 +55,7 @@ def test_window_classifier_shapes(bidirectional, layers):
 
 
 def test_embedder_output_is_unit_length():
-    from dfpipe.models.embedder import FaceEmbedder
+    from dfpipe.train.models.embedder import FaceEmbedder
 
     model = FaceEmbedder(code_dim=16).eval()
     codes = model(torch.randn(2, 3, 80, 80))
@@ -155,7 +155,7 @@ def _faces(n: int, fake: bool, rng) -> dict:
     import cv2
     from skimage import data
 
-    from dfpipe.faces import encode_jpeg
+    from dfpipe.extract.faces import encode_jpeg
 
     face = data.astronaut()[40:200, 150:300]
     out = []
@@ -202,7 +202,7 @@ def test_training_curves_give_each_kind_of_quantity_its_own_panel():
     """Counts (val_faces: hundreds) never share an axis with AUC (0..1)."""
     import matplotlib.pyplot as plt
 
-    from dfpipe.training import curves_figure
+    from dfpipe.train.loops import curves_figure
 
     history = [
         {
@@ -241,7 +241,7 @@ def _passes(data: dict, n: int, rng, chunk: int = 16):
 
 
 def test_video_batches_draw_each_batch_from_many_videos_and_use_every_row():
-    from dfpipe.sampling import video_batches
+    from dfpipe.train.sampler import video_batches
 
     data = _stream(10, 13, None)
     batches = list(video_batches(_passes(data, 1, np.random.default_rng(0)), 16, 2, np.random.default_rng(1)))
@@ -256,7 +256,7 @@ def test_video_batches_draw_each_batch_from_many_videos_and_use_every_row():
 def test_video_batches_keep_a_bounded_buffer_and_mix_a_stream_stored_video_by_video():
     """A stream in storage order (one video after another) still gives batches of many videos once the
     buffer holds them; the buffer never grows past its bound plus one chunk."""
-    from dfpipe import sampling
+    from dfpipe.train import sampler as sampling
 
     data = _stream(40, 20, None)
     chunks = [{k: v[i : i + 16] for k, v in data.items()} for i in range(0, 800, 16)]
@@ -277,7 +277,7 @@ def test_video_batches_keep_a_bounded_buffer_and_mix_a_stream_stored_video_by_vi
 
 
 def test_video_batches_are_reproducible_by_seed_and_differ_between_passes():
-    from dfpipe.sampling import video_batches
+    from dfpipe.train.sampler import video_batches
 
     data = _stream(12, 10, None)
 
@@ -294,7 +294,7 @@ def test_video_batches_are_reproducible_by_seed_and_differ_between_passes():
 
 def test_training_batches_span_videos_on_a_local_context():
     """The loops' own batches (both classes, P x K): a local worker reads its datasets through the sampler."""
-    from dfpipe.training import _train_batches
+    from dfpipe.train.loops import _train_batches
 
     rng = np.random.default_rng(0)
     ctx = LocalContext({"train_real": _faces(24, False, rng) | {"video_id": np.repeat(list("abcdef"), 4)}})

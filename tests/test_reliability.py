@@ -27,8 +27,8 @@ from faults import (
 from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.cli import main
+from dfpipe.invariants import check_output
 from dfpipe.outputs import read_manifest
-from dfpipe.verify import check_output
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["face_size=64", "max_frames=60"]
@@ -49,7 +49,7 @@ def manifest_by_id(output: str) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[Path, dict]:
-    from dfpipe.corpus import generate
+    from dfpipe.sampledata.corpus import generate
 
     out = tmp_path_factory.mktemp("corpus")
     return out / "dataset", generate(str(out), max_frames=60)
@@ -106,8 +106,8 @@ def test_check_passes_on_the_corpus_and_catches_corruption(corpus_extracted, tmp
 
 
 def test_decode_limits_refuse_by_rule(sample_dataset, tmp_path):
-    from dfpipe.decode import DecodeLimits
-    from dfpipe.extraction import FaceExtractStage
+    from dfpipe.extract.decode import DecodeLimits
+    from dfpipe.extract.stage import FaceExtractStage
 
     clip = sorted(sample_dataset.glob("dfdc_train_part_0/*.mp4"))[0]
     video = {"video_id": "v", "uri": str(clip), "filename": "v.mp4"}

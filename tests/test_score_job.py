@@ -14,15 +14,15 @@ import pytest
 
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.catalog import build_catalog
 from dfpipe.cli import main
 from dfpipe.config import JobError
+from dfpipe.extract.catalog import build_catalog
 from dfpipe.jobs.score_video import Scorer
 from dfpipe.outputs import read_scores
 
 
 def brute_auc(y, p) -> float:
-    """AUC by counting every (FAKE, REAL) pair: independent of dfpipe.metrics."""
+    """AUC by counting every (FAKE, REAL) pair: independent of dfpipe.score.metrics."""
     pos = [s for s, t in zip(p, y, strict=True) if t == 1]
     neg = [s for s, t in zip(p, y, strict=True) if t == 0]
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in itertools.product(pos, neg))
@@ -326,7 +326,7 @@ def test_overriding_the_recipe_is_said_out_loud(classifier_model):
 def test_a_poster_and_a_background_face_do_not_decide_the_score(classifier_model, tmp_path, capsys):
     """A printed photo in the corner and a tiny face behind: both found, both left out, and the
     video's probability is the main person's."""
-    from dfpipe.sample import ClipSpec, write_clip
+    from dfpipe.sampledata.generate import ClipSpec, write_clip
 
     clip = tmp_path / "poster.mp4"
     write_clip(ClipSpec("poster", "REAL", 0, 640, 480, 32, 10.0, scene_seed=5, kind="poster"), str(clip))
@@ -352,7 +352,7 @@ def test_a_poster_and_a_background_face_do_not_decide_the_score(classifier_model
 def report_of(splits: list[str | None]):
     import pandas as pd
 
-    from dfpipe import report as rep
+    from dfpipe.score import report as rep
 
     n = len(splits)
     videos = pd.DataFrame(

@@ -16,7 +16,7 @@ from dfpipe.outputs import read_summary, read_windows
 def independent_window_count(
     faces: pd.DataFrame, strides: dict, usable=("ok", "multi_face"), wl=16, ws=8
 ) -> dict:
-    """Windows per video counted with pandas, independently of dfpipe.windows."""
+    """Windows per video counted with pandas, independently of dfpipe.segment.windows."""
     out = {}
     t = faces[faces.track_id.notna() & faces.flag.isin(usable)].sort_values(
         ["video_id", "track_id", "frame_idx"]

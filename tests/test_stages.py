@@ -13,12 +13,12 @@ import pytest
 from dfpipe import config as C
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.catalog import build_catalog
-from dfpipe.decode import DecodeError, DecodeLimits, VideoReader
-from dfpipe.faces import crop_face, decode_jpeg, detection_scale, encode_jpeg, face_flags
+from dfpipe.extract.catalog import build_catalog
+from dfpipe.extract.decode import DecodeError, DecodeLimits, VideoReader
+from dfpipe.extract.faces import crop_face, decode_jpeg, detection_scale, encode_jpeg, face_flags
+from dfpipe.extract.tracks import iou_matrix, link_tracks
 from dfpipe.jobs.extract import ExtractConfig
-from dfpipe.sample import ClipSpec, SampleConfig, plan, write_clip
-from dfpipe.tracks import iou_matrix, link_tracks
+from dfpipe.sampledata.generate import ClipSpec, SampleConfig, plan, write_clip
 
 
 def test_iou_matrix_values():
@@ -127,7 +127,7 @@ def test_sample_clip_bytes_are_deterministic(tmp_path):
 def test_matched_swaps_carry_no_colour_cast_and_real_clips_share_the_grading():
     """The harder generator: a matched swap's face region keeps the original's colour (the standard
     swap shifts it), and a REAL clip's frames get the same global grading as its FAKEs."""
-    from dfpipe.sample import _astronaut_bgr, _FaceSwap, _grade, _Scene
+    from dfpipe.sampledata.generate import _astronaut_bgr, _FaceSwap, _grade, _Scene
 
     photo = _astronaut_bgr()
     real = ClipSpec("r", "REAL", 0, 320, 240, n_frames=1, fps=10.0, scene_seed=5, swap="matched")
@@ -266,7 +266,7 @@ def test_storage_roundtrip_and_safe_names(tmp_path):
 
 
 def test_extract_stage_without_ray(clip, tmp_path):
-    from dfpipe.extraction import FaceExtractStage
+    from dfpipe.extract.stage import FaceExtractStage
 
     stage = FaceExtractStage(faces_uri=str(tmp_path / "faces"), face_size=64, min_face_px=10)
     rows = [
@@ -316,7 +316,7 @@ def test_extract_stage_without_ray(clip, tmp_path):
 def test_prefetched_keeps_order_raises_and_stops_with_its_consumer():
     import time
 
-    from dfpipe.decode import prefetched
+    from dfpipe.extract.decode import prefetched
 
     assert list(prefetched(iter(range(10)), depth=2)) == list(range(10))
 
@@ -387,7 +387,7 @@ def explain_inputs():
 def test_explain_figure_title_clear_of_thumbnails_and_uncounted_tracks_apart():
     import matplotlib.pyplot as plt
 
-    from dfpipe.explain import explain_figure
+    from dfpipe.score.explain import explain_figure
 
     faces, record = explain_inputs()
     fig = explain_figure(faces, record, window_frames=16)

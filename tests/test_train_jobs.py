@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import CHAIN, EMBEDDER_ARGS
 
-from dfpipe import modelio
 from dfpipe.cli import main
+from dfpipe.train import modelio
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_overwrite_starts_a_model_again_but_keeps_the_logs(tmp_path):
 
 def _batch_videos_loop(cfg: dict, ctx) -> None:
     """A training loop without a model: records which videos each batch of each worker holds."""
-    from dfpipe.training import _train_batches
+    from dfpipe.train.loops import _train_batches
 
     streams = [_train_batches(ctx, name, cfg["half"], cfg, 0) for name in ("train_real", "train_fake")]
     for epoch in range(2):
@@ -298,8 +298,14 @@ def test_video_embed_stage_gives_the_codes_of_the_two_stage_path(segmented_sampl
     import pyarrow.compute as pc
 
     from dfpipe import outputs
-    from dfpipe.embedding import FaceCropsStage, VideoEmbedStage, WindowEmbedStage, video_groups, with_frames
     from dfpipe.jobs._codes import segmented_videos
+    from dfpipe.score.embed import (
+        FaceCropsStage,
+        VideoEmbedStage,
+        WindowEmbedStage,
+        video_groups,
+        with_frames,
+    )
 
     videos = segmented_videos(str(segmented_sample), None).slice(0, 3)
     windows = outputs.read_windows(str(segmented_sample))
@@ -335,8 +341,8 @@ def test_sampled_faces_stage_gives_the_faces_the_driver_used_to_sample(segmented
     import pyarrow.parquet as pq
 
     from dfpipe import outputs
-    from dfpipe.embedding import FaceCropsStage, SampledFacesStage, sample_faces
     from dfpipe.jobs._codes import segmented_videos
+    from dfpipe.score.embed import FaceCropsStage, SampledFacesStage, sample_faces
 
     seg = tmp_path / "segment"
     shutil.copytree(segmented_sample, seg)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dfpipe import records as R
-from dfpipe.windows import SplitRule, TrackRule, WindowSpec, runs_of, segment_video, windows_for_track
+from dfpipe.segment.windows import SplitRule, TrackRule, WindowSpec, runs_of, segment_video, windows_for_track
 
 
 @st.composite
@@ -226,7 +226,7 @@ def test_track_rule_keeps_the_best_track_when_none_passes():
 def test_a_poster_never_decides_the_video():
     """The poster's windows look FAKE, the person's REAL: the video is REAL. Before the track rule,
     the most suspicious track (the poster) decided."""
-    from dfpipe.scoring import VideoRule, video_row
+    from dfpipe.score.stage import VideoRule, video_row
 
     video = {"video_id": "v", "status": R.STATUS_OK, "n_tracks": 2, "n_tracks_counted": 1}
     windows = [{"track_id": 0, "start_frame": s, "logit": -3.0, "counted": True} for s in (0, 4, 8)]
@@ -245,7 +245,7 @@ def test_a_poster_never_decides_the_video():
 def test_a_confident_video_probability_is_clipped_and_the_window_probabilities_are_not():
     """Windows sure either way (logits of +-20) give a video probability at the rule's bounds, never 0
     or 1 (one confident mistake would dominate log loss); the windows keep their own probabilities."""
-    from dfpipe.scoring import VideoRule, video_row
+    from dfpipe.score.stage import VideoRule, video_row
 
     video = {"video_id": "v", "status": R.STATUS_OK, "n_tracks": 1, "n_tracks_counted": 1}
     for logit, bound in ((20.0, 0.99), (-20.0, 0.01)):
@@ -273,7 +273,7 @@ def test_track_rule_rejects_bad_settings(bad):
 def test_one_prior_shifts_probabilities_and_the_fallback_together():
     """The model is calibrated for 0.5 FAKE; prior_fake moves every probability by Bayes' rule and the
     fallback to the same value, and a prior equal to the calibrated one changes nothing."""
-    from dfpipe.scoring import VideoRule, prior_shift, video_row
+    from dfpipe.score.stage import VideoRule, prior_shift, video_row
 
     video = {"video_id": "v", "status": R.STATUS_OK, "n_tracks": 1, "n_tracks_counted": 1}
     windows = [{"track_id": 0, "start_frame": 0, "logit": 0.0, "counted": True}]
@@ -297,7 +297,7 @@ def test_one_prior_shifts_probabilities_and_the_fallback_together():
 def test_the_video_temperature_is_fitted_for_a_balanced_prior():
     """With five FAKE videos per REAL one, the balanced fit equals the plain fit on a set where each REAL
     video counts five times: the probabilities assume 0.5 FAKE whatever the validation ratio."""
-    from dfpipe.scoring import video_temperature
+    from dfpipe.score.stage import video_temperature
 
     rng = np.random.default_rng(0)
     n_real, n_fake = 20, 100

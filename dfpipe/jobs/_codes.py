@@ -6,11 +6,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dfpipe import config as C
-from dfpipe import console, modelio, outputs, runner, storage
+from dfpipe import console, outputs, runner, storage
 from dfpipe import records as R
-from dfpipe.embedding import VideoEmbedStage, embedded_videos
+from dfpipe.score.embed import VideoEmbedStage, embedded_videos
 from dfpipe.stage import Resources
 from dfpipe.step import Step, run_step
+from dfpipe.train import modelio
 
 
 def cache_uri_for(segment_output: str, embedder_dir: str, opts) -> str:

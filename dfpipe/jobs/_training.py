@@ -13,8 +13,8 @@ import pyarrow.compute as pc
 from dfpipe import __version__, console, outputs, recipe, storage
 from dfpipe import config as C
 from dfpipe import records as R
-from dfpipe.modelio import save_model
-from dfpipe.training import epoch_line, metric_kind, plot_curves
+from dfpipe.train.loops import epoch_line, metric_kind, plot_curves
+from dfpipe.train.modelio import save_model
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from dfpipe import config as C
 from dfpipe import storage
-from dfpipe.verify import Report, check_output
+from dfpipe.invariants import Report, check_output
 
 NAME = "check"
 SUMMARY = (

@@ -10,8 +10,8 @@ import pyarrow.compute as pc
 
 from dfpipe import config as C
 from dfpipe import records as R
-from dfpipe import report as rep
 from dfpipe import storage
+from dfpipe.score import report as rep
 
 NAME = "evaluate"
 SUMMARY = "Evaluate scores against known labels: log loss, accuracy, AUC, AP, EER, per part, with plots."

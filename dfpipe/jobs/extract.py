@@ -12,9 +12,9 @@ import pyarrow.compute as pc
 from dfpipe import config as C
 from dfpipe import outputs, recipe, runner, storage
 from dfpipe import records as R
-from dfpipe.catalog import build_catalog
-from dfpipe.decode import DecodeLimits
-from dfpipe.extraction import FaceExtractStage, manifest_row
+from dfpipe.extract.catalog import build_catalog
+from dfpipe.extract.decode import DecodeLimits
+from dfpipe.extract.stage import FaceExtractStage, manifest_row
 from dfpipe.stage import Resources
 from dfpipe.step import Step, run_step, write_stats
 

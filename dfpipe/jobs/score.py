@@ -24,12 +24,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dfpipe import config as C
-from dfpipe import console, modelio, outputs, recipe, runner, storage
+from dfpipe import console, outputs, recipe, runner, storage
 from dfpipe import records as R
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_uri_for, embed_videos, faces_version, segmented_videos
-from dfpipe.scoring import (
+from dfpipe.score.stage import (
     VIDEO_COLUMNS,
     VideoRule,
     VideoScoreStage,
@@ -38,8 +38,8 @@ from dfpipe.scoring import (
     video_temperature,
 )
 from dfpipe.stage import Resources
-from dfpipe.step import Step, run_step
-from dfpipe.timing import StepTimer
+from dfpipe.step import Step, StepTimer, run_step
+from dfpipe.train import modelio
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ VIDEOS_PER_BATCH = 64
 
 
 def score_inputs(pending: pa.Table, segment_output: str, cache: str, meta: dict, opts) -> pa.Table:
-    """The rows :class:`dfpipe.scoring.VideoScoreStage` scores: each pending video's manifest fields,
+    """The rows :class:`dfpipe.score.stage.VideoScoreStage` scores: each pending video's manifest fields,
     its segmentation, the split the model learned it in and the cache chunk of its codes (one small
     row per video: the driver never holds a window)."""
     summary = outputs.read_summary(

@@ -16,15 +16,15 @@ import pyarrow.parquet as pq
 
 from dfpipe import config as C
 from dfpipe import records as R
-from dfpipe.catalog import dataset_part
-from dfpipe.embedding import FaceCropsStage, WindowEmbedStage, with_frames
-from dfpipe.faces import pick_device
+from dfpipe.extract.catalog import dataset_part
+from dfpipe.extract.faces import pick_device
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import score as score_job
-from dfpipe.scoring import VideoRule, WindowScoreStage, video_row
-from dfpipe.segmentation import FACE_COLUMNS
-from dfpipe.timing import StepTimer
-from dfpipe.windows import segment_video, window_id
+from dfpipe.score.embed import FaceCropsStage, WindowEmbedStage, with_frames
+from dfpipe.score.stage import VideoRule, WindowScoreStage, video_row
+from dfpipe.segment.stage import FACE_COLUMNS
+from dfpipe.segment.windows import segment_video, window_id
+from dfpipe.step import StepTimer
 
 NAME = "score-video"
 SUMMARY = "Score one local video file in-process and print its probability of FAKE (no cluster needed)."
@@ -187,7 +187,7 @@ class Scorer:
             record = self._record(manifest, counts, by_video.get(manifest["video_id"], []))
             record["seconds"] = timer.rounded()
             if explain:
-                from dfpipe.explain import explain_png
+                from dfpipe.score.explain import explain_png
 
                 window_frames = self.seg_cfg.window_spec.window_len * manifest["frame_stride"]
                 explain_png(faces, record, window_frames, explain)

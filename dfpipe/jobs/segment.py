@@ -9,10 +9,10 @@ from typing import Literal
 from dfpipe import config as C
 from dfpipe import outputs, recipe, storage
 from dfpipe import records as R
-from dfpipe.segmentation import SegmentStage, segment_tables
+from dfpipe.segment.stage import SegmentStage, segment_tables
+from dfpipe.segment.windows import SplitRule, TrackRule, WindowSpec
 from dfpipe.stage import Resources
 from dfpipe.step import Step, run_step, write_stats
-from dfpipe.windows import SplitRule, TrackRule, WindowSpec
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dfpipe import config as C
-from dfpipe import console, modelio, outputs, runner, storage
+from dfpipe import console, outputs, runner, storage
 from dfpipe import records as R
-from dfpipe.embedding import codes_array
 from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import embed_videos, faces_version, read_split, segmented_videos
-from dfpipe.scoring import CALIBRATED_PRIOR, video_temperature
-from dfpipe.training import classifier_loop, window_logits
+from dfpipe.score.embed import codes_array
+from dfpipe.score.stage import CALIBRATED_PRIOR, video_temperature
+from dfpipe.train import modelio
+from dfpipe.train.loops import classifier_loop, window_logits
 
 NAME = "train_classifier"
 RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
@@ -195,7 +196,7 @@ def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
     of the *video* probabilities that scoring computes from them (the model's aggregation over
     counted windows), so calibration holds for what is reported. The loss is balanced over the
     classes, as the training loss is (``pos_weight``): the probabilities assume a prior of 0.5
-    (``dfpipe.scoring.prior_shift``)."""
+    (``dfpipe.score.stage.prior_shift``)."""
     model = modelio.build(meta)
     model.load_state_dict(state)
     shape = (meta["n_frames"], meta["code_dim"])

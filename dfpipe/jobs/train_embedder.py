@@ -11,12 +11,12 @@ import pyarrow.compute as pc
 from dfpipe import config as C
 from dfpipe import console, outputs, runner, storage
 from dfpipe import records as R
-from dfpipe.embedding import SampledFacesStage
 from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import segmented_videos
-from dfpipe.modelio import load_state
-from dfpipe.models.embedder import MIN_FACE_SIZE
-from dfpipe.training import embedder_loop
+from dfpipe.score.embed import SampledFacesStage
+from dfpipe.train.loops import embedder_loop
+from dfpipe.train.modelio import load_state
+from dfpipe.train.models.embedder import MIN_FACE_SIZE
 
 NAME = "train_embedder"
 RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
@@ -81,7 +81,7 @@ def initial_state(cfg: TrainEmbedderConfig) -> dict | None:
     if cfg.init == "random":
         return None
     if cfg.init == "vggface2":
-        from dfpipe.models.embedder import FaceEmbedder, load_vggface2_backbone
+        from dfpipe.train.models.embedder import FaceEmbedder, load_vggface2_backbone
 
         model = FaceEmbedder(cfg.code_dim, cfg.dropout)
         load_vggface2_backbone(model)
@@ -129,7 +129,7 @@ def run(cfg: TrainEmbedderConfig) -> dict:
         # cluster, so the input outlives any node), so the data stages never compete with the
         # training workers for CPUs; decoding and augmentation happen in the loop, fresh each epoch.
         # Shuffled once (seeded) so each worker's stream mixes all videos; the loop's sampler then
-        # builds every batch from many videos (dfpipe.sampling).
+        # builds every batch from many videos (dfpipe.train.sampler).
         faces = runner.map_stage(
             runner.dataset_from_table(chosen, rows_per_block=16), stage, n_rows=chosen.num_rows
         )

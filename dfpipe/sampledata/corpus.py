@@ -1,4 +1,4 @@
-"""A corpus of bad inputs, generated rather than committed: ``python -m dfpipe.corpus OUT``.
+"""A corpus of bad inputs, generated rather than committed: ``python -m dfpipe.sampledata.corpus OUT``.
 
 Writes ``OUT/dataset``, a DFDC-style dataset in which each entry is broken in one known way, beside
 a few good clips, and ``OUT/expected.json``: for every video id, the status and reason code the
@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from dfpipe import records as R
-from dfpipe.sample import ClipSpec, _ffmpeg, write_clip
+from dfpipe.sampledata.generate import ClipSpec, _ffmpeg, write_clip
 
 OK = R.STATUS_OK
 FAILED = R.STATUS_FAILED
@@ -199,7 +199,9 @@ def generate(out: str, max_frames: int = 300, huge_entries: int = 100_000) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dfpipe.corpus", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m dfpipe.sampledata.corpus", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("out", help="output folder: dataset/, outside/ and expected.json are written in it")
     p.add_argument("--max-frames", type=int, default=300, help="the frame cap the long clip must exceed")
     p.add_argument("--huge-entries", type=int, default=100_000, help="entries of the large metadata.json")

@@ -1,6 +1,6 @@
 """Generate a DFDC-layout sample dataset from a real face photograph.
 
-``python -m dfpipe.sample OUT --videos N --seed S`` writes ``OUT/dfdc_train_part_K/`` folders with
+``python -m dfpipe.sampledata OUT --videos N --seed S`` writes ``OUT/dfdc_train_part_K/`` folders with
 H.264 clips and a ``metadata.json`` each. Faces come from scikit-image's ``data.astronaut()``;
 each video gets its own identity (colour, geometry, background). REAL clips move a camera smoothly
 over the scene; each FAKE re-renders its original and blends a warped, re-coloured face into the
@@ -466,7 +466,7 @@ def generate(out_dir: str, cfg: SampleConfig) -> list[ClipSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dfpipe.sample", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dfpipe.sampledata", description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="output folder (created)")
     p.add_argument("--videos", type=int, default=8, help="regular clips, half REAL and half FAKE (default 8)")
     p.add_argument("--seed", type=int, default=0)

@@ -213,8 +213,8 @@ class WindowEmbedStage:
     def setup(self) -> None:
         import torch
 
-        from dfpipe.faces import pick_device
-        from dfpipe.modelio import load_model
+        from dfpipe.extract.faces import pick_device
+        from dfpipe.train.modelio import load_model
 
         torch.set_num_threads(max(1, self.torch_threads))
         self.device = pick_device(self.device)

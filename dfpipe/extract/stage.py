@@ -1,7 +1,7 @@
 """The extraction stage: catalog rows in, one manifest row out per video, face shard written per video.
 
 Frames are decoded once, in windows; the detector runs on keyframes and wherever the faces of two
-keyframes disagree (:mod:`dfpipe.keyframes`), boxes are interpolated in between, and every frame's
+keyframes disagree (:mod:`dfpipe.extract.keyframes`), boxes are interpolated in between, and every frame's
 faces are cropped from the full-resolution frame.
 
 Each video's face rows go to ``faces/<video_id>.parquet``, a name derived from the video's
@@ -24,12 +24,12 @@ import pyarrow as pa
 
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.batching import CallBatcher
-from dfpipe.decode import DecodeError, DecodeLimits, VideoReader, prefetched
-from dfpipe.faces import FaceDetector, crop_face, encode_jpeg, face_flags, pick_device
-from dfpipe.keyframes import KeyframeDetector
+from dfpipe.extract.batching import CallBatcher
+from dfpipe.extract.decode import DecodeError, DecodeLimits, VideoReader, prefetched
+from dfpipe.extract.faces import FaceDetector, crop_face, encode_jpeg, face_flags, pick_device
+from dfpipe.extract.keyframes import KeyframeDetector
+from dfpipe.extract.tracks import link_tracks
 from dfpipe.stage import Resources
-from dfpipe.tracks import link_tracks
 
 log = logging.getLogger(__name__)
 

@@ -105,7 +105,7 @@ def check_no_partial_files(uri: str, options, report: Report) -> None:
 
 
 def check_extract(out: str, options, report: Report) -> None:
-    from dfpipe.catalog import build_catalog
+    from dfpipe.extract.catalog import build_catalog
 
     paths = outputs.extraction(out)
     manifest = outputs.read_manifest(out, options)

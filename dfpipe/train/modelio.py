@@ -67,11 +67,11 @@ def build(meta: dict):
     """A fresh module from a ``model.json`` description."""
     arch = meta["architecture"]
     if arch == "face_embedder":
-        from dfpipe.models.embedder import FaceEmbedder
+        from dfpipe.train.models.embedder import FaceEmbedder
 
         return FaceEmbedder(code_dim=meta["code_dim"], dropout=meta.get("dropout", 0.2))
     if arch == "window_classifier":
-        from dfpipe.models.classifier import WindowClassifier
+        from dfpipe.train.models.classifier import WindowClassifier
 
         return WindowClassifier(
             code_dim=meta["code_dim"],

@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dfpipe import metrics as M
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.embedding import codes_array
+from dfpipe.score import metrics as M
+from dfpipe.score.embed import codes_array
 from dfpipe.stage import Resources
 
 Aggregation = Literal["max_track_mean", "mean", "confident"]
@@ -151,7 +151,7 @@ class WindowScoreStage:
     def setup(self) -> None:
         import torch
 
-        from dfpipe.modelio import load_model
+        from dfpipe.train.modelio import load_model
 
         torch.set_num_threads(1)
         self.model, self.meta = load_model(self.model_dir, "window_classifier", self.storage_options)
@@ -226,7 +226,7 @@ def video_row(
     """The score row of one video (from its manifest/summary fields and its windows' logits), and
     the calibrated probability of each window.
 
-    Only windows of tracks that count (``counted``, see :class:`dfpipe.windows.TrackRule`) decide
+    Only windows of tracks that count (``counted``, see :class:`dfpipe.segment.windows.TrackRule`) decide
     the video's probability; the others are scored and kept, but a poster or a background face
     never makes a video FAKE.
     """

@@ -47,7 +47,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from dfpipe.tracks import greedy_match, iou_matrix
+from dfpipe.extract.tracks import greedy_match, iou_matrix
 
 Detection = tuple[np.ndarray, np.ndarray]  # boxes (k, 4) float32, probs (k,) float32
 DetectFn = Callable[[list[np.ndarray]], list[Detection]]
@@ -132,7 +132,7 @@ class KeyframeDetector:
         self.n_rejected = 0  # gaps whose interpolated boxes failed verification and were re-detected
 
     def run(self, chunks: Iterable[tuple[list[int], list[np.ndarray]]]) -> Iterator[FrameFaces]:
-        """``chunks`` of (frame indices, frames) in order, as :class:`~dfpipe.decode.VideoReader` yields."""
+        """``chunks`` of (frame indices, frames) in order, as :class:`~dfpipe.extract.decode.VideoReader` yields."""
         self.cuts, self.n_detected, self.n_rejected, self.n_scanned, self.n_lost = [], 0, 0, 0, 0
         buf_idx: list[int] = []  # buffered frames: [anchor (already yielded), then pending frames]
         buf: list[np.ndarray | None] = []

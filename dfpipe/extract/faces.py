@@ -35,7 +35,7 @@ class FaceDetector:
     """MTCNN loaded once: whole-frame detection (``detect``), detection in regions around known faces
     (``detect_regions``) and a second opinion on boxes it did not produce (``verify``).
 
-    ``engine`` is the cascade that runs: ``"cascade"`` (:mod:`dfpipe.mtcnn`: OpenCV resampling, the
+    ``engine`` is the cascade that runs: ``"cascade"`` (:mod:`dfpipe.extract.mtcnn`: OpenCV resampling, the
     pyramid starting at the smallest face that counts, ``min_face_px`` full-resolution pixels) or
     ``"facenet"`` (facenet-pytorch's ``detect_face`` from ``min_face_size``, the rows of models
     trained before the cascade existed).
@@ -51,7 +51,7 @@ class FaceDetector:
     def __post_init__(self):
         from facenet_pytorch import MTCNN
 
-        from dfpipe.mtcnn import Cascade
+        from dfpipe.extract.mtcnn import Cascade
 
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
@@ -132,7 +132,7 @@ class FaceDetector:
         import torch
         from torchvision.ops import nms
 
-        from dfpipe.tracks import iou_matrix
+        from dfpipe.extract.tracks import iou_matrix
 
         suits = [
             len(hs) > 0 and all(region_suits(f, h) for h in hs) for f, hs in zip(frames, hints, strict=True)
@@ -194,7 +194,7 @@ class FaceDetector:
            around it (:meth:`detect_regions`' regions) and the box passes when a face of ``min_prob``
            or more overlaps it by ``min_iou``.
         """
-        from dfpipe.tracks import iou_matrix
+        from dfpipe.extract.tracks import iou_matrix
 
         counts = [len(b) for b in boxes]
         flat = [(f, b) for f, bs in zip(frames, boxes, strict=True) for b in bs]

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 
 from dfpipe import records as R
 from dfpipe import storage
+from dfpipe.segment.windows import SplitRule, TrackRule, WindowSpec, segment_video, window_id
 from dfpipe.stage import Resources
-from dfpipe.windows import SplitRule, TrackRule, WindowSpec, segment_video, window_id
 
 log = logging.getLogger(__name__)
 

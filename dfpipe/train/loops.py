@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from dfpipe import metrics as M
-from dfpipe.embedding import FaceTensors
-from dfpipe.scoring import video_probs
+from dfpipe.score import metrics as M
+from dfpipe.score.embed import FaceTensors
+from dfpipe.score.stage import video_probs
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,12 @@ READ_ROWS = 256  # rows per read from a worker's shard, before the sampler mixes
 
 def _train_batches(ctx: TrainContext, name: str, size: int, cfg: dict, start: int) -> Iterator[dict]:
     """Endless training batches of dataset ``name`` on this worker, each from ``size // per_video``
-    distinct videos (:func:`dfpipe.sampling.video_batches`), in a new order every pass.
+    distinct videos (:func:`dfpipe.train.sampler.video_batches`), in a new order every pass.
 
     Seeded by the run's seed, the worker's rank, the epoch it starts at and the dataset: a run is
     reproducible on the same machine (the runner keeps Ray Data's split of the shards in order).
     """
-    from dfpipe.sampling import video_batches
+    from dfpipe.train.sampler import video_batches
 
     rng = np.random.default_rng([cfg["seed"], ctx.rank, start, zlib.crc32(name.encode())])
 
@@ -136,8 +136,8 @@ def _autocast(ctx: TrainContext):
 
 def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
     """Triplet (or contrastive) training on class-balanced batches: half REAL, half FAKE faces."""
-    from dfpipe import modelio
-    from dfpipe.models.losses import LOSSES
+    from dfpipe.train import modelio
+    from dfpipe.train.models.losses import LOSSES
 
     _seed(cfg["seed"], ctx.rank)
     model = modelio.build(cfg["meta"])
@@ -212,7 +212,7 @@ def _balanced_batch_loss(
 
 def classifier_loop(cfg: dict, ctx: TrainContext) -> None:
     """LSTM over windows of codes with BCE (``pos_weight`` balances FAKE against REAL)."""
-    from dfpipe import modelio
+    from dfpipe.train import modelio
 
     _seed(cfg["seed"], ctx.rank)
     model = modelio.build(cfg["meta"])

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from dfpipe import records as R
-from dfpipe.faces import decode_jpeg
+from dfpipe.extract.faces import decode_jpeg
 
 
 def explain_png(faces: pa.Table, record: dict, window_frames: int, path: str, thumbs: int = 10) -> None:

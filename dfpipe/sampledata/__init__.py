@@ -1,0 +1,1 @@
+"""Generated sample datasets (from a real face photograph) and the bad-input corpus, for demos and tests."""
