@@ -117,7 +117,7 @@ def with_chunks(marker_folder: str, schema: pa.Schema, columns: list[str], optio
     return storage.read_parquet_dir(marker_folder, columns, schema, options, file_column="chunk")
 
 
-def read_batch_rows(folder: str, batch: pa.Table, schema: pa.Schema, options=None) -> pa.Table:
+def read_batch_rows(folder: storage.Folder, batch: pa.Table, schema: pa.Schema) -> pa.Table:
     """The rows under ``folder`` of the videos of ``batch`` (its ``video_id`` and ``chunk`` columns:
     :func:`with_chunks`; a null chunk has none), each chunk file read once. Read by a worker."""
     by_chunk: dict[str, list[str]] = {}
@@ -128,7 +128,7 @@ def read_batch_rows(folder: str, batch: pa.Table, schema: pa.Schema, options=Non
             by_chunk.setdefault(chunk, []).append(vid)
     tables = []
     for chunk, ids in sorted(by_chunk.items()):
-        fs, path = storage.filesystem(storage.join(folder, chunk), options)
+        fs, path = storage.filesystem(folder.join(chunk), folder.options)
         with fs.open(path, "rb") as fh:
             t = pq.read_table(fh, schema=schema)
         tables.append(t.filter(pc.is_in(t.column("video_id"), pa.array(ids, pa.string()))))

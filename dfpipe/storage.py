@@ -79,6 +79,21 @@ class Folder:
     def delete(self, *parts: str) -> None:
         delete(self.join(*parts) if parts else self.uri, self.options)
 
+    def read_bytes(self, *parts: str) -> bytes:
+        return read_bytes(self.join(*parts), self.options)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        write_bytes(self.join(name), data, self.options)
+
+    def sub(self, *parts: str) -> Folder:
+        """The folder ``parts`` below this one, reached the same way."""
+        return Folder(self.join(*parts), self.options)
+
+
+def folder(where: Folder | str, options: StorageOptions | None = None) -> Folder:
+    """``where`` as a :class:`Folder`: a Folder as given, a URI with ``options`` (default: the environment's)."""
+    return where if isinstance(where, Folder) else Folder(where, options)
+
 
 def protocol_of(uri: str) -> str:
     match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)

@@ -139,3 +139,26 @@ def test_training_metrics_reach_tensorboard_files_on_s3(bucket, s3_endpoint, tmp
     events.Reload()
     assert [e.value for e in events.Scalars("quality/val_video_acc")] == [0.5, 0.75]
     assert [e.step for e in events.Scalars("throughput/train_per_s")] == [0, 1]
+
+
+def test_score_video_reads_its_model_through_the_given_endpoint(
+    bucket, s3_endpoint, classifier_model, sample_dataset, monkeypatch, capsys
+):
+    """score-video with its model on an S3 endpoint given by ``s3_endpoint_url`` (the environment's
+    endpoint is dead): the model and its embedder are read through the option, and the video gets
+    the probability the same model gives from local disk."""
+    import json
+
+    model = "s3://dfpipe-test/models/score-video-classifier"
+    bucket.put(str(classifier_model), model.removeprefix("s3://"), recursive=True)
+    clip = str(next(sample_dataset.glob("*/*.mp4")))
+    assert main(["score-video", clip, "--model", str(classifier_model), "--json"]) == 0
+    local = json.loads(capsys.readouterr().out)
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    args = ["score-video", clip, "--model", model, "--json", f"s3_endpoint_url={s3_endpoint}"]
+    assert main(args) == 0, capsys.readouterr().err
+    remote = json.loads(capsys.readouterr().out)
+    assert remote["prob_fake"] == local["prob_fake"] and remote["n_windows"] == local["n_windows"]
+    assert remote["model_version"] == local["model_version"]

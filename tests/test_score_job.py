@@ -201,7 +201,7 @@ def test_score_video_agrees_with_the_bulk_job(scored, classifier_model, tmp_path
     # in between leaves it working.
     other = next(data.glob(f"*/{ok.index[1]}.mp4"))
     with Scorer(str(classifier_model)) as scorer:
-        detector, embedder = scorer.extract.detector, scorer.embed.model
+        detector, embedder = scorer.extract.detector, scorer.embed.net
         for p, v in ((path, vid), (bad, None), (other, ok.index[1]), (path, vid)):
             if v is None:
                 with pytest.raises(JobError, match="cannot be scored"):
@@ -210,7 +210,7 @@ def test_score_video_agrees_with_the_bulk_job(scored, classifier_model, tmp_path
             rec = scorer.score(str(p))
             assert rec["prob_fake"] == pytest.approx(ok.loc[v, "prob_fake"], abs=1e-4)
             assert "load" not in rec["seconds"]
-        assert scorer.extract.detector is detector and scorer.embed.model is embedder
+        assert scorer.extract.detector is detector and scorer.embed.net is embedder
         # Several files at once (shared detector calls and embedding batches): the same numbers.
         many = scorer.score_many([str(path), str(bad), str(other)])
         assert many[0]["prob_fake"] == pytest.approx(ok.loc[vid, "prob_fake"], abs=1e-4)

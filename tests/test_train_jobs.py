@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import CHAIN, EMBEDDER_ARGS
 
+from dfpipe import storage
 from dfpipe.cli import main
 from dfpipe.train import modelio
 
@@ -82,7 +83,7 @@ def test_embedder_artefacts_resume_and_reload(embedder):
 
 
 def test_classifier_end_to_end_and_its_embedding_cache(segmented_sample, embedder, classifier_model):
-    from dfpipe.jobs._codes import cache_uri_for, embed_videos, faces_version, segmented_videos
+    from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
 
     meta = json.loads((classifier_model / "model.json").read_text())
     assert meta["windows_embedded_this_run"] > 0
@@ -97,11 +98,12 @@ def test_classifier_end_to_end_and_its_embedding_cache(segmented_sample, embedde
     assert model.lstm.hidden_size == 16
     # The codes are cached beside the windows, by embedder version, where every classifier run looks:
     # asking for every window's codes again embeds none (a retrained LSTM costs no embedding).
-    cache = cache_uri_for(str(segmented_sample), str(embedder), None)
-    assert meta["embeddings_cache"] == cache
+    segment = storage.Folder(str(segmented_sample))
+    cache = cache_for(segment, storage.Folder(str(embedder)))
+    assert meta["embeddings_cache"] == cache.uri
     videos = segmented_videos(str(segmented_sample), None)
     faces = faces_version(str(segmented_sample), None)
-    _, embedded = embed_videos(videos, str(segmented_sample), str(embedder), cache, None, False, 8, faces)
+    _, embedded = embed_videos(videos, segment, storage.Folder(str(embedder)), cache, False, 8, faces)
     assert videos.num_rows > 0 and embedded == 0
 
 
@@ -284,7 +286,15 @@ def test_cached_codes_of_faces_extracted_otherwise_are_made_again(tmp_path, caps
     pq.write_table(pa.Table.from_pylist([row], schema=R.EMBEDDINGS_SCHEMA), cache / "windows" / "a.parquet")
     none = pa.table({"video_id": pa.array([], pa.string()), "chunk": pa.array([], pa.string())})
     segment, faces = str(tmp_path / "segment"), faces_version(str(tmp_path / "segment"), None)
-    embed_videos(none, segment, str(embedder), str(cache), None, False, 8, faces)
+    embed_videos(
+        none,
+        storage.Folder(segment),
+        storage.Folder(str(embedder)),
+        storage.Folder(str(cache)),
+        False,
+        8,
+        faces,
+    )
     assert not list((cache / "windows").glob("*.parquet")) if (cache / "windows").exists() else True
     assert json.loads((cache / "cache.json").read_text())["faces_config_hash"] == "new"
     assert "extracted with other options" in capsys.readouterr().out
@@ -312,11 +322,12 @@ def test_video_embed_stage_gives_the_codes_of_the_two_stage_path(segmented_sampl
     windows = windows.filter(pc.is_in(windows.column("video_id"), videos.column("video_id")))
     assert videos.num_rows == 3 and windows.num_rows > 3
 
-    embed = WindowEmbedStage(str(embedder_model), device="cpu")
+    model = storage.Folder(str(embedder_model))
+    embed = WindowEmbedStage(model, device="cpu")
     embed.setup()
     expected = embed(FaceCropsStage()(with_frames(windows))).sort_by("window_id")
-    folder = outputs.segmentation(str(segmented_sample))["windows"]
-    stage = VideoEmbedStage(folder, str(embedder_model), device="cpu", group_windows=2)
+    folder = storage.Folder(outputs.segmentation(str(segmented_sample))["windows"])
+    stage = VideoEmbedStage(folder, model, device="cpu", group_windows=2)
     stage.setup()
     got = stage(videos).sort_by("window_id")
     assert got.column("window_id").to_pylist() == expected.column("window_id").to_pylist()
@@ -355,7 +366,7 @@ def test_sampled_faces_stage_gives_the_faces_the_driver_used_to_sample(segmented
     windows = outputs.read_windows(str(seg))
     windows = windows.filter(pc.is_in(windows.column("video_id"), videos.column("video_id")))
     expected = FaceCropsStage()(sample_faces(windows.filter(windows.column("counted")), 3))
-    stage = SampledFacesStage(outputs.segmentation(str(seg))["windows"], 3)
+    stage = SampledFacesStage(storage.Folder(outputs.segmentation(str(seg))["windows"]), 3)
     stage.setup()
     got = pa_rows(stage(videos))
     assert got == pa_rows(expected) and len(got) > 4 and all(r["faces"] for r in got)

@@ -14,9 +14,9 @@ from dfpipe.step import Step, run_step
 from dfpipe.train import modelio
 
 
-def cache_uri_for(segment_output: str, embedder_dir: str, opts) -> str:
+def cache_for(segment: storage.Folder, embedder: storage.Folder) -> storage.Folder:
     """The default cache: beside the windows it embeds, named by the embedder's content hash."""
-    return storage.join(segment_output, "embeddings", modelio.model_version(embedder_dir, opts))
+    return segment.sub("embeddings", modelio.model_version(embedder))
 
 
 def faces_version(segment_output: str, opts) -> str | None:
@@ -31,16 +31,15 @@ def faces_version(segment_output: str, opts) -> str | None:
 
 def embed_videos(
     videos: pa.Table,
-    segment_output: str,
-    embedder_dir: str,
-    cache_uri: str,
-    opts,
+    segment: storage.Folder,
+    embedder: storage.Folder,
+    cache: storage.Folder,
     use_gpu: bool,
     batch_faces: int,
     faces: str | None = None,
 ) -> tuple[str, int]:
     """Codes for every window of ``videos`` (``video_id`` and ``chunk``, their segmentation chunk:
-    :func:`segmented_videos`), cached under ``cache_uri`` (named by the embedder's version).
+    :func:`segmented_videos`), cached in ``cache`` (named by the embedder's version).
 
     Videos already in the cache are not embedded again, so retraining the LSTM costs no embedding.
     Workers read the windows and crops and write the codes (one chunk per batch of videos); the
@@ -49,7 +48,8 @@ def embed_videos(
     --overwrite`` with new options) are dropped and made again. Returns the cache's code rows URI and
     how many windows were embedded now.
     """
-    version = modelio.model_version(embedder_dir, opts)
+    version = modelio.model_version(embedder)
+    cache_uri, opts = cache.uri, cache.options
     paths = outputs.embeddings(cache_uri)
     if storage.exists(paths["meta"], opts):
         cached = storage.read_json(paths["meta"], opts)
@@ -65,7 +65,7 @@ def embed_videos(
             storage.delete(paths["windows"], opts)
             storage.delete(paths["videos"], opts)
     meta = {
-        "embedder": storage.normalize(embedder_dir),
+        "embedder": storage.normalize(embedder.uri),
         "embedder_version": version,
         "faces_config_hash": faces,
     }
@@ -73,15 +73,14 @@ def embed_videos(
     run = run_step(
         Step(
             name="embed",
-            output=storage.Folder(cache_uri, opts),
+            output=cache,
             cfg=None,
             todo=videos.sort_by("chunk"),  # a batch's windows come from few chunk files
             stage=VideoEmbedStage(
-                outputs.segmentation(segment_output)["windows"],
-                embedder_dir,
+                storage.Folder(outputs.segmentation(segment.uri)["windows"], segment.options),
+                embedder,
                 device="cuda" if use_gpu else "cpu",
                 batch_faces=batch_faces,
-                storage_options=opts,
                 resources=Resources(num_cpus=1, num_gpus=1.0 if use_gpu else 0.0, batch_size=8),
             ),
             folders=outputs.embedding_folders(cache_uri),

@@ -28,7 +28,7 @@ from dfpipe import console, outputs, recipe, runner, storage
 from dfpipe import records as R
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
-from dfpipe.jobs._codes import cache_uri_for, embed_videos, faces_version, segmented_videos
+from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
 from dfpipe.score.stage import (
     VIDEO_COLUMNS,
     VideoRule,
@@ -120,20 +120,20 @@ def check_overrides(extract: dict, segment: dict) -> None:
         )
 
 
-def load_model_meta(model: str, opts) -> tuple[dict, str, str]:
-    """The classifier's meta, its embedder directory and the combined model version."""
+def load_model_meta(model: storage.Folder) -> tuple[dict, storage.Folder, str]:
+    """The classifier's meta, its embedder's folder and the combined model version."""
+    embedder = model.sub("embedder")
     try:
-        meta = modelio.read_meta(model, opts)
-        embedder = storage.join(model, "embedder")
-        modelio.read_meta(embedder, opts)
+        meta = modelio.read_meta(model)
+        modelio.read_meta(embedder)
     except modelio.ModelError as exc:
         raise C.ConfigError(f"--model: {exc}") from None
     if meta.get("architecture") != "window_classifier":
         raise C.ConfigError(
-            f"--model {model} holds a {meta.get('architecture')} model; give a train_classifier output"
+            f"--model {model.uri} holds a {meta.get('architecture')} model; give a train_classifier output"
         )
     version = hashlib.sha256(
-        (modelio.model_version(model, opts) + modelio.model_version(embedder, opts)).encode()
+        (modelio.model_version(model) + modelio.model_version(embedder)).encode()
     ).hexdigest()[:12]
     return meta, embedder, version
 
@@ -224,7 +224,8 @@ def run(cfg: ScoreConfig) -> dict:
     started = time.monotonic()
     opts = cfg.storage_options
     paths = outputs.scoring(cfg.output)
-    meta, embedder, version = load_model_meta(cfg.model, opts)
+    model = storage.Folder(cfg.model, opts)
+    meta, embedder, version = load_model_meta(model)
     if not storage.exists(cfg.input, opts):
         raise C.ConfigError(f"input {cfg.input!r} does not exist")
     # Extraction and segmentation follow the model's recipe; faces made otherwise stop the run here,
@@ -260,28 +261,28 @@ def run(cfg: ScoreConfig) -> dict:
         else manifest.filter(pc.invert(pc.is_in(manifest.column("video_id"), scored.column("video_id"))))
     )
     n_frames = int(pc.sum(pending.column("n_frames")).as_py() or 0)
-    cache = cache_uri_for(seg_cfg.output, embedder, opts)
+    segment = storage.Folder(seg_cfg.output, opts)
+    cache = cache_for(segment, embedder)
     with_windows = segmented_videos(seg_cfg.output, opts, pending.column("video_id"))
     if with_windows.num_rows:
         runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
         use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
         with timer("embed"):
             faces = faces_version(seg_cfg.output, opts)
-            embed_videos(with_windows, seg_cfg.output, embedder, cache, opts, use_gpu, 128, faces)
-    todo = score_inputs(pending, seg_cfg.output, cache, meta, opts)
+            embed_videos(with_windows, segment, embedder, cache, use_gpu, 128, faces)
+    todo = score_inputs(pending, seg_cfg.output, cache.uri, meta, opts)
 
     # 4. One row per pending video, windows or not, written with its window scores by the workers.
     if rescore_all and scored.num_rows:
         remove_version(cfg.output, version, opts)
     rule = cfg.video_rule(meta)
     scorer = VideoScoreStage(
-        cfg.model,
-        outputs.embeddings(cache)["windows"],
+        model,
+        cache.sub("windows"),
         meta,
         rule,
         version,
         datetime.now(UTC).isoformat(timespec="seconds"),
-        storage_options=opts,
         resources=Resources(num_cpus=1, batch_size=VIDEOS_PER_BATCH, max_workers=cfg.num_workers),
     )
     calibration = None

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from dfpipe import config as C
 from dfpipe import records as R
+from dfpipe import storage
 from dfpipe.extract.catalog import dataset_part
 from dfpipe.extract.faces import pick_device
 from dfpipe.jobs import extract as extract_job
@@ -85,7 +86,8 @@ class Scorer:
             cfg = C.build(ScoreVideoConfig, {"video": "", "model": cfg, **options})
         self.cfg = cfg
         started = time.perf_counter()
-        self.meta, embedder, self.version = score_job.load_model_meta(cfg.model, None)
+        model = storage.Folder(cfg.model, cfg.storage_options)  # the model may live on S3
+        self.meta, embedder, self.version = score_job.load_model_meta(model)
         ext_options, seg_options, notes = score_job.data_plan(self.meta, cfg.model, cfg)
         for note in notes:
             print(
@@ -105,7 +107,7 @@ class Scorer:
         self.extract.setup()
         self.embed = WindowEmbedStage(embedder, device=cfg.device, torch_threads=os.cpu_count() or 1)
         self.embed.setup()
-        self.classify = WindowScoreStage(cfg.model)
+        self.classify = WindowScoreStage(model)
         self.classify.setup()
         self.rule = VideoRule.of(cfg, self.meta)
         self.load_seconds = time.perf_counter() - started

@@ -13,7 +13,7 @@ from dfpipe import config as C
 from dfpipe import console, outputs, runner, storage
 from dfpipe import records as R
 from dfpipe.jobs import _training as T
-from dfpipe.jobs._codes import embed_videos, faces_version, read_split, segmented_videos
+from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, read_split, segmented_videos
 from dfpipe.score.embed import codes_array
 from dfpipe.score.stage import CALIBRATED_PRIOR, video_temperature
 from dfpipe.train import modelio
@@ -77,7 +77,8 @@ def run(cfg: TrainClassifierConfig) -> dict:
         )
         return done
     opts = cfg.storage_options
-    embedder_meta = modelio.read_meta(cfg.embedder, opts)
+    embedder = storage.Folder(cfg.embedder, opts)
+    embedder_meta = modelio.read_meta(embedder)
     if embedder_meta.get("architecture") != "face_embedder":
         raise C.ConfigError(
             f"--embedder {cfg.embedder} holds a {embedder_meta.get('architecture')} model, not a face_embedder"
@@ -92,16 +93,16 @@ def run(cfg: TrainClassifierConfig) -> dict:
     n_frames = lengths.pop()
     runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
-    cache = cfg.embeddings_cache or storage.join(
-        cfg.input, "embeddings", modelio.model_version(cfg.embedder, opts)
+    segment = storage.Folder(cfg.input, opts)
+    cache = (
+        storage.Folder(cfg.embeddings_cache, opts) if cfg.embeddings_cache else cache_for(segment, embedder)
     )
     videos = segmented_videos(cfg.input, opts, pc.unique(windows.column("video_id")))
     rows_uri, embedded = embed_videos(
         videos,
-        cfg.input,
-        cfg.embedder,
+        segment,
+        embedder,
         cache,
-        opts,
         use_gpu,
         cfg.embed_batch_faces,
         faces_version(cfg.input, opts),
@@ -131,7 +132,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
         "num_layers": cfg.num_layers,
         "bidirectional": cfg.bidirectional,
         "dropout": cfg.dropout,
-        "embedder_version": modelio.model_version(cfg.embedder, opts),
+        "embedder_version": modelio.model_version(embedder),
         "embedder": storage.normalize(cfg.embedder),
         "face_size": embedder_meta["face_size"],
         "window_len": n_frames,
@@ -139,7 +140,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
         "prior_fake": n_fake / max(1, train.num_rows),
         "aggregation": cfg.aggregation,
         "recipe": data_recipe,
-        "embeddings_cache": cache,
+        "embeddings_cache": cache.uri,
         "windows_embedded_this_run": embedded,
     }
     loop_cfg = {

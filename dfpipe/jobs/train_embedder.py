@@ -114,7 +114,7 @@ def run(cfg: TrainEmbedderConfig) -> dict:
     summary = outputs.read_summary(cfg.input, opts, columns=["video_id", "split", "label"])
     videos = segmented_videos(cfg.input, opts).join(summary, "video_id").sort_by("chunk")
     stage = SampledFacesStage(
-        outputs.segmentation(cfg.input)["windows"], cfg.faces_per_window, storage_options=opts
+        storage.Folder(outputs.segmentation(cfg.input)["windows"], opts), cfg.faces_per_window
     )
     datasets, counts = {}, {}
     for name, split, label in (

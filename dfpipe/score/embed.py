@@ -201,13 +201,12 @@ def decode_faces(jpegs: list[bytes], size: int, threads: int = 1) -> np.ndarray:
 
 @dataclass
 class WindowEmbedStage:
-    """Window crops in, code sequences out, with the embedder in ``model_dir`` (GPU when given one)."""
+    """Window crops in, code sequences out, with the embedder in ``model`` (GPU when given one)."""
 
-    model_dir: str
+    model: storage.Folder
     device: str = "auto"
     batch_faces: int = 128
     torch_threads: int = 1
-    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=16))
 
     def setup(self) -> None:
@@ -218,13 +217,13 @@ class WindowEmbedStage:
 
         torch.set_num_threads(max(1, self.torch_threads))
         self.device = pick_device(self.device)
-        self.model, self.meta = load_model(self.model_dir, "face_embedder", self.storage_options)
-        self.model.to(self.device)
+        self.net, self.meta = load_model(self.model, "face_embedder")
+        self.net.to(self.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        if not hasattr(self, "model"):
+        if not hasattr(self, "net"):
             self.setup()
         rows = [r for r in batch.to_pylist() if r["faces"]]
         size = self.meta["face_size"]
@@ -236,8 +235,8 @@ class WindowEmbedStage:
             for i in range(0, 0 if images is None else len(images), self.batch_faces):
                 x = torch.from_numpy(images[i : i + self.batch_faces]).to(self.device)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
-                    codes.append(self.model(x).float().cpu().numpy())
-        flat = np.concatenate(codes) if codes else np.zeros((0, self.model.code_dim), np.float32)
+                    codes.append(self.net(x).float().cpu().numpy())
+        flat = np.concatenate(codes) if codes else np.zeros((0, self.net.code_dim), np.float32)
         out, k = [], 0
         for r in rows:
             n = len(r["faces"])
@@ -276,19 +275,16 @@ class VideoEmbedStage:
     sequences of every window of theirs out. One worker reads the windows of its batch, their crops
     (each face shard once) and embeds them, so no window or crop passes through the driver."""
 
-    windows_folder: str
-    model_dir: str
+    windows: storage.Folder
+    model: storage.Folder
     device: str = "auto"
     batch_faces: int = 128
     group_windows: int = 64  # windows read ahead while the previous ones are embedded
-    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=8))
 
     def setup(self) -> None:
-        self.crops = FaceCropsStage(storage_options=self.storage_options)
-        self.embed = WindowEmbedStage(
-            self.model_dir, self.device, self.batch_faces, storage_options=self.storage_options
-        )
+        self.crops = FaceCropsStage(storage_options=self.windows.options)
+        self.embed = WindowEmbedStage(self.model, self.device, self.batch_faces)
         self.embed.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -296,7 +292,7 @@ class VideoEmbedStage:
 
         if not hasattr(self, "embed"):
             self.setup()
-        windows = read_batch_rows(self.windows_folder, batch, R.WINDOWS_SCHEMA, self.storage_options)
+        windows = read_batch_rows(self.windows, batch, R.WINDOWS_SCHEMA)
         if not windows.num_rows:
             return R.EMBEDDINGS_SCHEMA.empty_table()
         # The crops of the next group of videos are read on a thread while this group is embedded,
@@ -346,19 +342,18 @@ class SampledFacesStage:
     out: ``faces_per_window`` frames of each counted window (:func:`sample_faces`), with their crops.
     The worker reads the windows and crops, so no window passes through the driver."""
 
-    windows_folder: str
+    windows: storage.Folder
     faces_per_window: int
-    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=16))
 
     def setup(self) -> None:
-        self.crops = FaceCropsStage(storage_options=self.storage_options)
+        self.crops = FaceCropsStage(storage_options=self.windows.options)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from dfpipe.outputs import read_batch_rows
 
         if not hasattr(self, "crops"):
             self.setup()
-        windows = read_batch_rows(self.windows_folder, batch, R.WINDOWS_SCHEMA, self.storage_options)
+        windows = read_batch_rows(self.windows, batch, R.WINDOWS_SCHEMA)
         windows = windows.filter(pc.fill_null(windows.column("counted"), True))
         return self.crops(sample_faces(windows, self.faces_per_window))

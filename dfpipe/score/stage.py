@@ -142,10 +142,9 @@ def clip(p: float, low: float, high: float) -> float:
 
 @dataclass
 class WindowScoreStage:
-    """Cached code sequences in, one logit per window out, with the classifier in ``model_dir``."""
+    """Cached code sequences in, one logit per window out, with the classifier in ``model``."""
 
-    model_dir: str
-    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    model: storage.Folder
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=256))
 
     def setup(self) -> None:
@@ -154,12 +153,12 @@ class WindowScoreStage:
         from dfpipe.train.modelio import load_model
 
         torch.set_num_threads(1)
-        self.model, self.meta = load_model(self.model_dir, "window_classifier", self.storage_options)
+        self.net, self.meta = load_model(self.model, "window_classifier")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        if not hasattr(self, "model"):
+        if not hasattr(self, "net"):
             self.setup()
         shape = (self.meta["n_frames"], self.meta["code_dim"])
         codes = (
@@ -168,7 +167,7 @@ class WindowScoreStage:
             else np.zeros((0, *shape), np.float32)
         )
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(codes)).numpy() if len(codes) else np.zeros(0, np.float32)
+            logits = self.net(torch.from_numpy(codes)).numpy() if len(codes) else np.zeros(0, np.float32)
         return pa.table(
             {
                 "window_id": batch.column("window_id"),
@@ -277,17 +276,16 @@ class VideoScoreStage:
     the embedding-cache chunk of their codes, null without windows), one score row per video out
     with its window scores nested. Windows are aggregated per video here, in the worker."""
 
-    model_dir: str
-    codes_folder: str
+    model: storage.Folder
+    codes: storage.Folder
     meta: dict
     rule: VideoRule
     model_version: str
     scored_at: str
-    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=64))
 
     def setup(self) -> None:
-        self.windows = WindowScoreStage(self.model_dir, self.storage_options)
+        self.windows = WindowScoreStage(self.model)
         self.windows.setup()
 
     def window_logits(self, batch: pa.Table) -> pa.Table:
@@ -296,9 +294,7 @@ class VideoScoreStage:
 
         if not hasattr(self, "windows"):
             self.setup()
-        return self.windows(
-            read_batch_rows(self.codes_folder, batch, R.EMBEDDINGS_SCHEMA, self.storage_options)
-        )
+        return self.windows(read_batch_rows(self.codes, batch, R.EMBEDDINGS_SCHEMA))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         by_video: dict[str, list[dict]] = {}

@@ -29,38 +29,36 @@ def load_state(data: bytes, source: str) -> dict:
         ) from None
 
 
-def save_model(
-    dir_uri: str, state_dict: dict, meta: dict, options: storage.StorageOptions | None = None
-) -> None:
+def save_model(model: storage.Folder | str, state_dict: dict, meta: dict) -> None:
+    model = storage.folder(model)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
-    storage.write_bytes(storage.join(dir_uri, "model.pt"), buf.getvalue(), options)
-    storage.write_json(
-        storage.join(dir_uri, "model.json"), {**meta, "format_version": FORMAT_VERSION}, options
-    )
+    model.write_bytes("model.pt", buf.getvalue())
+    model.write_json("model.json", {**meta, "format_version": FORMAT_VERSION})
 
 
-def read_meta(dir_uri: str, options: storage.StorageOptions | None = None) -> dict:
-    uri = storage.join(dir_uri, "model.json")
-    if not storage.exists(uri, options):
-        raise ModelError(f"{dir_uri} is not a model directory (no model.json): train one first")
-    meta = storage.read_json(uri, options)
+def read_meta(model: storage.Folder | str) -> dict:
+    model = storage.folder(model)
+    if not model.exists("model.json"):
+        raise ModelError(f"{model.uri} is not a model directory (no model.json): train one first")
+    meta = model.read_json("model.json")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{uri}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+        raise ModelError(
+            f"{model.join('model.json')}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}"
+        )
     return meta
 
 
-def load_model(dir_uri: str, expected: str, options: storage.StorageOptions | None = None):
+def load_model(model: storage.Folder | str, expected: str):
     """``(module in eval mode, meta)`` for a model directory whose architecture is ``expected``."""
-    meta = read_meta(dir_uri, options)
+    model = storage.folder(model)
+    meta = read_meta(model)
     if meta.get("architecture") != expected:
-        raise ModelError(f"{dir_uri} holds a {meta.get('architecture')!r} model, expected {expected!r}")
-    state = load_state(
-        storage.read_bytes(storage.join(dir_uri, "model.pt"), options), storage.join(dir_uri, "model.pt")
-    )
-    model = build(meta)
-    model.load_state_dict(state)
-    return model.eval(), meta
+        raise ModelError(f"{model.uri} holds a {meta.get('architecture')!r} model, expected {expected!r}")
+    state = load_state(model.read_bytes("model.pt"), model.join("model.pt"))
+    net = build(meta)
+    net.load_state_dict(state)
+    return net.eval(), meta
 
 
 def build(meta: dict):
@@ -83,8 +81,8 @@ def build(meta: dict):
     raise ModelError(f"unknown architecture {arch!r}")
 
 
-def model_version(dir_uri: str, options: storage.StorageOptions | None = None) -> str:
+def model_version(model: storage.Folder | str) -> str:
     """A content hash of the weights: names caches and scores by the exact model that made them."""
     import hashlib
 
-    return hashlib.sha256(storage.read_bytes(storage.join(dir_uri, "model.pt"), options)).hexdigest()[:12]
+    return hashlib.sha256(storage.folder(model).read_bytes("model.pt")).hexdigest()[:12]
