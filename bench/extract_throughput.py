@@ -240,7 +240,7 @@ def stage_in_process(paths: list[str], out: str, threads: int, **settings) -> tu
     from dfpipe.extract.stage import FaceExtractStage
 
     # As the job runs it on a CPU worker of ``threads`` CPUs: one video per CPU at a time.
-    stage = FaceExtractStage(faces_uri=out, threads=threads, videos_in_flight=threads, **settings)
+    stage = FaceExtractStage.of(out, threads=threads, videos_in_flight=threads, **settings)
     stage.setup()
     stage(
         catalog_rows(paths[:threads])
@@ -381,9 +381,9 @@ def real_clips(folder: str, limit: int) -> list[str]:
 
 def compare_stage(paths, workdir, tag, variants, ref, threads, record) -> dict:
     """Time each stage variant on ``paths`` and measure its agreement with the reference boxes."""
-    from dfpipe.extract.stage import FaceExtractStage
+    from dfpipe.extract.options import DetectOptions
 
-    defaults = FaceExtractStage(faces_uri="")
+    defaults = DetectOptions()
     agree = {}
     for name, settings in variants.items():
         out = os.path.join(workdir, "stage-out", (f"{tag}-{name}" if tag else name).replace(" ", "_"))
@@ -433,9 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     clips = os.path.join(args.workdir, f"clips-{args.size}-{args.frames}")
     paths = make_clips(clips, 4 * n, args.frames, width, height)
 
-    from dfpipe.extract.stage import FaceExtractStage
+    from dfpipe.extract.options import DecodeOptions
 
-    defaults = FaceExtractStage(faces_uri="")
+    defaults = DecodeOptions()
     rates: dict[str, dict] = {}
 
     def record(name: str, frames: int, seconds: float, **extra) -> None:

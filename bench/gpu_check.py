@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dfpipe import config as C  # noqa: E402
 from dfpipe import recipe  # noqa: E402
 from dfpipe.extract.decode import DecodeLimits, VideoReader  # noqa: E402
-from dfpipe.train import modelio
+from dfpipe.train import modelio  # noqa: E402
 
 TARGET_FRAMES_PER_S = 300.0
 TARGET_CLIP_SECONDS = 1.0
@@ -172,9 +172,9 @@ def extraction(clips: list[str], device: str, max_frames: int, threads: int, wor
     from dfpipe.extract.stage import FaceExtractStage
 
     in_flight = min(len(clips), 16 if device == "cuda" else threads)
-    stage = FaceExtractStage(
-        faces_uri=tempfile.mkdtemp(dir=workdir),
-        limits=DecodeLimits(max_frames=max_frames),
+    stage = FaceExtractStage.of(
+        tempfile.mkdtemp(dir=workdir),
+        max_frames=max_frames,
         device=device,
         threads=threads,
         videos_in_flight=in_flight,

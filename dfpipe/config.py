@@ -36,6 +36,26 @@ def option(default: Any = MISSING, help: str = "", **kwargs) -> Any:  # noqa: A0
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+    """A group of options a stage takes (its fields made with :func:`option`), checked on creation.
+
+    Each group checks its own fields in ``check()``; a job config made of several groups (by
+    inheriting them) runs every group's check. :func:`part` takes one group out of such a config.
+    """
+
+    def __post_init__(self) -> None:
+        for cls in reversed(type(self).__mro__):
+            check = cls.__dict__.get("check")
+            if check is not None:
+                check(self)
+
+
+def part(cls: type[Options], config) -> Options:
+    """The ``cls`` group of ``config``: the values of its fields, as an instance of ``cls``."""
+    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -271,8 +291,10 @@ RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
 def help_lines(cls) -> list[str]:
     lines = []
     fields = fields_of(cls)
-    # A job's own options first, the shared run options last.
-    ordered = [n for n in fields if n not in RUN_OPTIONS] + [n for n in fields if n in RUN_OPTIONS]
+    # What must be given first, then a job's own options, the shared run options last.
+    required = [n for n, f in fields.items() if f.default is MISSING and f.default_factory is MISSING]
+    ordered = required + [n for n in fields if n not in RUN_OPTIONS and n not in required]
+    ordered += [n for n in fields if n in RUN_OPTIONS and n not in required]
     for name in ordered:
         f = fields[name]
         if f.default is not MISSING:

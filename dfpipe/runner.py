@@ -187,6 +187,11 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def use_gpus(choice: bool | None) -> bool:
+    """A job's ``use_gpu`` option: as given, else whether the cluster has GPUs."""
+    return choice if choice is not None else cluster_gpus() > 0
+
+
 def cluster_cpus() -> float:
     import ray
 

@@ -106,7 +106,6 @@ def test_check_passes_on_the_corpus_and_catches_corruption(corpus_extracted, tmp
 
 
 def test_decode_limits_refuse_by_rule(sample_dataset, tmp_path):
-    from dfpipe.extract.decode import DecodeLimits
     from dfpipe.extract.stage import FaceExtractStage
 
     clip = sorted(sample_dataset.glob("dfdc_train_part_0/*.mp4"))[0]
@@ -114,13 +113,13 @@ def test_decode_limits_refuse_by_rule(sample_dataset, tmp_path):
     video.update(part="p", label=0, original=None, error=None)
     cases = [
         (dict(max_bytes=1000), R.REASON_TOO_LARGE),
-        (dict(limits=DecodeLimits(max_pixels=100 * 100)), R.REASON_TOO_LARGE),
-        (dict(limits=DecodeLimits(max_seconds=0.0)), R.REASON_TIMEOUT),
+        (dict(max_pixels=100 * 100), R.REASON_TOO_LARGE),
+        (dict(max_seconds_per_video=0.0), R.REASON_TIMEOUT),
     ]
     for settings, reason in cases:
-        row = FaceExtractStage(faces_uri=str(tmp_path), face_size=64, **settings).process(video)
+        row = FaceExtractStage.of(str(tmp_path), face_size=64, **settings).process(video)
         assert row["status"] == R.STATUS_FAILED and R.reason_of(row["error"]) == reason, (settings, row)
-    capped = FaceExtractStage(faces_uri=str(tmp_path), face_size=64, limits=DecodeLimits(max_frames=5))
+    capped = FaceExtractStage.of(str(tmp_path), face_size=64, max_frames=5)
     assert capped.process(video)["n_frames"] == 5
 
 

@@ -268,7 +268,7 @@ def test_storage_roundtrip_and_safe_names(tmp_path):
 def test_extract_stage_without_ray(clip, tmp_path):
     from dfpipe.extract.stage import FaceExtractStage
 
-    stage = FaceExtractStage(faces_uri=str(tmp_path / "faces"), face_size=64, min_face_px=10)
+    stage = FaceExtractStage.of(str(tmp_path / "faces"), face_size=64, min_face_px=10)
     rows = [
         {
             "video_id": "clip",

@@ -16,7 +16,7 @@ import queue
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 
 import numpy as np
@@ -25,9 +25,10 @@ import pyarrow as pa
 from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.extract.batching import CallBatcher
-from dfpipe.extract.decode import DecodeError, DecodeLimits, VideoReader, prefetched
+from dfpipe.extract.decode import DecodeError, VideoReader, prefetched
 from dfpipe.extract.faces import FaceDetector, crop_face, encode_jpeg, face_flags, pick_device
 from dfpipe.extract.keyframes import KeyframeDetector
+from dfpipe.extract.options import CropOptions, DecodeOptions, DetectOptions, TrackOptions
 from dfpipe.extract.tracks import link_tracks
 from dfpipe.stage import Resources
 
@@ -38,44 +39,45 @@ log = logging.getLogger(__name__)
 class FaceExtractStage:
     """Decode, detect, crop and track the faces of each video in a batch of catalog rows."""
 
-    faces_uri: str
+    faces: storage.Folder  # where each video's face shard goes
     config_hash: str = ""
-    frame_stride: int = 1
-    limits: DecodeLimits = field(default_factory=DecodeLimits)
-    max_bytes: int = 2 * 1024**3
-    detect_long_side: int = 640
-    detect_batch: int = 16
-    detect_every: int = 16
-    scan_every: int = 64
-    mtcnn: str = "cascade"
-    agree_iou: float = 0.7
-    verify_boxes: bool = True
-    cut_threshold: float = 40.0
-    min_face_size: int = 20
-    min_prob: float = 0.9
-    min_face_px: int = 40
-    crop_margin: float = 0.2
-    face_size: int = 160
-    jpeg_quality: int = 90
-    track_iou: float = 0.3
-    track_max_gap: int = 5
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    detect: DetectOptions = field(default_factory=DetectOptions)
+    crop: CropOptions = field(default_factory=CropOptions)
+    track: TrackOptions = field(default_factory=TrackOptions)
     device: str = "auto"
     threads: int = 1
     videos_in_flight: int = 1
-    storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    video_options: storage.StorageOptions | None = None  # how the catalog rows' video URIs are reached
     resources: Resources = field(default_factory=Resources)
+
+    @classmethod
+    def of(cls, faces: storage.Folder | str, **options) -> FaceExtractStage:
+        """A stage with any extraction options given by name (``face_size=64, scan_every=0``), each
+        routed to its group; the other keywords are the stage's own (``threads=2``)."""
+        groups = {
+            "decode": DecodeOptions,
+            "detect": DetectOptions,
+            "crop": CropOptions,
+            "track": TrackOptions,
+        }
+        made = {}
+        for key, group in groups.items():
+            names = {f.name for f in fields(group)}
+            made[key] = group(**{k: options.pop(k) for k in list(options) if k in names})
+        return cls(faces=storage.folder(faces), **made, **options)
 
     def setup(self) -> None:
         """Load the detector (once per worker); :meth:`process_many` shares out the CPUs per batch."""
         self.device = pick_device(self.device)
         self.detector = FaceDetector(
-            self.detect_long_side,
-            self.min_face_size,
+            self.detect.detect_long_side,
+            self.detect.min_face_size,
             device=self.device,
-            engine=self.mtcnn,
-            min_face_px=self.min_face_px,
+            engine=self.detect.mtcnn,
+            min_face_px=self.detect.min_face_px,
         )
-        verify = partial(self.detector.verify, min_prob=self.min_prob)
+        verify = partial(self.detector.verify, min_prob=self.detect.min_prob)
         if self.videos_in_flight > 1 and self.detector.device != "cpu":
             # Videos processed together share detector calls: on a GPU one call then carries the
             # keyframes of every video in flight instead of one frame. On CPUs a shared call only
@@ -162,16 +164,18 @@ class FaceExtractStage:
             self._share_cpus(1)
         start = time.monotonic()
         row = manifest_row(video, self.config_hash)
-        row["frame_stride"] = self.frame_stride
+        row["frame_stride"] = self.decode.frame_stride
         if video.get("error"):
             return row
         try:
-            nbytes = storage.size(video["uri"], self.storage_options)
+            nbytes = storage.size(video["uri"], self.video_options)
             if nbytes == 0:
                 raise DecodeError(R.REASON_DECODE_ERROR, "empty file (0 bytes)")
-            if nbytes > self.max_bytes:
-                raise DecodeError(R.REASON_TOO_LARGE, f"{nbytes} bytes exceeds max_bytes={self.max_bytes}")
-            with storage.local_copy(video["uri"], self.storage_options) as path:
+            if nbytes > self.decode.max_bytes:
+                raise DecodeError(
+                    R.REASON_TOO_LARGE, f"{nbytes} bytes exceeds max_bytes={self.decode.max_bytes}"
+                )
+            with storage.local_copy(video["uri"], self.video_options) as path:
                 table, info, stats = self._extract(path, video, concurrent)
         except DecodeError as exc:
             row.update(status=R.STATUS_FAILED, error=str(exc))
@@ -186,8 +190,8 @@ class FaceExtractStage:
             # A failure to write the output is not the video's fault: it raises, so the task is
             # retried and, if the storage stays down, the job stops with the error instead of
             # recording good videos as failed.
-            faces_uri = storage.join(self.faces_uri, storage.safe_name(video["video_id"]) + ".parquet")
-            storage.write_parquet(table, faces_uri, self.storage_options)
+            faces_uri = self.faces.join(storage.safe_name(video["video_id"]) + ".parquet")
+            storage.write_parquet(table, faces_uri, self.faces.options)
             row.update(info)
             row.update(stats)
             row.update(status=R.STATUS_OK, faces_uri=faces_uri)
@@ -196,19 +200,19 @@ class FaceExtractStage:
 
     def _extract(self, path: str, video: dict, concurrent: int) -> tuple[pa.Table, dict, dict]:
         threads = decoder_threads(self.threads, concurrent)
-        reader = VideoReader(path, self.frame_stride, self.limits, chunk=8, threads=threads)
+        reader = VideoReader(path, self.decode.frame_stride, self.decode.limits, chunk=8, threads=threads)
         # Two or more CPUs for this video (see _share_cpus): one of them decodes ahead.
         chunks = prefetched(reader, depth=2) if self.threads // concurrent >= 2 else reader
         keyframes = KeyframeDetector(
             self._detect,
-            verify=self._verify if self.verify_boxes else None,
+            verify=self._verify if self.detect.verify_boxes else None,
             detect_regions=self._regions,
-            every=self.detect_every,
-            scan_every=self.scan_every,
-            window=self.detect_batch,
-            min_prob=self.min_prob,
-            agree_iou=self.agree_iou,
-            cut_threshold=self.cut_threshold,
+            every=self.detect.detect_every,
+            scan_every=self.detect.scan_every,
+            window=self.detect.detect_batch,
+            min_prob=self.detect.min_prob,
+            agree_iou=self.detect.agree_iou,
+            cut_threshold=self.detect.cut_threshold,
         )
         frame_idx: list[int] = []
         boxes: list[np.ndarray] = []
@@ -223,7 +227,9 @@ class FaceExtractStage:
             crops.append(
                 [
                     encode_jpeg(
-                        crop_face(f.frame, box, self.crop_margin, self.face_size), self.jpeg_quality, bgr=True
+                        crop_face(f.frame, box, self.crop.crop_margin, self.crop.face_size),
+                        self.crop.jpeg_quality,
+                        bgr=True,
                     )
                     for box in f.boxes
                 ]
@@ -231,11 +237,16 @@ class FaceExtractStage:
         if not frame_idx:
             raise DecodeError(R.REASON_DECODE_ERROR, "no frame could be decoded")
         track_ids = link_tracks(
-            frame_idx, boxes, self.track_iou, self.track_max_gap, keyframes.cuts, self.frame_stride
+            frame_idx,
+            boxes,
+            self.track.track_iou,
+            self.track.track_max_gap,
+            keyframes.cuts,
+            self.decode.frame_stride,
         )
         cols: dict[str, list] = {name: [] for name in R.FACES_SCHEMA.names}
         for i, b, p, d, t, c in zip(frame_idx, boxes, probs, detected, track_ids, crops, strict=True):
-            flags = face_flags(b, p, self.min_prob, self.min_face_px)
+            flags = face_flags(b, p, self.detect.min_prob, self.detect.min_face_px)
             if len(b) == 0:
                 _append(cols, video, i, None, R.FLAG_NO_FACE, None, None, d, None)
             for k in range(len(b)):

@@ -1,4 +1,5 @@
-"""What the two training jobs share: reading windows, guarding the output, exporting the model."""
+"""What the two training jobs share: their skeleton (:class:`Training`), reading windows, guarding
+the output, exporting the model."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dfpipe import __version__, console, outputs, recipe, storage
+from dfpipe import __version__, console, outputs, recipe, runner, storage
 from dfpipe import config as C
 from dfpipe import records as R
 from dfpipe.train.loops import epoch_line, metric_kind, plot_curves
@@ -32,6 +35,77 @@ OPERATIONAL_FIELDS = {
     "s3_region",
     "s3_anon",
 }
+
+
+@dataclass
+class Plan:
+    """What a training job hands the skeleton once its inputs are ready."""
+
+    loop: Callable  # the per-worker loop (dfpipe.train.loops), run by Ray Train
+    loop_cfg: dict  # the loop's settings (plain values: they travel to every worker)
+    datasets: dict  # name -> Ray dataset the loop reads
+    meta: dict  # the model's model.json so far
+    shown: tuple[str, ...]  # the metrics on the console's progress line
+    select_by: str = "val_loss"  # the metric whose lowest epoch is the exported model
+
+
+class Training:
+    """The sequence both trainings follow, written once; a job fills in its three steps:
+
+    1. :meth:`check` (before Ray starts): read and check the inputs, so a wrong one fails in seconds;
+    2. :meth:`plan` (Ray joined, GPUs known): build the datasets, the loop's settings and the meta;
+    3. :meth:`finish` (after training, before the export; optional): what needs the best weights.
+
+    :meth:`run` returns a finished model as it is, resumes an interrupted one from its last
+    checkpoint (Ray Train, same storage path and name), and exports the best epoch.
+    """
+
+    job: str  # the job's name, on the console and in config.json
+    run_name: str  # Ray Train's run name under OUTPUT/_train (a resumed run must keep it)
+    title: str  # the curves' title
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def check(self) -> None:
+        """Read and check the inputs (no Ray yet); keep what :meth:`plan` needs on ``self``."""
+
+    def plan(self, use_gpu: bool) -> Plan:
+        raise NotImplementedError
+
+    def finish(self, best: dict, meta: dict) -> None:
+        """Add to ``meta`` (or beside the model) what needs the best epoch's weights (``best["model"]``)."""
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        done = prepare_output(cfg, self.job)
+        if done:
+            console.say(
+                f"{self.job}: {cfg.output} already holds a model trained for {done['epochs_trained']} epochs"
+            )
+            return done
+        self.check()
+        runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
+        use_gpu = runner.use_gpus(cfg.use_gpu)
+        plan = self.plan(use_gpu)
+        progress = EpochReport(self.job, cfg, plan.shown)
+        best, latest = runner.fit(
+            plan.loop,
+            plan.loop_cfg,
+            plan.datasets,
+            num_workers=cfg.num_workers,
+            use_gpu=use_gpu,
+            storage_path=train_dir(cfg),
+            name=self.run_name,
+            storage_options=cfg.storage_options,
+            max_failures=cfg.max_failures,
+            capacity_wait_s=cfg.capacity_wait_s,
+            select_by=plan.select_by,
+            on_report=progress,
+        )
+        progress.close()
+        self.finish(best, plan.meta)
+        return export(cfg, best, latest, plan.meta, self.title)
 
 
 class EpochReport:

@@ -13,7 +13,7 @@ from dfpipe import config as C
 from dfpipe import outputs, recipe, runner, storage
 from dfpipe import records as R
 from dfpipe.extract.catalog import build_catalog
-from dfpipe.extract.decode import DecodeLimits
+from dfpipe.extract.options import CropOptions, DecodeOptions, DetectOptions, TrackOptions
 from dfpipe.extract.stage import FaceExtractStage, manifest_row
 from dfpipe.stage import Resources
 from dfpipe.step import Step, run_step, write_stats
@@ -31,7 +31,11 @@ GPU_VIDEOS_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExtractConfig(C.RunOptions):
+class ExtractConfig(C.RunOptions, TrackOptions, CropOptions, DetectOptions, DecodeOptions):
+    """The extract job: where from and to, how it runs, and the stage's option groups
+    (:mod:`dfpipe.extract.options`, inherited so that every key stays flat; listed last to first,
+    as a dataclass takes the fields of its last base first)."""
+
     input: str = C.option(
         help="dataset URI (local path, file:// or s3://): DFDC metadata.json parts, a labels.csv, or a folder of videos"
     )
@@ -39,56 +43,6 @@ class ExtractConfig(C.RunOptions):
         help="output URI; faces/, videos/, stats.json and config.json are written under it"
     )
     overwrite: bool = C.option(False, "redo every video instead of only those missing from the manifest")
-    frame_stride: int = C.option(1, "keep every k-th frame")
-    max_frames: int = C.option(300, "frame cap per video (kept frames)")
-    max_bytes: int = C.option(2 * 1024**3, "refuse files larger than this many bytes")
-    max_pixels: int = C.option(3840 * 2160, "refuse streams with more pixels per frame than this")
-    max_seconds_per_video: float = C.option(600.0, "give up on a video after this many seconds of decoding")
-    detect_long_side: int = C.option(
-        640, "frames are shrunk so their long side is at most this before detection"
-    )
-    detect_every: int = C.option(
-        16, "run the detector on every k-th frame and interpolate boxes between (1: every frame)"
-    )
-    scan_every: int = C.option(
-        64,
-        "scan the whole frame at a keyframe once k frames have passed since the last scan; keyframes between search "
-        "only around the faces already found, so a face that enters is found at the next scan (at most detect_every: "
-        "every keyframe a full scan)",
-    )
-    mtcnn: Literal["cascade", "facenet"] = C.option(
-        "cascade",
-        "MTCNN implementation: cascade (dfpipe's: OpenCV resampling, no pyramid level for faces under min_face_px) "
-        "or facenet (facenet-pytorch's detect_face, the rows of models trained before 2026-12)",
-    )
-    agree_iou: float = C.option(
-        0.7, "keyframes whose faces overlap less than this are re-detected in between, not interpolated"
-    )
-    verify_boxes: bool = C.option(
-        True,
-        "check every interpolated box for a face (MTCNN's O-Net, then a detection around the box) and detect "
-        "properly where one fails",
-    )
-    cut_threshold: float = C.option(
-        40.0, "mean change of a frame's thumbnail (0-255) taken as a scene cut: no interpolation across it"
-    )
-    detect_batch: int = C.option(
-        16,
-        "frames held per window (with the tail after its last keyframe); its keyframes are detected in one batch",
-    )
-    min_face_size: int = C.option(20, "MTCNN's smallest face, in pixels of the detection frame")
-    min_prob: float = C.option(0.9, "faces below this detection probability are flagged low_prob")
-    min_face_px: int = C.option(
-        40, "faces whose short side is below this (full-resolution pixels) are flagged small_face"
-    )
-    crop_margin: float = C.option(0.2, "crop margin around the box, as a fraction of its size, per side")
-    face_size: int = C.option(160, "side of the square face crops, in pixels")
-    jpeg_quality: int = C.option(90, "JPEG quality of the crops")
-    track_iou: float = C.option(0.3, "least box overlap (IoU) for a face to continue a track")
-    track_max_gap: int = C.option(
-        5,
-        "most sampled frames (counted after frame_stride) between two sightings of one track; further apart starts a new track",
-    )
     device: Literal["auto", "cpu", "cuda"] = C.option(
         "auto", "where MTCNN runs: auto uses the GPU Ray gives an actor"
     )
@@ -107,58 +61,25 @@ class ExtractConfig(C.RunOptions):
     )
     manifest_flush_rows: int = C.option(500, "manifest rows per videos/ file (also flushed every 60 s)")
 
-    def __post_init__(self):
-        for name in (
-            "frame_stride",
-            "max_frames",
-            "max_bytes",
-            "max_pixels",
-            "detect_long_side",
-            "detect_batch",
-            "detect_every",
-            "face_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.scan_every < 0:
-            raise ValueError(f"scan_every must be >= 0, got {self.scan_every}")
-        if not 0 <= self.min_prob <= 1:
-            raise ValueError(f"min_prob must be within [0, 1], got {self.min_prob}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be within [1, 100], got {self.jpeg_quality}")
+    def check(self) -> None:
         if storage.normalize(self.input) == storage.normalize(self.output):
             raise ValueError("output must differ from input: write results beside the dataset, not into it")
 
 
-def build_stage(cfg: ExtractConfig, faces_uri: str, num_gpus: float) -> FaceExtractStage:
+def build_stage(cfg: ExtractConfig, faces: storage.Folder, num_gpus: float) -> FaceExtractStage:
     threads = max(1, int(cfg.cpus_per_worker))
     in_flight = cfg.videos_in_flight or (GPU_VIDEOS_IN_FLIGHT if num_gpus > 0 else threads)
     return FaceExtractStage(
-        faces_uri=faces_uri,
+        faces=faces,
         config_hash=C.config_hash(cfg, OUTPUT_FIELDS),
-        frame_stride=cfg.frame_stride,
-        limits=DecodeLimits(cfg.max_pixels, cfg.max_frames, cfg.max_seconds_per_video),
-        max_bytes=cfg.max_bytes,
-        detect_long_side=cfg.detect_long_side,
-        detect_batch=cfg.detect_batch,
-        detect_every=cfg.detect_every,
-        scan_every=cfg.scan_every,
-        mtcnn=cfg.mtcnn,
-        agree_iou=cfg.agree_iou,
-        verify_boxes=cfg.verify_boxes,
-        cut_threshold=cfg.cut_threshold,
-        min_face_size=cfg.min_face_size,
-        min_prob=cfg.min_prob,
-        min_face_px=cfg.min_face_px,
-        crop_margin=cfg.crop_margin,
-        face_size=cfg.face_size,
-        jpeg_quality=cfg.jpeg_quality,
-        track_iou=cfg.track_iou,
-        track_max_gap=cfg.track_max_gap,
+        decode=C.part(DecodeOptions, cfg),
+        detect=C.part(DetectOptions, cfg),
+        crop=C.part(CropOptions, cfg),
+        track=C.part(TrackOptions, cfg),
         device="cuda" if num_gpus > 0 and cfg.device == "auto" else cfg.device,
         threads=threads,
         videos_in_flight=in_flight,
-        storage_options=cfg.storage_options,
+        video_options=cfg.storage_options,
         resources=Resources(
             num_cpus=cfg.cpus_per_worker,
             num_gpus=num_gpus,
@@ -205,7 +126,9 @@ def run(cfg: ExtractConfig) -> dict:
             name=NAME,
             cfg=cfg,
             todo=catalog,
-            stage=lambda: build_stage(cfg, paths["faces"], worker_gpus(cfg)),  # once Ray is joined
+            stage=lambda: build_stage(
+                cfg, storage.Folder(paths["faces"], opts), worker_gpus(cfg)
+            ),  # once Ray is joined
             folders={"videos": (paths["videos"], R.VIDEOS_SCHEMA)},
             fields=OUTPUT_FIELDS,
             marker_on_driver=True,

@@ -221,16 +221,31 @@ def model_splits(meta: dict, opts) -> dict[str, str]:
 
 
 def run(cfg: ScoreConfig) -> dict:
-    started = time.monotonic()
-    opts = cfg.storage_options
-    paths = outputs.scoring(cfg.output)
-    model = storage.Folder(cfg.model, opts)
+    """Score every video of ``cfg.input`` this model version has not scored (all with ``all=true``)."""
+    started, timer = time.monotonic(), StepTimer()
+    model = storage.Folder(cfg.model, cfg.storage_options)
     meta, embedder, version = load_model_meta(model)
+    extract_uri, segment = extract_and_segment(cfg, meta, timer)
+    manifest, pending, already, replace = pending_videos(cfg, extract_uri, version)
+    cache = embed_pending(cfg, pending, segment, embedder, timer)
+    todo = score_inputs(pending, segment.uri, cache.uri, meta, cfg.storage_options)
+    calibration = classify(
+        cfg, model, meta, version, cache, todo, (manifest.num_rows, already, replace), timer
+    )
+    n_frames = int(pc.sum(pending.column("n_frames")).as_py() or 0)
+    return finish(cfg, version, pending.num_rows, n_frames, time.monotonic() - started, timer, calibration)
+
+
+def extract_and_segment(cfg: ScoreConfig, meta: dict, timer: StepTimer) -> tuple[str, storage.Folder]:
+    """Steps 1-2, each doing only what is missing: the extraction's URI and the segmentation's folder.
+
+    Both follow the model's recipe; faces made otherwise stop the run here, before any work. An
+    extraction output given as input is used as it is, else the dataset is extracted under
+    OUTPUT/extract (reusing what an earlier run did there)."""
+    opts = cfg.storage_options
     if not storage.exists(cfg.input, opts):
         raise C.ConfigError(f"input {cfg.input!r} does not exist")
-    # Extraction and segmentation follow the model's recipe; faces made otherwise stop the run here,
-    # before any work. An extraction output given as input is used as it is, else the dataset is
-    # extracted under OUTPUT/extract (reusing what an earlier run did there).
+    paths = outputs.scoring(cfg.output)
     ext_options, seg_options, notes = data_plan(meta, cfg.model, cfg)
     given_faces = outputs.is_extraction(cfg.input, opts)
     extract_uri = cfg.input if given_faces else paths["extract"]
@@ -239,42 +254,61 @@ def run(cfg: ScoreConfig) -> dict:
         check_extraction(extract_uri, ext_cfg, opts, given=given_faces)
     for note in notes:
         console.say(f"score: differs from the model's recipe, as given: {note}")
-
-    # 1-2. Extraction and segmentation, each doing only what is missing.
-    timer = StepTimer()
     if not given_faces:
         with timer("extract"):
             extract_job.run(ext_cfg)
     seg_cfg = segment_config(seg_options, meta, extract_uri, cfg.output, cfg)
     with timer("segment"):
         segment_job.run(seg_cfg)
+    return extract_uri, storage.Folder(seg_cfg.output, opts)
 
-    # 3. Which videos need a score from this model version; their codes first (the cache).
+
+def pending_videos(cfg: ScoreConfig, extract_uri: str, version: str) -> tuple[pa.Table, pa.Table, int, bool]:
+    """The manifest, the videos that need a score from this model version, how many have one, and
+    whether this version's scores are all made again (``all`` or ``calibrate``: removed when scoring starts)."""
+    opts = cfg.storage_options
     manifest = outputs.read_manifest(extract_uri, opts, columns=[*VIDEO_COLUMNS, "n_frames"])
     scored = outputs.read_scores(cfg.output, opts, version, columns=["video_id", "model_version"])
     rescore_all = cfg.all or cfg.calibrate  # a temperature fitted now applies to every video
     if cfg.calibrate and not cfg.all and scored.num_rows:
         console.say("score: calibrate=true: every video is scored again with the temperature fitted now")
-    pending = (
-        manifest
-        if rescore_all
-        else manifest.filter(pc.invert(pc.is_in(manifest.column("video_id"), scored.column("video_id"))))
-    )
-    n_frames = int(pc.sum(pending.column("n_frames")).as_py() or 0)
-    segment = storage.Folder(seg_cfg.output, opts)
+    if rescore_all:
+        return manifest, manifest, 0, scored.num_rows > 0
+    done = pc.is_in(manifest.column("video_id"), scored.column("video_id"))
+    return manifest, manifest.filter(pc.invert(done)), scored.num_rows, False
+
+
+def embed_pending(
+    cfg: ScoreConfig, pending: pa.Table, segment: storage.Folder, embedder: storage.Folder, timer: StepTimer
+) -> storage.Folder:
+    """Step 3: the codes of every window of the pending videos, in the embedding cache (returned)."""
     cache = cache_for(segment, embedder)
-    with_windows = segmented_videos(seg_cfg.output, opts, pending.column("video_id"))
+    with_windows = segmented_videos(segment.uri, segment.options, pending.column("video_id"))
     if with_windows.num_rows:
         runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
-        use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
+        use_gpu = runner.use_gpus(cfg.use_gpu)
         with timer("embed"):
-            faces = faces_version(seg_cfg.output, opts)
+            faces = faces_version(segment.uri, segment.options)
             embed_videos(with_windows, segment, embedder, cache, use_gpu, 128, faces)
-    todo = score_inputs(pending, seg_cfg.output, cache.uri, meta, opts)
+    return cache
 
-    # 4. One row per pending video, windows or not, written with its window scores by the workers.
-    if rescore_all and scored.num_rows:
-        remove_version(cfg.output, version, opts)
+
+def classify(
+    cfg: ScoreConfig,
+    model: storage.Folder,
+    meta: dict,
+    version: str,
+    cache: storage.Folder,
+    todo: pa.Table,
+    counts: tuple[int, int, bool],
+    timer: StepTimer,
+) -> dict | None:
+    """Step 4: one row per pending video, windows or not, written with its window scores by the
+    workers. ``counts``: videos in the manifest, already scored, and whether this version's scores
+    are replaced. With ``calibrate=true`` the temperature is fitted first (returned)."""
+    n_manifest, already, replace = counts
+    if replace:
+        remove_version(cfg.output, version, cfg.storage_options)
     rule = cfg.video_rule(meta)
     scorer = VideoScoreStage(
         model,
@@ -288,8 +322,7 @@ def run(cfg: ScoreConfig) -> dict:
     calibration = None
     if cfg.calibrate:
         calibration = refit_temperature(todo, scorer, meta, rule, cfg.ray_address)
-        scorer.meta = meta = {**meta, "temperature": calibration["temperature"]}
-    already = 0 if rescore_all else scored.num_rows
+        scorer.meta = {**meta, "temperature": calibration["temperature"]}
     with timer("classify"):
         run_step(
             Step(
@@ -304,23 +337,35 @@ def run(cfg: ScoreConfig) -> dict:
                 rows_per_block=VIDEOS_PER_BATCH,
                 config={"model_version": version, "recipe": meta["recipe"]},
                 say=lambda total, *_: (
-                    f"{manifest.num_rows} videos, {already} already scored by model {version}, {total} to score"
+                    f"{n_manifest} videos, {already} already scored by model {version}, {total} to score"
                 ),
             )
         )
+    return calibration
 
+
+def finish(
+    cfg: ScoreConfig,
+    version: str,
+    n_scored: int,
+    n_frames: int,
+    elapsed: float,
+    timer: StepTimer,
+    calibration: dict | None,
+) -> dict:
+    """The submission, ``stats.json`` and, where both classes are labelled, the evaluation report."""
+    opts, paths = cfg.storage_options, outputs.scoring(cfg.output)
     write_started = time.perf_counter()
     all_scores = outputs.read_scores(cfg.output, opts, version)
     write_submission(all_scores, paths["submission"], opts)
     timer.seconds["write"] = time.perf_counter() - write_started
-    elapsed = time.monotonic() - started
     stats = {
         "model_version": version,
         "videos": all_scores.num_rows,
-        "scored_this_run": pending.num_rows,
+        "scored_this_run": n_scored,
         "fallback_by_reason": _reasons(all_scores),
         "seconds": round(elapsed, 2),
-        "videos_per_s": round(pending.num_rows / elapsed, 3) if elapsed else None,
+        "videos_per_s": round(n_scored / elapsed, 3) if elapsed else None,
         "frames_per_s": round(n_frames / elapsed, 2) if elapsed else None,
         "step_seconds": timer.rounded(),
     }
@@ -333,12 +378,7 @@ def run(cfg: ScoreConfig) -> dict:
 
         stats["report"] = evaluate.run(
             evaluate.EvaluateConfig(
-                input=cfg.output,
-                output=paths["report"],
-                model_version=version,
-                s3_endpoint_url=cfg.s3_endpoint_url,
-                s3_region=cfg.s3_region,
-                s3_anon=cfg.s3_anon,
+                input=cfg.output, output=paths["report"], model_version=version, **C.run_options_of(cfg)
             )
         )
     elif cfg.evaluate and labels:

@@ -103,7 +103,9 @@ class Scorer:
         self.seg_cfg = score_job.segment_config(seg_options, self.meta, "unused", "unused", cfg)
         # On a GPU the stage batches the detections of the videos given to score_many together.
         on_gpu = pick_device(cfg.device) == "cuda"
-        self.extract = extract_job.build_stage(ext_cfg, self._tmp.name, num_gpus=1.0 if on_gpu else 0.0)
+        self.extract = extract_job.build_stage(
+            ext_cfg, storage.Folder(self._tmp.name), num_gpus=1.0 if on_gpu else 0.0
+        )
         self.extract.setup()
         self.embed = WindowEmbedStage(embedder, device=cfg.device, torch_threads=os.cpu_count() or 1)
         self.embed.setup()

@@ -70,126 +70,120 @@ class TrainClassifierConfig(C.RunOptions):
 
 
 def run(cfg: TrainClassifierConfig) -> dict:
-    done = T.prepare_output(cfg, NAME)
-    if done:
-        console.say(
-            f"train_classifier: {cfg.output} already holds a model trained for {done['epochs_trained']} epochs"
-        )
-        return done
-    opts = cfg.storage_options
-    embedder = storage.Folder(cfg.embedder, opts)
-    embedder_meta = modelio.read_meta(embedder)
-    if embedder_meta.get("architecture") != "face_embedder":
-        raise C.ConfigError(
-            f"--embedder {cfg.embedder} holds a {embedder_meta.get('architecture')} model, not a face_embedder"
-        )
-    windows = T.load_windows(cfg.input, opts, ("train", "val"))
-    data_recipe = T.data_recipe(cfg.input, opts)
-    lengths = set(windows.column("n_frames").to_pylist())
-    if len(lengths) != 1:
-        raise C.ConfigError(
-            f"windows of several lengths {sorted(lengths)} in {cfg.input}; segment with one window_len"
-        )
-    n_frames = lengths.pop()
-    runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
-    segment = storage.Folder(cfg.input, opts)
-    cache = (
-        storage.Folder(cfg.embeddings_cache, opts) if cfg.embeddings_cache else cache_for(segment, embedder)
-    )
-    videos = segmented_videos(cfg.input, opts, pc.unique(windows.column("video_id")))
-    rows_uri, embedded = embed_videos(
-        videos,
-        segment,
-        embedder,
-        cache,
-        use_gpu,
-        cfg.embed_batch_faces,
-        faces_version(cfg.input, opts),
-    )
+    return ClassifierTraining(cfg).run()
 
-    train = windows.filter(pc.equal(windows.column("split"), "train"))
-    n_fake = int(pc.sum(pc.equal(train.column("label"), R.LABEL_FAKE)).as_py())
-    n_real = train.num_rows - n_fake
-    steps = cfg.steps_per_epoch or max(1, -(-train.num_rows // (cfg.num_workers * cfg.batch_size)))
-    # The code sequences, read once before training (on a cluster into the run's storage, so they
-    # outlive any node, and read from there every epoch); the training split shuffled once (seeded).
-    datasets = {
-        "train": runner.training_input(
-            runner.shuffled(read_split(rows_uri, "train", opts), cfg.seed), T.input_dir(cfg, "train"), opts
-        ),
-        "val": runner.training_input(read_split(rows_uri, "val", opts), T.input_dir(cfg, "val"), opts),
-    }
-    console.say(
-        f"train_classifier: train windows REAL {n_real}, FAKE {n_fake} (pos_weight {n_real / n_fake:.3f}); "
-        f"{steps} steps per epoch on {cfg.num_workers} worker(s)"
-    )
-    meta = {
-        "architecture": "window_classifier",
-        "code_dim": embedder_meta["code_dim"],
-        "n_frames": n_frames,
-        "hidden_size": cfg.hidden_size,
-        "num_layers": cfg.num_layers,
-        "bidirectional": cfg.bidirectional,
-        "dropout": cfg.dropout,
-        "embedder_version": modelio.model_version(embedder),
-        "embedder": storage.normalize(cfg.embedder),
-        "face_size": embedder_meta["face_size"],
-        "window_len": n_frames,
-        "frame_stride": int(pc.max(windows.column("frame_stride")).as_py()),
-        "prior_fake": n_fake / max(1, train.num_rows),
-        "aggregation": cfg.aggregation,
-        "recipe": data_recipe,
-        "embeddings_cache": cache.uri,
-        "windows_embedded_this_run": embedded,
-    }
-    loop_cfg = {
-        "meta": meta,
-        "lr": cfg.lr,
-        "weight_decay": cfg.weight_decay,
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "steps_per_epoch": steps,
-        "seed": cfg.seed,
-        "per_video": cfg.windows_per_video,
-        "stop_after_epochs": cfg.stop_after_epochs,
-        "pos_weight": n_real / max(1, n_fake),
-        "aggregation": cfg.aggregation,
-    }
-    progress = T.EpochReport(NAME, cfg, ("train_loss", "val_loss", "val_video_loss", "val_video_acc"))
-    best, latest = runner.fit(
-        classifier_loop,
-        loop_cfg,
-        datasets,
-        num_workers=cfg.num_workers,
-        use_gpu=use_gpu,
-        storage_path=T.train_dir(cfg),
-        name="classifier",
-        storage_options=opts,
-        max_failures=cfg.max_failures,
-        capacity_wait_s=cfg.capacity_wait_s,
-        select_by="val_video_loss",  # the video-level log loss under the scoring rule
-        on_report=progress,
-    )
-    progress.close()
-    meta["temperature"] = calibrate(best["model"], meta, rows_uri, opts)
-    meta["calibrated_prior"] = CALIBRATED_PRIOR
-    segment_cfg = storage.read_json(outputs.segmentation(cfg.input)["config"], opts)
-    meta["segment"] = {
-        "uri": storage.normalize(cfg.input),
-        "config_hash": segment_cfg.get("config_hash"),
-        "usable_flags": segment_cfg["config"]["usable_flags"],
-        # Scoring assigns the same splits, so its report can single out held-out videos.
-        "split": {
-            k: segment_cfg["config"][k]
-            for k in ("val_parts", "test_parts", "val_fraction", "test_fraction", "split_salt")
-        },
-    }
-    meta = T.export(cfg, best, latest, meta, "window classifier")
-    # The classifier directory carries its embedder, so it can be copied and scored anywhere.
-    for name in ("model.pt", "model.json"):
-        storage.copy(storage.join(cfg.embedder, name), storage.join(cfg.output, "embedder", name), opts)
-    return meta
+
+class ClassifierTraining(T.Training):
+    """Every window embedded once (cached by embedder version), the LSTM trained on the codes, its
+    temperature fitted on the val videos; the model directory carries its embedder."""
+
+    job, run_name, title = NAME, "classifier", "window classifier"
+
+    def check(self) -> None:
+        cfg, opts = self.cfg, self.cfg.storage_options
+        self.embedder = storage.Folder(cfg.embedder, opts)
+        self.embedder_meta = modelio.read_meta(self.embedder)
+        if self.embedder_meta.get("architecture") != "face_embedder":
+            raise C.ConfigError(
+                f"--embedder {cfg.embedder} holds a {self.embedder_meta.get('architecture')} model, not a face_embedder"
+            )
+        self.windows = T.load_windows(cfg.input, opts, ("train", "val"))
+        self.data_recipe = T.data_recipe(cfg.input, opts)
+        lengths = set(self.windows.column("n_frames").to_pylist())
+        if len(lengths) != 1:
+            raise C.ConfigError(
+                f"windows of several lengths {sorted(lengths)} in {cfg.input}; segment with one window_len"
+            )
+        self.n_frames = lengths.pop()
+
+    def plan(self, use_gpu: bool) -> T.Plan:
+        cfg, opts, windows, n_frames = self.cfg, self.cfg.storage_options, self.windows, self.n_frames
+        segment, embedder = storage.Folder(cfg.input, opts), self.embedder
+        cache = (
+            storage.Folder(cfg.embeddings_cache, opts)
+            if cfg.embeddings_cache
+            else cache_for(segment, embedder)
+        )
+        videos = segmented_videos(cfg.input, opts, pc.unique(windows.column("video_id")))
+        faces = faces_version(cfg.input, opts)
+        self.rows_uri, embedded = embed_videos(
+            videos, segment, embedder, cache, use_gpu, cfg.embed_batch_faces, faces
+        )
+
+        train = windows.filter(pc.equal(windows.column("split"), "train"))
+        n_fake = int(pc.sum(pc.equal(train.column("label"), R.LABEL_FAKE)).as_py())
+        n_real = train.num_rows - n_fake
+        steps = cfg.steps_per_epoch or max(1, -(-train.num_rows // (cfg.num_workers * cfg.batch_size)))
+        # The code sequences, read once before training (on a cluster into the run's storage, so they
+        # outlive any node, and read from there every epoch); the training split shuffled once (seeded).
+        datasets = {
+            "train": runner.training_input(
+                runner.shuffled(read_split(self.rows_uri, "train", opts), cfg.seed),
+                T.input_dir(cfg, "train"),
+                opts,
+            ),
+            "val": runner.training_input(
+                read_split(self.rows_uri, "val", opts), T.input_dir(cfg, "val"), opts
+            ),
+        }
+        console.say(
+            f"train_classifier: train windows REAL {n_real}, FAKE {n_fake} (pos_weight {n_real / n_fake:.3f}); "
+            f"{steps} steps per epoch on {cfg.num_workers} worker(s)"
+        )
+        meta = {
+            "architecture": "window_classifier",
+            "code_dim": self.embedder_meta["code_dim"],
+            "n_frames": n_frames,
+            "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_layers,
+            "bidirectional": cfg.bidirectional,
+            "dropout": cfg.dropout,
+            "embedder_version": modelio.model_version(embedder),
+            "embedder": storage.normalize(cfg.embedder),
+            "face_size": self.embedder_meta["face_size"],
+            "window_len": n_frames,
+            "frame_stride": int(pc.max(windows.column("frame_stride")).as_py()),
+            "prior_fake": n_fake / max(1, train.num_rows),
+            "aggregation": cfg.aggregation,
+            "recipe": self.data_recipe,
+            "embeddings_cache": cache.uri,
+            "windows_embedded_this_run": embedded,
+        }
+        loop_cfg = {
+            "meta": meta,
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "steps_per_epoch": steps,
+            "seed": cfg.seed,
+            "per_video": cfg.windows_per_video,
+            "stop_after_epochs": cfg.stop_after_epochs,
+            "pos_weight": n_real / max(1, n_fake),
+            "aggregation": cfg.aggregation,
+        }
+        shown = ("train_loss", "val_loss", "val_video_loss", "val_video_acc")
+        # The video-level log loss under the scoring rule picks the epoch.
+        return T.Plan(classifier_loop, loop_cfg, datasets, meta, shown, select_by="val_video_loss")
+
+    def finish(self, best: dict, meta: dict) -> None:
+        cfg, opts = self.cfg, self.cfg.storage_options
+        meta["temperature"] = calibrate(best["model"], meta, self.rows_uri, opts)
+        meta["calibrated_prior"] = CALIBRATED_PRIOR
+        segment_cfg = storage.read_json(outputs.segmentation(cfg.input)["config"], opts)
+        meta["segment"] = {
+            "uri": storage.normalize(cfg.input),
+            "config_hash": segment_cfg.get("config_hash"),
+            "usable_flags": segment_cfg["config"]["usable_flags"],
+            # Scoring assigns the same splits, so its report can single out held-out videos.
+            "split": {
+                k: segment_cfg["config"][k]
+                for k in ("val_parts", "test_parts", "val_fraction", "test_fraction", "split_salt")
+            },
+        }
+        # The classifier directory carries its embedder, so it can be copied and scored anywhere.
+        for name in ("model.pt", "model.json"):
+            storage.copy(self.embedder.join(name), storage.join(cfg.output, "embedder", name), opts)
 
 
 def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:

@@ -97,92 +97,89 @@ def initial_state(cfg: TrainEmbedderConfig) -> dict | None:
 
 
 def run(cfg: TrainEmbedderConfig) -> dict:
-    done = T.prepare_output(cfg, NAME)
-    if done:
-        console.say(
-            f"train_embedder: {cfg.output} already holds a model trained for {done['epochs_trained']} epochs"
-        )
-        return done
-    opts = cfg.storage_options
-    T.load_windows(cfg.input, opts, ("train", "val"))  # checks the splits (a few columns a window)
-    init_state = initial_state(cfg)
-    runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else runner.cluster_gpus() > 0
+    return EmbedderTraining(cfg).run()
 
-    # One row per video with windows (its split, label and segmentation chunk); the workers read its
-    # windows, sample faces and read their crops.
-    summary = outputs.read_summary(cfg.input, opts, columns=["video_id", "split", "label"])
-    videos = segmented_videos(cfg.input, opts).join(summary, "video_id").sort_by("chunk")
-    stage = SampledFacesStage(
-        storage.Folder(outputs.segmentation(cfg.input)["windows"], opts), cfg.faces_per_window
-    )
-    datasets, counts = {}, {}
-    for name, split, label in (
-        ("train_real", "train", R.LABEL_REAL),
-        ("train_fake", "train", R.LABEL_FAKE),
-        ("val", "val", None),
-    ):
-        labels = videos.column("label")
-        labelled = pc.equal(labels, label) if label is not None else pc.is_valid(labels)
-        chosen = videos.filter(pc.and_(pc.equal(videos.column("split"), split), labelled))
-        # JPEG crops are small: sample them once, before training (into the run's storage on a
-        # cluster, so the input outlives any node), so the data stages never compete with the
-        # training workers for CPUs; decoding and augmentation happen in the loop, fresh each epoch.
-        # Shuffled once (seeded) so each worker's stream mixes all videos; the loop's sampler then
-        # builds every batch from many videos (dfpipe.train.sampler).
-        faces = runner.map_stage(
-            runner.dataset_from_table(chosen, rows_per_block=16), stage, n_rows=chosen.num_rows
+
+class EmbedderTraining(T.Training):
+    """Faces sampled from the training windows (REAL and FAKE apart), the triplet loop over them."""
+
+    job, run_name, title = NAME, "embedder", "face embedder"
+
+    def check(self) -> None:
+        cfg = self.cfg
+        T.load_windows(
+            cfg.input, cfg.storage_options, ("train", "val")
+        )  # the splits (a few columns a window)
+        self.init_state = initial_state(cfg)
+
+    def plan(self, use_gpu: bool) -> T.Plan:
+        cfg, opts = self.cfg, self.cfg.storage_options
+        # One row per video with windows (its split, label and segmentation chunk); the workers read
+        # its windows, sample faces and read their crops.
+        summary = outputs.read_summary(cfg.input, opts, columns=["video_id", "split", "label"])
+        videos = segmented_videos(cfg.input, opts).join(summary, "video_id").sort_by("chunk")
+        stage = SampledFacesStage(
+            storage.Folder(outputs.segmentation(cfg.input)["windows"], opts), cfg.faces_per_window
         )
-        datasets[name] = runner.training_input(runner.shuffled(faces, cfg.seed), T.input_dir(cfg, name), opts)
-        counts[name] = datasets[name].count()
-    half = cfg.batch_size // 2
-    steps = cfg.steps_per_epoch or max(
-        1, math.ceil(min(counts["train_real"], counts["train_fake"]) / (cfg.num_workers * half))
-    )
-    console.say(
-        f"train_embedder: faces train REAL {counts['train_real']}, FAKE {counts['train_fake']}, val {counts['val']}; "
-        f"{steps} steps per epoch on {cfg.num_workers} worker(s){' with GPUs' if use_gpu else ''}"
-    )
-    meta = {
-        "architecture": "face_embedder",
-        "code_dim": cfg.code_dim,
-        "face_size": cfg.face_size,
-        "dropout": cfg.dropout,
-        "loss": cfg.loss,
-        "margin": cfg.margin,
-    }
-    loop_cfg = {
-        "meta": meta,
-        "init_state": init_state,
-        "lr": cfg.lr,
-        "weight_decay": cfg.weight_decay,
-        "loss": cfg.loss,
-        "margin": cfg.margin,
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "steps_per_epoch": steps,
-        "seed": cfg.seed,
-        "per_video": cfg.faces_per_video,
-        "stop_after_epochs": cfg.stop_after_epochs,
-        "face_size": cfg.face_size,
-    }
-    progress = T.EpochReport(NAME, cfg, ("train_loss", "val_loss", "val_auc", "train_per_s"))
-    best, latest = runner.fit(
-        embedder_loop,
-        loop_cfg,
-        datasets,
-        num_workers=cfg.num_workers,
-        use_gpu=use_gpu,
-        storage_path=T.train_dir(cfg),
-        name="embedder",
-        storage_options=opts,
-        max_failures=cfg.max_failures,
-        capacity_wait_s=cfg.capacity_wait_s,
-        on_report=progress,
-    )
-    progress.close()
-    meta["faces"] = counts
-    return T.export(cfg, best, latest, meta, "face embedder")
+        datasets, counts = {}, {}
+        for name, split, label in (
+            ("train_real", "train", R.LABEL_REAL),
+            ("train_fake", "train", R.LABEL_FAKE),
+            ("val", "val", None),
+        ):
+            labels = videos.column("label")
+            labelled = pc.equal(labels, label) if label is not None else pc.is_valid(labels)
+            chosen = videos.filter(pc.and_(pc.equal(videos.column("split"), split), labelled))
+            # JPEG crops are small: sample them once, before training (into the run's storage on a
+            # cluster, so the input outlives any node), so the data stages never compete with the
+            # training workers for CPUs; decoding and augmentation happen in the loop, fresh each
+            # epoch. Shuffled once (seeded) so each worker's stream mixes all videos; the loop's
+            # sampler then builds every batch from many videos (dfpipe.train.sampler).
+            faces = runner.map_stage(
+                runner.dataset_from_table(chosen, rows_per_block=16), stage, n_rows=chosen.num_rows
+            )
+            datasets[name] = runner.training_input(
+                runner.shuffled(faces, cfg.seed), T.input_dir(cfg, name), opts
+            )
+            counts[name] = datasets[name].count()
+        half = cfg.batch_size // 2
+        steps = cfg.steps_per_epoch or max(
+            1, math.ceil(min(counts["train_real"], counts["train_fake"]) / (cfg.num_workers * half))
+        )
+        console.say(
+            f"train_embedder: faces train REAL {counts['train_real']}, FAKE {counts['train_fake']}, val {counts['val']}; "
+            f"{steps} steps per epoch on {cfg.num_workers} worker(s){' with GPUs' if use_gpu else ''}"
+        )
+        meta = {
+            "architecture": "face_embedder",
+            "code_dim": cfg.code_dim,
+            "face_size": cfg.face_size,
+            "dropout": cfg.dropout,
+            "loss": cfg.loss,
+            "margin": cfg.margin,
+        }
+        loop_cfg = {
+            "meta": meta,
+            "init_state": self.init_state,
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "loss": cfg.loss,
+            "margin": cfg.margin,
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "steps_per_epoch": steps,
+            "seed": cfg.seed,
+            "per_video": cfg.faces_per_video,
+            "stop_after_epochs": cfg.stop_after_epochs,
+            "face_size": cfg.face_size,
+        }
+        self.counts = counts
+        return T.Plan(
+            embedder_loop, loop_cfg, datasets, meta, ("train_loss", "val_loss", "val_auc", "train_per_s")
+        )
+
+    def finish(self, best: dict, meta: dict) -> None:
+        meta["faces"] = self.counts
 
 
 def format_summary(meta: dict) -> str:
