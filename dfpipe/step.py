@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from dfpipe import config as C
 from dfpipe import console, runner, storage
-from dfpipe.stage import Resources, Stage
+from dfpipe.stage import Later, Resources, Stage, check_reads
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ class ChunkWriter:
     def resources(self) -> Resources:
         return self.stage.resources
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return self.stage.reads
+
     def setup(self) -> None:
         self.stage.setup()
 
@@ -77,7 +81,7 @@ class Step:
     name: str  # what the console calls it ("segment")
     cfg: C.RunOptions | None  # the job's config: recorded in config.json, its Ray address joined
     todo: pa.Table  # every row this step should have done, one per key
-    stage: Stage | Callable[[], Stage]  # does one batch of rows (or makes it, once Ray is joined)
+    stage: Stage | Later  # does one batch of rows (or is made once Ray is joined)
     folders: Folders  # where its rows go; the last is the marker (one row per key)
     output: storage.Folder | None = None  # config.json goes here (default: the config's output)
     overwrite: bool | None = None  # delete the folders first (default: the config's --overwrite)
@@ -100,6 +104,9 @@ class Step:
     say: Callable[[int, int, int, int], str] | None = None
 
     def __post_init__(self):
+        # The chain is checked here, before Ray starts: rows lacking a column the stage reads stop
+        # the job now, naming the columns.
+        check_reads(self.todo.column_names, self.stage, self.name)
         if self.output is None:
             self.output = storage.Folder(self.cfg.output, self.cfg.storage_options)
         if self.overwrite is None:
@@ -169,7 +176,7 @@ def run_step(step: Step) -> StepRun:
         writer.add(marker=settled)
     if todo.num_rows:
         runner.ensure_ray(*((cfg.ray_address, cfg.capacity_wait_s) if cfg is not None else ()))
-        stage = step.stage if hasattr(step.stage, "resources") else step.stage()
+        stage = step.stage() if isinstance(step.stage, Later) else step.stage
         if not step.marker_on_driver:
             stage = ChunkWriter(stage, step.folders, step.key, step.split, step.salt, opts)
         blocks = runner.dataset_from_table(todo, rows_per_block=step.rows_per_block)

@@ -116,11 +116,15 @@ def test_decode_limits_refuse_by_rule(sample_dataset, tmp_path):
         (dict(max_pixels=100 * 100), R.REASON_TOO_LARGE),
         (dict(max_seconds_per_video=0.0), R.REASON_TIMEOUT),
     ]
+    def stage(**settings) -> FaceExtractStage:
+        made = FaceExtractStage.of(str(tmp_path), face_size=64, **settings)
+        made.setup()
+        return made
+
     for settings, reason in cases:
-        row = FaceExtractStage.of(str(tmp_path), face_size=64, **settings).process(video)
+        row = stage(**settings).process(video)
         assert row["status"] == R.STATUS_FAILED and R.reason_of(row["error"]) == reason, (settings, row)
-    capped = FaceExtractStage.of(str(tmp_path), face_size=64, max_frames=5)
-    assert capped.process(video)["n_frames"] == 5
+    assert stage(max_frames=5).process(video)["n_frames"] == 5
 
 
 @pytest.fixture(scope="module")

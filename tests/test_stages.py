@@ -269,6 +269,7 @@ def test_extract_stage_without_ray(clip, tmp_path):
     from dfpipe.extract.stage import FaceExtractStage
 
     stage = FaceExtractStage.of(str(tmp_path / "faces"), face_size=64, min_face_px=10)
+    stage.setup()
     rows = [
         {
             "video_id": "clip",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,7 +12,7 @@ import pytest
 
 from dfpipe import config as C
 from dfpipe import storage
-from dfpipe.stage import Resources
+from dfpipe.stage import ContractError, Later, Resources
 from dfpipe.step import ChunkWriter, Step, run_step
 
 PAYLOAD = pa.schema([("video_id", pa.string()), ("i", pa.int32())])
@@ -29,6 +30,9 @@ class ToyConfig(C.RunOptions):
 class ToyStage:
     """Per video, ``rows`` payload rows and one marker row; the payload is nested, as the real
     stages nest windows under their video."""
+
+    reads: ClassVar = ("video_id",)
+    writes: ClassVar = None  # the marker columns and the nested payload
 
     rows: int
     digest: str
@@ -150,3 +154,52 @@ def test_a_step_with_no_capacity_fails_within_the_wait_saying_why(ray_session, t
         DataContext.get_current().execution_no_progress_timeout_s = before
     assert time.monotonic() - started < 90
     assert not list((tmp_path / "out").glob("*/*.parquet")), "nothing written"
+
+
+def test_a_step_whose_rows_lack_a_column_its_stage_reads_is_refused_when_built(tmp_path):
+    """The chain is checked when a step is declared, before Ray or any write: rows without a column
+    the stage reads are refused naming the stage and the columns, for a stage made later (once Ray
+    is joined) too, without making it."""
+    from dfpipe.extract.stage import FaceExtractStage
+    from dfpipe.segment.stage import SegmentStage
+
+    todo = pa.table({"video_id": ["a"], "label": pa.array([0], pa.int8())})
+    folders = {"videos": (str(tmp_path / "out" / "videos"), MARKER)}
+    cfg = ToyConfig(output=str(tmp_path / "out"))
+    expected = "segment: SegmentStage reads part, original, status, frame_stride, faces_uri, which its input rows lack"
+    with pytest.raises(ContractError, match=expected):
+        Step(name="segment", cfg=cfg, todo=todo, stage=SegmentStage(), folders=folders)
+    made = []
+    with pytest.raises(
+        ContractError, match="extract: FaceExtractStage reads uri, filename, part, original, error"
+    ):
+        Step(
+            name="extract",
+            cfg=cfg,
+            todo=todo,
+            stage=Later(FaceExtractStage, lambda: made.append(1)),
+            folders=folders,
+        )
+    assert not made and not (tmp_path / "out").exists()
+    # Rows holding every column it reads (and more) pass.
+    Step(name="toy", cfg=cfg, todo=todo, stage=ToyStage(1, "h"), folders=folders)
+
+
+def test_every_stage_declares_what_it_reads_and_writes():
+    from dfpipe.extract.stage import FaceExtractStage
+    from dfpipe.score.embed import FaceCropsStage, SampledFacesStage, VideoEmbedStage, WindowEmbedStage
+    from dfpipe.score.stage import VideoScoreStage, WindowLogitsStage, WindowScoreStage
+    from dfpipe.segment.stage import SegmentStage
+
+    stages = (FaceExtractStage, SegmentStage, FaceCropsStage, WindowEmbedStage, VideoEmbedStage,
+              SampledFacesStage, WindowScoreStage, VideoScoreStage, WindowLogitsStage)  # fmt: skip
+    for stage in stages:
+        assert isinstance(stage.reads, tuple) and stage.reads and len(set(stage.reads)) == len(stage.reads), (
+            stage
+        )
+        assert stage.writes is None or isinstance(stage.writes, pa.Schema), stage
+    # Each job's step hands its stage rows of a known schema: the chains hold.
+    from dfpipe import records as R
+
+    assert set(FaceExtractStage.reads) <= set(R.CATALOG_SCHEMA.names)
+    assert set(SegmentStage.reads) <= set(R.VIDEOS_SCHEMA.names)

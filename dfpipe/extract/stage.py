@@ -18,6 +18,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from functools import partial
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 class FaceExtractStage:
     """Decode, detect, crop and track the faces of each video in a batch of catalog rows."""
 
+    reads: ClassVar = ("video_id", "uri", "filename", "part", "label", "original", "error")
+    writes: ClassVar = R.VIDEOS_SCHEMA
     faces: storage.Folder  # where each video's face shard goes
     config_hash: str = ""
     decode: DecodeOptions = field(default_factory=DecodeOptions)
@@ -123,8 +126,6 @@ class FaceExtractStage:
 
     def process_many(self, videos: list[dict]) -> list[dict]:
         """Manifest rows for ``videos``, up to ``videos_in_flight`` of them at once (one thread each)."""
-        if not hasattr(self, "detector"):
-            self.setup()
         n = max(1, min(self.videos_in_flight, len(videos)))
         if n == 1:
             return [self.process(v) for v in videos]
@@ -158,8 +159,6 @@ class FaceExtractStage:
     def process(self, video: dict, concurrent: int = 1) -> dict:
         """One manifest row for one catalog row; never raises for bad input. ``concurrent``: videos
         processed at the same time by this worker, which share its ``threads``."""
-        if not hasattr(self, "detector"):
-            self.setup()
         if concurrent == 1:  # a video alone (not one of process_many's): all the CPUs are its
             self._share_cpus(1)
         start = time.monotonic()

@@ -15,7 +15,7 @@ from dfpipe import records as R
 from dfpipe.extract.catalog import build_catalog
 from dfpipe.extract.options import CropOptions, DecodeOptions, DetectOptions, TrackOptions
 from dfpipe.extract.stage import FaceExtractStage, manifest_row
-from dfpipe.stage import Resources
+from dfpipe.stage import Later, Resources
 from dfpipe.step import Step, run_step, write_stats
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ def run(cfg: ExtractConfig) -> dict:
     if cfg.overwrite:
         storage.delete(paths["faces"], opts)
     catalog = build_catalog(cfg.input, opts)
+    faces = storage.Folder(paths["faces"], opts)
     config_hash = C.config_hash(cfg, OUTPUT_FIELDS)
 
     def settle(pending: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -126,9 +127,8 @@ def run(cfg: ExtractConfig) -> dict:
             name=NAME,
             cfg=cfg,
             todo=catalog,
-            stage=lambda: build_stage(
-                cfg, storage.Folder(paths["faces"], opts), worker_gpus(cfg)
-            ),  # once Ray is joined
+            # Made once Ray is joined: its GPUs (and so its videos in flight) depend on the cluster.
+            stage=Later(FaceExtractStage, lambda: build_stage(cfg, faces, worker_gpus(cfg))),
             folders={"videos": (paths["videos"], R.VIDEOS_SCHEMA)},
             fields=OUTPUT_FIELDS,
             marker_on_driver=True,

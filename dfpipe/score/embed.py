@@ -13,6 +13,7 @@ import logging
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -38,6 +39,9 @@ class FaceCropsStage:
     Each video's shard is read once per batch (keep a video's rows together for that), with only
     the columns needed. A row whose crops are missing gets ``faces = null`` and a log line.
     """
+
+    reads: ClassVar = ("faces_uri", "track_id", "frames")
+    writes: ClassVar = None  # its input rows, with ``faces`` added
 
     storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=64))
@@ -203,6 +207,12 @@ def decode_faces(jpegs: list[bytes], size: int, threads: int = 1) -> np.ndarray:
 class WindowEmbedStage:
     """Window crops in, code sequences out, with the embedder in ``model`` (GPU when given one)."""
 
+    reads: ClassVar = (
+        "faces",
+        *("window_id", "video_id", "track_id", "label", "part", "split", "start_frame"),
+    )
+    writes: ClassVar = R.EMBEDDINGS_SCHEMA
+
     model: storage.Folder
     device: str = "auto"
     batch_faces: int = 128
@@ -223,8 +233,6 @@ class WindowEmbedStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        if not hasattr(self, "net"):
-            self.setup()
         rows = [r for r in batch.to_pylist() if r["faces"]]
         size = self.meta["face_size"]
         images = (
@@ -275,6 +283,9 @@ class VideoEmbedStage:
     sequences of every window of theirs out. One worker reads the windows of its batch, their crops
     (each face shard once) and embeds them, so no window or crop passes through the driver."""
 
+    reads: ClassVar = ("video_id", "chunk")
+    writes: ClassVar = R.EMBEDDINGS_SCHEMA
+
     windows: storage.Folder
     model: storage.Folder
     device: str = "auto"
@@ -290,8 +301,6 @@ class VideoEmbedStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from dfpipe.outputs import read_batch_rows
 
-        if not hasattr(self, "embed"):
-            self.setup()
         windows = read_batch_rows(self.windows, batch, R.WINDOWS_SCHEMA)
         if not windows.num_rows:
             return R.EMBEDDINGS_SCHEMA.empty_table()
@@ -342,6 +351,9 @@ class SampledFacesStage:
     out: ``faces_per_window`` frames of each counted window (:func:`sample_faces`), with their crops.
     The worker reads the windows and crops, so no window passes through the driver."""
 
+    reads: ClassVar = ("video_id", "chunk")
+    writes: ClassVar = None  # sampled window frames (FaceCropsStage's input) with their ``faces``
+
     windows: storage.Folder
     faces_per_window: int
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=16))
@@ -352,8 +364,6 @@ class SampledFacesStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from dfpipe.outputs import read_batch_rows
 
-        if not hasattr(self, "crops"):
-            self.setup()
         windows = read_batch_rows(self.windows, batch, R.WINDOWS_SCHEMA)
         windows = windows.filter(pc.fill_null(windows.column("counted"), True))
         return self.crops(sample_faces(windows, self.faces_per_window))

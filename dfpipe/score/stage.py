@@ -7,7 +7,7 @@ the same functions in-process, so both give the same number for the same file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -144,6 +144,18 @@ def clip(p: float, low: float, high: float) -> float:
 class WindowScoreStage:
     """Cached code sequences in, one logit per window out, with the classifier in ``model``."""
 
+    reads: ClassVar = (
+        "codes",
+        "window_id",
+        "video_id",
+        "track_id",
+        "start_frame",
+        "label",
+        "part",
+        "counted",
+    )
+    writes: ClassVar = None  # the window columns it reads but ``codes``, plus ``logit``
+
     model: storage.Folder
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=256))
 
@@ -158,8 +170,6 @@ class WindowScoreStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        if not hasattr(self, "net"):
-            self.setup()
         shape = (self.meta["n_frames"], self.meta["code_dim"])
         codes = (
             codes_array(batch.column("codes").to_pylist(), *shape)
@@ -276,6 +286,17 @@ class VideoScoreStage:
     the embedding-cache chunk of their codes, null without windows), one score row per video out
     with its window scores nested. Windows are aggregated per video here, in the worker."""
 
+    reads: ClassVar = (
+        *VIDEO_COLUMNS,
+        "chunk",
+        "seg_split",
+        "seg_n_tracks",
+        "n_tracks_counted",
+        "segment_reason",
+        "learned_split",
+    )
+    writes: ClassVar = VIDEO_SCORES_SCHEMA
+
     model: storage.Folder
     codes: storage.Folder
     meta: dict
@@ -292,8 +313,6 @@ class VideoScoreStage:
         """The logit of every window of the batch's videos (the classifier over their cached codes)."""
         from dfpipe.outputs import read_batch_rows
 
-        if not hasattr(self, "windows"):
-            self.setup()
         return self.windows(read_batch_rows(self.codes, batch, R.EMBEDDINGS_SCHEMA))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -342,6 +361,9 @@ def score_tables(stage_output: pa.Table, batch: pa.Table | None = None) -> dict[
 class WindowLogitsStage:
     """The window logits of a batch of videos (``VideoScoreStage.window_logits``), for fitting a
     temperature (``score calibrate=true``): compact columns only."""
+
+    reads: ClassVar = VideoScoreStage.reads
+    writes: ClassVar = None  # video_id, track_id, counted, label, logit of every window
 
     scorer: VideoScoreStage
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,6 +43,12 @@ STAGE_OUTPUT_SCHEMA = (
 
 @dataclass
 class SegmentStage:
+    """Manifest rows in, one row per video out (its windows, tracks and summary nested): the video's
+    face rows read from its shard, windows cut from the runs of usable frames of each track."""
+
+    reads: ClassVar = ("video_id", "part", "label", "original", "status", "frame_stride", "faces_uri")
+    writes: ClassVar = STAGE_OUTPUT_SCHEMA
+
     spec: WindowSpec = field(default_factory=WindowSpec)
     split_rule: SplitRule = field(default_factory=SplitRule)
     usable_flags: tuple[str, ...] = (R.FLAG_OK, R.FLAG_MULTI_FACE)
