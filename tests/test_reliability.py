@@ -116,6 +116,7 @@ def test_decode_limits_refuse_by_rule(sample_dataset, tmp_path):
         (dict(max_pixels=100 * 100), R.REASON_TOO_LARGE),
         (dict(max_seconds_per_video=0.0), R.REASON_TIMEOUT),
     ]
+
     def stage(**settings) -> FaceExtractStage:
         made = FaceExtractStage.of(str(tmp_path), face_size=64, **settings)
         made.setup()

@@ -273,7 +273,8 @@ def test_track_rule_rejects_bad_settings(bad):
 def test_one_prior_shifts_probabilities_and_the_fallback_together():
     """The model is calibrated for 0.5 FAKE; prior_fake moves every probability by Bayes' rule and the
     fallback to the same value, and a prior equal to the calibrated one changes nothing."""
-    from dfpipe.score.stage import VideoRule, prior_shift, video_row
+    from dfpipe.score.calibration import prior_shift
+    from dfpipe.score.stage import VideoRule, video_row
 
     video = {"video_id": "v", "status": R.STATUS_OK, "n_tracks": 1, "n_tracks_counted": 1}
     windows = [{"track_id": 0, "start_frame": 0, "logit": 0.0, "counted": True}]
@@ -297,7 +298,7 @@ def test_one_prior_shifts_probabilities_and_the_fallback_together():
 def test_the_video_temperature_is_fitted_for_a_balanced_prior():
     """With five FAKE videos per REAL one, the balanced fit equals the plain fit on a set where each REAL
     video counts five times: the probabilities assume 0.5 FAKE whatever the validation ratio."""
-    from dfpipe.score.stage import video_temperature
+    from dfpipe.score.calibration import video_temperature
 
     rng = np.random.default_rng(0)
     n_real, n_fake = 20, 100

@@ -29,13 +29,13 @@ from dfpipe import records as R
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
+from dfpipe.score.calibration import video_temperature
 from dfpipe.score.stage import (
     VIDEO_COLUMNS,
     VideoRule,
     VideoScoreStage,
     WindowLogitsStage,
     score_tables,
-    video_temperature,
 )
 from dfpipe.stage import Resources
 from dfpipe.step import Step, StepTimer, run_step

@@ -14,8 +14,8 @@ from dfpipe import console, outputs, runner, storage
 from dfpipe import records as R
 from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, read_split, segmented_videos
+from dfpipe.score.calibration import CALIBRATED_PRIOR, video_temperature
 from dfpipe.score.embed import codes_array
-from dfpipe.score.stage import CALIBRATED_PRIOR, video_temperature
 from dfpipe.train import modelio
 from dfpipe.train.loops import classifier_loop, window_logits
 
@@ -191,7 +191,7 @@ def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
     of the *video* probabilities that scoring computes from them (the model's aggregation over
     counted windows), so calibration holds for what is reported. The loss is balanced over the
     classes, as the training loss is (``pos_weight``): the probabilities assume a prior of 0.5
-    (``dfpipe.score.stage.prior_shift``)."""
+    (``dfpipe.score.calibration.prior_shift``)."""
     model = modelio.build(meta)
     model.load_state_dict(state)
     shape = (meta["n_frames"], meta["code_dim"])

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from dfpipe.score import metrics as M
+from dfpipe.score.calibration import video_probs
 from dfpipe.score.embed import FaceTensors
-from dfpipe.score.stage import video_probs
 
 log = logging.getLogger(__name__)
 
