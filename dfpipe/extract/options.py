@@ -20,10 +20,10 @@ from dfpipe.config import Options, option
 from dfpipe.extract.decode import DecodeLimits
 
 
-def _at_least_one(opts, *names: str) -> None:
+def _at_least_one(group, *names: str) -> None:
     for name in names:
-        if getattr(opts, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(opts, name)}")
+        if getattr(group, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(group, name)}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
