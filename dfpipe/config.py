@@ -259,6 +259,13 @@ class RunOptions:
 
         return StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
 
+    def folder(self, uri: str):
+        """``uri`` as a :class:`dfpipe.storage.Folder` reached with this job's storage options: how a
+        job resolves what it reads and writes, once, where it starts."""
+        from dfpipe.storage import Folder
+
+        return Folder(uri, self.storage_options)
+
     def local_paths(self) -> dict[str, str]:
         """The local paths the job reads or writes (``--input``, ``--output``, ``--model``, ...), as
         absolute paths: on a cluster of several machines, every node must see each of them."""

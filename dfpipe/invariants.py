@@ -108,7 +108,7 @@ def check_extract(out: str, options, report: Report) -> None:
     from dfpipe.extract.catalog import build_catalog
 
     paths = outputs.extraction(out)
-    manifest = outputs.read_manifest(out, options)
+    manifest = outputs.read_manifest(storage.Folder(out, options))
     ids = manifest.column("video_id").to_pylist()
     report.expect(out, duplicates(ids), "videos in the manifest more than once")
 
@@ -146,7 +146,7 @@ def check_extract(out: str, options, report: Report) -> None:
 
     if storage.exists(paths["stats"], options):
         written = storage.read_json(paths["stats"], options)
-        fresh = outputs.extraction_stats(out, options, written["videos"]["catalog"])
+        fresh = outputs.extraction_stats(storage.Folder(out, options), written["videos"]["catalog"])
         bad = [k for k in ("videos", "frames", "tracks") if not _agrees(written.get(k), fresh[k])]
         report.expect(out, bad, "stats.json sections that disagree with the rows")
 
@@ -184,8 +184,8 @@ def check_segment(out: str, options, report: Report) -> None:
 
     config = storage.read_json(outputs.segmentation(out)["config"], options)["config"]
     usable = set(config["usable_flags"])
-    manifest = outputs.read_manifest(config["input"], options, columns=["video_id"])
-    summary = outputs.read_summary(out, options, columns=["video_id", "n_windows"])
+    manifest = outputs.read_manifest(storage.Folder(config["input"], options), columns=["video_id"])
+    summary = outputs.read_summary(storage.Folder(out, options), columns=["video_id", "n_windows"])
     ids = summary.column("video_id").to_pylist()
     report.expect(out, duplicates(ids), "videos summarised more than once")
     report.expect(
@@ -193,7 +193,7 @@ def check_segment(out: str, options, report: Report) -> None:
         sorted(set(manifest.column("video_id").to_pylist()) - set(ids)),
         "manifest videos with no summary row",
     )
-    windows = outputs.read_windows(out, options)
+    windows = outputs.read_windows(storage.Folder(out, options))
     report.expect(out, duplicates(windows.column("window_id").to_pylist()), "duplicate window ids")
     per_video = Counter(windows.column("video_id").to_pylist())
     counts = dict(zip(ids, summary.column("n_windows").to_pylist(), strict=True))
@@ -241,11 +241,17 @@ def check_score(out: str, options, report: Report) -> None:
 
     paths = outputs.scoring(out)
     config = storage.read_json(paths["config"], options)["config"]
-    extract_uri = config["input"] if outputs.is_extraction(config["input"], options) else paths["extract"]
-    videos = set(
-        outputs.read_manifest(extract_uri, options, columns=["video_id"]).column("video_id").to_pylist()
+    extract_uri = (
+        config["input"]
+        if outputs.is_extraction(storage.Folder(config["input"], options))
+        else paths["extract"]
     )
-    scores = outputs.read_scores(out, options, None)
+    videos = set(
+        outputs.read_manifest(storage.Folder(extract_uri, options), columns=["video_id"])
+        .column("video_id")
+        .to_pylist()
+    )
+    scores = outputs.read_scores(storage.Folder(out, options), None)
     for version in sorted(set(scores.column("model_version").to_pylist())):
         mine = scores.filter(pc.equal(scores.column("model_version"), version))
         ids = mine.column("video_id").to_pylist()
@@ -269,7 +275,9 @@ def check_score(out: str, options, report: Report) -> None:
     for sub, job in find_outputs(out, options, depth=1):
         if job == "segment":
             known |= set(
-                outputs.read_windows(sub, options, columns=["window_id"]).column("window_id").to_pylist()
+                outputs.read_windows(storage.Folder(sub, options), columns=["window_id"])
+                .column("window_id")
+                .to_pylist()
             )
     report.expect(
         out,

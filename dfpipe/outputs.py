@@ -72,38 +72,45 @@ def scoring_folders(output: str) -> dict[str, tuple[str, pa.Schema]]:
     }
 
 
-def read_manifest(output: str, options=None, columns: list[str] | None = None) -> pa.Table:
+# Readers take the output as a storage.Folder (a URI given as text is reached with the
+# environment's options: local paths, tests).
+def read_manifest(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
+    out = storage.folder(output)
     return storage.read_parquet_dir(
-        extraction(output)["videos"], columns=columns, schema=R.VIDEOS_SCHEMA, options=options
+        out.join("videos"), columns=columns, schema=R.VIDEOS_SCHEMA, options=out.options
     )
 
 
-def is_extraction(uri: str, options=None) -> bool:
-    paths = extraction(uri)
-    return storage.exists(paths["videos"], options) and storage.exists(paths["config"], options)
+def is_extraction(output: storage.Folder | str) -> bool:
+    out = storage.folder(output)
+    return out.exists("videos") and out.exists("config.json")
 
 
-def read_summary(output: str, options=None, columns: list[str] | None = None) -> pa.Table:
+def read_summary(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
+    out = storage.folder(output)
     return storage.read_parquet_dir(
-        segmentation(output)["videos"], columns=columns, schema=R.SEGMENTS_SCHEMA, options=options
+        out.join("videos"), columns=columns, schema=R.SEGMENTS_SCHEMA, options=out.options
     )
 
 
-def read_windows(output: str, options=None, columns: list[str] | None = None) -> pa.Table:
+def read_windows(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
+    out = storage.folder(output)
     return storage.read_parquet_dir(
-        segmentation(output)["windows"], columns=columns, schema=R.WINDOWS_SCHEMA, options=options
+        out.join("windows"), columns=columns, schema=R.WINDOWS_SCHEMA, options=out.options
     )
 
 
-def read_tracks(output: str, options=None, columns: list[str] | None = None) -> pa.Table:
+def read_tracks(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
+    out = storage.folder(output)
     return storage.read_parquet_dir(
-        segmentation(output)["tracks"], columns=columns, schema=R.TRACKS_SCHEMA, options=options
+        out.join("tracks"), columns=columns, schema=R.TRACKS_SCHEMA, options=out.options
     )
 
 
-def read_scores(output: str, options=None, model_version: str | None = None, columns=None) -> pa.Table:
+def read_scores(output: storage.Folder | str, model_version: str | None = None, columns=None) -> pa.Table:
+    out = storage.folder(output)
     t = storage.read_parquet_dir(
-        scoring(output)["scores"], columns=columns, schema=R.SCORES_SCHEMA, options=options
+        out.join("scores"), columns=columns, schema=R.SCORES_SCHEMA, options=out.options
     )
     if model_version is not None and t.num_rows:
         t = t.filter(pc.equal(t.column("model_version"), model_version))
@@ -135,11 +142,11 @@ def read_batch_rows(folder: storage.Folder, batch: pa.Table, schema: pa.Schema) 
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def extraction_stats(output: str, options, catalog_rows: int) -> dict:
+def extraction_stats(output: storage.Folder, catalog_rows: int) -> dict:
     """Counts over the whole manifest, so stats always agree with the rows on disk."""
     cols = ["video_id", "status", "error", "n_frames", "n_detected", "n_tracks", "n_one_frame_tracks"]
     cols += [f"n_{f}" for f in R.FRAME_FLAGS]
-    m = read_manifest(output, options, columns=cols).to_pandas()
+    m = read_manifest(output, columns=cols).to_pandas()
     failed = m[m.status == R.STATUS_FAILED]
     reasons = failed.error.map(R.reason_of).value_counts().to_dict()
     frag = sorted(m.video_id[fragmented(m.n_tracks, m.n_one_frame_tracks)].tolist())
@@ -168,9 +175,9 @@ def fragmented(n_tracks, n_one_frame_tracks):
     return (n_tracks >= 3) & (n_one_frame_tracks.fillna(0) * 2 > n_tracks)
 
 
-def segmentation_stats(output: str, options) -> dict:
-    s = read_summary(output, options).to_pandas()
-    w = read_windows(output, options, columns=["window_id", "video_id", "split", "label"]).to_pandas()
+def segmentation_stats(output: storage.Folder) -> dict:
+    s = read_summary(output).to_pandas()
+    w = read_windows(output, columns=["window_id", "video_id", "split", "label"]).to_pandas()
     reasons = s.reason.dropna().map(lambda r: r.split(":", 1)[0]).value_counts().to_dict()
     splits = {}
     for split in R.SPLITS:

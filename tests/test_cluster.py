@@ -228,7 +228,7 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
     from dfpipe.invariants import check_output
     from dfpipe.jobs.rescore import dump_output
     from dfpipe.outputs import read_manifest, read_scores
-    from dfpipe.storage import StorageOptions, read_json
+    from dfpipe.storage import Folder, StorageOptions, read_json
 
     data, run = f"s3://{BUCKET}/data", f"s3://{BUCKET}/run"
     s3.put(str(sample_dataset), data.removeprefix("s3://"), recursive=True)
@@ -255,7 +255,7 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
     report = check_output(run, opts)
     assert report.ok, report.format()
     assert len(report.checked) >= 3, report.format()  # extract, segment and score, at least
-    manifest = read_manifest(f"{run}/extract", opts).to_pandas()
+    manifest = read_manifest(Folder(f"{run}/extract", opts)).to_pandas()
     assert len(manifest) == build_catalog(str(sample_dataset)).num_rows and manifest.video_id.is_unique
     for model in ("embedder", "classifier"):
         epochs = [e["epoch"] for e in read_json(f"{run}/models/{model}/metrics.json", opts)["epochs"]]
@@ -282,7 +282,7 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     report = check_output(rescore, opts)
     assert report.ok, report.format()
-    scores = read_scores(dump_output(rescore, dump, opts), opts).to_pandas()
+    scores = read_scores(Folder(dump_output(rescore, dump, opts), opts)).to_pandas()
     assert len(scores) == len(s3.glob(dump.removeprefix("s3://") + "/*.mp4")) and scores.video_id.is_unique
     stats = read_json(f"{rescore}/rescore_stats.json", opts)
     assert all(d["scored_this_run"] == 0 for d in stats["dumps"].values()), "the second rescore: nothing new"

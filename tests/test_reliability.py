@@ -208,7 +208,7 @@ def test_s3_throttling_and_5xx_are_retried(s3_endpoint, ray_session, fault_datas
         assert main(["extract", *args, *FAST, f"s3_endpoint_url={proxy.url}"]) == 0
     assert proxy.failed >= 5, "the proxy injected too few faults to mean anything"
     opts = storage.StorageOptions(endpoint_url=s3_endpoint)
-    rows = read_manifest("s3://dfpipe-faults/out", opts).to_pylist()
+    rows = read_manifest(storage.Folder("s3://dfpipe-faults/out", opts)).to_pylist()
     assert len(rows) == 10 and {r["status"] for r in rows} == {R.STATUS_OK}
     assert_checks("s3://dfpipe-faults/out", opts)
 

@@ -75,7 +75,7 @@ def test_no_window_or_face_reaches_the_driver(scored):
 def test_every_video_has_one_clipped_score(scored, messy_dataset):
     data, out = scored
     _, expected = messy_dataset
-    scores = read_scores(str(out), None).to_pandas().set_index("video_id")
+    scores = read_scores(str(out)).to_pandas().set_index("video_id")
     catalog = build_catalog(str(data))
     assert scores.index.is_unique and set(scores.index) == set(catalog.column("video_id").to_pylist())
     assert scores.prob_fake.between(0.01, 0.99).all()
@@ -96,7 +96,7 @@ def test_every_video_has_one_clipped_score(scored, messy_dataset):
 def test_report_matches_an_independent_computation(scored):
     _, out = scored
     report = json.loads((Path(out) / "report" / "report.json").read_text())
-    s = read_scores(str(out), None).to_pandas()
+    s = read_scores(str(out)).to_pandas()
     s = s[s.label.notna()]
     y, p = s.label.to_numpy(int), s.prob_fake.to_numpy(float)
     v = report["video"]
@@ -126,14 +126,14 @@ def test_report_matches_an_independent_computation(scored):
 
 def test_rescoring_touches_only_new_videos(scored, classifier_model):
     data, out = scored
-    before = read_scores(str(out), None).num_rows
+    before = read_scores(str(out)).num_rows
     assert score(data, classifier_model, out) == 0
     assert json.loads((Path(out) / "stats.json").read_text())["scored_this_run"] == 0
     new = sorted(data.glob("dfdc_train_part_0/*.mp4"))[0]
     shutil.copy(new, data / "dfdc_train_part_0" / "brandnewclip.mp4")
     assert score(data, classifier_model, out) == 0
     assert json.loads((Path(out) / "stats.json").read_text())["scored_this_run"] == 1
-    scores = read_scores(str(out), None).to_pandas()
+    scores = read_scores(str(out)).to_pandas()
     assert len(scores) == before + 1 and scores.video_id.is_unique
 
 
@@ -159,7 +159,7 @@ def test_calibrate_refits_the_temperature_on_the_labelled_videos_and_says_so(
     assert cal["fitted"] and cal["model_temperature"] == 0.25 and cal["temperature"] > 0.25
     assert cal["log_loss_after"] < cal["log_loss_before"]
     assert f"temperature 0.250 -> {cal['temperature']:.3f}" in said and "log loss" in said
-    scores = read_scores(str(out), None).to_pandas()
+    scores = read_scores(str(out)).to_pandas()
     labelled = scores[(scores.n_windows > 0) & scores.label.notna() & scores.reason.isna()]
     assert cal["videos"] == len(labelled) > 0
     windows = pq.read_table(out / "window_scores").to_pandas()
@@ -169,7 +169,7 @@ def test_calibrate_refits_the_temperature_on_the_labelled_videos_and_says_so(
 
 def test_score_video_agrees_with_the_bulk_job(scored, classifier_model, tmp_path, capsys):
     data, out = scored
-    scores = read_scores(str(out), None).to_pandas().set_index("video_id")
+    scores = read_scores(str(out)).to_pandas().set_index("video_id")
     ok = scores[scores.reason.isna()]
     vid = ok.index[0]
     path = next(data.glob(f"*/{vid}.mp4"))
@@ -255,7 +255,7 @@ def test_score_shared_real_clips(classifier_model, shared_dfdc, tmp_path):
         )
         == 0
     )
-    scores = read_scores(str(out), None).to_pandas()
+    scores = read_scores(str(out)).to_pandas()
     present = {p.stem for p in shared_dfdc.glob("*/*.mp4")}
     assert present <= set(scores.video_id)
     real = scores[scores.video_id.isin(present)]

@@ -174,7 +174,9 @@ def load_windows(
         raise C.ConfigError(
             f"{segment_output!r} is not a segmenter output (no windows/): run 'dfpipe segment' first"
         )
-    windows = outputs.read_windows(segment_output, options, columns=list(columns) if columns else None)
+    windows = outputs.read_windows(
+        storage.Folder(segment_output, options), columns=list(columns) if columns else None
+    )
     windows = windows.filter(pc.is_valid(windows.column("label")))
     windows = windows.filter(pc.fill_null(windows.column("counted"), True))
     for split in splits:

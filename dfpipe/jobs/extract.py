@@ -99,16 +99,15 @@ def worker_gpus(cfg: ExtractConfig) -> float:
 
 def run(cfg: ExtractConfig) -> dict:
     """Extract every video of ``cfg.input`` not yet in the manifest under ``cfg.output``."""
-    opts = cfg.storage_options
-    paths = outputs.extraction(cfg.output)
-    if not storage.exists(cfg.input, opts):
+    source, out = cfg.folder(cfg.input), cfg.folder(cfg.output)
+    faces = out.sub("faces")
+    if not source.exists():
         raise C.ConfigError(
             f"input {cfg.input!r} does not exist: check the path (and for s3:// the endpoint and credentials)"
         )
     if cfg.overwrite:
-        storage.delete(paths["faces"], opts)
-    catalog = build_catalog(cfg.input, opts)
-    faces = storage.Folder(paths["faces"], opts)
+        faces.delete()
+    catalog = build_catalog(source.uri, source.options)
     config_hash = C.config_hash(cfg, OUTPUT_FIELDS)
 
     def settle(pending: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -129,7 +128,7 @@ def run(cfg: ExtractConfig) -> dict:
             todo=catalog,
             # Made once Ray is joined: its GPUs (and so its videos in flight) depend on the cluster.
             stage=Later(FaceExtractStage, lambda: build_stage(cfg, faces, worker_gpus(cfg))),
-            folders={"videos": (paths["videos"], R.VIDEOS_SCHEMA)},
+            folders={"videos": (out.join("videos"), R.VIDEOS_SCHEMA)},
             fields=OUTPUT_FIELDS,
             marker_on_driver=True,
             flush_rows=cfg.manifest_flush_rows,
@@ -143,8 +142,8 @@ def run(cfg: ExtractConfig) -> dict:
     frames = run.sums["n_frames"]
     steady = run.steady_rate("n_frames")
     return write_stats(
-        storage.Folder(cfg.output, opts),
-        outputs.extraction_stats(cfg.output, opts, catalog.num_rows),
+        out,
+        outputs.extraction_stats(out, catalog.num_rows),
         {
             "videos_processed": run.processed,
             "frames": frames,

@@ -157,17 +157,20 @@ def extract_config(options: dict, input_uri: str, output: str, cfg) -> extract_j
     )
 
 
-def check_extraction(uri: str, ext_cfg: extract_job.ExtractConfig, opts, given: bool = True) -> None:
-    """Stop at start-up if the faces under ``uri`` were extracted with other row-changing options
+def check_extraction(
+    extraction: storage.Folder, ext_cfg: extract_job.ExtractConfig, given: bool = True
+) -> None:
+    """Stop at start-up if the faces in ``extraction`` were extracted with other row-changing options
     than the ones scoring uses (the model's recipe, plus what the user overrode). ``given``: the
-    user passed ``uri`` as input (else it is this output's own extraction, left by an earlier run)."""
+    user passed it as input (else it is this output's own extraction, left by an earlier run)."""
+    uri = extraction.uri
     fix = (
         "Score the dataset itself (it is extracted with the recipe), or give these as extract.OPTION=VALUE "
         "to score with them knowingly"
         if given
         else "an earlier scoring run into this --output extracted them for another recipe: choose another --output"
     )
-    info = storage.read_json(outputs.extraction(uri)["config"], opts)
+    info = extraction.read_json("config.json")
     expected = {k: C.to_dict(ext_cfg)[k] for k in recipe.EXTRACT_OPTIONS}
     diffs = recipe.differences(expected, recipe.with_added(info.get("config", {})))
     if diffs:
@@ -176,7 +179,7 @@ def check_extraction(uri: str, ext_cfg: extract_job.ExtractConfig, opts, given: 
             f"{recipe.describe(diffs, 'extract', 'recipe', 'extraction')}. {fix}"
         )
     expected_hash = C.config_hash(ext_cfg, extract_job.OUTPUT_FIELDS)
-    hashes = outputs.read_manifest(uri, opts, columns=["config_hash"]).column("config_hash")
+    hashes = outputs.read_manifest(extraction, columns=["config_hash"]).column("config_hash")
     stale = pc.sum(pc.not_equal(hashes, expected_hash)).as_py() or 0
     if stale:
         raise C.ConfigError(
@@ -209,7 +212,9 @@ def model_splits(meta: dict, opts) -> dict[str, str]:
     its segmentation's summary. Empty (every scored video unsplit) when that output is gone."""
     uri = meta.get("segment", {}).get("uri")
     try:
-        table = outputs.read_summary(uri, opts, columns=["video_id", "split"]) if uri else None
+        table = (
+            outputs.read_summary(storage.Folder(uri, opts), columns=["video_id", "split"]) if uri else None
+        )
     except (OSError, ValueError) as exc:
         log.warning(
             "the model's segmentation %s cannot be read (%s): every video is reported unsplit", uri, exc
@@ -225,10 +230,10 @@ def run(cfg: ScoreConfig) -> dict:
     started, timer = time.monotonic(), StepTimer()
     model = storage.Folder(cfg.model, cfg.storage_options)
     meta, embedder, version = load_model_meta(model)
-    extract_uri, segment = extract_and_segment(cfg, meta, timer)
-    manifest, pending, already, replace = pending_videos(cfg, extract_uri, version)
+    extraction, segment = extract_and_segment(cfg, meta, timer)
+    manifest, pending, already, replace = pending_videos(cfg, extraction, version)
     cache = embed_pending(cfg, pending, segment, embedder, timer)
-    todo = score_inputs(pending, segment.uri, cache.uri, meta, cfg.storage_options)
+    todo = score_inputs(pending, segment, cache, meta)
     calibration = classify(
         cfg, model, meta, version, cache, todo, (manifest.num_rows, already, replace), timer
     )
@@ -236,39 +241,41 @@ def run(cfg: ScoreConfig) -> dict:
     return finish(cfg, version, pending.num_rows, n_frames, time.monotonic() - started, timer, calibration)
 
 
-def extract_and_segment(cfg: ScoreConfig, meta: dict, timer: StepTimer) -> tuple[str, storage.Folder]:
-    """Steps 1-2, each doing only what is missing: the extraction's URI and the segmentation's folder.
+def extract_and_segment(
+    cfg: ScoreConfig, meta: dict, timer: StepTimer
+) -> tuple[storage.Folder, storage.Folder]:
+    """Steps 1-2, each doing only what is missing: the extraction's folder and the segmentation's.
 
     Both follow the model's recipe; faces made otherwise stop the run here, before any work. An
     extraction output given as input is used as it is, else the dataset is extracted under
     OUTPUT/extract (reusing what an earlier run did there)."""
-    opts = cfg.storage_options
-    if not storage.exists(cfg.input, opts):
+    source, out = cfg.folder(cfg.input), cfg.folder(cfg.output)
+    if not source.exists():
         raise C.ConfigError(f"input {cfg.input!r} does not exist")
-    paths = outputs.scoring(cfg.output)
     ext_options, seg_options, notes = data_plan(meta, cfg.model, cfg)
-    given_faces = outputs.is_extraction(cfg.input, opts)
-    extract_uri = cfg.input if given_faces else paths["extract"]
-    ext_cfg = extract_config(ext_options, cfg.input, paths["extract"], cfg)
-    if given_faces or outputs.is_extraction(extract_uri, opts):
-        check_extraction(extract_uri, ext_cfg, opts, given=given_faces)
+    given_faces = outputs.is_extraction(source)
+    extraction = source if given_faces else out.sub("extract")
+    ext_cfg = extract_config(ext_options, cfg.input, out.join("extract"), cfg)
+    if given_faces or outputs.is_extraction(extraction):
+        check_extraction(extraction, ext_cfg, given=given_faces)
     for note in notes:
         console.say(f"score: differs from the model's recipe, as given: {note}")
     if not given_faces:
         with timer("extract"):
             extract_job.run(ext_cfg)
-    seg_cfg = segment_config(seg_options, meta, extract_uri, cfg.output, cfg)
+    seg_cfg = segment_config(seg_options, meta, extraction.uri, cfg.output, cfg)
     with timer("segment"):
         segment_job.run(seg_cfg)
-    return extract_uri, storage.Folder(seg_cfg.output, opts)
+    return extraction, cfg.folder(seg_cfg.output)
 
 
-def pending_videos(cfg: ScoreConfig, extract_uri: str, version: str) -> tuple[pa.Table, pa.Table, int, bool]:
+def pending_videos(
+    cfg: ScoreConfig, extraction: storage.Folder, version: str
+) -> tuple[pa.Table, pa.Table, int, bool]:
     """The manifest, the videos that need a score from this model version, how many have one, and
     whether this version's scores are all made again (``all`` or ``calibrate``: removed when scoring starts)."""
-    opts = cfg.storage_options
-    manifest = outputs.read_manifest(extract_uri, opts, columns=[*VIDEO_COLUMNS, "n_frames"])
-    scored = outputs.read_scores(cfg.output, opts, version, columns=["video_id", "model_version"])
+    manifest = outputs.read_manifest(extraction, columns=[*VIDEO_COLUMNS, "n_frames"])
+    scored = outputs.read_scores(cfg.folder(cfg.output), version, columns=["video_id", "model_version"])
     rescore_all = cfg.all or cfg.calibrate  # a temperature fitted now applies to every video
     if cfg.calibrate and not cfg.all and scored.num_rows:
         console.say("score: calibrate=true: every video is scored again with the temperature fitted now")
@@ -354,9 +361,9 @@ def finish(
     calibration: dict | None,
 ) -> dict:
     """The submission, ``stats.json`` and, where both classes are labelled, the evaluation report."""
-    opts, paths = cfg.storage_options, outputs.scoring(cfg.output)
+    opts, paths, out = cfg.storage_options, outputs.scoring(cfg.output), cfg.folder(cfg.output)
     write_started = time.perf_counter()
-    all_scores = outputs.read_scores(cfg.output, opts, version)
+    all_scores = outputs.read_scores(out, version)
     write_submission(all_scores, paths["submission"], opts)
     timer.seconds["write"] = time.perf_counter() - write_started
     stats = {
@@ -371,7 +378,7 @@ def finish(
     }
     if calibration:
         stats["calibration"] = calibration
-    storage.write_json(paths["stats"], stats, opts)
+    out.write_json("stats.json", stats)
     labels = {x for x in all_scores.column("label").to_pylist() if x is not None}
     if cfg.evaluate and labels == {R.LABEL_REAL, R.LABEL_FAKE}:
         from dfpipe.jobs import evaluate
@@ -389,17 +396,15 @@ def finish(
 VIDEOS_PER_BATCH = 64
 
 
-def score_inputs(pending: pa.Table, segment_output: str, cache: str, meta: dict, opts) -> pa.Table:
+def score_inputs(pending: pa.Table, segment: storage.Folder, cache: storage.Folder, meta: dict) -> pa.Table:
     """The rows :class:`dfpipe.score.stage.VideoScoreStage` scores: each pending video's manifest fields,
     its segmentation, the split the model learned it in and the cache chunk of its codes (one small
     row per video: the driver never holds a window)."""
     summary = outputs.read_summary(
-        segment_output, opts, columns=["video_id", "split", "n_tracks", "n_tracks_counted", "reason"]
+        segment, columns=["video_id", "split", "n_tracks", "n_tracks_counted", "reason"]
     ).rename_columns(["video_id", "seg_split", "seg_n_tracks", "n_tracks_counted", "segment_reason"])
-    codes = outputs.with_chunks(
-        outputs.embeddings(cache)["videos"], R.EMBEDDED_VIDEOS_SCHEMA, ["video_id"], opts
-    )
-    learned = model_splits(meta, opts)
+    codes = outputs.with_chunks(cache.join("videos"), R.EMBEDDED_VIDEOS_SCHEMA, ["video_id"], cache.options)
+    learned = model_splits(meta, segment.options)  # the model's segmentation, in the same storage
     todo = pending.select(list(VIDEO_COLUMNS)).join(summary, "video_id", join_type="left outer")
     todo = todo.join(codes, "video_id", join_type="left outer")
     learned_split = [learned.get(v) for v in todo.column("video_id").to_pylist()]

@@ -89,20 +89,14 @@ class SegmentConfig(C.RunOptions):
 
 
 def run(cfg: SegmentConfig) -> dict:
-    opts = cfg.storage_options
-    source_paths = outputs.extraction(cfg.input)
-    if not storage.exists(source_paths["videos"], opts):
+    extraction, out = cfg.folder(cfg.input), cfg.folder(cfg.output)
+    if not extraction.exists("videos"):
         raise C.ConfigError(
             f"{cfg.input!r} is not an extraction output (no videos/ manifest): run 'dfpipe extract' first"
         )
-    source = (
-        storage.read_json(source_paths["config"], opts)
-        if storage.exists(source_paths["config"], opts)
-        else {}
-    )
+    source = extraction.read_json("config.json") if extraction.exists("config.json") else {}
     manifest = outputs.read_manifest(
-        cfg.input,
-        opts,
+        extraction,
         columns=["video_id", "label", "part", "original", "status", "error", "frame_stride", "faces_uri"],
     )
     stage = SegmentStage(
@@ -111,7 +105,7 @@ def run(cfg: SegmentConfig) -> dict:
         usable_flags=cfg.usable_flags,
         track_rule=cfg.track_rule,
         config_hash=C.config_hash(cfg, OUTPUT_FIELDS),
-        storage_options=opts,
+        storage_options=cfg.storage_options,
         resources=Resources(num_cpus=1, batch_size=cfg.videos_per_task, max_workers=cfg.num_workers),
     )
     # Each worker writes the windows, tracks and summary rows of its batch as one chunk, the summary
@@ -136,9 +130,9 @@ def run(cfg: SegmentConfig) -> dict:
         )
     )
     frames = run.sums["n_frames"]
-    stats = outputs.segmentation_stats(cfg.output, opts)
+    stats = outputs.segmentation_stats(out)
     return write_stats(
-        storage.Folder(cfg.output, opts),
+        out,
         stats,
         {
             "videos_processed": run.processed,

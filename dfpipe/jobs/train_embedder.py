@@ -116,7 +116,9 @@ class EmbedderTraining(T.Training):
         cfg, opts = self.cfg, self.cfg.storage_options
         # One row per video with windows (its split, label and segmentation chunk); the workers read
         # its windows, sample faces and read their crops.
-        summary = outputs.read_summary(cfg.input, opts, columns=["video_id", "split", "label"])
+        summary = outputs.read_summary(
+            storage.Folder(cfg.input, opts), columns=["video_id", "split", "label"]
+        )
         videos = segmented_videos(cfg.input, opts).join(summary, "video_id").sort_by("chunk")
         stage = SampledFacesStage(
             storage.Folder(outputs.segmentation(cfg.input)["windows"], opts), cfg.faces_per_window
