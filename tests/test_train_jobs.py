@@ -101,8 +101,8 @@ def test_classifier_end_to_end_and_its_embedding_cache(segmented_sample, embedde
     segment = storage.Folder(str(segmented_sample))
     cache = cache_for(segment, storage.Folder(str(embedder)))
     assert meta["embeddings_cache"] == cache.uri
-    videos = segmented_videos(str(segmented_sample), None)
-    faces = faces_version(str(segmented_sample), None)
+    videos = segmented_videos(segment)
+    faces = faces_version(segment)
     _, embedded = embed_videos(videos, segment, storage.Folder(str(embedder)), cache, False, 8, faces)
     assert videos.num_rows > 0 and embedded == 0
 
@@ -276,7 +276,7 @@ def test_cached_codes_of_faces_extracted_otherwise_are_made_again(tmp_path, caps
     (tmp_path / "segment" / "config.json").write_text(
         json.dumps({"config": {"input": str(tmp_path / "extract")}})
     )
-    assert faces_version(str(tmp_path / "segment"), None) == "new"
+    assert faces_version(storage.Folder(str(tmp_path / "segment"))) == "new"
     cache = tmp_path / "segment" / "embeddings" / "v"
     (cache / "windows").mkdir(parents=True)
     version = modelio.model_version(str(embedder))
@@ -285,7 +285,8 @@ def test_cached_codes_of_faces_extracted_otherwise_are_made_again(tmp_path, caps
            "start_frame": 0, "n_frames": 1, "counted": True, "code_dim": 2, "codes": [0.0, 1.0]}  # fmt: skip
     pq.write_table(pa.Table.from_pylist([row], schema=R.EMBEDDINGS_SCHEMA), cache / "windows" / "a.parquet")
     none = pa.table({"video_id": pa.array([], pa.string()), "chunk": pa.array([], pa.string())})
-    segment, faces = str(tmp_path / "segment"), faces_version(str(tmp_path / "segment"), None)
+    segment = storage.Folder(str(tmp_path / "segment"))
+    faces = faces_version(segment)
     embed_videos(
         none,
         storage.Folder(segment),
@@ -317,7 +318,7 @@ def test_video_embed_stage_gives_the_codes_of_the_two_stage_path(segmented_sampl
         with_frames,
     )
 
-    videos = segmented_videos(str(segmented_sample), None).slice(0, 3)
+    videos = segmented_videos(storage.Folder(str(segmented_sample))).slice(0, 3)
     windows = outputs.read_windows(str(segmented_sample))
     windows = windows.filter(pc.is_in(windows.column("video_id"), videos.column("video_id")))
     assert videos.num_rows == 3 and windows.num_rows > 3
@@ -357,7 +358,7 @@ def test_sampled_faces_stage_gives_the_faces_the_driver_used_to_sample(segmented
 
     seg = tmp_path / "segment"
     shutil.copytree(segmented_sample, seg)
-    videos = segmented_videos(str(seg), None).slice(0, 4)
+    videos = segmented_videos(storage.Folder(str(seg))).slice(0, 4)
     poster = videos.column("video_id")[0].as_py()  # its windows are marked as not counting
     for f in (seg / "windows").glob("*.parquet"):
         t = pq.read_table(f)

@@ -19,14 +19,15 @@ def cache_for(segment: storage.Folder, embedder: storage.Folder) -> storage.Fold
     return segment.sub("embeddings", modelio.model_version(embedder))
 
 
-def faces_version(segment_output: str, opts) -> str | None:
+def faces_version(segment: storage.Folder) -> str | None:
     """The config hash of the extraction whose faces a segmentation's windows point at (None when
     unknown): cached codes are valid only for faces made with those options."""
-    seg_cfg = storage.join(segment_output, "config.json")
-    if not storage.exists(seg_cfg, opts):
+    if not segment.exists("config.json"):
         return None
-    ext_cfg = storage.join(storage.read_json(seg_cfg, opts)["config"]["input"], "config.json")
-    return storage.read_json(ext_cfg, opts).get("config_hash") if storage.exists(ext_cfg, opts) else None
+    extraction = storage.Folder(segment.read_json("config.json")["config"]["input"], segment.options)
+    return (
+        extraction.read_json("config.json").get("config_hash") if extraction.exists("config.json") else None
+    )
 
 
 def embed_videos(
@@ -77,7 +78,7 @@ def embed_videos(
             cfg=None,
             todo=videos.sort_by("chunk"),  # a batch's windows come from few chunk files
             stage=VideoEmbedStage(
-                storage.Folder(outputs.segmentation(segment.uri)["windows"], segment.options),
+                segment.sub("windows"),
                 embedder,
                 device="cuda" if use_gpu else "cpu",
                 batch_faces=batch_faces,
@@ -96,11 +97,12 @@ def embed_videos(
     return paths["windows"], run.sums["n_windows"]
 
 
-def segmented_videos(segment_output: str, opts, video_ids: pa.Array | None = None) -> pa.Table:
+def segmented_videos(segment: storage.Folder, video_ids: pa.Array | None = None) -> pa.Table:
     """``video_id`` and ``chunk`` of the videos of a segmentation that have windows (of ``video_ids``
     only, when given): the input of :func:`embed_videos`."""
-    folder = outputs.segmentation(segment_output)["videos"]
-    table = outputs.with_chunks(folder, R.SEGMENTS_SCHEMA, ["video_id", "n_windows"], opts)
+    table = outputs.with_chunks(
+        segment.join("videos"), R.SEGMENTS_SCHEMA, ["video_id", "n_windows"], segment.options
+    )
     table = table.filter(pc.greater(table.column("n_windows"), 0))
     if video_ids is not None:
         table = table.filter(pc.is_in(table.column("video_id"), video_ids))

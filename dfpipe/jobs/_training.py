@@ -163,27 +163,25 @@ COUNT_COLUMNS = ("video_id", "label", "split", "counted", "n_frames", "frame_str
 
 
 def load_windows(
-    segment_output: str, options, splits: tuple[str, ...], columns: tuple[str, ...] | None = COUNT_COLUMNS
+    segment: storage.Folder, splits: tuple[str, ...], columns: tuple[str, ...] | None = COUNT_COLUMNS
 ) -> pa.Table:
     """Counted windows of ``splits``, checked: each split non-empty and holding both classes.
 
     Windows of tracks that do not count (posters, background faces: ``windows.TrackRule``) are
     left out: they carry the video's label without showing its manipulated face.
     """
-    if not storage.exists(outputs.segmentation(segment_output)["windows"], options):
+    if not segment.exists("windows"):
         raise C.ConfigError(
-            f"{segment_output!r} is not a segmenter output (no windows/): run 'dfpipe segment' first"
+            f"{segment.uri!r} is not a segmenter output (no windows/): run 'dfpipe segment' first"
         )
-    windows = outputs.read_windows(
-        storage.Folder(segment_output, options), columns=list(columns) if columns else None
-    )
+    windows = outputs.read_windows(segment, columns=list(columns) if columns else None)
     windows = windows.filter(pc.is_valid(windows.column("label")))
     windows = windows.filter(pc.fill_null(windows.column("counted"), True))
     for split in splits:
         part = windows.filter(pc.equal(windows.column("split"), split))
         if part.num_rows == 0:
             raise C.ConfigError(
-                f"the {split} split has no labelled windows in {segment_output}; re-run 'dfpipe segment' with "
+                f"the {split} split has no labelled windows in {segment.uri}; re-run 'dfpipe segment' with "
                 "val_parts/test_parts or val_fraction/test_fraction that give it videos"
             )
         classes = set(part.column("label").to_pylist())
@@ -195,21 +193,21 @@ def load_windows(
     return windows.filter(pc.is_in(windows.column("split"), pa.array(list(splits))))
 
 
-def data_recipe(segment_output: str, options) -> dict:
-    """The recipe (:mod:`dfpipe.recipe`) of the rows under ``segment_output``: its segmentation
-    options and those of the extraction it read, which must not have changed since."""
-    seg = storage.read_json(outputs.segmentation(segment_output)["config"], options)
+def data_recipe(segment: storage.Folder) -> dict:
+    """The recipe (:mod:`dfpipe.recipe`) of the rows in ``segment``: its segmentation options and
+    those of the extraction it read, which must not have changed since."""
+    seg = segment.read_json("config.json")
     source = seg.get("source") or {}
-    ext_uri = outputs.extraction(source.get("uri", ""))["config"] if source.get("uri") else None
-    if not ext_uri or not storage.exists(ext_uri, options):
+    extraction = storage.Folder(source["uri"], segment.options) if source.get("uri") else None
+    if extraction is None or not extraction.exists("config.json"):
         raise C.ConfigError(
-            f"{segment_output} does not say which extraction it read, or that extraction's config.json is gone: "
+            f"{segment.uri} does not say which extraction it read, or that extraction's config.json is gone: "
             "the model could not record how its rows were made; segment the extraction output again"
         )
-    ext = storage.read_json(ext_uri, options)
+    ext = extraction.read_json("config.json")
     if ext.get("config_hash") != source.get("config_hash"):
         raise C.ConfigError(
-            f"the extraction {source['uri']} was re-run with other options after {segment_output} was made "
+            f"the extraction {source['uri']} was re-run with other options after {segment.uri} was made "
             "from it; segment it again (--overwrite) so the windows and the recipe agree"
         )
     try:

@@ -290,12 +290,12 @@ def embed_pending(
 ) -> storage.Folder:
     """Step 3: the codes of every window of the pending videos, in the embedding cache (returned)."""
     cache = cache_for(segment, embedder)
-    with_windows = segmented_videos(segment.uri, segment.options, pending.column("video_id"))
+    with_windows = segmented_videos(segment, pending.column("video_id"))
     if with_windows.num_rows:
         runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
         use_gpu = runner.use_gpus(cfg.use_gpu)
         with timer("embed"):
-            faces = faces_version(segment.uri, segment.options)
+            faces = faces_version(segment)
             embed_videos(with_windows, segment, embedder, cache, use_gpu, 128, faces)
     return cache
 

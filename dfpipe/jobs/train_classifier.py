@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dfpipe import config as C
-from dfpipe import console, outputs, runner, storage
+from dfpipe import console, runner, storage
 from dfpipe import records as R
 from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, read_split, segmented_videos
@@ -80,15 +80,15 @@ class ClassifierTraining(T.Training):
     job, run_name, title = NAME, "classifier", "window classifier"
 
     def check(self) -> None:
-        cfg, opts = self.cfg, self.cfg.storage_options
-        self.embedder = storage.Folder(cfg.embedder, opts)
+        cfg = self.cfg
+        self.segment, self.embedder = cfg.folder(cfg.input), cfg.folder(cfg.embedder)
         self.embedder_meta = modelio.read_meta(self.embedder)
         if self.embedder_meta.get("architecture") != "face_embedder":
             raise C.ConfigError(
                 f"--embedder {cfg.embedder} holds a {self.embedder_meta.get('architecture')} model, not a face_embedder"
             )
-        self.windows = T.load_windows(cfg.input, opts, ("train", "val"))
-        self.data_recipe = T.data_recipe(cfg.input, opts)
+        self.windows = T.load_windows(self.segment, ("train", "val"))
+        self.data_recipe = T.data_recipe(self.segment)
         lengths = set(self.windows.column("n_frames").to_pylist())
         if len(lengths) != 1:
             raise C.ConfigError(
@@ -98,14 +98,10 @@ class ClassifierTraining(T.Training):
 
     def plan(self, use_gpu: bool) -> T.Plan:
         cfg, opts, windows, n_frames = self.cfg, self.cfg.storage_options, self.windows, self.n_frames
-        segment, embedder = storage.Folder(cfg.input, opts), self.embedder
-        cache = (
-            storage.Folder(cfg.embeddings_cache, opts)
-            if cfg.embeddings_cache
-            else cache_for(segment, embedder)
-        )
-        videos = segmented_videos(cfg.input, opts, pc.unique(windows.column("video_id")))
-        faces = faces_version(cfg.input, opts)
+        segment, embedder = self.segment, self.embedder
+        cache = cfg.folder(cfg.embeddings_cache) if cfg.embeddings_cache else cache_for(segment, embedder)
+        videos = segmented_videos(segment, pc.unique(windows.column("video_id")))
+        faces = faces_version(segment)
         self.rows_uri, embedded = embed_videos(
             videos, segment, embedder, cache, use_gpu, cfg.embed_batch_faces, faces
         )
@@ -170,7 +166,7 @@ class ClassifierTraining(T.Training):
         cfg, opts = self.cfg, self.cfg.storage_options
         meta["temperature"] = calibrate(best["model"], meta, self.rows_uri, opts)
         meta["calibrated_prior"] = CALIBRATED_PRIOR
-        segment_cfg = storage.read_json(outputs.segmentation(cfg.input)["config"], opts)
+        segment_cfg = self.segment.read_json("config.json")
         meta["segment"] = {
             "uri": storage.normalize(cfg.input),
             "config_hash": segment_cfg.get("config_hash"),

@@ -107,22 +107,17 @@ class EmbedderTraining(T.Training):
 
     def check(self) -> None:
         cfg = self.cfg
-        T.load_windows(
-            cfg.input, cfg.storage_options, ("train", "val")
-        )  # the splits (a few columns a window)
+        self.segment = cfg.folder(cfg.input)
+        T.load_windows(self.segment, ("train", "val"))  # checks the splits (a few columns a window)
         self.init_state = initial_state(cfg)
 
     def plan(self, use_gpu: bool) -> T.Plan:
         cfg, opts = self.cfg, self.cfg.storage_options
         # One row per video with windows (its split, label and segmentation chunk); the workers read
         # its windows, sample faces and read their crops.
-        summary = outputs.read_summary(
-            storage.Folder(cfg.input, opts), columns=["video_id", "split", "label"]
-        )
-        videos = segmented_videos(cfg.input, opts).join(summary, "video_id").sort_by("chunk")
-        stage = SampledFacesStage(
-            storage.Folder(outputs.segmentation(cfg.input)["windows"], opts), cfg.faces_per_window
-        )
+        summary = outputs.read_summary(self.segment, columns=["video_id", "split", "label"])
+        videos = segmented_videos(self.segment).join(summary, "video_id").sort_by("chunk")
+        stage = SampledFacesStage(self.segment.sub("windows"), cfg.faces_per_window)
         datasets, counts = {}, {}
         for name, split, label in (
             ("train_real", "train", R.LABEL_REAL),
