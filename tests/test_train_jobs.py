@@ -287,15 +287,7 @@ def test_cached_codes_of_faces_extracted_otherwise_are_made_again(tmp_path, caps
     none = pa.table({"video_id": pa.array([], pa.string()), "chunk": pa.array([], pa.string())})
     segment = storage.Folder(str(tmp_path / "segment"))
     faces = faces_version(segment)
-    embed_videos(
-        none,
-        storage.Folder(segment),
-        storage.Folder(str(embedder)),
-        storage.Folder(str(cache)),
-        False,
-        8,
-        faces,
-    )
+    embed_videos(none, segment, storage.Folder(str(embedder)), storage.Folder(str(cache)), False, 8, faces)
     assert not list((cache / "windows").glob("*.parquet")) if (cache / "windows").exists() else True
     assert json.loads((cache / "cache.json").read_text())["faces_config_hash"] == "new"
     assert "extracted with other options" in capsys.readouterr().out
