@@ -68,7 +68,7 @@ def check_output(uri: str, options: storage.StorageOptions | None = None) -> Rep
     for out, job in found:
         check = CHECKS.get(job)
         if check is not None:
-            check(out, options, report)
+            check(storage.Folder(out, options), report)
             report.checked.append(f"{job} output {out}")
     check_no_partial_files(uri, options, report)
     return report
@@ -104,11 +104,12 @@ def check_no_partial_files(uri: str, options, report: Report) -> None:
 # --- extraction -------------------------------------------------------------------------------
 
 
-def check_extract(out: str, options, report: Report) -> None:
+def check_extract(output: storage.Folder, report: Report) -> None:
+    out, options = output.uri, output.options  # the URI names it in findings
     from dfpipe.extract.catalog import build_catalog
 
     paths = outputs.extraction(out)
-    manifest = outputs.read_manifest(storage.Folder(out, options))
+    manifest = outputs.read_manifest(output)
     ids = manifest.column("video_id").to_pylist()
     report.expect(out, duplicates(ids), "videos in the manifest more than once")
 
@@ -146,7 +147,7 @@ def check_extract(out: str, options, report: Report) -> None:
 
     if storage.exists(paths["stats"], options):
         written = storage.read_json(paths["stats"], options)
-        fresh = outputs.extraction_stats(storage.Folder(out, options), written["videos"]["catalog"])
+        fresh = outputs.extraction_stats(output, written["videos"]["catalog"])
         bad = [k for k in ("videos", "frames", "tracks") if not _agrees(written.get(k), fresh[k])]
         report.expect(out, bad, "stats.json sections that disagree with the rows")
 
@@ -180,12 +181,13 @@ def _shard_problem(uri: str, row: dict, options) -> str | None:
 # --- segmentation -----------------------------------------------------------------------------
 
 
-def check_segment(out: str, options, report: Report) -> None:
+def check_segment(output: storage.Folder, report: Report) -> None:
+    out, options = output.uri, output.options  # the URI names it in findings
 
     config = storage.read_json(outputs.segmentation(out)["config"], options)["config"]
     usable = set(config["usable_flags"])
     manifest = outputs.read_manifest(storage.Folder(config["input"], options), columns=["video_id"])
-    summary = outputs.read_summary(storage.Folder(out, options), columns=["video_id", "n_windows"])
+    summary = outputs.read_summary(output, columns=["video_id", "n_windows"])
     ids = summary.column("video_id").to_pylist()
     report.expect(out, duplicates(ids), "videos summarised more than once")
     report.expect(
@@ -193,7 +195,7 @@ def check_segment(out: str, options, report: Report) -> None:
         sorted(set(manifest.column("video_id").to_pylist()) - set(ids)),
         "manifest videos with no summary row",
     )
-    windows = outputs.read_windows(storage.Folder(out, options))
+    windows = outputs.read_windows(output)
     report.expect(out, duplicates(windows.column("window_id").to_pylist()), "duplicate window ids")
     per_video = Counter(windows.column("video_id").to_pylist())
     counts = dict(zip(ids, summary.column("n_windows").to_pylist(), strict=True))
@@ -237,7 +239,8 @@ def _group_by(rows: list[dict], key: str) -> dict:
 # --- scoring ----------------------------------------------------------------------------------
 
 
-def check_score(out: str, options, report: Report) -> None:
+def check_score(output: storage.Folder, report: Report) -> None:
+    out, options = output.uri, output.options  # the URI names it in findings
 
     paths = outputs.scoring(out)
     config = storage.read_json(paths["config"], options)["config"]
@@ -251,7 +254,7 @@ def check_score(out: str, options, report: Report) -> None:
         .column("video_id")
         .to_pylist()
     )
-    scores = outputs.read_scores(storage.Folder(out, options), None)
+    scores = outputs.read_scores(output)
     for version in sorted(set(scores.column("model_version").to_pylist())):
         mine = scores.filter(pc.equal(scores.column("model_version"), version))
         ids = mine.column("video_id").to_pylist()
