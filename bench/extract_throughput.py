@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = os.path.join(args.workdir, f"clips-{args.size}-{args.frames}")
     paths = make_clips(clips, 4 * n, args.frames, width, height)
 
-    from dfpipe.extract.options import DecodeOptions
+    from dfpipe.extract.options import DecodeOptions, DetectOptions
 
     defaults = DecodeOptions()
     rates: dict[str, dict] = {}
@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_frames": args.baseline_frames,
         "seed_frames": args.seed_frames,
         "settings": {
-            k: getattr(defaults, k)
+            k: getattr(DetectOptions(), k)
             for k in ("detect_every", "scan_every", "mtcnn", "detect_long_side", "detect_batch", "agree_iou")
         },
     }

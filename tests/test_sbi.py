@@ -1,0 +1,96 @@
+"""Tier 1: self-blended fakes (dfpipe.train.sbi) on real face crops, without Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dfpipe.train import sbi
+
+
+@pytest.fixture(scope="module")
+def window():
+    """Eight 96-px crops of a real face (scikit-image's astronaut) drifting a little, as a track
+    gives them, with the face box and five landmarks of each in crop pixels."""
+    import cv2
+    from skimage import data
+
+    image = data.astronaut()  # RGB; the face is about x 170-260, y 30-150
+    crops, marks = [], []
+    for i in range(8):
+        x1, y1 = 160 + i, 20 + i // 2
+        crop = cv2.resize(image[y1 : y1 + 140, x1 : x1 + 140], (96, 96), interpolation=cv2.INTER_AREA)
+        crops.append(crop)
+        eyes_nose_mouth = np.array([[35, 38], [62, 38], [48, 52], [38, 66], [58, 66]], np.float32)
+        marks.append(eyes_nose_mouth + np.array([-i * 0.5, 0], np.float32))
+    box = sbi.box_in_crop(70, 80, 0.2, 96)
+    return crops, box, marks
+
+
+def test_a_seed_makes_the_same_fake_and_another_seed_another(window):
+    crops, box, marks = window
+    a = sbi.blend_window(crops, sbi.window_params("video/0/16", seed=1), box, marks)[0]
+    b = sbi.blend_window(crops, sbi.window_params("video/0/16", seed=1), box, marks)[0]
+    c = sbi.blend_window(crops, sbi.window_params("video/0/16", seed=2), box, marks)[0]
+    d = sbi.blend_window(crops, sbi.window_params("video/0/24", seed=1), box, marks)[0]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+    assert sbi.window_params("video/0/16", 1) != sbi.window_params("video/0/24", 1)
+    assert not all(np.array_equal(x, y) for x, y in zip(a, d, strict=True))
+
+
+@pytest.mark.parametrize("with_landmarks", [True, False])
+def test_the_fake_differs_from_its_source_only_inside_the_grown_feathered_mask(window, with_landmarks):
+    crops, box, marks = window
+    for k in range(20):  # many parameter draws, the strongest warp and feather among them
+        params = sbi.draw_params(np.random.default_rng(k))
+        fakes, masks = sbi.blend_window(crops, params, box, marks if with_landmarks else None)
+        for crop, fake, mask in zip(crops, fakes, masks, strict=True):
+            changed = np.any(fake != crop, axis=-1)
+            assert changed.any(), "a self-blend changes the face"
+            assert not (changed & (mask <= 0)).any(), "a pixel outside the mask changed"
+            # The mask reaches past the face box by at most its growth, warp and feather.
+            face = max(box[2] - box[0], box[3] - box[1])
+            reach = face * (params.grow + params.warp + 3 * params.feather) + face * 0.35 + 2
+            ys, xs = np.nonzero(mask > 0)
+            assert xs.min() >= box[0] - reach and xs.max() <= box[2] + reach
+            assert ys.min() >= box[1] - reach and ys.max() <= box[3] + reach
+            # The crop's corners (background) are the real frame's.
+            assert np.array_equal(fake[0, 0], crop[0, 0]) and np.array_equal(fake[-1, -1], crop[-1, -1])
+
+
+def test_every_frame_of_a_window_gets_the_same_blend(window):
+    crops, box, _ = window
+    params = sbi.window_params("v/1/0", seed=0)
+    # Without landmarks the mask is the box's ellipse: one mask for the whole window.
+    fakes, masks = sbi.blend_window(crops, params, box, None)
+    assert all(np.array_equal(masks[0], m) for m in masks[1:])
+    # The same frame repeated gives the same fake in every position: no per-frame randomness.
+    same, _ = sbi.blend_window([crops[0]] * 4, params, box, None)
+    assert all(np.array_equal(same[0], f) for f in same[1:]) and np.array_equal(same[0], fakes[0])
+
+
+def test_landmarks_shape_the_mask_and_it_covers_them(window):
+    crops, box, marks = window
+    params = sbi.window_params("v/2/0", seed=3)
+    hull = sbi.face_mask(crops[0].shape[:2], box, params, marks[0])
+    ellipse = sbi.face_mask(crops[0].shape[:2], box, params, None)
+    assert not np.array_equal(hull, ellipse)
+    for x, y in marks[0]:
+        assert hull[int(round(y)), int(round(x))] > 0.5, "every landmark lies inside the mask"
+    # A frame whose landmarks are missing (NaN) falls back to the ellipse.
+    nan = np.full((5, 2), np.nan, np.float32)
+    assert np.array_equal(sbi.face_mask(crops[0].shape[:2], box, params, nan), ellipse)
+
+
+def test_box_in_crop_matches_crop_face():
+    """The face box lies in its crop where dfpipe.extract.faces.crop_face put it."""
+    from dfpipe.extract.faces import crop_face
+
+    frame = np.zeros((400, 400, 3), np.uint8)
+    frame[100:180, 150:210] = 255  # a 60 x 80 "face"
+    crop = crop_face(frame, np.array([150, 100, 210, 180], np.float32), 0.2, 112)
+    x1, y1, x2, y2 = sbi.box_in_crop(60, 80, 0.2, 112)
+    ys, xs = np.nonzero(crop[..., 0] > 127)
+    assert abs(xs.min() - x1) <= 1 and abs(xs.max() + 1 - x2) <= 1
+    assert abs(ys.min() - y1) <= 1 and abs(ys.max() + 1 - y2) <= 1
