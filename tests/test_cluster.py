@@ -282,7 +282,7 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     report = check_output(rescore, opts)
     assert report.ok, report.format()
-    scores = read_scores(Folder(dump_output(rescore, dump, opts), opts)).to_pandas()
+    scores = read_scores(dump_output(Folder(rescore, opts), dump)).to_pandas()
     assert len(scores) == len(s3.glob(dump.removeprefix("s3://") + "/*.mp4")) and scores.video_id.is_unique
     stats = read_json(f"{rescore}/rescore_stats.json", opts)
     assert all(d["scored_this_run"] == 0 for d in stats["dumps"].values()), "the second rescore: nothing new"

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pyarrow.compute as pc
 
 from dfpipe import config as C
+from dfpipe import outputs, storage
 from dfpipe import records as R
-from dfpipe import storage
 from dfpipe.score import report as rep
 
 NAME = "evaluate"
@@ -27,22 +27,19 @@ class EvaluateConfig(C.RunOptions):
 
 
 def run(cfg: EvaluateConfig) -> dict:
-    opts = cfg.storage_options
-    scores_uri = storage.join(cfg.input, "scores")
-    if not storage.exists(scores_uri, opts):
+    scored, out = cfg.folder(cfg.input), cfg.folder(cfg.output)
+    if not scored.exists("scores"):
         raise C.ConfigError(f"{cfg.input!r} has no scores/: run 'dfpipe score' first")
-    version = (
-        cfg.model_version or storage.read_json(storage.join(cfg.input, "config.json"), opts)["model_version"]
-    )
-    videos = storage.read_parquet_dir(scores_uri, schema=R.SCORES_SCHEMA, options=opts).to_pandas()
+    version = cfg.model_version or scored.read_json("config.json")["model_version"]
+    videos = outputs.read_scores(scored).to_pandas()
     videos = videos[videos.model_version == version]
     # Window-level metrics need two columns of every window: read only those (a DFDC-sized output
     # holds millions of windows).
     windows = storage.read_parquet_dir(
-        storage.join(cfg.input, "window_scores"),
+        scored.join("window_scores"),
         columns=["label", "prob_fake", "model_version"],
         schema=R.WINDOW_SCORES_SCHEMA,
-        options=opts,
+        options=scored.options,
     )
     windows = windows.filter(pc.equal(windows.column("model_version"), version)).to_pandas()
     labelled = videos[videos.label.notna()]
@@ -52,12 +49,12 @@ def run(cfg: EvaluateConfig) -> dict:
         )
     report = rep.evaluate(videos, windows)
     report["model_version"] = version
-    storage.write_json(storage.join(cfg.output, "report.json"), report, opts)
-    storage.write_text(storage.join(cfg.output, "report.md"), rep.markdown(report, version), opts)
+    out.write_json("report.json", report)
+    storage.write_text(out.join("report.md"), rep.markdown(report, version), out.options)
     with tempfile.TemporaryDirectory() as tmp:
         for path in rep.plots(videos, tmp):
             with open(path, "rb") as f:
-                storage.write_bytes(storage.join(cfg.output, os.path.basename(path)), f.read(), opts)
+                out.write_bytes(os.path.basename(path), f.read())
     report["report_uri"] = storage.normalize(cfg.output)
     return report
 

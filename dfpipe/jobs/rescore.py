@@ -49,18 +49,15 @@ def dump_name(dump: str) -> str:
     return storage.safe_name(storage.normalize(dump).split("://")[-1].rstrip("/").rsplit("/", 1)[-1])
 
 
-def dump_output(root: str, dump: str, options: storage.StorageOptions | None = None) -> str:
+def dump_output(root: storage.Folder | str, dump: str) -> storage.Folder:
     """``OUTPUT/dumps/<dump name>/``; its ``config.json`` keeps the dump's full URI. A folder that an
     older dfpipe named by the whole URI, percent-encoded, is still used where it exists."""
-    legacy = storage.join(
-        root, "dumps", storage.safe_name(storage.normalize(dump).split("://")[-1].strip("/"))
-    )
-    if storage.exists(legacy, options):
-        return legacy
-    return storage.join(root, "dumps", dump_name(dump))
+    root = storage.folder(root)
+    legacy = root.sub("dumps", storage.safe_name(storage.normalize(dump).split("://")[-1].strip("/")))
+    return legacy if legacy.exists() else root.sub("dumps", dump_name(dump))
 
 
-def check_names(dumps: tuple[str, ...], root: str, options: storage.StorageOptions | None) -> None:
+def check_names(dumps: tuple[str, ...], root: storage.Folder) -> None:
     """Refuse dumps that would share a folder: two inputs of this run, or an input and the dump an
     earlier run scored there (read from that folder's config.json)."""
     seen: dict[str, str] = {}
@@ -68,34 +65,34 @@ def check_names(dumps: tuple[str, ...], root: str, options: storage.StorageOptio
         name = dump_name(dump)
         if name in seen and storage.normalize(seen[name]) != storage.normalize(dump):
             raise C.ConfigError(
-                f"--input {seen[name]} and --input {dump} would both be scored into {root}/dumps/{name}/: "
+                f"--input {seen[name]} and --input {dump} would both be scored into {root.uri}/dumps/{name}/: "
                 "dumps are named by their last path component; give them distinct names (e.g. dated folders)"
             )
         seen[name] = dump
-        config = storage.join(dump_output(root, dump, options), "config.json")
-        if storage.exists(config, options):
-            earlier = storage.read_json(config, options).get("config", {}).get("input")
+        scored = dump_output(root, dump)
+        if scored.exists("config.json"):
+            earlier = scored.read_json("config.json").get("config", {}).get("input")
             if earlier and storage.normalize(earlier) != storage.normalize(dump):
                 raise C.ConfigError(
-                    f"{root}/dumps/{name}/ holds the scores of {earlier}; --input {dump} has the same last path "
+                    f"{root.uri}/dumps/{name}/ holds the scores of {earlier}; --input {dump} has the same last path "
                     "component: rename the dump or give another --output"
                 )
 
 
 def run(cfg: RescoreConfig) -> dict:
     started = time.monotonic()
-    opts = cfg.storage_options
+    root = cfg.folder(cfg.output)
     common = {"model": cfg.model, "all": cfg.all, **C.run_options_of(cfg)}
-    check_names(cfg.input, cfg.output, opts)
+    check_names(cfg.input, root)
     configs = {
         d: C.build(
             score_job.ScoreConfig,
-            {**cfg.score, **common, "input": d, "output": dump_output(cfg.output, d, opts)},
+            {**cfg.score, **common, "input": d, "output": dump_output(root, d).uri},
         )
         for d in cfg.input
     }
     try:
-        with run_lock(storage.join(cfg.output, "rescore.lock"), opts, cfg.stale_lock_s):
+        with run_lock(root.join("rescore.lock"), root.options, cfg.stale_lock_s):
             dumps = {}
             for dump, score_cfg in configs.items():
                 console.say(f"\n== rescore: {dump} ==")
@@ -110,7 +107,7 @@ def run(cfg: RescoreConfig) -> dict:
         console.say(f"rescore: another run is in progress ({exc}); nothing done")
         return {"locked": True, "dumps": {}, "seconds": round(time.monotonic() - started, 1)}
     summary = {"locked": False, "dumps": dumps, "seconds": round(time.monotonic() - started, 1)}
-    storage.write_json(storage.join(cfg.output, "rescore_stats.json"), summary, opts)
+    root.write_json("rescore_stats.json", summary)
     return summary
 
 
