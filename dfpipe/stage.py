@@ -5,7 +5,8 @@ A stage is a plain, picklable object with
 * ``reads`` (a class attribute): the input columns it uses; a step checks that its rows hold them
   when it is built, before Ray starts (:func:`check_reads`), so a broken chain fails in seconds
   with the columns named, not in a worker an hour in;
-* ``writes`` (a class attribute): the schema of the table it returns;
+* ``writes`` (a class attribute): the schema of the table it returns (``None`` where that follows its
+  input: its input rows with columns added, its docstring and a comment say which);
 * ``resources``: a :class:`Resources`: CPUs, GPUs, rows per batch and a cap on workers, per worker;
   the runner asks Ray for exactly this (GPUs come from here, nowhere else);
 * ``setup()``: loads what it needs (models, clients). Whoever runs a stage calls it once before the
@@ -42,7 +43,7 @@ class Resources:
 
 class Stage(Protocol):
     reads: ClassVar[tuple[str, ...]]
-    writes: ClassVar[pa.Schema]
+    writes: ClassVar[pa.Schema | None]
     resources: Resources
 
     def setup(self) -> None: ...
@@ -63,7 +64,7 @@ class Later:
         return self.kind.reads
 
     @property
-    def writes(self) -> pa.Schema:
+    def writes(self) -> pa.Schema | None:
         return self.kind.writes
 
     def __call__(self) -> Stage:

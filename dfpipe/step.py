@@ -108,7 +108,7 @@ class Step:
         # the job now, naming the columns.
         check_reads(self.todo.column_names, self.stage, self.name)
         if self.output is None:
-            self.output = storage.Folder(self.cfg.output, self.cfg.storage_options)
+            self.output = self.cfg.folder(self.cfg.output)
         if self.overwrite is None:
             self.overwrite = bool(getattr(self.cfg, "overwrite", False))
 

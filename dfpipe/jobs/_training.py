@@ -252,7 +252,7 @@ def export(cfg, best: dict, latest: dict, meta: dict, title: str) -> dict:
         "best_metrics": next((h for h in history if h["epoch"] == best_epoch), {}),
         "seed": cfg.seed,
     }
-    save_model(storage.Folder(cfg.output, opts), best["model"], meta)
+    save_model(cfg.folder(cfg.output), best["model"], meta)
     storage.write_json(storage.join(cfg.output, "metrics.json"), {"epochs": history}, opts)
     with tempfile.TemporaryDirectory() as tmp:
         png = os.path.join(tmp, "curves.png")

@@ -228,7 +228,7 @@ def model_splits(meta: dict, opts) -> dict[str, str]:
 def run(cfg: ScoreConfig) -> dict:
     """Score every video of ``cfg.input`` this model version has not scored (all with ``all=true``)."""
     started, timer = time.monotonic(), StepTimer()
-    model = storage.Folder(cfg.model, cfg.storage_options)
+    model = cfg.folder(cfg.model)
     meta, embedder, version = load_model_meta(model)
     extraction, segment = extract_and_segment(cfg, meta, timer)
     manifest, pending, already, replace = pending_videos(cfg, extraction, version)

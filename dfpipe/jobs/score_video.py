@@ -86,7 +86,7 @@ class Scorer:
             cfg = C.build(ScoreVideoConfig, {"video": "", "model": cfg, **options})
         self.cfg = cfg
         started = time.perf_counter()
-        model = storage.Folder(cfg.model, cfg.storage_options)  # the model may live on S3
+        model = cfg.folder(cfg.model)  # the model may live on S3
         self.meta, embedder, self.version = score_job.load_model_meta(model)
         ext_options, seg_options, notes = score_job.data_plan(self.meta, cfg.model, cfg)
         for note in notes:
