@@ -145,18 +145,14 @@ class ClassifierTraining(T.Training):
             "embeddings_cache": cache.uri,
             "windows_embedded_this_run": embedded,
         }
+        # The loop reads its settings from the job's config as it is (lr, epochs, aggregation, ...),
+        # plus what the job worked out.
         loop_cfg = {
+            **C.to_dict(cfg),
             "meta": meta,
-            "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay,
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
             "steps_per_epoch": steps,
-            "seed": cfg.seed,
             "per_video": cfg.windows_per_video,
-            "stop_after_epochs": cfg.stop_after_epochs,
             "pos_weight": n_real / max(1, n_fake),
-            "aggregation": cfg.aggregation,
         }
         shown = ("train_loss", "val_loss", "val_video_loss", "val_video_acc")
         # The video-level log loss under the scoring rule picks the epoch.

@@ -155,20 +155,14 @@ class EmbedderTraining(T.Training):
             "loss": cfg.loss,
             "margin": cfg.margin,
         }
+        # The loop reads its settings from the job's config as it is (lr, loss, margin, epochs, ...),
+        # plus what the job worked out.
         loop_cfg = {
+            **C.to_dict(cfg),
             "meta": meta,
             "init_state": self.init_state,
-            "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay,
-            "loss": cfg.loss,
-            "margin": cfg.margin,
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
             "steps_per_epoch": steps,
-            "seed": cfg.seed,
             "per_video": cfg.faces_per_video,
-            "stop_after_epochs": cfg.stop_after_epochs,
-            "face_size": cfg.face_size,
         }
         self.counts = counts
         return T.Plan(
