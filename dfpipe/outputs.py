@@ -74,11 +74,13 @@ def scoring_folders(output: str) -> dict[str, tuple[str, pa.Schema]]:
 
 # Readers take the output as a storage.Folder (a URI given as text is reached with the
 # environment's options: local paths, tests).
-def read_manifest(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
+def _read(output: storage.Folder | str, name: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
     out = storage.folder(output)
-    return storage.read_parquet_dir(
-        out.join("videos"), columns=columns, schema=R.VIDEOS_SCHEMA, options=out.options
-    )
+    return storage.read_parquet_dir(out.join(name), columns=columns, schema=schema, options=out.options)
+
+
+def read_manifest(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
+    return _read(output, "videos", R.VIDEOS_SCHEMA, columns)
 
 
 def is_extraction(output: storage.Folder | str) -> bool:
@@ -87,31 +89,19 @@ def is_extraction(output: storage.Folder | str) -> bool:
 
 
 def read_summary(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
-    out = storage.folder(output)
-    return storage.read_parquet_dir(
-        out.join("videos"), columns=columns, schema=R.SEGMENTS_SCHEMA, options=out.options
-    )
+    return _read(output, "videos", R.SEGMENTS_SCHEMA, columns)
 
 
 def read_windows(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
-    out = storage.folder(output)
-    return storage.read_parquet_dir(
-        out.join("windows"), columns=columns, schema=R.WINDOWS_SCHEMA, options=out.options
-    )
+    return _read(output, "windows", R.WINDOWS_SCHEMA, columns)
 
 
 def read_tracks(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
-    out = storage.folder(output)
-    return storage.read_parquet_dir(
-        out.join("tracks"), columns=columns, schema=R.TRACKS_SCHEMA, options=out.options
-    )
+    return _read(output, "tracks", R.TRACKS_SCHEMA, columns)
 
 
 def read_scores(output: storage.Folder | str, model_version: str | None = None, columns=None) -> pa.Table:
-    out = storage.folder(output)
-    t = storage.read_parquet_dir(
-        out.join("scores"), columns=columns, schema=R.SCORES_SCHEMA, options=out.options
-    )
+    t = _read(output, "scores", R.SCORES_SCHEMA, columns)
     if model_version is not None and t.num_rows:
         t = t.filter(pc.equal(t.column("model_version"), model_version))
     return t

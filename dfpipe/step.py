@@ -58,10 +58,6 @@ class ChunkWriter:
     def resources(self) -> Resources:
         return self.stage.resources
 
-    @property
-    def reads(self) -> tuple[str, ...]:
-        return self.stage.reads
-
     def setup(self) -> None:
         self.stage.setup()
 

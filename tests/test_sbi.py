@@ -91,6 +91,8 @@ def test_box_in_crop_matches_crop_face():
     frame[100:180, 150:210] = 255  # a 60 x 80 "face"
     crop = crop_face(frame, np.array([150, 100, 210, 180], np.float32), 0.2, 112)
     x1, y1, x2, y2 = sbi.box_in_crop(60, 80, 0.2, 112)
+    # The long side (80) plus 20 % per side fills the 112-px crop: one crop pixel per frame pixel.
+    assert (x1, y1, x2, y2) == (26.0, 16.0, 86.0, 96.0)
     ys, xs = np.nonzero(crop[..., 0] > 127)
     assert abs(xs.min() - x1) <= 1 and abs(xs.max() + 1 - x2) <= 1
     assert abs(ys.min() - y1) <= 1 and abs(ys.max() + 1 - y2) <= 1

@@ -251,16 +251,20 @@ def region_crop(
     return cv2.resize(inner, (size, size), interpolation=interp), x0, y0, side
 
 
+def crop_scale(box_w: float, box_h: float, margin: float, size: int) -> float:
+    """Crop pixels per frame pixel of :func:`crop_face`: the box's long side plus ``margin`` per
+    side becomes ``size``."""
+    return size / max(max(box_w, box_h) * (1 + 2 * margin), 2.0)
+
+
 def crop_face(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:
     """A square crop around ``box`` enlarged by ``margin`` per side, resized to ``size``x``size``.
 
     Pixels beyond the frame edge are replicated, so faces at the border keep their position.
     """
     x1, y1, x2, y2 = (float(v) for v in box)
-    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
-    side = max(side, 2.0)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    scale = size / side
+    scale = crop_scale(x2 - x1, y2 - y1, margin, size)
     m = np.array([[scale, 0, size / 2 - cx * scale], [0, scale, size / 2 - cy * scale]], dtype=np.float32)
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     return cv2.warpAffine(frame, m, (size, size), flags=interp, borderMode=cv2.BORDER_REPLICATE)

@@ -65,7 +65,9 @@ def window_params(window_id: str, seed: int) -> BlendParams:
 def box_in_crop(box_w: float, box_h: float, margin: float, size: int) -> tuple[float, float, float, float]:
     """Where a face box of ``box_w`` x ``box_h`` lies in its crop (``dfpipe.extract.faces.crop_face``:
     a square of the box's long side plus ``margin`` per side, centred, resized to ``size``)."""
-    scale = size / max(max(box_w, box_h) * (1 + 2 * margin), 2.0)
+    from dfpipe.extract.faces import crop_scale
+
+    scale = crop_scale(box_w, box_h, margin, size)
     half_w, half_h = box_w * scale / 2, box_h * scale / 2
     c = size / 2
     return (c - half_w, c - half_h, c + half_w, c + half_h)
@@ -163,10 +165,14 @@ def blend_window(
     ``box`` is the face box in crop pixels (:func:`box_in_crop`); ``landmarks``, one 5 x 2 array of
     crop pixels per frame (``None`` where a frame has none), shape each frame's mask so it follows
     the face; without them every frame gets the same ellipse."""
-    out, masks = [], []
+    out, masks, ellipse = [], [], None
     for i, crop in enumerate(crops):
         marks = landmarks[i] if landmarks is not None else None
-        mask = face_mask(crop.shape[:2], box, params, marks)
+        if marks is None:  # the same ellipse (and warp) on every frame: made once
+            ellipse = face_mask(crop.shape[:2], box, params) if ellipse is None else ellipse
+            mask = ellipse
+        else:
+            mask = face_mask(crop.shape[:2], box, params, marks)
         out.append(blend(crop, mask, box, params))
         masks.append(mask)
     return out, masks
