@@ -162,7 +162,9 @@ def _agrees(written, fresh) -> bool:
 def _shard_problem(uri: str, row: dict, options) -> str | None:
     fs, path = storage.filesystem(uri, options)
     with fs.open(path, "rb") as f:
-        t = pq.read_table(f, columns=["video_id", "frame_idx", "track_id", "flag"])
+        shard = pq.ParquetFile(f)
+        marked = "landmarks" in shard.schema_arrow.names  # shards from before landmarks were kept lack them
+        t = shard.read(columns=["video_id", "frame_idx", "track_id", "flag", "box_x1", *(["landmarks"] * marked)])
     if set(t.column("video_id").to_pylist()) - {row["video_id"]}:
         return "holds rows of another video"
     keys = list(zip(t.column("frame_idx").to_pylist(), t.column("track_id").to_pylist(), strict=True))
@@ -175,6 +177,29 @@ def _shard_problem(uri: str, row: dict, options) -> str | None:
     off = [f for f in R.FRAME_FLAGS if flags.get(f, 0) != row[f"n_{f}"]]
     if off:
         return f"flag counts differ for {off}"
+    return _landmarks_problem(t) if marked else None
+
+
+# How far outside its box a landmark may lie, in box sides (MTCNN's can sit a little outside it).
+LANDMARK_SLACK = 0.5
+
+
+def _landmarks_problem(t) -> str | None:
+    """Landmarks on every face row and on no other, finite, near their box (``records.FACES_SCHEMA``)."""
+    boxed = t.column("box_x1").is_valid().to_pylist()
+    marks = t.column("landmarks").to_pylist()
+    frames = t.column("frame_idx").to_pylist()
+    if any(b != (m is not None) for b, m in zip(boxed, marks, strict=True)):
+        bad = [f for f, b, m in zip(frames, boxed, marks, strict=True) if b != (m is not None)]
+        return f"landmarks missing on a face row or set on a row without a box (frames {bad[:3]})"
+    far = [
+        f
+        for f, m in zip(frames, marks, strict=True)
+        if m is not None
+        and not all(math.isfinite(v) and -LANDMARK_SLACK <= v <= 1 + LANDMARK_SLACK for v in m)
+    ]
+    if far:
+        return f"landmarks not finite or far outside their box (frames {far[:3]})"
     return None
 
 

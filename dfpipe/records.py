@@ -15,6 +15,8 @@ FLAG_LOW_PROB = "low_prob"
 FLAG_SMALL_FACE = "small_face"
 FRAME_FLAGS = (FLAG_OK, FLAG_NO_FACE, FLAG_MULTI_FACE, FLAG_LOW_PROB, FLAG_SMALL_FACE)
 
+N_LANDMARKS = 5
+
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
@@ -63,6 +65,11 @@ FACES_SCHEMA = pa.schema(
         ("box_y2", pa.float32()),
         ("detected", pa.bool_()),  # false where the box was interpolated between keyframes
         ("face_jpeg", pa.binary()),
+        # MTCNN's five landmarks (left eye, right eye, nose, left and right mouth corner) as
+        # [x0, y0, ..., x4, y4] in the box's frame ((0, 0) its top-left, (1, 1) its bottom-right);
+        # interpolated with the box between keyframes; null where there is no box. Shards written
+        # before landmarks were kept lack the column (``faces_columns`` reads them as null).
+        ("landmarks", pa.list_(pa.float32(), 10)),
     ]
 )
 

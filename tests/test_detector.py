@@ -31,7 +31,7 @@ def astronaut_scene(width: int, height: int, face_side: int) -> np.ndarray:
 
 
 def confident(det, min_prob=0.9):
-    boxes, probs = det
+    boxes, probs = det[:2]
     return boxes[probs >= min_prob]
 
 
@@ -71,6 +71,28 @@ def test_on_real_footage_the_cascade_agrees_with_facenet_pytorch(detectors):
             pairs += 1
     assert len(frames) >= 3 and same_count >= 0.8 * len(frames)
     assert np.mean(np.array(ious) >= 0.8) >= 0.9, f"IoU with facenet-pytorch's boxes: {np.round(ious, 2)}"
+
+
+def test_both_engines_and_regions_give_the_five_landmarks_on_the_face(detectors):
+    """Eyes above the nose above the mouth, left of right, inside the box, in frame pixels whether
+    the frame was shrunk for detection or the face was found in a region around a known box."""
+    frame = astronaut_scene(1280, 720, face_side=240)  # shrunk to 640 for detection: landmarks scaled back
+    found = {engine: d.detect([frame])[0] for engine, d in detectors.items()}
+    box = confident(found["cascade"])[0]
+    found["regions"] = detectors["cascade"].detect_regions([frame], [box[None]])[0]
+    side = box[2] - box[0]
+    for name, (boxes, probs, marks) in found.items():
+        i = int(np.argmax(probs))
+        (lx, ly), (rx, ry), (nx, ny), (mlx, mly), (mrx, mry) = marks[i]
+        assert lx < nx < rx and mlx < mrx, name
+        assert max(ly, ry) < ny < min(mly, mry), name
+        b = boxes[i]
+        assert (marks[i][:, 0] > b[0]).all() and (marks[i][:, 0] < b[2]).all(), name
+        assert (marks[i][:, 1] > b[1]).all() and (marks[i][:, 1] < b[3]).all(), name
+    # The engines and the region agree on where the landmarks are (within 5% of the face's side).
+    i = {name: int(np.argmax(f[1])) for name, f in found.items()}
+    for name in ("facenet", "regions"):
+        assert np.abs(found[name][2][i[name]] - found["cascade"][2][i["cascade"]]).max() < 0.05 * side, name
 
 
 def test_the_pyramid_starts_at_the_smallest_face_that_counts():

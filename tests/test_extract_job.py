@@ -233,3 +233,34 @@ def test_check_catches_duplicates_lost_shards_leftovers_and_wrong_stats(extracte
     manifest = read_manifest(str(extracted_sample)).to_pandas()
     ok = manifest[(manifest.status == "ok") & (manifest.n_tracks > 0)].video_id.iloc[0]
     assert_check_names_a_broken_copy(extracted_sample, tmp_path, ok)
+
+
+def test_check_verifies_landmarks_and_accepts_shards_from_before_them(extracted_sample, tmp_path):
+    """A face row without landmarks, or with landmarks far from its box, is named; a shard written
+    before landmarks were kept (no column) is not."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dfpipe.invariants import _shard_problem
+
+    manifest = read_manifest(str(extracted_sample)).to_pylist()
+    row = next(r for r in manifest if r["status"] == "ok" and r["n_ok"] > 0)
+    faces = pq.read_table(row["faces_uri"])
+    assert _shard_problem(row["faces_uri"], row, None) is None
+    kind = faces.schema.field("landmarks").type
+    index = faces.schema.get_field_index("landmarks")
+    first = next(i for i, m in enumerate(faces.column("landmarks").to_pylist()) if m is not None)
+
+    def problem(marks) -> str | None:
+        path = tmp_path / "shard.parquet"
+        table = faces.drop_columns(["landmarks"]) if marks is None else faces.set_column(index, "landmarks", pa.array(marks, kind))
+        pq.write_table(table, path)
+        return _shard_problem(str(path), row, None)
+
+    lost = faces.column("landmarks").to_pylist()
+    lost[first] = None
+    assert "landmarks missing" in problem(lost)
+    far = faces.column("landmarks").to_pylist()
+    far[first] = [5.0] * 10
+    assert "far outside their box" in problem(far)
+    assert problem(None) is None  # written before landmarks were kept

@@ -100,6 +100,24 @@ def test_linear_motion_is_interpolated_exactly_with_few_detections():
     assert [f.index for f in out if f.detected] == sorted(script.calls)
 
 
+def test_landmarks_move_with_their_face_and_are_interpolated_with_the_box():
+    """A detector that gives landmarks: each frame's, detected or interpolated, is where the face's
+    are (linear motion); one that gives none yields NaN landmarks, one set per box."""
+
+    def with_marks(i):
+        boxes, probs = moving(i)
+        offsets = np.array([[12, 15], [28, 15], [20, 25], [14, 33], [26, 33]], np.float32)
+        return boxes, probs, (boxes[:, None, :2] + offsets).astype(np.float32)
+
+    script = Script(with_marks)
+    out = list(KeyframeDetector(script, every=8, window=16).run(chunks(script, 40)))
+    assert not all(f.detected for f in out)
+    for f in out:
+        np.testing.assert_allclose(f.landmarks, with_marks(f.index)[2], atol=1e-4)
+    bare = list(KeyframeDetector(Script(moving), every=8, window=16).run(chunks(Script(moving), 20)))
+    assert all(f.landmarks.shape == (1, 5, 2) and np.isnan(f.landmarks).all() for f in bare)
+
+
 def test_every_one_is_dense_detection():
     script = Script(moving)
     out = list(KeyframeDetector(script, every=1, window=4).run(chunks(script, 13)))

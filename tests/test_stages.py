@@ -312,6 +312,15 @@ def test_extract_stage_without_ray(clip, tmp_path):
     ok = faces.filter(pc.equal(faces.column("flag"), "ok"))
     assert ok.num_rows > 6, "the generated face should be found in most frames"
     assert decode_jpeg(ok.column("face_jpeg")[0].as_py()).shape == (64, 64, 3)
+    # Every face row has its five landmarks in the box's frame (detected and interpolated rows
+    # alike), a frame without a face none.
+    boxed = pc.is_valid(faces.column("box_x1"))
+    assert pc.all(pc.equal(boxed, pc.is_valid(faces.column("landmarks")))).as_py()
+    assert not pc.all(faces.column("detected")).as_py(), "some rows should be interpolated"
+    for marks in ok.column("landmarks").to_pylist():
+        (lx, ly), (rx, ry), (nx, ny), (mlx, mly), (mrx, mry) = np.asarray(marks).reshape(5, 2)
+        assert 0 < lx < nx < rx < 1 and 0 < mlx < mrx < 1
+        assert 0 < max(ly, ry) < ny < min(mly, mry) < 1
 
 
 def test_prefetched_keeps_order_raises_and_stops_with_its_consumer():

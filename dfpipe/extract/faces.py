@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from dfpipe import records as R
+from dfpipe.extract.mtcnn import Faces
 
 
 def pick_device(device: str = "auto") -> str:
@@ -79,24 +80,29 @@ class FaceDetector:
             self.thresholds,
         )
 
-    def _faces(self, images: list[np.ndarray], min_size: float) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(boxes, probs)`` of each same-size RGB image, in its own pixels, faces of ``min_size`` up."""
+    def _faces(self, images: list[np.ndarray], min_size: float) -> list[Faces]:
+        """``(boxes, probs, landmarks)`` of each same-size RGB image, in its own pixels, faces of
+        ``min_size`` up."""
         import torch
 
         if self.engine == "cascade":
-            return [(b, p) for b, p, _ in self._cascade.detect(images, min_size)]
+            return self._cascade.detect(images, min_size)
         from facenet_pytorch.models.utils.detect_face import detect_face
 
         m = self._mtcnn
         with torch.inference_mode():
-            found, _ = detect_face(
+            found, points = detect_face(
                 np.stack(images), min_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor, m.device
             )
-        found = [np.asarray(b, np.float32).reshape(-1, 5) for b in found]
-        return [(b[:, :4], b[:, 4]) for b in found]
+        out = []
+        for b, p in zip(found, points, strict=True):
+            b = np.asarray(b, np.float32).reshape(-1, 5)
+            out.append((b[:, :4], b[:, 4], np.asarray(p, np.float32).reshape(-1, 5, 2)))
+        return out
 
-    def detect(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(boxes (k,4) float32 in full-resolution pixels, probs (k,))`` per frame; k may be 0."""
+    def detect(self, frames: list[np.ndarray]) -> list[Faces]:
+        """``(boxes (k,4) float32 in full-resolution pixels, probs (k,), landmarks (k,5,2) in the
+        same pixels: eyes, nose, mouth corners)`` per frame; k may be 0."""
         if not frames:
             return []
         self.n_calls += 1
@@ -108,7 +114,7 @@ class FaceDetector:
         if self.engine == "cascade":
             # A face smaller than min_face_px is flagged small_face and never used: no pyramid level for it.
             min_size = max(min_size, self.min_face_px * scale)
-        return [(b / scale, p) for b, p in self._faces(small, min_size)]
+        return [(b / scale, p, m / scale) for b, p, m in self._faces(small, min_size)]
 
     def _shrunk(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
         """The frame as detection sees it (long side at most ``long_side``, area-resampled), and the scale."""
@@ -119,12 +125,12 @@ class FaceDetector:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), scale
 
-    def detect_regions(self, frames: list[np.ndarray], hints: list[np.ndarray]) -> list[tuple | None]:
+    def detect_regions(self, frames: list[np.ndarray], hints: list[np.ndarray]) -> list[Faces | None]:
         """Faces near known ones: for each frame (BGR, full resolution, any sizes), MTCNN on a region
         around each of its ``hints`` boxes (twice the box, scaled to ``ROI_SIZE``), all regions of
         all frames in one call.
 
-        Per frame, ``(boxes, probs)`` of the faces found in its regions, or None where the frame
+        Per frame, ``(boxes, probs, landmarks)`` of the faces found in its regions, or None where the frame
         should be scanned whole: a hinted face was not found again (no face overlapping its box by
         ``REGION_FOUND_IOU``), or a region would not box it as a full scan does (:func:`region_suits`).
         Faces outside every region are not looked for.
@@ -145,20 +151,19 @@ class FaceDetector:
             mine = [next(found) for _ in hs] if ok else []
             lost = not ok or any(
                 len(b) == 0 or iou_matrix(b, h[None]).max() < REGION_FOUND_IOU
-                for (b, _), h in zip(mine, hs, strict=True)
+                for (b, _, _), h in zip(mine, hs, strict=True)
             )
             if lost:
                 out.append(None)
                 continue
-            boxes = np.concatenate([b for b, _ in mine])
-            probs = np.concatenate([p for _, p in mine])
+            boxes, probs, marks = (np.concatenate([m[k] for m in mine]) for k in range(3))
             # A face seen from two neighbouring regions is one face.
             keep = nms(torch.from_numpy(boxes), torch.from_numpy(probs), 0.5).numpy()
-            out.append((boxes[keep], probs[keep]))
+            out.append((boxes[keep], probs[keep], marks[keep]))
         return out
 
-    def _in_regions(self, items: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(boxes, probs)`` in frame pixels found in a region around each ``(frame, box)``."""
+    def _in_regions(self, items: list[tuple[np.ndarray, np.ndarray]]) -> list[Faces]:
+        """``(boxes, probs, landmarks)`` in frame pixels found in a region around each ``(frame, box)``."""
         if not items:
             return []
         crops, mapping, small = [], [], {}
@@ -174,8 +179,8 @@ class FaceDetector:
         self.n_regions += len(items)
         out = []
         min_size = ROI_MIN_FACE if self.engine == "cascade" else self.min_face_size
-        for (x0, y0, s), (b, p) in zip(mapping, self._faces(crops, min_size), strict=True):
-            out.append((b * s + np.array([x0, y0, x0, y0], np.float32), p))
+        for (x0, y0, s), (b, p, m) in zip(mapping, self._faces(crops, min_size), strict=True):
+            out.append((b * s + np.array([x0, y0, x0, y0], np.float32), p, m * s + np.array([x0, y0], np.float32)))
         return out
 
     def verify(
@@ -203,7 +208,7 @@ class FaceDetector:
         crops = [cv2.cvtColor(crop_face(f, b, 0.0, 48), cv2.COLOR_BGR2RGB) for f, b in flat]
         ok = self._cascade.onet_probability(crops) >= ONET_PASS
         doubtful = np.flatnonzero(~ok)
-        for i, (b, p) in zip(doubtful, self._in_regions([flat[i] for i in doubtful]), strict=True):
+        for i, (b, p, _) in zip(doubtful, self._in_regions([flat[i] for i in doubtful]), strict=True):
             b = b[p >= min_prob]
             ok[i] = bool(len(b)) and bool(iou_matrix(b, flat[i][1][None]).max() >= min_iou)
         self.n_verified += len(flat)

@@ -49,7 +49,8 @@ import numpy as np
 
 from dfpipe.extract.tracks import greedy_match, iou_matrix
 
-Detection = tuple[np.ndarray, np.ndarray]  # boxes (k, 4) float32, probs (k,) float32
+# boxes (k, 4) float32, probs (k,) float32, landmarks (k, 5, 2) float32 (NaN where the detector gives none)
+Detection = tuple[np.ndarray, np.ndarray, np.ndarray]
 DetectFn = Callable[[list[np.ndarray]], list[Detection]]
 # (frames, boxes per frame) -> whether each box holds a face, per frame
 VerifyFn = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
@@ -59,17 +60,27 @@ RegionFn = Callable[[list[np.ndarray], list[np.ndarray]], list[Detection | None]
 
 @dataclass
 class FrameFaces:
-    """One frame with its faces; ``detected`` is False where the boxes were interpolated."""
+    """One frame with its faces; ``detected`` is False where the boxes (and landmarks) were interpolated."""
 
     index: int
     frame: np.ndarray
     boxes: np.ndarray
     probs: np.ndarray
     detected: bool
+    landmarks: np.ndarray  # (k, 5, 2) frame pixels, NaN where unknown
 
 
 def _empty() -> Detection:
-    return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
+
+
+def as_detection(found: tuple) -> Detection:
+    """A detector's ``(boxes, probs, landmarks)``; one that gives ``(boxes, probs)`` only (a scripted
+    detector, an engine without landmarks) gets NaN landmarks."""
+    if len(found) == 3:
+        return found
+    boxes, probs = found
+    return boxes, probs, np.full((len(boxes), 5, 2), np.nan, np.float32)
 
 
 def match_faces(
@@ -89,12 +100,18 @@ def match_faces(
 
 
 def interpolate(a: Detection, b: Detection, pairs: list[tuple[int, int]], t: float) -> Detection:
-    """Boxes a fraction ``t`` of the way from ``a`` to ``b`` for matched pairs; the lower probability."""
+    """Boxes and landmarks a fraction ``t`` of the way from ``a`` to ``b`` for matched pairs; the lower
+    probability."""
     if not pairs:
         return _empty()
     ia, ib = (np.array(x) for x in zip(*pairs, strict=True))
     boxes = (1 - t) * a[0][ia] + t * b[0][ib]
-    return boxes.astype(np.float32), np.minimum(a[1][ia], b[1][ib]).astype(np.float32)
+    marks = (1 - t) * a[2][ia] + t * b[2][ib]
+    return (
+        boxes.astype(np.float32),
+        np.minimum(a[1][ia], b[1][ib]).astype(np.float32),
+        marks.astype(np.float32),
+    )
 
 
 def thumbnail(frame: np.ndarray, cells: int = 32) -> np.ndarray:
@@ -200,8 +217,8 @@ class KeyframeDetector:
         start = 1 if buf[0] is None else 0  # position 0 is the anchor, already yielded, or the first frame
         for p in range(start, points[-1] + 1):
             det = known.get(p)
-            boxes, probs = det if det is not None else fills.get(p, _empty())
-            yield FrameFaces(buf_idx[p], buf[p], boxes, probs, det is not None)
+            boxes, probs, marks = det if det is not None else fills.get(p, _empty())
+            yield FrameFaces(buf_idx[p], buf[p], boxes, probs, det is not None, marks)
             buf[p] = None
 
     def _interpolate_verified(self, buf, known, smooth):
@@ -250,7 +267,7 @@ class KeyframeDetector:
                     scan.append(p)
                     self.n_lost += 1
                 else:
-                    known[p] = det
+                    known[p] = as_detection(det)
                     self.n_detected += 1
         self._detect_at(buf, known, sorted(scan))
 
@@ -258,7 +275,7 @@ class KeyframeDetector:
         """Full scans of ``positions``."""
         if positions:
             for p, det in zip(positions, self.detect([buf[p] for p in positions]), strict=True):
-                known[p] = det
+                known[p] = as_detection(det)
             self.n_detected += len(positions)
             self.n_scanned += len(positions)
 

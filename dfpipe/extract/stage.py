@@ -216,12 +216,14 @@ class FaceExtractStage:
         frame_idx: list[int] = []
         boxes: list[np.ndarray] = []
         probs: list[np.ndarray] = []
+        marks: list[np.ndarray] = []
         detected: list[bool] = []
         crops: list[list[bytes]] = []
         for f in keyframes.run(chunks):
             frame_idx.append(f.index)
             boxes.append(f.boxes)
             probs.append(f.probs)
+            marks.append(f.landmarks)
             detected.append(f.detected)
             crops.append(
                 [
@@ -244,12 +246,12 @@ class FaceExtractStage:
             self.decode.frame_stride,
         )
         cols: dict[str, list] = {name: [] for name in R.FACES_SCHEMA.names}
-        for i, b, p, d, t, c in zip(frame_idx, boxes, probs, detected, track_ids, crops, strict=True):
+        for i, b, p, m, d, t, c in zip(frame_idx, boxes, probs, marks, detected, track_ids, crops, strict=True):
             flags = face_flags(b, p, self.detect.min_prob, self.detect.min_face_px)
             if len(b) == 0:
-                _append(cols, video, i, None, R.FLAG_NO_FACE, None, None, d, None)
+                _append(cols, video, i, None, R.FLAG_NO_FACE, None, None, None, d, None)
             for k in range(len(b)):
-                _append(cols, video, i, int(t[k]), flags[k], float(p[k]), b[k], d, c[k])
+                _append(cols, video, i, int(t[k]), flags[k], float(p[k]), b[k], m[k], d, c[k])
         table = pa.table(cols, schema=R.FACES_SCHEMA)
         info = reader.info
         flag_counts = dict.fromkeys(R.FRAME_FLAGS, 0)
@@ -287,7 +289,7 @@ def decoder_threads(threads: int, concurrent: int) -> int:
     return max(1, threads // 2 // max(1, concurrent))
 
 
-def _append(cols, video, frame_idx, track_id, flag, prob, box, detected, jpeg) -> None:
+def _append(cols, video, frame_idx, track_id, flag, prob, box, marks, detected, jpeg) -> None:
     cols["video_id"].append(video["video_id"])
     cols["part"].append(video["part"])
     cols["label"].append(video["label"])
@@ -297,8 +299,20 @@ def _append(cols, video, frame_idx, track_id, flag, prob, box, detected, jpeg) -
     cols["prob"].append(prob)
     for k, name in enumerate(("box_x1", "box_y1", "box_x2", "box_y2")):
         cols[name].append(None if box is None else float(box[k]))
+    cols["landmarks"].append(None if box is None else landmarks_in_box(box, marks))
     cols["detected"].append(detected)
     cols["face_jpeg"].append(jpeg)
+
+
+def landmarks_in_box(box: np.ndarray, marks: np.ndarray) -> list[float] | None:
+    """The five landmarks (frame pixels, 5 x 2) in the box's frame: ``[x0, y0, ..., x4, y4]`` with
+    (0, 0) the box's top-left and (1, 1) its bottom-right corner, so they stay with the face crop
+    whatever its size or margin. None where the detector gave none (NaN)."""
+    if marks is None or not np.isfinite(marks).all():
+        return None
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    size = np.array([max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)], np.float32)
+    return ((np.asarray(marks, np.float32) - np.array([x1, y1], np.float32)) / size).reshape(-1).tolist()
 
 
 def manifest_row(video: dict, config_hash: str) -> dict:
