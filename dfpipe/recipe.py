@@ -1,4 +1,5 @@
-"""A model's data recipe: the extraction and segmentation options that made the rows it learned from.
+"""A model's data recipe: the extraction and segmentation options that made the rows it learned from
+(and, under ``train``, where its FAKE examples came from: labels or self-blends, ``fakes=``).
 
 A classifier trained on windows of every second frame, 64-px crops or a given track rule scores
 garbage on rows made any other way, and nothing downstream would notice. So the model directory
@@ -94,7 +95,7 @@ def build(extract_config: dict, segment_config: dict) -> dict:
 def of_model(meta: dict, model: str) -> dict:
     """The recipe recorded in a model's ``model.json``."""
     recipe = meta.get("recipe")
-    if not isinstance(recipe, dict) or set(recipe) != {"extract", "segment"}:
+    if not isinstance(recipe, dict) or not {"extract", "segment"} <= set(recipe):
         raise RecipeError(
             f"model {model} records no data recipe (trained by an older dfpipe), so the options its rows "
             "were made with are unknown: train it again"

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from conftest import CHAIN, EMBEDDER_ARGS
 
@@ -439,3 +440,91 @@ def test_training_input_is_staged_in_storage_except_on_a_ray_this_process_starte
     assert runner.one_machine()
     runner.training_input(ray.data.range(10), str(tmp_path / "input"))
     assert not (tmp_path / "input").exists()
+
+
+def test_self_blended_windows_are_made_on_the_worker_from_real_windows_seeded_and_coherent(
+    segmented_sample, embedder_model
+):
+    """The embedding cache's stage with a self-blend: a FAKE copy of every REAL window of its videos
+    (none of a FAKE one), named after its source; the same seed gives the same codes, another seed
+    other codes; the blended crops differ from their source only inside the face (the corners are
+    the source's) with one blend on every frame."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from dfpipe import outputs
+    from dfpipe.jobs._codes import segmented_videos
+    from dfpipe.score.embed import FaceCropsStage, VideoEmbedStage, decode_crop, with_frames
+    from dfpipe.train import sbi
+
+    segment = storage.Folder(str(segmented_sample))
+    windows = outputs.read_windows(str(segmented_sample))
+    videos = segmented_videos(segment)
+    labels = dict(zip(windows.column("video_id").to_pylist(), windows.column("label").to_pylist(), strict=False))
+    real = [v for v in videos.column("video_id").to_pylist() if labels[v] == 0][:2]
+    fake = [v for v in videos.column("video_id").to_pylist() if labels[v] == 1][:1]
+    batch = videos.filter(pc.is_in(videos.column("video_id"), pa.array(real + fake)))
+    folder = storage.Folder(outputs.segmentation(str(segmented_sample))["windows"])
+    model = storage.Folder(str(embedder_model))
+
+    def codes(seed: int):
+        stage = VideoEmbedStage(folder, model, device="cpu", blend=sbi.SelfBlend(seed, margin=0.2))
+        stage.setup()
+        return stage(batch).sort_by("window_id")
+
+    plain = VideoEmbedStage(folder, model, device="cpu")
+    plain.setup()
+    sources = plain(batch).filter(pc.equal(plain(batch).column("label"), 0)).sort_by("window_id")
+    first, again, other = codes(0), codes(0), codes(1)
+    assert first.num_rows == sources.num_rows > 0
+    assert first.column("window_id").to_pylist() == [w + sbi.SUFFIX for w in sources.column("window_id").to_pylist()]
+    assert set(first.column("label").to_pylist()) == {1}
+    assert {v.removesuffix(sbi.SUFFIX) for v in first.column("video_id").to_pylist()} == set(real)
+    assert first.column("split").to_pylist() == sources.column("split").to_pylist()
+    as_array = lambda t: np.asarray(t.column("codes").to_pylist())  # noqa: E731
+    np.testing.assert_array_equal(as_array(first), as_array(again))
+    assert not np.allclose(as_array(first), as_array(other))
+    assert not np.allclose(as_array(first), as_array(sources))
+
+    # The blend itself, on one of those windows' crops as the stage reads them.
+    one = with_frames(windows.filter(pc.equal(windows.column("window_id"), sources.column("window_id")[0])))
+    row = FaceCropsStage(geometry=True)(one).to_pylist()[0]
+    crops = [decode_crop(f, None) for f in row["faces"]]
+    assert all(m is not None for m in row["landmarks"]), "the sample's faces all have landmarks"
+    blend = sbi.SelfBlend(0, margin=0.2)
+    fakes = blend(row["window_id"], crops, row["face_boxes"], row["landmarks"])
+    assert all(np.array_equal(f[0, 0], c[0, 0]) and not np.array_equal(f, c) for f, c in zip(fakes, crops, strict=True))
+
+
+@pytest.mark.parametrize("fakes", ["sbi", "both"])
+def test_training_in_each_fakes_mode_runs_end_to_end_on_ray(segmented_sample, embedder_model, tmp_path, fakes):
+    """Both trainings with self-blended fakes: ``sbi`` learns from the REAL videos alone (FAKE labels
+    ignored: no labelled FAKE face or window is used), ``both`` adds the self-blends to the labelled
+    fakes; each model records its mode, and the classifier scores like any other."""
+    import pyarrow.compute as pc
+
+    from dfpipe import outputs
+
+    embedder = tmp_path / "embedder"
+    args = ["train_embedder", "--input", str(segmented_sample), "--output", str(embedder), *EMBEDDER_ARGS]
+    assert main([*args, "epochs=1", f"fakes={fakes}", "sbi_seed=3"]) == 0
+    meta = json.loads((embedder / "model.json").read_text())
+    assert meta["train"] == {"fakes": fakes, "sbi": {"seed": 3, "version": 1}}
+    faces = meta["faces"]
+    assert faces["train_sbi"] == faces["train_real"] > 0
+    assert ("train_fake" in faces) == (fakes == "both")
+
+    classifier = tmp_path / "classifier"
+    options = [*CHAIN["train_classifier"], "epochs=1", f"fakes={fakes}", "sbi_seed=3"]
+    assert main(["train_classifier", "--input", str(segmented_sample), "--embedder", str(embedder_model),
+                 "--output", str(classifier), *options]) == 0  # fmt: skip
+    meta = json.loads((classifier / "model.json").read_text())
+    assert meta["recipe"]["train"] == {"fakes": fakes, "sbi": {"seed": 3, "version": 1}}
+    windows = outputs.read_windows(str(segmented_sample))
+    train = windows.filter(pc.and_(pc.equal(windows.column("split"), "train"), pc.fill_null(windows.column("counted"), True)))
+    n_real = int(pc.sum(pc.equal(train.column("label"), 0)).as_py())
+    n_labelled_fake = train.num_rows - n_real
+    assert meta["train_windows"] == {"REAL": n_real, "FAKE": n_real + (n_labelled_fake if fakes == "both" else 0)}
+    blended = storage.read_parquet_dir(str(Path(meta["embeddings_cache"]) / "sbi-v1-seed3" / "windows"))
+    assert set(blended.column("label").to_pylist()) == {1} and blended.num_rows >= n_real
+    assert modelio.load_model(storage.Folder(str(classifier)), "window_classifier")[0] is not None

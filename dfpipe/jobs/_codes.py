@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -11,7 +13,8 @@ from dfpipe import records as R
 from dfpipe.score.embed import VideoEmbedStage, embedded_videos
 from dfpipe.stage import Resources
 from dfpipe.step import Step, run_step
-from dfpipe.train import modelio
+from dfpipe.train import modelio, sbi
+from dfpipe.train.sbi import SelfBlend
 
 
 def cache_for(segment: storage.Folder, embedder: storage.Folder) -> storage.Folder:
@@ -38,6 +41,7 @@ def embed_videos(
     use_gpu: bool,
     batch_faces: int,
     faces: str | None = None,
+    blend: SelfBlend | None = None,
 ) -> tuple[str, int]:
     """Codes for every window of ``videos`` (``video_id`` and ``chunk``, their segmentation chunk:
     :func:`segmented_videos`), cached in ``cache`` (named by the embedder's version).
@@ -48,6 +52,10 @@ def embed_videos(
     (:func:`faces_version`): codes cached from faces extracted with other options (``extract
     --overwrite`` with new options) are dropped and made again. Returns the cache's code rows URI and
     how many windows were embedded now.
+
+    With ``blend``, the codes are those of the self-blended copies of the videos' REAL (and
+    unlabelled) windows (:class:`dfpipe.score.embed.WindowEmbedStage`), kept in a cache of their own
+    (:func:`sbi_cache`): the blends are made on the workers, and only their codes are stored.
     """
     version = modelio.model_version(embedder)
     cache_uri, opts = cache.uri, cache.options
@@ -69,6 +77,7 @@ def embed_videos(
         "embedder": storage.normalize(embedder.uri),
         "embedder_version": version,
         "faces_config_hash": faces,
+        **({"sbi": {"seed": blend.seed, "version": sbi.VERSION, "crop_margin": blend.margin}} if blend else {}),
     }
     storage.write_json(paths["meta"], meta, opts)
     run = run_step(
@@ -82,6 +91,7 @@ def embed_videos(
                 embedder,
                 device="cuda" if use_gpu else "cpu",
                 batch_faces=batch_faces,
+                blend=blend,
                 resources=Resources(num_cpus=1, num_gpus=1.0 if use_gpu else 0.0, batch_size=8),
             ),
             folders=outputs.embedding_folders(cache_uri),
@@ -90,7 +100,8 @@ def embed_videos(
             rows_per_block=8,
             config=meta,
             say=lambda total, done, todo, _: (
-                f"{total} videos with windows, {done} embedded before, {todo} to embed"
+                f"{total} videos with {'REAL windows to self-blend' if blend else 'windows'}, "
+                f"{done} embedded before, {todo} to embed"
             ),
         )
     )
@@ -109,8 +120,43 @@ def segmented_videos(segment: storage.Folder, video_ids: pa.Array | None = None)
     return table.select(["video_id", "chunk"])
 
 
-def read_split(rows_uri: str, split: str, opts):
-    """A Ray dataset of the cached code sequences of one split whose tracks count (streamed from Parquet)."""
+def sbi_cache(cache: storage.Folder, blend: SelfBlend) -> storage.Folder:
+    """Where the codes of the self-blended windows of ``blend`` are kept: inside the embedder's cache,
+    by blend version and seed (a new seed or a changed blend makes new codes, never mixes them)."""
+    return cache.sub(f"sbi-v{sbi.VERSION}-seed{blend.seed}")
+
+
+@dataclass(frozen=True)
+class Codes:
+    """Cached code rows a training reads (``uri``: an embedding cache's windows), and whether it
+    takes only a self-blend's sources from them (REAL and unlabelled windows, labelled REAL)."""
+
+    uri: str
+    sources: bool = False
+
+    def where(self, split: str):
+        """The rows of ``split`` it takes, whose tracks count."""
+        rows = (pc.field("split") == split) & (pc.field("counted").is_null() | pc.field("counted"))
+        if self.sources:
+            rows &= pc.field("label").is_null() | (pc.field("label") != R.LABEL_FAKE)
+        return rows
+
+    def labelled(self, table: pa.Table) -> pa.Table:
+        """``table`` with the sources' missing labels set REAL."""
+        if not self.sources:
+            return table
+        label = table.schema.get_field_index("label")
+        return table.set_column(label, "label", pc.fill_null(table.column("label"), R.LABEL_REAL))
+
+
+def read_split(codes: list[Codes], split: str, opts):
+    """A Ray dataset of the cached code sequences of one split (streamed from Parquet), from every
+    cache in ``codes``."""
     columns = ["window_id", "video_id", "track_id", "label", "split", "counted", "codes"]
-    counted = (pc.field("split") == split) & (pc.field("counted").is_null() | pc.field("counted"))
-    return runner.read_parquet(rows_uri, opts, columns=columns, where=counted)
+    parts = [
+        runner.read_parquet(c.uri, opts, columns=columns, where=c.where(split)).map_batches(
+            c.labelled, batch_size=None, batch_format="pyarrow"
+        )
+        for c in codes
+    ]
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

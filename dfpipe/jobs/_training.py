@@ -3,12 +3,14 @@ the output, exporting the model."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,7 +18,9 @@ import pyarrow.compute as pc
 from dfpipe import __version__, console, outputs, recipe, runner, storage
 from dfpipe import config as C
 from dfpipe import records as R
+from dfpipe.train import sbi
 from dfpipe.train.loops import epoch_line, metric_kind, plot_curves
+from dfpipe.train.sbi import SelfBlend
 from dfpipe.train.modelio import save_model
 
 log = logging.getLogger(__name__)
@@ -162,33 +166,72 @@ def training_hash(cfg) -> str:
 COUNT_COLUMNS = ("video_id", "label", "split", "counted", "n_frames", "frame_stride")
 
 
-def load_windows(
-    segment: storage.Folder, splits: tuple[str, ...], columns: tuple[str, ...] | None = COUNT_COLUMNS
-) -> pa.Table:
-    """Counted windows of ``splits``, checked: each split non-empty and holding both classes.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FakesOptions(C.Options):
+    """Where a training's FAKE examples come from (both trainings take these)."""
 
-    Windows of tracks that do not count (posters, background faces: ``windows.TrackRule``) are
-    left out: they carry the video's label without showing its manipulated face.
+    fakes: Literal["labels", "sbi", "both"] = C.option(
+        "labels",
+        "labels: the videos labelled FAKE; sbi: self-blended copies of the REAL (and unlabelled) videos' "
+        "faces, FAKE labels ignored (learns from real footage alone: docs/train.md); both: the two together",
+    )
+    sbi_seed: int = C.option(0, "seed of the self-blended fakes: the same seed makes the same fakes")
+
+    def self_blend(self, margin: float) -> SelfBlend | None:
+        """The self-blend of this mode (None for ``labels``), for crops cut with ``margin``."""
+        return None if self.fakes == "labels" else SelfBlend(self.sbi_seed, margin)
+
+    def fakes_recipe(self) -> dict:
+        """What a model records of its fakes (``model.json`` -> ``recipe.train``)."""
+        out = {"fakes": self.fakes}
+        if self.fakes != "labels":
+            out["sbi"] = {"seed": self.sbi_seed, "version": sbi.VERSION}
+        return out
+
+
+def load_windows(
+    segment: storage.Folder,
+    splits: tuple[str, ...],
+    columns: tuple[str, ...] | None = COUNT_COLUMNS,
+    fakes: str = "labels",
+) -> pa.Table:
+    """Counted windows of ``splits`` a training of mode ``fakes`` learns from, checked: each split
+    non-empty, and holding both classes where the FAKE ones come from labels.
+
+    ``labels`` and ``both`` take the labelled windows; ``sbi`` the windows a self-blend may use
+    (REAL and unlabelled: :func:`dfpipe.train.sbi.is_source`), labelled REAL. Windows of tracks
+    that do not count (posters, background faces: ``windows.TrackRule``) are left out: they carry
+    the video's label without showing its manipulated face.
     """
     if not segment.exists("windows"):
         raise C.ConfigError(
             f"{segment.uri!r} is not a segmenter output (no windows/): run 'dfpipe segment' first"
         )
     windows = outputs.read_windows(segment, columns=list(columns) if columns else None)
+    if fakes == "sbi":
+        windows = windows.filter(sbi.is_source(windows.column("label")))
+        label = windows.schema.get_field_index("label")
+        windows = windows.set_column(label, "label", pc.fill_null(windows.column("label"), R.LABEL_REAL))
     windows = windows.filter(pc.is_valid(windows.column("label")))
     windows = windows.filter(pc.fill_null(windows.column("counted"), True))
+    needed = {R.LABEL_REAL, R.LABEL_FAKE} if fakes == "labels" else {R.LABEL_REAL}
     for split in splits:
         part = windows.filter(pc.equal(windows.column("split"), split))
         if part.num_rows == 0:
             raise C.ConfigError(
-                f"the {split} split has no labelled windows in {segment.uri}; re-run 'dfpipe segment' with "
-                "val_parts/test_parts or val_fraction/test_fraction that give it videos"
+                f"the {split} split has no {'usable' if fakes == 'sbi' else 'labelled'} windows in {segment.uri}; "
+                "re-run 'dfpipe segment' with val_parts/test_parts or val_fraction/test_fraction that give it videos"
             )
         classes = set(part.column("label").to_pylist())
-        if classes != {R.LABEL_REAL, R.LABEL_FAKE}:
-            only = "REAL" if classes == {R.LABEL_REAL} else "FAKE"
+        if not needed <= classes:
+            if fakes == "labels":
+                only = "REAL" if classes == {R.LABEL_REAL} else "FAKE"
+                raise C.ConfigError(
+                    f"the {split} split holds only {only} windows; it needs both REAL and FAKE videos"
+                    + (" (or train with fakes=sbi: self-blended fakes from REAL videos)" if only == "REAL" else "")
+                )
             raise C.ConfigError(
-                f"the {split} split holds only {only} windows; it needs both REAL and FAKE videos"
+                f"the {split} split holds no REAL windows: fakes={fakes} blends fakes from REAL videos"
             )
     return windows.filter(pc.is_in(windows.column("split"), pa.array(list(splits))))
 

@@ -13,7 +13,8 @@ from dfpipe import config as C
 from dfpipe import console, runner, storage
 from dfpipe import records as R
 from dfpipe.jobs import _training as T
-from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, read_split, segmented_videos
+from dfpipe.jobs import _codes
+from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
 from dfpipe.score.calibration import CALIBRATED_PRIOR, video_temperature
 from dfpipe.score.embed import codes_array
 from dfpipe.train import modelio
@@ -27,7 +28,7 @@ SUMMARY = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainClassifierConfig(C.RunOptions):
+class TrainClassifierConfig(C.RunOptions, T.FakesOptions):
     input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
     embedder: str = C.option(help="the embedder's model directory (from train_embedder)")
     output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
@@ -67,6 +68,7 @@ class TrainClassifierConfig(C.RunOptions):
         for name in ("hidden_size", "num_layers", "epochs", "batch_size", "num_workers", "windows_per_video"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        super().__post_init__()
 
 
 def run(cfg: TrainClassifierConfig) -> dict:
@@ -87,8 +89,9 @@ class ClassifierTraining(T.Training):
             raise C.ConfigError(
                 f"--embedder {cfg.embedder} holds a {self.embedder_meta.get('architecture')} model, not a face_embedder"
             )
-        self.windows = T.load_windows(self.segment, ("train", "val"))
+        self.windows = T.load_windows(self.segment, ("train", "val"), fakes=cfg.fakes)
         self.data_recipe = T.data_recipe(self.segment)
+        self.blend = cfg.self_blend(self.data_recipe["extract"]["crop_margin"])
         lengths = set(self.windows.column("n_frames").to_pylist())
         if len(lengths) != 1:
             raise C.ConfigError(
@@ -102,29 +105,39 @@ class ClassifierTraining(T.Training):
         cache = cfg.folder(cfg.embeddings_cache) if cfg.embeddings_cache else cache_for(segment, embedder)
         videos = segmented_videos(segment, pc.unique(windows.column("video_id")))
         faces = faces_version(segment)
-        self.rows_uri, embedded = embed_videos(
-            videos, segment, embedder, cache, use_gpu, cfg.embed_batch_faces, faces
-        )
-
+        rows_uri, embedded = embed_videos(videos, segment, embedder, cache, use_gpu, cfg.embed_batch_faces, faces)
+        # The FAKE windows: the labelled ones, and/or the self-blended copies of the REAL ones.
+        self.codes = [_codes.Codes(rows_uri, sources=cfg.fakes == "sbi")]
         train = windows.filter(pc.equal(windows.column("split"), "train"))
-        n_fake = int(pc.sum(pc.equal(train.column("label"), R.LABEL_FAKE)).as_py())
+        n_fake = int(pc.sum(pc.equal(train.column("label"), R.LABEL_FAKE)).as_py() or 0)
         n_real = train.num_rows - n_fake
-        steps = cfg.steps_per_epoch or max(1, -(-train.num_rows // (cfg.num_workers * cfg.batch_size)))
+        if self.blend is not None:
+            real = windows.filter(pc.equal(windows.column("label"), R.LABEL_REAL))
+            sources = segmented_videos(segment, pc.unique(real.column("video_id")))
+            sbi_cache = _codes.sbi_cache(cache, self.blend)
+            blended_uri, blended = embed_videos(
+                sources, segment, embedder, sbi_cache, use_gpu, cfg.embed_batch_faces, faces, self.blend
+            )
+            self.codes.append(_codes.Codes(blended_uri))
+            embedded += blended
+            n_fake += n_real  # one self-blended copy of every REAL window
+        steps = cfg.steps_per_epoch or max(1, -(-(n_real + n_fake) // (cfg.num_workers * cfg.batch_size)))
         # The code sequences, read once before training (on a cluster into the run's storage, so they
         # outlive any node, and read from there every epoch); the training split shuffled once (seeded).
         datasets = {
             "train": runner.training_input(
-                runner.shuffled(read_split(self.rows_uri, "train", opts), cfg.seed),
+                runner.shuffled(_codes.read_split(self.codes, "train", opts), cfg.seed),
                 T.input_dir(cfg, "train"),
                 opts,
             ),
             "val": runner.training_input(
-                read_split(self.rows_uri, "val", opts), T.input_dir(cfg, "val"), opts
+                _codes.read_split(self.codes, "val", opts), T.input_dir(cfg, "val"), opts
             ),
         }
+        kind = {"labels": "", "sbi": " (self-blended REAL windows)", "both": " (labelled and self-blended)"}
         console.say(
-            f"train_classifier: train windows REAL {n_real}, FAKE {n_fake} (pos_weight {n_real / n_fake:.3f}); "
-            f"{steps} steps per epoch on {cfg.num_workers} worker(s)"
+            f"train_classifier: train windows REAL {n_real}, FAKE {n_fake}{kind[cfg.fakes]} "
+            f"(pos_weight {n_real / n_fake:.3f}); {steps} steps per epoch on {cfg.num_workers} worker(s)"
         )
         meta = {
             "architecture": "window_classifier",
@@ -141,8 +154,9 @@ class ClassifierTraining(T.Training):
             "frame_stride": int(pc.max(windows.column("frame_stride")).as_py()),
             "prior_fake": n_fake / max(1, train.num_rows),
             "aggregation": cfg.aggregation,
-            "recipe": self.data_recipe,
+            "recipe": {**self.data_recipe, "train": cfg.fakes_recipe()},
             "embeddings_cache": cache.uri,
+            "train_windows": {"REAL": n_real, "FAKE": n_fake},
             "windows_embedded_this_run": embedded,
         }
         # The loop reads its settings from the job's config as it is (lr, epochs, aggregation, ...),
@@ -160,7 +174,7 @@ class ClassifierTraining(T.Training):
 
     def finish(self, best: dict, meta: dict) -> None:
         cfg, opts = self.cfg, self.cfg.storage_options
-        meta["temperature"] = calibrate(best["model"], meta, self.rows_uri, opts)
+        meta["temperature"] = calibrate(best["model"], meta, self.codes, opts)
         meta["calibrated_prior"] = CALIBRATED_PRIOR
         segment_cfg = self.segment.read_json("config.json")
         meta["segment"] = {
@@ -178,16 +192,17 @@ class ClassifierTraining(T.Training):
             storage.copy(self.embedder.join(name), storage.join(cfg.output, "embedder", name), opts)
 
 
-def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
+def calibrate(state: dict, meta: dict, codes: list[_codes.Codes], opts) -> float:
     """A temperature for the window logits, fitted on the val split: the one minimising the log loss
     of the *video* probabilities that scoring computes from them (the model's aggregation over
     counted windows), so calibration holds for what is reported. The loss is balanced over the
     classes, as the training loss is (``pos_weight``): the probabilities assume a prior of 0.5
-    (``dfpipe.score.calibration.prior_shift``)."""
+    (``dfpipe.score.calibration.prior_shift``). Trained on self-blends, the val FAKE videos are
+    self-blended too: the temperature then fits those, the only fakes the model has seen."""
     model = modelio.build(meta)
     model.load_state_dict(state)
     shape = (meta["n_frames"], meta["code_dim"])
-    logits, labels, videos, tracks = window_logits(model, val_batches(rows_uri, opts, shape), shape, "cpu")
+    logits, labels, videos, tracks = window_logits(model, val_batches(codes, opts, shape), shape, "cpu")
     how = meta["aggregation"]
     temperature, before, after = video_temperature(logits, labels, videos, tracks, how, balanced=True)
     console.say(
@@ -197,24 +212,23 @@ def calibrate(state: dict, meta: dict, rows_uri: str, opts) -> float:
     return temperature
 
 
-def val_batches(rows_uri: str, opts, shape: tuple[int, int]):
+def val_batches(codes: list[_codes.Codes], opts, shape: tuple[int, int]):
     """The counted val windows' codes, one cache file at a time (only their rows are read), so the
     driver holds one file's codes and every val window's logit, never every code."""
-    counted = (pc.field("split") == "val") & (pc.field("counted").is_null() | pc.field("counted"))
-    for f in storage.find(rows_uri, opts):
-        if not f.endswith(".parquet"):
-            continue
-        fs, path = storage.arrow_filesystem(f, opts)
-        table = pq.read_table(
-            path, filesystem=fs, columns=["video_id", "track_id", "label", "codes"], filters=counted
-        )
-        if table.num_rows:
-            yield {
-                "codes": codes_array(table, *shape),
-                "label": np.asarray(table.column("label").to_pylist()),
-                "video_id": np.asarray(table.column("video_id").to_pylist()),
-                "track_id": np.asarray(table.column("track_id").to_pylist()),
-            }
+    for c in codes:
+        for f in storage.find(c.uri, opts):
+            if not f.endswith(".parquet"):
+                continue
+            fs, path = storage.arrow_filesystem(f, opts)
+            columns = ["video_id", "track_id", "label", "codes"]
+            table = c.labelled(pq.read_table(path, filesystem=fs, columns=columns, filters=c.where("val")))
+            if table.num_rows:
+                yield {
+                    "codes": codes_array(table, *shape),
+                    "label": np.asarray(table.column("label").to_pylist()),
+                    "video_id": np.asarray(table.column("video_id").to_pylist()),
+                    "track_id": np.asarray(table.column("track_id").to_pylist()),
+                }
 
 
 def format_summary(meta: dict) -> str:

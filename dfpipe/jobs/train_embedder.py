@@ -14,7 +14,8 @@ from dfpipe import records as R
 from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import segmented_videos
 from dfpipe.score.embed import SampledFacesStage
-from dfpipe.train.loops import embedder_loop
+from dfpipe.train import sbi
+from dfpipe.train.loops import embedder_loop, fake_halves
 from dfpipe.train.modelio import load_state
 from dfpipe.train.models.embedder import MIN_FACE_SIZE
 
@@ -24,7 +25,7 @@ SUMMARY = "Train the triplet-loss face embedder on the train split's face crops 
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainEmbedderConfig(C.RunOptions):
+class TrainEmbedderConfig(C.RunOptions, T.FakesOptions):
     input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
     output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
     overwrite: bool = C.option(False, "start again, deleting what the output holds")
@@ -46,7 +47,7 @@ class TrainEmbedderConfig(C.RunOptions):
     lr: float = C.option(3e-4, "Adam learning rate")
     weight_decay: float = C.option(1e-5, "Adam weight decay")
     epochs: int = C.option(5, "epochs")
-    batch_size: int = C.option(32, "faces per step and worker: half REAL, half FAKE")
+    batch_size: int = C.option(32, "faces per step and worker: half REAL, half FAKE (see fakes)")
     steps_per_epoch: int | None = C.option(None, "steps per epoch (default: one pass over the smaller class)")
     faces_per_window: int = C.option(
         4, "faces sampled per window (evenly spaced; overlapping windows share faces)"
@@ -75,6 +76,7 @@ class TrainEmbedderConfig(C.RunOptions):
                 raise ValueError(f"{name} must be >= 1")
         if self.batch_size < 4:
             raise ValueError("batch_size must be >= 4 (two faces of each class at least)")
+        super().__post_init__()
 
 
 def initial_state(cfg: TrainEmbedderConfig) -> dict | None:
@@ -108,43 +110,55 @@ class EmbedderTraining(T.Training):
     def check(self) -> None:
         cfg = self.cfg
         self.segment = cfg.folder(cfg.input)
-        T.load_windows(self.segment, ("train", "val"))  # checks the splits (a few columns a window)
+        # Checks the splits (a few columns a window) for the FAKE faces this mode takes.
+        T.load_windows(self.segment, ("train", "val"), fakes=cfg.fakes)
+        # A self-blend finds the face in a crop from the extraction's margin.
+        self.margin = T.data_recipe(self.segment)["extract"]["crop_margin"] if cfg.fakes != "labels" else None
         self.init_state = initial_state(cfg)
 
     def plan(self, use_gpu: bool) -> T.Plan:
         cfg, opts = self.cfg, self.cfg.storage_options
         # One row per video with windows (its split, label and segmentation chunk); the workers read
-        # its windows, sample faces and read their crops.
+        # its windows, sample faces and read their crops (with each face's box and landmarks when
+        # self-blends are made of them, on the training workers, fresh in every batch).
         summary = outputs.read_summary(self.segment, columns=["video_id", "split", "label"])
         videos = segmented_videos(self.segment).join(summary, "video_id").sort_by("chunk")
-        stage = SampledFacesStage(self.segment.sub("windows"), cfg.faces_per_window)
+        stage = SampledFacesStage(self.segment.sub("windows"), cfg.faces_per_window, geometry=cfg.fakes != "labels")
+        labels = videos.column("label")
+        sources = sbi.is_source(labels) if cfg.fakes == "sbi" else pc.equal(labels, R.LABEL_REAL)
+        chosen = {
+            "train_real": ("train", sources),
+            "train_fake": ("train", pc.equal(labels, R.LABEL_FAKE)),
+            "val": ("val", sources if cfg.fakes == "sbi" else pc.is_valid(labels)),
+        }
+        if cfg.fakes == "sbi":
+            del chosen["train_fake"]  # FAKE labels ignored
         datasets, counts = {}, {}
-        for name, split, label in (
-            ("train_real", "train", R.LABEL_REAL),
-            ("train_fake", "train", R.LABEL_FAKE),
-            ("val", "val", None),
-        ):
-            labels = videos.column("label")
-            labelled = pc.equal(labels, label) if label is not None else pc.is_valid(labels)
-            chosen = videos.filter(pc.and_(pc.equal(videos.column("split"), split), labelled))
+        for name, (split, which) in chosen.items():
+            rows = videos.filter(pc.and_(pc.equal(videos.column("split"), split), pc.fill_null(which, False)))
             # JPEG crops are small: sample them once, before training (into the run's storage on a
             # cluster, so the input outlives any node), so the data stages never compete with the
             # training workers for CPUs; decoding and augmentation happen in the loop, fresh each
             # epoch. Shuffled once (seeded) so each worker's stream mixes all videos; the loop's
             # sampler then builds every batch from many videos (dfpipe.train.sampler).
             faces = runner.map_stage(
-                runner.dataset_from_table(chosen, rows_per_block=16), stage, n_rows=chosen.num_rows
+                runner.dataset_from_table(rows, rows_per_block=16), stage, n_rows=rows.num_rows
             )
             datasets[name] = runner.training_input(
                 runner.shuffled(faces, cfg.seed), T.input_dir(cfg, name), opts
             )
             counts[name] = datasets[name].count()
+        if cfg.fakes != "labels":
+            # The self-blends are made from the REAL training faces, in a stream of their own.
+            datasets["train_sbi"], counts["train_sbi"] = datasets["train_real"], counts["train_real"]
         half = cfg.batch_size // 2
-        steps = cfg.steps_per_epoch or max(
-            1, math.ceil(min(counts["train_real"], counts["train_fake"]) / (cfg.num_workers * half))
-        )
+        fakes = fake_halves(cfg.fakes, half)
+        fewest = min(counts["train_real"] / half, *(counts[name] / n for name, n in fakes.items()))
+        steps = cfg.steps_per_epoch or max(1, math.ceil(fewest / cfg.num_workers))
+        shown = ", ".join(f"{name.removeprefix('train_').upper()} {counts[name]}" for name in ("train_real", *fakes))
         console.say(
-            f"train_embedder: faces train REAL {counts['train_real']}, FAKE {counts['train_fake']}, val {counts['val']}; "
+            f"train_embedder: faces train {shown}, val {counts['val']}"
+            f"{' (FAKE: self-blended REAL faces)' if cfg.fakes == 'sbi' else ''}; "
             f"{steps} steps per epoch on {cfg.num_workers} worker(s){' with GPUs' if use_gpu else ''}"
         )
         meta = {
@@ -154,6 +168,7 @@ class EmbedderTraining(T.Training):
             "dropout": cfg.dropout,
             "loss": cfg.loss,
             "margin": cfg.margin,
+            "train": cfg.fakes_recipe(),
         }
         # The loop reads its settings from the job's config as it is (lr, loss, margin, epochs, ...),
         # plus what the job worked out.
@@ -163,6 +178,7 @@ class EmbedderTraining(T.Training):
             "init_state": self.init_state,
             "steps_per_epoch": steps,
             "per_video": cfg.faces_per_video,
+            "crop_margin": self.margin,
         }
         self.counts = counts
         return T.Plan(

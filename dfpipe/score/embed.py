@@ -24,6 +24,8 @@ import pyarrow.parquet as pq
 from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.stage import Resources
+from dfpipe.train import sbi
+from dfpipe.train.sbi import SelfBlend
 
 log = logging.getLogger(__name__)
 
@@ -34,53 +36,75 @@ def window_frames(start: int, end: int, stride: int) -> list[int]:
 
 @dataclass
 class FaceCropsStage:
-    """Rows naming ``faces_uri``, ``track_id`` and ``frames`` (a list) in; the same rows plus ``faces``.
+    """Rows naming ``faces_uri``, ``track_id`` and ``frames`` (a list) in; the same rows plus ``faces``
+    (and, with ``geometry``, each face's box size ``face_boxes`` and ``landmarks``: what a
+    self-blend needs, :class:`dfpipe.train.sbi.SelfBlend`).
 
     Each video's shard is read once per batch (keep a video's rows together for that), with only
     the columns needed. A row whose crops are missing gets ``faces = null`` and a log line.
     """
 
     reads: ClassVar = ("faces_uri", "track_id", "frames")
-    writes: ClassVar = None  # its input rows, with ``faces`` added
+    writes: ClassVar = None  # its input rows, with ``faces`` added (and the geometry columns)
 
     storage_options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=64))
+    geometry: bool = False
 
     def setup(self) -> None:
         pass
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        faces_col: list[list[bytes] | None] = [None] * len(rows)
+        found: dict[str, list] = {name: [None] * len(rows) for name in self._added()}
         by_uri: dict[str, list[int]] = {}
         for i, r in enumerate(rows):
             by_uri.setdefault(r["faces_uri"], []).append(i)
         for uri, idx in by_uri.items():
-            crops = self._read(uri, {rows[i]["track_id"] for i in idx})
+            faces = self._read(uri, {rows[i]["track_id"] for i in idx})
             for i in idx:
-                faces = [crops.get((rows[i]["track_id"], f)) for f in rows[i]["frames"]]
-                if any(f is None for f in faces):
+                mine = [faces.get((rows[i]["track_id"], f)) for f in rows[i]["frames"]]
+                if any(f is None for f in mine):
                     log.warning(
                         "%s track %s: face crops missing from %s",
                         rows[i].get("video_id"),
                         rows[i]["track_id"],
                         uri,
                     )
-                else:
-                    faces_col[i] = faces
-        return batch.append_column("faces", pa.array(faces_col, pa.list_(pa.binary())))
+                    continue
+                for k, name in enumerate(found):
+                    found[name][i] = [f[k] for f in mine]
+        for name, values in found.items():
+            batch = batch.append_column(name, pa.array(values, self._added()[name]))
+        return batch
 
-    def _read(self, faces_uri: str, tracks: set[int]) -> dict[tuple[int, int], bytes]:
+    def _added(self) -> dict[str, pa.DataType]:
+        added = {"faces": pa.list_(pa.binary())}
+        if self.geometry:
+            added["face_boxes"] = pa.list_(pa.list_(pa.float32(), 2))  # (width, height) per frame
+            added["landmarks"] = pa.list_(R.FACES_SCHEMA.field("landmarks").type)
+        return added
+
+    def _read(self, faces_uri: str, tracks: set[int]) -> dict[tuple[int, int], tuple]:
+        """``(track, frame) -> (jpeg, [box size, landmarks])`` of the shard's faces of ``tracks``."""
+        geometry = ["box_x1", "box_y1", "box_x2", "box_y2", "landmarks"] if self.geometry else []
+        columns = ["track_id", "frame_idx", "face_jpeg", *geometry]
         fs, path = storage.filesystem(faces_uri, self.storage_options)
         with fs.open(path, "rb") as fh:
-            t = pq.read_table(fh, columns=["track_id", "frame_idx", "face_jpeg"])
+            # Read against the schema: a shard written before landmarks were kept gives null ones.
+            t = pq.read_table(fh, columns=columns, schema=R.FACES_SCHEMA)
         t = t.filter(pc.is_in(t.column("track_id"), pa.array(sorted(tracks), pa.int32())))
-        cols = (
-            t.column("track_id").to_pylist(),
-            t.column("frame_idx").to_pylist(),
-            t.column("face_jpeg").to_pylist(),
-        )
-        return {(tr, fr): jpg for tr, fr, jpg in zip(*cols, strict=True) if jpg is not None}
+        cols = {name: t.column(name).to_pylist() for name in columns}
+        out = {}
+        for i, (tr, fr, jpg) in enumerate(zip(cols["track_id"], cols["frame_idx"], cols["face_jpeg"], strict=True)):
+            if jpg is None:
+                continue
+            face: tuple = (jpg,)
+            if self.geometry:
+                size = (cols["box_x2"][i] - cols["box_x1"][i], cols["box_y2"][i] - cols["box_y1"][i])
+                face += (size, cols["landmarks"][i])
+            out[(tr, fr)] = face
+        return out
 
 
 def sample_faces(windows: pa.Table, faces_per_window: int) -> pa.Table:
@@ -153,44 +177,65 @@ def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def decode_crop(data: bytes, size: int) -> np.ndarray:
+def decode_crop(data: bytes, size: int | None) -> np.ndarray:
+    """RGB uint8 of a JPEG crop, resized to ``size`` x ``size`` (None: as stored)."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError("undecodable face crop")
-    if bgr.shape[0] != size or bgr.shape[1] != size:
-        bgr = cv2.resize(
-            bgr, (size, size), interpolation=cv2.INTER_AREA if bgr.shape[0] > size else cv2.INTER_LINEAR
-        )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(resized(bgr, size), cv2.COLOR_BGR2RGB)
+
+
+def resized(image: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or (image.shape[0] == size and image.shape[1] == size):
+        return image
+    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
 
 
 @dataclass
 class FaceTensors:
-    """Rows with ``faces`` (one JPEG each) -> ``image`` (N, 3, S, S) float32 and ``label``, augmented if asked."""
+    """Rows with ``faces`` (one JPEG each) -> ``image`` (N, 3, S, S) float32 and ``label``, augmented if asked.
+
+    With ``blend`` (:class:`dfpipe.train.sbi.SelfBlend`), each face is replaced by its self-blended
+    copy (the rows need :class:`FaceCropsStage`'s geometry) and labelled FAKE; ``label`` labels
+    every face otherwise (REAL for a self-blend's sources, some of them unlabelled).
+    """
 
     face_size: int
     augment: bool = False
     seed: int = 0
+    blend: SelfBlend | None = None
+    label: int | None = None
 
     def __call__(self, batch: dict) -> dict:
         keep = [i for i, f in enumerate(batch["faces"]) if f is not None and len(f)]
         jpegs = [batch["faces"][i][0] for i in keep]
-        labels = np.asarray(batch["label"], np.float32)[keep]
+        labels = np.asarray([batch["label"][i] for i in keep], np.float32)
         # Seeded by the config seed and the batch's content: reproducible, yet different per batch.
         first = jpegs[0] if jpegs else b""
         rng = np.random.default_rng([self.seed, zlib.crc32(first), len(jpegs)]) if self.augment else None
         images = []
-        for data in jpegs:
-            rgb = decode_crop(data, self.face_size)
+        for i, data in zip(keep, jpegs, strict=True):
+            if self.blend is None:
+                rgb = decode_crop(data, self.face_size)
+            else:
+                rgb = resized(self._blended(batch, i, decode_crop(data, None)), self.face_size)
             if rng is not None:
                 rgb = augment(rgb, rng)
             images.append(normalise(rgb))
+        if self.blend is not None or self.label is not None:
+            labels = np.full(len(keep), R.LABEL_FAKE if self.blend is not None else self.label, np.float32)
         return {
             "image": np.stack(images)
             if images
             else np.zeros((0, 3, self.face_size, self.face_size), np.float32),
             "label": labels,
         }
+
+    def _blended(self, batch: dict, i: int, rgb: np.ndarray) -> np.ndarray:
+        key = f"{batch['video_id'][i]}/{batch['track_id'][i]}/{batch['frames'][i][0]}"
+        marks = batch["landmarks"][i][0]
+        return self.blend(key, [rgb], [batch["face_boxes"][i][0]], [None if marks is None else list(marks)])[0]
 
 
 def decode_faces(jpegs: list[bytes], size: int, threads: int = 1) -> np.ndarray:
@@ -205,7 +250,12 @@ def decode_faces(jpegs: list[bytes], size: int, threads: int = 1) -> np.ndarray:
 
 @dataclass
 class WindowEmbedStage:
-    """Window crops in, code sequences out, with the embedder in ``model`` (GPU when given one)."""
+    """Window crops in, code sequences out, with the embedder in ``model`` (GPU when given one).
+
+    With ``blend`` (:class:`dfpipe.train.sbi.SelfBlend`; the rows need :class:`FaceCropsStage`'s
+    geometry) it embeds each window's self-blended copy instead: a FAKE window named after its
+    source (``window_id`` and ``video_id`` + ``sbi.SUFFIX``), the same blend on every frame.
+    """
 
     reads: ClassVar = (
         "faces",
@@ -218,6 +268,7 @@ class WindowEmbedStage:
     batch_faces: int = 128
     torch_threads: int = 1
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=16))
+    blend: SelfBlend | None = None
 
     def setup(self) -> None:
         import torch
@@ -235,9 +286,12 @@ class WindowEmbedStage:
 
         rows = [r for r in batch.to_pylist() if r["faces"]]
         size = self.meta["face_size"]
-        images = (
-            decode_faces([f for r in rows for f in r["faces"]], size, self.torch_threads) if rows else None
-        )
+        if not rows:
+            images = None
+        elif self.blend is None:
+            images = decode_faces([f for r in rows for f in r["faces"]], size, self.torch_threads)
+        else:
+            images = np.stack([normalise(resized(rgb, size)) for r in rows for rgb in self._blended(r)])
         codes = []
         with torch.inference_mode():
             for i in range(0, 0 if images is None else len(images), self.batch_faces):
@@ -248,11 +302,19 @@ class WindowEmbedStage:
         out, k = [], 0
         for r in rows:
             n = len(r["faces"])
+            names = {}
+            if self.blend is not None:
+                names = {
+                    "window_id": r["window_id"] + sbi.SUFFIX,
+                    "video_id": r["video_id"] + sbi.SUFFIX,
+                    "label": R.LABEL_FAKE,
+                }
             out.append(
                 {
                     key: r[key]
                     for key in ("window_id", "video_id", "track_id", "label", "part", "split", "start_frame")
                 }
+                | names
                 | {
                     "counted": r.get("counted", True),
                     "n_frames": n,
@@ -262,6 +324,10 @@ class WindowEmbedStage:
             )
             k += n
         return pa.Table.from_pylist(out, schema=R.EMBEDDINGS_SCHEMA)
+
+    def _blended(self, row: dict) -> list[np.ndarray]:
+        crops = [decode_crop(f, None) for f in row["faces"]]
+        return self.blend(row["window_id"], crops, row["face_boxes"], row["landmarks"])
 
 
 def codes_array(table_or_batch, n_frames: int, code_dim: int) -> np.ndarray:
@@ -292,16 +358,19 @@ class VideoEmbedStage:
     batch_faces: int = 128
     group_windows: int = 64  # windows read ahead while the previous ones are embedded
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=8))
+    blend: SelfBlend | None = None  # embed the self-blended copies of the REAL windows instead
 
     def setup(self) -> None:
-        self.crops = FaceCropsStage(storage_options=self.windows.options)
-        self.embed = WindowEmbedStage(self.model, self.device, self.batch_faces)
+        self.crops = FaceCropsStage(storage_options=self.windows.options, geometry=self.blend is not None)
+        self.embed = WindowEmbedStage(self.model, self.device, self.batch_faces, blend=self.blend)
         self.embed.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from dfpipe.outputs import read_batch_rows
 
         windows = read_batch_rows(self.windows, batch, R.WINDOWS_SCHEMA)
+        if self.blend is not None:
+            windows = windows.filter(sbi.is_source(windows.column("label")))
         if not windows.num_rows:
             return R.EMBEDDINGS_SCHEMA.empty_table()
         # The crops of the next group of videos are read on a thread while this group is embedded,
@@ -332,10 +401,11 @@ def video_groups(rows: pa.Table, size: int) -> list[pa.Table]:
 
 def embedded_videos(codes: pa.Table, batch: pa.Table) -> dict[str, pa.Table]:
     """A chunk of the embedding cache: the codes, and one marker row per video of the batch (with
-    how many of its windows have codes), so a video whose crops were missing is not retried forever."""
+    how many of its windows have codes), so a video whose crops were missing is not retried forever.
+    A self-blended window counts for the video it was made from."""
     counts = dict.fromkeys(batch.column("video_id").to_pylist(), 0)
     for vid in codes.column("video_id").to_pylist():
-        counts[vid] += 1
+        counts[vid.removesuffix(sbi.SUFFIX)] += 1
     marker = pa.table(
         {
             "video_id": pa.array(list(counts), pa.string()),
@@ -357,9 +427,10 @@ class SampledFacesStage:
     windows: storage.Folder
     faces_per_window: int
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, batch_size=16))
+    geometry: bool = False  # with each face's box size and landmarks, for self-blends
 
     def setup(self) -> None:
-        self.crops = FaceCropsStage(storage_options=self.windows.options)
+        self.crops = FaceCropsStage(storage_options=self.windows.options, geometry=self.geometry)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from dfpipe.outputs import read_batch_rows

@@ -17,9 +17,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from dfpipe import records as R
 from dfpipe.score import metrics as M
 from dfpipe.score.calibration import video_probs
 from dfpipe.score.embed import FaceTensors
+from dfpipe.train.sbi import SelfBlend
 
 log = logging.getLogger(__name__)
 
@@ -148,31 +150,70 @@ def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
     model = ctx.prepare(model)
     loss_fn = LOSSES[cfg["loss"]]
     half = max(1, cfg["batch_size"] // 2)
-    to_tensors = FaceTensors(cfg["face_size"], augment=True, seed=cfg["seed"] + ctx.rank)
+    tensors = _face_tensors(cfg, augment=True, seed=cfg["seed"] + ctx.rank)
 
     def step() -> torch.Tensor:
-        r, f = to_tensors(next(real)), to_tensors(next(fake))
-        x = torch.from_numpy(np.concatenate([r["image"], f["image"]])).to(ctx.device)
-        y = torch.from_numpy(np.concatenate([r["label"], f["label"]])).to(ctx.device)
+        parts = [tensors[name](next(stream)) for name, stream in streams.items()]
+        x = torch.from_numpy(np.concatenate([p["image"] for p in parts])).to(ctx.device)
+        y = torch.from_numpy(np.concatenate([p["label"] for p in parts])).to(ctx.device)
         with _autocast(ctx):
             codes = model(x)
         return loss_fn(codes.float(), y, cfg["margin"])
 
-    real = _train_batches(ctx, "train_real", half, cfg, start)
-    fake = _train_batches(ctx, "train_fake", half, cfg, start)
+    # Half of each batch REAL faces; the FAKE half labelled fakes, self-blended REAL faces, or half each.
+    sizes = {"train_real": half, **fake_halves(cfg.get("fakes", "labels"), half)}
+    streams = {name: _train_batches(ctx, name, size, cfg, start) for name, size in sizes.items()}
     _fit(ctx, cfg, model, optimizer, start, history, step, lambda m: _validate_embedder(m, ctx, cfg, loss_fn))
 
 
+def fake_halves(fakes: str, half: int) -> dict[str, int]:
+    """How many FAKE faces of each kind a batch holds: the labelled ones (``train_fake``), the
+    self-blended ones (``train_sbi``), or half each (``both``)."""
+    if fakes == "labels":
+        return {"train_fake": half}
+    if fakes == "sbi":
+        return {"train_sbi": half}
+    return {"train_fake": max(1, half // 2), "train_sbi": max(1, half - half // 2)}
+
+
+def _face_tensors(cfg: dict, augment: bool, seed: int = 0) -> dict[str, FaceTensors]:
+    """The embedder's decoding of each dataset's faces: REAL sources of a self-blend labelled REAL
+    (a bare dump has none), self-blends made from them labelled FAKE."""
+    size, blend = cfg["face_size"], self_blend(cfg)
+    sources = R.LABEL_REAL if cfg.get("fakes", "labels") == "sbi" else None
+    return {
+        "train_real": FaceTensors(size, augment, seed, label=sources),
+        "train_fake": FaceTensors(size, augment, seed),
+        "train_sbi": FaceTensors(size, augment, seed, blend=blend),
+        "val": FaceTensors(size, augment, seed, label=sources),
+    }
+
+
+def self_blend(cfg: dict) -> SelfBlend | None:
+    """The self-blend a training's config asks for (``fakes`` sbi or both), or None."""
+    if cfg.get("fakes", "labels") == "labels":
+        return None
+    return SelfBlend(cfg["sbi_seed"], cfg["crop_margin"])
+
+
 def _validate_embedder(model, ctx: TrainContext, cfg: dict, loss_fn) -> dict:
+    """Validation faces (and, training on self-blends, a self-blended copy of each REAL one) ->
+    the loss on class-balanced batches and how far the classes' codes lie apart."""
     model.eval()
     codes, labels = [], []
-    to_tensors = FaceTensors(cfg["face_size"], augment=False)
+    tensors = _face_tensors(cfg, augment=False)
+    fakes = cfg.get("fakes", "labels")
     with torch.inference_mode():
         for raw in ctx.batches("val", cfg["batch_size"]):
-            batch = to_tensors(raw)
-            if len(batch["label"]):
-                codes.append(model(torch.from_numpy(batch["image"]).to(ctx.device)).float().cpu().numpy())
-                labels.append(batch["label"])
+            batches = [tensors["val"](raw)]
+            if fakes != "labels":  # the self-blends of its sources (every row, training on sbi alone)
+                rows = np.array([i for i, y in enumerate(raw["label"]) if fakes == "sbi" or y == R.LABEL_REAL], int)
+                batches.append(tensors["train_sbi"]({k: np.asarray(v)[rows] for k, v in raw.items()}))
+            for batch in batches:
+                if len(batch["label"]):
+                    x = torch.from_numpy(batch["image"]).to(ctx.device)
+                    codes.append(model(x).float().cpu().numpy())
+                    labels.append(batch["label"])
     gathered = ctx.all_gather(
         (np.concatenate(codes) if codes else None, np.concatenate(labels) if labels else None)
     )

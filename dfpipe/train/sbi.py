@@ -176,3 +176,59 @@ def blend_window(
         out.append(blend(crop, mask, box, params))
         masks.append(mask)
     return out, masks
+
+
+# Bumped whenever the blend changes what it makes: cached codes of self-blended windows are kept
+# under it (``dfpipe.jobs._codes``), so codes of an older blend are never mixed with new ones.
+VERSION = 1
+SUFFIX = "#sbi"  # added to a source window's (and video's) id to name its self-blended copy
+
+
+MODES = ("labels", "sbi", "both")  # the trainings' ``fakes`` option
+
+
+def is_source(labels):
+    """Which rows (an Arrow label column) may be blended: REAL ones, and unlabelled ones (a bare dump
+    of a platform's videos, taken as real footage); never a labelled FAKE."""
+    import pyarrow.compute as pc
+
+    from dfpipe import records as R
+
+    return pc.not_equal(pc.fill_null(labels, R.LABEL_REAL), R.LABEL_FAKE)
+
+
+def landmarks_in_crop(
+    marks: list[float] | None, box: tuple[float, float, float, float]
+) -> np.ndarray | None:
+    """Landmarks as extraction stores them (``records.FACES_SCHEMA``: 10 values in the box's frame)
+    as 5 x 2 crop pixels, for a face whose box lies at ``box`` in the crop; None where absent."""
+    if marks is None:
+        return None
+    uv = np.asarray(marks, np.float32).reshape(-1, 2)
+    x1, y1, x2, y2 = box
+    return np.array([x1, y1], np.float32) + uv * np.array([x2 - x1, y2 - y1], np.float32)
+
+
+@dataclass(frozen=True)
+class SelfBlend:
+    """Self-blended fakes of the face crops extraction stored: ``seed`` picks the fakes, and
+    ``margin`` is the extraction's ``crop_margin`` (where the face box lies in a crop)."""
+
+    seed: int
+    margin: float
+
+    def __call__(
+        self,
+        key: str,
+        crops: list[np.ndarray],
+        boxes: list[tuple[float, float]],
+        landmarks: list[list[float] | None] | None = None,
+    ) -> list[np.ndarray]:
+        """The self-blended copy of one window's crops (one crop for a single face), named ``key``
+        (its window id): ``boxes`` holds each frame's face box size (width, height, frame pixels),
+        ``landmarks`` each frame's stored landmarks (or None)."""
+        size = crops[0].shape[0]
+        w, h = np.median(np.asarray(boxes, np.float64), axis=0)
+        box = box_in_crop(float(w), float(h), self.margin, size)
+        marks = [landmarks_in_crop(m, box) for m in landmarks] if landmarks is not None else None
+        return blend_window(crops, window_params(key, self.seed), box, marks)[0]
