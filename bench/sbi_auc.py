@@ -37,7 +37,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stability import ROOT, dataset  # noqa: E402
+from stability import ROOT, dataset, write_result  # noqa: E402
 
 MODES = ("labels", "sbi")
 
@@ -94,7 +94,9 @@ def real_footage(workdir: str, generated: str, shared: str) -> tuple[str, str]:
     score (the DFDC clips present, with their metadata's labels, and the FaceForensics++ pair)."""
     train, test = os.path.join(workdir, "real-train"), os.path.join(workdir, "real-test")
     for folder, rows in ((train, _generated_real(generated)), (test, _shared_labelled(shared))):
-        rows += [(os.path.join(shared, "misc", "facenet_pytorch_example.mp4"), "footage", "REAL")] * (folder == train)
+        rows += [(os.path.join(shared, "misc", "facenet_pytorch_example.mp4"), "footage", "REAL")] * (
+            folder == train
+        )
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "labels.csv"), "w", newline="") as f:
             w = csv.writer(f)
@@ -145,7 +147,9 @@ def line(name: str, r: dict, fallbacks: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--videos", type=int, default=40, help="clips per generated dataset (40: 8 in the held-out part)")
+    p.add_argument(
+        "--videos", type=int, default=40, help="clips per generated dataset (40: 8 in the held-out part)"
+    )
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="out/sbi")
@@ -176,20 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.real:
         train, test = real_footage(args.workdir, standard, args.real)
         run = os.path.join(args.workdir, "run-real-sbi")
-        # Part 3 of the generated clips validates; the real clip trains.
+        # The generated REAL clips of part 3 validate, those of part 4 are held out, the rest and
+        # the real clip train.
         pipeline(train, run, "sbi")
         out = os.path.join(args.workdir, "score-real")
         score(test, os.path.join(run, "models", "classifier"), out)
         y, prob, fallbacks = scores(out)
         r = auc_with_interval(y, prob)
         name = "sbi on real REAL footage + generated REAL: real labelled clips"
-        result["rows"][name] = {**r, "fallbacks": fallbacks, "probs": prob.round(3).tolist(), "labels": y.tolist()}
+        result["rows"][name] = {
+            **r,
+            "fallbacks": fallbacks,
+            "probs": prob.round(3).tolist(),
+            "labels": y.tolist(),
+        }
         table.append(line(name, r, fallbacks))
     print("\n".join(table))
-    with open(os.path.join(args.workdir, "sbi_auc.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    write_result(os.path.join(args.workdir, "sbi_auc.json"), result, args.json)
     return 0
 
 

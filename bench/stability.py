@@ -134,11 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows)
     print(table(rows, summary, args.swap))
     result = {"swap": args.swap, "videos": args.videos, "frames": args.frames, "runs": rows, **summary}
-    with open(os.path.join(args.workdir, f"stability-{args.swap}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    write_result(os.path.join(args.workdir, f"stability-{args.swap}.json"), result, args.json)
     return 0
+
+
+def write_result(path: str, result: dict, show: bool) -> None:
+    """A benchmark's result as JSON at ``path``, printed too when ``show``."""
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    if show:
+        print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

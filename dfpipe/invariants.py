@@ -164,7 +164,9 @@ def _shard_problem(uri: str, row: dict, options) -> str | None:
     with fs.open(path, "rb") as f:
         shard = pq.ParquetFile(f)
         marked = "landmarks" in shard.schema_arrow.names  # shards from before landmarks were kept lack them
-        t = shard.read(columns=["video_id", "frame_idx", "track_id", "flag", "box_x1", *(["landmarks"] * marked)])
+        t = shard.read(
+            columns=["video_id", "frame_idx", "track_id", "flag", "box_x1", *(["landmarks"] * marked)]
+        )
     if set(t.column("video_id").to_pylist()) - {row["video_id"]}:
         return "holds rows of another video"
     keys = list(zip(t.column("frame_idx").to_pylist(), t.column("track_id").to_pylist(), strict=True))

@@ -253,7 +253,11 @@ def test_check_verifies_landmarks_and_accepts_shards_from_before_them(extracted_
 
     def problem(marks) -> str | None:
         path = tmp_path / "shard.parquet"
-        table = faces.drop_columns(["landmarks"]) if marks is None else faces.set_column(index, "landmarks", pa.array(marks, kind))
+        table = (
+            faces.drop_columns(["landmarks"])
+            if marks is None
+            else faces.set_column(index, "landmarks", pa.array(marks, kind))
+        )
         pq.write_table(table, path)
         return _shard_problem(str(path), row, None)
 

@@ -96,3 +96,83 @@ def test_box_in_crop_matches_crop_face():
     ys, xs = np.nonzero(crop[..., 0] > 127)
     assert abs(xs.min() - x1) <= 1 and abs(xs.max() + 1 - x2) <= 1
     assert abs(ys.min() - y1) <= 1 and abs(ys.max() + 1 - y2) <= 1
+
+
+def test_stored_landmarks_land_on_the_face_in_its_crop():
+    """Landmarks as extraction stores them (box frame) map into the crop where the face is: a crop of
+    a frame with a dot on each landmark has its dots where ``landmarks_in_crop`` says."""
+    from dfpipe.extract.faces import crop_face
+    from dfpipe.extract.stage import landmarks_in_box
+
+    frame = np.zeros((300, 300, 3), np.uint8)
+    box = np.array([100, 80, 160, 160], np.float32)
+    marks = np.array([[115, 105], [145, 105], [130, 122], [118, 140], [142, 140]], np.float32)
+    stored = landmarks_in_box(box, marks)
+    assert all(0 < v < 1 for v in stored)
+    in_crop = sbi.landmarks_in_crop(stored, sbi.box_in_crop(60, 80, 0.2, 112))
+    for (x, y), (cx, cy) in zip(marks, in_crop, strict=True):
+        dot = frame.copy()
+        dot[int(y) - 1 : int(y) + 2, int(x) - 1 : int(x) + 2] = 255
+        crop = crop_face(dot, box, 0.2, 112)[..., 0].astype(float)
+        ys, xs = np.nonzero(crop > 60)
+        assert abs(xs.mean() - cx) < 1.5 and abs(ys.mean() - cy) < 1.5
+    assert sbi.landmarks_in_crop(None, (0, 0, 1, 1)) is None
+    assert landmarks_in_box(box, np.full((5, 2), np.nan, np.float32)) is None
+
+
+def test_training_faces_blended_on_the_fly_are_fake_and_their_sources_real():
+    """The embedder's decoding of a batch (``FaceTensors``): with a self-blend every face becomes its
+    fake, labelled FAKE, the same for the same seed; the sources of a bare dump (no labels) are REAL."""
+    import cv2
+    from skimage import data
+
+    from dfpipe.extract.faces import encode_jpeg
+    from dfpipe.score.embed import FaceTensors
+
+    crop = cv2.resize(data.astronaut()[20:160, 160:300], (96, 96), interpolation=cv2.INTER_AREA)
+    stored = [0.25, 0.35, 0.7, 0.35, 0.48, 0.55, 0.3, 0.75, 0.66, 0.75]
+    batch = {
+        "video_id": np.array(["a", "b"], object),
+        "track_id": np.array([0, 0]),
+        "frames": np.array([[4], [8]]),
+        "label": np.array([None, None], object),
+        "faces": np.array([[encode_jpeg(crop)], [encode_jpeg(crop)]], object),
+        "face_boxes": np.array([[[70.0, 80.0]], [[70.0, 80.0]]]),
+        "landmarks": np.array([[stored], [None]], object),
+    }
+    real = FaceTensors(96, label=0)(batch)
+    fake = FaceTensors(96, blend=sbi.SelfBlend(5, 0.2))(batch)
+    again = FaceTensors(96, blend=sbi.SelfBlend(5, 0.2))(batch)
+    other = FaceTensors(96, blend=sbi.SelfBlend(6, 0.2))(batch)
+    assert real["label"].tolist() == [0, 0] and fake["label"].tolist() == [1, 1]
+    assert np.array_equal(fake["image"], again["image"]) and not np.array_equal(fake["image"], other["image"])
+    assert not np.allclose(fake["image"], real["image"])
+    # Two faces with the same pixels, other names: other blends (seeded by the face's identity).
+    assert not np.array_equal(fake["image"][0], fake["image"][1])
+
+
+def test_sbi_takes_real_and_unlabelled_windows_and_ignores_fake_ones(tmp_path):
+    """A bare dump (no labels) trains with fakes=sbi, its windows taken as REAL; labelled FAKE
+    windows are left out; fakes=labels on the same windows says what is missing and offers sbi."""
+    import pyarrow as pa
+
+    from dfpipe import config as C
+    from dfpipe import records as R
+    from dfpipe import storage
+    from dfpipe.jobs._training import load_windows
+
+    rows = [
+        {"window_id": f"w{i}", "video_id": f"v{i}", "track_id": 0, "label": label, "split": split,
+         "start_frame": 0, "end_frame": 7, "n_frames": 8, "frame_stride": 1, "counted": True, "part": "p"}
+        for i, (label, split) in enumerate([(None, "train"), (0, "train"), (1, "train"), (None, "val"), (0, "val")])
+    ]  # fmt: skip
+    (tmp_path / "windows").mkdir()
+    storage.write_parquet(
+        pa.Table.from_pylist(rows, schema=R.WINDOWS_SCHEMA), str(tmp_path / "windows" / "a.parquet")
+    )
+    segment = storage.Folder(str(tmp_path))
+    windows = load_windows(segment, ("train", "val"), columns=None, fakes="sbi")
+    assert sorted(windows.column("window_id").to_pylist()) == ["w0", "w1", "w3", "w4"]
+    assert set(windows.column("label").to_pylist()) == {0}
+    with pytest.raises(C.ConfigError, match="fakes=sbi"):
+        load_windows(segment, ("train", "val"), fakes="labels")

@@ -460,7 +460,9 @@ def test_self_blended_windows_are_made_on_the_worker_from_real_windows_seeded_an
     segment = storage.Folder(str(segmented_sample))
     windows = outputs.read_windows(str(segmented_sample))
     videos = segmented_videos(segment)
-    labels = dict(zip(windows.column("video_id").to_pylist(), windows.column("label").to_pylist(), strict=False))
+    labels = dict(
+        zip(windows.column("video_id").to_pylist(), windows.column("label").to_pylist(), strict=False)
+    )
     real = [v for v in videos.column("video_id").to_pylist() if labels[v] == 0][:2]
     fake = [v for v in videos.column("video_id").to_pylist() if labels[v] == 1][:1]
     batch = videos.filter(pc.is_in(videos.column("video_id"), pa.array(real + fake)))
@@ -477,7 +479,9 @@ def test_self_blended_windows_are_made_on_the_worker_from_real_windows_seeded_an
     sources = plain(batch).filter(pc.equal(plain(batch).column("label"), 0)).sort_by("window_id")
     first, again, other = codes(0), codes(0), codes(1)
     assert first.num_rows == sources.num_rows > 0
-    assert first.column("window_id").to_pylist() == [w + sbi.SUFFIX for w in sources.column("window_id").to_pylist()]
+    assert first.column("window_id").to_pylist() == [
+        w + sbi.SUFFIX for w in sources.column("window_id").to_pylist()
+    ]
     assert set(first.column("label").to_pylist()) == {1}
     assert {v.removesuffix(sbi.SUFFIX) for v in first.column("video_id").to_pylist()} == set(real)
     assert first.column("split").to_pylist() == sources.column("split").to_pylist()
@@ -493,11 +497,17 @@ def test_self_blended_windows_are_made_on_the_worker_from_real_windows_seeded_an
     assert all(m is not None for m in row["landmarks"]), "the sample's faces all have landmarks"
     blend = sbi.SelfBlend(0, margin=0.2)
     fakes = blend(row["window_id"], crops, row["face_boxes"], row["landmarks"])
-    assert all(np.array_equal(f[0, 0], c[0, 0]) and not np.array_equal(f, c) for f, c in zip(fakes, crops, strict=True))
+    assert all(
+        np.array_equal(f[0, 0], c[0, 0]) and not np.array_equal(f, c)
+        for f, c in zip(fakes, crops, strict=True)
+    )
 
 
-@pytest.mark.parametrize("fakes", ["sbi", "both"])
-def test_training_in_each_fakes_mode_runs_end_to_end_on_ray(segmented_sample, embedder_model, tmp_path, fakes):
+# sbi in the default tier; both (the same code paths, labelled fakes beside) in the slow one.
+@pytest.mark.parametrize("fakes", ["sbi", pytest.param("both", marks=pytest.mark.slow)])
+def test_training_in_each_fakes_mode_runs_end_to_end_on_ray(
+    segmented_sample, embedder_model, tmp_path, fakes
+):
     """Both trainings with self-blended fakes: ``sbi`` learns from the REAL videos alone (FAKE labels
     ignored: no labelled FAKE face or window is used), ``both`` adds the self-blends to the labelled
     fakes; each model records its mode, and the classifier scores like any other."""
@@ -521,10 +531,15 @@ def test_training_in_each_fakes_mode_runs_end_to_end_on_ray(segmented_sample, em
     meta = json.loads((classifier / "model.json").read_text())
     assert meta["recipe"]["train"] == {"fakes": fakes, "sbi": {"seed": 3, "version": 1}}
     windows = outputs.read_windows(str(segmented_sample))
-    train = windows.filter(pc.and_(pc.equal(windows.column("split"), "train"), pc.fill_null(windows.column("counted"), True)))
+    train = windows.filter(
+        pc.and_(pc.equal(windows.column("split"), "train"), pc.fill_null(windows.column("counted"), True))
+    )
     n_real = int(pc.sum(pc.equal(train.column("label"), 0)).as_py())
     n_labelled_fake = train.num_rows - n_real
-    assert meta["train_windows"] == {"REAL": n_real, "FAKE": n_real + (n_labelled_fake if fakes == "both" else 0)}
+    assert meta["train_windows"] == {
+        "REAL": n_real,
+        "FAKE": n_real + (n_labelled_fake if fakes == "both" else 0),
+    }
     blended = storage.read_parquet_dir(str(Path(meta["embeddings_cache"]) / "sbi-v1-seed3" / "windows"))
     assert set(blended.column("label").to_pylist()) == {1} and blended.num_rows >= n_real
     assert modelio.load_model(storage.Folder(str(classifier)), "window_classifier")[0] is not None

@@ -180,7 +180,9 @@ class FaceDetector:
         out = []
         min_size = ROI_MIN_FACE if self.engine == "cascade" else self.min_face_size
         for (x0, y0, s), (b, p, m) in zip(mapping, self._faces(crops, min_size), strict=True):
-            out.append((b * s + np.array([x0, y0, x0, y0], np.float32), p, m * s + np.array([x0, y0], np.float32)))
+            out.append(
+                (b * s + np.array([x0, y0, x0, y0], np.float32), p, m * s + np.array([x0, y0], np.float32))
+            )
         return out
 
     def verify(

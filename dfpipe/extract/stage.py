@@ -246,7 +246,9 @@ class FaceExtractStage:
             self.decode.frame_stride,
         )
         cols: dict[str, list] = {name: [] for name in R.FACES_SCHEMA.names}
-        for i, b, p, m, d, t, c in zip(frame_idx, boxes, probs, marks, detected, track_ids, crops, strict=True):
+        for i, b, p, m, d, t, c in zip(
+            frame_idx, boxes, probs, marks, detected, track_ids, crops, strict=True
+        ):
             flags = face_flags(b, p, self.detect.min_prob, self.detect.min_face_px)
             if len(b) == 0:
                 _append(cols, video, i, None, R.FLAG_NO_FACE, None, None, None, d, None)

@@ -77,7 +77,11 @@ def embed_videos(
         "embedder": storage.normalize(embedder.uri),
         "embedder_version": version,
         "faces_config_hash": faces,
-        **({"sbi": {"seed": blend.seed, "version": sbi.VERSION, "crop_margin": blend.margin}} if blend else {}),
+        **(
+            {"sbi": {"seed": blend.seed, "version": sbi.VERSION, "crop_margin": blend.margin}}
+            if blend
+            else {}
+        ),
     }
     storage.write_json(paths["meta"], meta, opts)
     run = run_step(

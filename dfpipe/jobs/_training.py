@@ -20,8 +20,8 @@ from dfpipe import config as C
 from dfpipe import records as R
 from dfpipe.train import sbi
 from dfpipe.train.loops import epoch_line, metric_kind, plot_curves
-from dfpipe.train.sbi import SelfBlend
 from dfpipe.train.modelio import save_model
+from dfpipe.train.sbi import SelfBlend
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,11 @@ def load_windows(
                 only = "REAL" if classes == {R.LABEL_REAL} else "FAKE"
                 raise C.ConfigError(
                     f"the {split} split holds only {only} windows; it needs both REAL and FAKE videos"
-                    + (" (or train with fakes=sbi: self-blended fakes from REAL videos)" if only == "REAL" else "")
+                    + (
+                        " (or train with fakes=sbi: self-blended fakes from REAL videos)"
+                        if only == "REAL"
+                        else ""
+                    )
                 )
             raise C.ConfigError(
                 f"the {split} split holds no REAL windows: fakes={fakes} blends fakes from REAL videos"

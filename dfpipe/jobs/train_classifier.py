@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 from dfpipe import config as C
 from dfpipe import console, runner, storage
 from dfpipe import records as R
-from dfpipe.jobs import _training as T
 from dfpipe.jobs import _codes
+from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
 from dfpipe.score.calibration import CALIBRATED_PRIOR, video_temperature
 from dfpipe.score.embed import codes_array
@@ -105,7 +105,9 @@ class ClassifierTraining(T.Training):
         cache = cfg.folder(cfg.embeddings_cache) if cfg.embeddings_cache else cache_for(segment, embedder)
         videos = segmented_videos(segment, pc.unique(windows.column("video_id")))
         faces = faces_version(segment)
-        rows_uri, embedded = embed_videos(videos, segment, embedder, cache, use_gpu, cfg.embed_batch_faces, faces)
+        rows_uri, embedded = embed_videos(
+            videos, segment, embedder, cache, use_gpu, cfg.embed_batch_faces, faces
+        )
         # The FAKE windows: the labelled ones, and/or the self-blended copies of the REAL ones.
         self.codes = [_codes.Codes(rows_uri, sources=cfg.fakes == "sbi")]
         train = windows.filter(pc.equal(windows.column("split"), "train"))

@@ -123,7 +123,9 @@ class EmbedderTraining(T.Training):
         # self-blends are made of them, on the training workers, fresh in every batch).
         summary = outputs.read_summary(self.segment, columns=["video_id", "split", "label"])
         videos = segmented_videos(self.segment).join(summary, "video_id").sort_by("chunk")
-        stage = SampledFacesStage(self.segment.sub("windows"), cfg.faces_per_window, geometry=cfg.fakes != "labels")
+        stage = SampledFacesStage(
+            self.segment.sub("windows"), cfg.faces_per_window, geometry=cfg.fakes != "labels"
+        )
         labels = videos.column("label")
         sources = sbi.is_source(labels) if cfg.fakes == "sbi" else pc.equal(labels, R.LABEL_REAL)
         chosen = {
@@ -155,7 +157,9 @@ class EmbedderTraining(T.Training):
         fakes = fake_halves(cfg.fakes, half)
         fewest = min(counts["train_real"] / half, *(counts[name] / n for name, n in fakes.items()))
         steps = cfg.steps_per_epoch or max(1, math.ceil(fewest / cfg.num_workers))
-        shown = ", ".join(f"{name.removeprefix('train_').upper()} {counts[name]}" for name in ("train_real", *fakes))
+        shown = ", ".join(
+            f"{name.removeprefix('train_').upper()} {counts[name]}" for name in ("train_real", *fakes)
+        )
         console.say(
             f"train_embedder: faces train {shown}, val {counts['val']}"
             f"{' (FAKE: self-blended REAL faces)' if cfg.fakes == 'sbi' else ''}; "

@@ -96,7 +96,9 @@ class FaceCropsStage:
         t = t.filter(pc.is_in(t.column("track_id"), pa.array(sorted(tracks), pa.int32())))
         cols = {name: t.column(name).to_pylist() for name in columns}
         out = {}
-        for i, (tr, fr, jpg) in enumerate(zip(cols["track_id"], cols["frame_idx"], cols["face_jpeg"], strict=True)):
+        for i, (tr, fr, jpg) in enumerate(
+            zip(cols["track_id"], cols["frame_idx"], cols["face_jpeg"], strict=True)
+        ):
             if jpg is None:
                 continue
             face: tuple = (jpg,)
@@ -235,7 +237,9 @@ class FaceTensors:
     def _blended(self, batch: dict, i: int, rgb: np.ndarray) -> np.ndarray:
         key = f"{batch['video_id'][i]}/{batch['track_id'][i]}/{batch['frames'][i][0]}"
         marks = batch["landmarks"][i][0]
-        return self.blend(key, [rgb], [batch["face_boxes"][i][0]], [None if marks is None else list(marks)])[0]
+        return self.blend(key, [rgb], [batch["face_boxes"][i][0]], [None if marks is None else list(marks)])[
+            0
+        ]
 
 
 def decode_faces(jpegs: list[bytes], size: int, threads: int = 1) -> np.ndarray:

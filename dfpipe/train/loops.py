@@ -207,7 +207,9 @@ def _validate_embedder(model, ctx: TrainContext, cfg: dict, loss_fn) -> dict:
         for raw in ctx.batches("val", cfg["batch_size"]):
             batches = [tensors["val"](raw)]
             if fakes != "labels":  # the self-blends of its sources (every row, training on sbi alone)
-                rows = np.array([i for i, y in enumerate(raw["label"]) if fakes == "sbi" or y == R.LABEL_REAL], int)
+                rows = np.array(
+                    [i for i, y in enumerate(raw["label"]) if fakes == "sbi" or y == R.LABEL_REAL], int
+                )
                 batches.append(tensors["train_sbi"]({k: np.asarray(v)[rows] for k, v in raw.items()}))
             for batch in batches:
                 if len(batch["label"]):

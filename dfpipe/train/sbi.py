@@ -197,9 +197,7 @@ def is_source(labels):
     return pc.not_equal(pc.fill_null(labels, R.LABEL_REAL), R.LABEL_FAKE)
 
 
-def landmarks_in_crop(
-    marks: list[float] | None, box: tuple[float, float, float, float]
-) -> np.ndarray | None:
+def landmarks_in_crop(marks: list[float] | None, box: tuple[float, float, float, float]) -> np.ndarray | None:
     """Landmarks as extraction stores them (``records.FACES_SCHEMA``: 10 values in the box's frame)
     as 5 x 2 crop pixels, for a face whose box lies at ``box`` in the crop; None where absent."""
     if marks is None:
