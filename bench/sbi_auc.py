@@ -11,10 +11,10 @@ twice, each in its own process:
 * ``sbi``: both trainings learn from the REAL videos alone, their fakes self-blended
   (``train_embedder.fakes=sbi train_classifier.fakes=sbi``): no FAKE clip is ever read in training.
 
-Each model then scores (``jobs/score.py``) a second generated dataset of other identities whose fakes
-are made the other way (``--swap matched``: colour-matched, feathered swaps). Printed: the video AUC
-of each model on the held-out part of the training dataset (standard swaps) and on the other dataset
-(matched swaps), with the numbers of REAL and FAKE videos and a bootstrap 95% interval.
+Each model then scores (``jobs/score.py``) two generated datasets of other identities: one with the
+same (standard) swaps, one whose fakes are made the other way (``--swap matched``: colour-matched,
+feathered swaps). Printed: the video AUC of each model on the held-out part of the training dataset
+and on the two other datasets, with the numbers of REAL and FAKE videos and a bootstrap 95% interval.
 
 ``--real DIR`` (``../shared/data``) adds the real-footage figure: an ``sbi`` model trained on the
 REAL clips available (the generated REAL clips and facenet-pytorch's example video, which shows real
@@ -31,6 +31,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -89,7 +90,8 @@ def auc_with_interval(y: np.ndarray, p: np.ndarray, draws: int = 2000, seed: int
 
 
 def real_footage(workdir: str, generated: str, shared: str) -> tuple[str, str]:
-    """Two labels.csv folders of links: the REAL clips to train on (the generated REAL clips, by
+    """Two labels.csv folders of hard links (a symbolic link out of a dataset is refused as
+    ``unsafe_path``; a copy where the clips are on another disk): the REAL clips to train on (the generated REAL clips, by
     part, and facenet-pytorch's example video in part ``footage``) and the labelled real clips to
     score (the DFDC clips present, with their metadata's labels, and the FaceForensics++ pair)."""
     train, test = os.path.join(workdir, "real-train"), os.path.join(workdir, "real-test")
@@ -108,7 +110,10 @@ def real_footage(workdir: str, generated: str, shared: str) -> tuple[str, str]:
                 os.makedirs(os.path.join(folder, part), exist_ok=True)
                 link = os.path.join(folder, name)
                 if not os.path.lexists(link):
-                    os.symlink(os.path.abspath(path), link)
+                    try:
+                        os.link(path, link)
+                    except OSError:
+                        shutil.copyfile(path, link)
                 w.writerow([name, label])
     return train, test
 
@@ -158,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     standard = dataset(args.workdir, args.seed, args.videos, args.frames, "standard")
-    matched = dataset(args.workdir, args.seed + 1, args.videos, args.frames, "matched")
+    others = {
+        "standard": dataset(args.workdir, args.seed + 2, args.videos, args.frames, "standard"),
+        "matched": dataset(args.workdir, args.seed + 1, args.videos, args.frames, "matched"),
+    }
     result: dict = {"videos": args.videos, "frames": args.frames, "seed": args.seed, "rows": {}}
     table = [
         "| model, scored on | REAL videos | FAKE videos | AUC | 95% interval | no usable window |",
@@ -167,12 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     for mode in MODES:
         run = os.path.join(args.workdir, f"run-{mode}")
         pipeline(standard, run, mode)
-        other = os.path.join(args.workdir, f"score-matched-{mode}")
-        score(matched, os.path.join(run, "models", "classifier"), other)
-        for name, (y, prob, fallbacks) in (
-            (f"{mode}: held-out part, standard swaps", scores(os.path.join(run, "score"), "test")),
-            (f"{mode}: other identities, matched swaps", scores(other)),
-        ):
+        scored = {f"{mode}: held-out part, standard swaps": scores(os.path.join(run, "score"), "test")}
+        for swap, data in others.items():
+            out = os.path.join(args.workdir, f"score-{swap}-{mode}")
+            score(data, os.path.join(run, "models", "classifier"), out)
+            scored[f"{mode}: other identities, {swap} swaps"] = scores(out)
+        for name, (y, prob, fallbacks) in scored.items():
             r = auc_with_interval(y, prob)
             result["rows"][name] = {**r, "fallbacks": fallbacks}
             table.append(line(name, r, fallbacks))

@@ -100,3 +100,44 @@ def test_gpu_check_runs_on_cpu_with_tiny_sizes(tmp_path, bench):
     scoring = cpu["scoring"]
     assert scoring["clip_frames"] == 20 and scoring["bulk_failed"] == 0 and scoring["bulk_videos"] == 2
     assert "extraction, generated clips (frames/s)" in proc.stdout and "score-video" in proc.stdout
+
+
+def test_sbi_bench_datasets_and_interval(tmp_path, bench):
+    """bench/sbi_auc.py's pieces that are not whole pipeline runs: the real-footage folders (links and
+    a labels.csv each: REAL clips to train on, the labelled real clips to score) and the bootstrap
+    interval of the AUC."""
+    import csv
+
+    import numpy as np
+    import pytest
+    from conftest import SHARED_DATA
+
+    sys.path.insert(0, str(bench))
+    from sbi_auc import auc_with_interval, real_footage
+
+    r = auc_with_interval(np.array([0, 0, 0, 1, 1, 1]), np.array([0.1, 0.2, 0.6, 0.5, 0.8, 0.9]))
+    assert r["real"] == r["fake"] == 3 and r["auc"] == pytest.approx(8 / 9)
+    assert r["low"] <= r["auc"] <= r["high"] <= 1 and r["low"] < r["high"]
+    assert auc_with_interval(np.array([0, 0]), np.array([0.1, 0.2]))["auc"] is None
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent (a fresh clone)")
+    generated = tmp_path / "generated" / "dfdc_train_part_0"
+    generated.mkdir(parents=True)
+    (generated / "a.mp4").write_bytes(b"x")
+    (generated / "b.mp4").write_bytes(b"x")
+    meta = {"a.mp4": {"label": "REAL"}, "b.mp4": {"label": "FAKE", "original": "a.mp4"}}
+    (generated / "metadata.json").write_text(json.dumps(meta))
+    train, test = real_footage(str(tmp_path / "work"), str(tmp_path / "generated"), str(SHARED_DATA))
+    rows = {
+        name: list(csv.DictReader(open(Path(folder) / "labels.csv")))
+        for name, folder in (("train", train), ("test", test))
+    }
+    assert {r["label"] for r in rows["train"]} == {"REAL"}
+    assert [r["filename"] for r in rows["train"]] == [
+        "dfdc_train_part_0/a.mp4",
+        "footage/facenet_pytorch_example.mp4",
+    ]
+    labels = {Path(r["filename"]).name: r["label"] for r in rows["test"]}
+    assert labels["634_real.mp4"] == "REAL" and labels["634_660_faceswap_fake.mp4"] == "FAKE"
+    assert "awnfpubqmo.mp4" not in labels, "clips the metadata lists but that are absent are left out"
+    assert all((Path(test) / r["filename"]).exists() for r in rows["test"])

@@ -152,19 +152,20 @@ def test_training_refuses_bad_inputs(segmented_sample, extracted_sample, tmp_pat
 
 
 def test_training_reads_only_windows_of_counted_tracks(ray_session, tmp_path):
-    """A poster's windows carry the video's label without its face: the classifier never sees them."""
+    """A poster's windows carry the video's label without its face: the classifier never sees them.
+    Read as a self-blend's sources, labelled FAKE windows are left out and unlabelled ones are REAL."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from dfpipe import records as R
-    from dfpipe.jobs._codes import read_split
+    from dfpipe.jobs._codes import Codes, read_split
 
     rows = [
         {
             "window_id": f"w{i}",
             "video_id": "v",
             "track_id": i,
-            "label": 1,
+            "label": label,
             "part": "p",
             "split": "val",
             "start_frame": 0,
@@ -173,13 +174,17 @@ def test_training_reads_only_windows_of_counted_tracks(ray_session, tmp_path):
             "code_dim": 2,
             "codes": [0.0, 1.0],
         }
-        for i, counted in enumerate([True, False, None])  # None: written before the track rule
+        # counted None: written before the track rule; label None: an unlabelled video
+        for i, (counted, label) in enumerate([(True, 1), (False, 1), (None, 1), (True, None)])
     ]
     (tmp_path / "windows").mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=R.EMBEDDINGS_SCHEMA), tmp_path / "windows" / "a.parquet")
-    kept = read_split(str(tmp_path / "windows"), "val", None).take_all()
-    assert sorted(r["window_id"] for r in kept) == ["w0", "w2"]
-    assert read_split(str(tmp_path / "windows"), "train", None).take_all() == []
+    codes = [Codes(str(tmp_path / "windows"))]
+    kept = read_split(codes, "val", None).take_all()
+    assert sorted(r["window_id"] for r in kept) == ["w0", "w2", "w3"]
+    assert read_split(codes, "train", None).take_all() == []
+    sources = read_split([Codes(str(tmp_path / "windows"), sources=True)], "val", None).take_all()
+    assert [(r["window_id"], r["label"]) for r in sources] == [("w3", R.LABEL_REAL)]
 
 
 def test_overwrite_starts_a_model_again_but_keeps_the_logs(tmp_path):
@@ -521,7 +526,7 @@ def test_training_in_each_fakes_mode_runs_end_to_end_on_ray(
     meta = json.loads((embedder / "model.json").read_text())
     assert meta["train"] == {"fakes": fakes, "sbi": {"seed": 3, "version": 1}}
     faces = meta["faces"]
-    assert faces["train_sbi"] == faces["train_real"] > 0
+    assert faces["train_real"] > 0 and "train_sbi" not in faces  # self-blends are made in the batches
     assert ("train_fake" in faces) == (fakes == "both")
 
     classifier = tmp_path / "classifier"

@@ -150,19 +150,19 @@ class EmbedderTraining(T.Training):
                 runner.shuffled(faces, cfg.seed), T.input_dir(cfg, name), opts
             )
             counts[name] = datasets[name].count()
-        if cfg.fakes != "labels":
-            # The self-blends are made from the REAL training faces, in a stream of their own.
-            datasets["train_sbi"], counts["train_sbi"] = datasets["train_real"], counts["train_real"]
         half = cfg.batch_size // 2
-        fakes = fake_halves(cfg.fakes, half)
-        fewest = min(counts["train_real"] / half, *(counts[name] / n for name, n in fakes.items()))
-        steps = cfg.steps_per_epoch or max(1, math.ceil(fewest / cfg.num_workers))
-        shown = ", ".join(
-            f"{name.removeprefix('train_').upper()} {counts[name]}" for name in ("train_real", *fakes)
-        )
+        labelled, blended = fake_halves(cfg.fakes, half)
+        # An epoch: one pass over the smaller of the REAL faces and the labelled FAKE ones (the
+        # self-blends are made of the REAL faces of each batch).
+        passes = [counts["train_real"] / half] + ([counts["train_fake"] / labelled] if labelled else [])
+        steps = cfg.steps_per_epoch or max(1, math.ceil(min(passes) / cfg.num_workers))
+        kinds = [f"REAL {counts['train_real']}"]
+        if labelled:
+            kinds.append(f"FAKE {counts['train_fake']}")
+        if blended:
+            kinds.append(f"self-blended: {blended} of every {half} REAL faces")
         console.say(
-            f"train_embedder: faces train {shown}, val {counts['val']}"
-            f"{' (FAKE: self-blended REAL faces)' if cfg.fakes == 'sbi' else ''}; "
+            f"train_embedder: faces train {', '.join(kinds)}, val {counts['val']}; "
             f"{steps} steps per epoch on {cfg.num_workers} worker(s){' with GPUs' if use_gpu else ''}"
         )
         meta = {

@@ -152,28 +152,37 @@ def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
     half = max(1, cfg["batch_size"] // 2)
     tensors = _face_tensors(cfg, augment=True, seed=cfg["seed"] + ctx.rank)
 
+    labelled, blended = fake_halves(cfg.get("fakes", "labels"), half)
+
     def step() -> torch.Tensor:
-        parts = [tensors[name](next(stream)) for name, stream in streams.items()]
+        # Half REAL faces; the FAKE half labelled fakes, self-blends of the REAL half's own faces (a
+        # face and its fake side by side, as the SBI paper pairs them: only the blend tells them
+        # apart), or some of each.
+        raw = next(real)
+        parts = [tensors["train_real"](raw)]
+        if labelled:
+            parts.append(tensors["train_fake"](next(fake)))
+        if blended:
+            parts.append(tensors["train_sbi"]({k: v[:blended] for k, v in raw.items()}))
         x = torch.from_numpy(np.concatenate([p["image"] for p in parts])).to(ctx.device)
         y = torch.from_numpy(np.concatenate([p["label"] for p in parts])).to(ctx.device)
         with _autocast(ctx):
             codes = model(x)
         return loss_fn(codes.float(), y, cfg["margin"])
 
-    # Half of each batch REAL faces; the FAKE half labelled fakes, self-blended REAL faces, or half each.
-    sizes = {"train_real": half, **fake_halves(cfg.get("fakes", "labels"), half)}
-    streams = {name: _train_batches(ctx, name, size, cfg, start) for name, size in sizes.items()}
+    real = _train_batches(ctx, "train_real", half, cfg, start)
+    fake = _train_batches(ctx, "train_fake", labelled, cfg, start) if labelled else None
     _fit(ctx, cfg, model, optimizer, start, history, step, lambda m: _validate_embedder(m, ctx, cfg, loss_fn))
 
 
-def fake_halves(fakes: str, half: int) -> dict[str, int]:
-    """How many FAKE faces of each kind a batch holds: the labelled ones (``train_fake``), the
-    self-blended ones (``train_sbi``), or half each (``both``)."""
+def fake_halves(fakes: str, half: int) -> tuple[int, int]:
+    """How many of a batch's ``half`` FAKE faces are labelled fakes and how many self-blends of its
+    REAL faces: all of one kind, or (``both``) half each."""
     if fakes == "labels":
-        return {"train_fake": half}
+        return half, 0
     if fakes == "sbi":
-        return {"train_sbi": half}
-    return {"train_fake": max(1, half // 2), "train_sbi": max(1, half - half // 2)}
+        return 0, half
+    return max(1, half // 2), max(1, half - half // 2)
 
 
 def _face_tensors(cfg: dict, augment: bool, seed: int = 0) -> dict[str, FaceTensors]:
