@@ -141,16 +141,11 @@ class Codes:
     def where(self, split: str):
         """The rows of ``split`` it takes, whose tracks count."""
         rows = (pc.field("split") == split) & (pc.field("counted").is_null() | pc.field("counted"))
-        if self.sources:
-            rows &= pc.field("label").is_null() | (pc.field("label") != R.LABEL_FAKE)
-        return rows
+        return rows & sbi.sources() if self.sources else rows
 
     def labelled(self, table: pa.Table) -> pa.Table:
         """``table`` with the sources' missing labels set REAL."""
-        if not self.sources:
-            return table
-        label = table.schema.get_field_index("label")
-        return table.set_column(label, "label", pc.fill_null(table.column("label"), R.LABEL_REAL))
+        return sbi.as_real(table) if self.sources else table
 
 
 def read_split(codes: list[Codes], split: str, opts):

@@ -199,7 +199,7 @@ def load_windows(
     non-empty, and holding both classes where the FAKE ones come from labels.
 
     ``labels`` and ``both`` take the labelled windows; ``sbi`` the windows a self-blend may use
-    (REAL and unlabelled: :func:`dfpipe.train.sbi.is_source`), labelled REAL. Windows of tracks
+    (REAL and unlabelled: :func:`dfpipe.train.sbi.sources`), labelled REAL. Windows of tracks
     that do not count (posters, background faces: ``windows.TrackRule``) are left out: they carry
     the video's label without showing its manipulated face.
     """
@@ -209,9 +209,7 @@ def load_windows(
         )
     windows = outputs.read_windows(segment, columns=list(columns) if columns else None)
     if fakes == "sbi":
-        windows = windows.filter(sbi.is_source(windows.column("label")))
-        label = windows.schema.get_field_index("label")
-        windows = windows.set_column(label, "label", pc.fill_null(windows.column("label"), R.LABEL_REAL))
+        windows = sbi.as_real(windows.filter(sbi.sources()))
     windows = windows.filter(pc.is_valid(windows.column("label")))
     windows = windows.filter(pc.fill_null(windows.column("counted"), True))
     needed = {R.LABEL_REAL, R.LABEL_FAKE} if fakes == "labels" else {R.LABEL_REAL}

@@ -126,18 +126,18 @@ class EmbedderTraining(T.Training):
         stage = SampledFacesStage(
             self.segment.sub("windows"), cfg.faces_per_window, geometry=cfg.fakes != "labels"
         )
-        labels = videos.column("label")
-        sources = sbi.is_source(labels) if cfg.fakes == "sbi" else pc.equal(labels, R.LABEL_REAL)
+        label = pc.field("label")
+        sources = sbi.sources() if cfg.fakes == "sbi" else label == R.LABEL_REAL
         chosen = {
             "train_real": ("train", sources),
-            "train_fake": ("train", pc.equal(labels, R.LABEL_FAKE)),
-            "val": ("val", sources if cfg.fakes == "sbi" else pc.is_valid(labels)),
+            "train_fake": ("train", label == R.LABEL_FAKE),
+            "val": ("val", sources if cfg.fakes == "sbi" else label.is_valid()),
         }
         if cfg.fakes == "sbi":
             del chosen["train_fake"]  # FAKE labels ignored
         datasets, counts = {}, {}
         for name, (split, which) in chosen.items():
-            rows = videos.filter(pc.and_(pc.equal(videos.column("split"), split), pc.fill_null(which, False)))
+            rows = videos.filter((pc.field("split") == split) & which)
             # JPEG crops are small: sample them once, before training (into the run's storage on a
             # cluster, so the input outlives any node), so the data stages never compete with the
             # training workers for CPUs; decoding and augmentation happen in the loop, fresh each

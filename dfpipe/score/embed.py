@@ -212,7 +212,10 @@ class FaceTensors:
     def __call__(self, batch: dict) -> dict:
         keep = [i for i, f in enumerate(batch["faces"]) if f is not None and len(f)]
         jpegs = [batch["faces"][i][0] for i in keep]
-        labels = np.asarray([batch["label"][i] for i in keep], np.float32)
+        if self.blend is not None or self.label is not None:
+            labels = np.full(len(keep), R.LABEL_FAKE if self.blend is not None else self.label, np.float32)
+        else:
+            labels = np.asarray([batch["label"][i] for i in keep], np.float32)
         # Seeded by the config seed and the batch's content: reproducible, yet different per batch.
         first = jpegs[0] if jpegs else b""
         rng = np.random.default_rng([self.seed, zlib.crc32(first), len(jpegs)]) if self.augment else None
@@ -225,8 +228,6 @@ class FaceTensors:
             if rng is not None:
                 rgb = augment(rgb, rng)
             images.append(normalise(rgb))
-        if self.blend is not None or self.label is not None:
-            labels = np.full(len(keep), R.LABEL_FAKE if self.blend is not None else self.label, np.float32)
         return {
             "image": np.stack(images)
             if images
@@ -374,7 +375,7 @@ class VideoEmbedStage:
 
         windows = read_batch_rows(self.windows, batch, R.WINDOWS_SCHEMA)
         if self.blend is not None:
-            windows = windows.filter(sbi.is_source(windows.column("label")))
+            windows = windows.filter(sbi.sources())
         if not windows.num_rows:
             return R.EMBEDDINGS_SCHEMA.empty_table()
         # The crops of the next group of videos are read on a thread while this group is embedded,

@@ -187,14 +187,25 @@ SUFFIX = "#sbi"  # added to a source window's (and video's) id to name its self-
 MODES = ("labels", "sbi", "both")  # the trainings' ``fakes`` option
 
 
-def is_source(labels):
-    """Which rows (an Arrow label column) may be blended: REAL ones, and unlabelled ones (a bare dump
-    of a platform's videos, taken as real footage); never a labelled FAKE."""
+def sources():
+    """Which rows may be blended (a ``pyarrow.compute`` expression on ``label``, for a table's
+    ``filter`` or a Parquet read): REAL ones, and unlabelled ones (a bare dump of a platform's
+    videos, taken as real footage); never a labelled FAKE."""
     import pyarrow.compute as pc
 
     from dfpipe import records as R
 
-    return pc.not_equal(pc.fill_null(labels, R.LABEL_REAL), R.LABEL_FAKE)
+    return pc.field("label").is_null() | (pc.field("label") != R.LABEL_FAKE)
+
+
+def as_real(table):
+    """``table`` (a self-blend's sources) with its missing labels set REAL."""
+    import pyarrow.compute as pc
+
+    from dfpipe import records as R
+
+    label = table.schema.get_field_index("label")
+    return table.set_column(label, "label", pc.fill_null(table.column("label"), R.LABEL_REAL))
 
 
 def landmarks_in_crop(marks: list[float] | None, box: tuple[float, float, float, float]) -> np.ndarray | None:
