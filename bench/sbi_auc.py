@@ -93,32 +93,41 @@ def auc_with_interval(y: np.ndarray, p: np.ndarray, draws: int = 2000, seed: int
 
 
 def real_footage(workdir: str, generated: str, shared: str) -> tuple[str, str]:
-    """Two labels.csv folders of hard links (a symbolic link out of a dataset is refused as
-    ``unsafe_path``; a copy where the clips are on another disk): the REAL clips to train on (the generated REAL clips, by
+    """Two labels.csv folders of hard links: the REAL clips to train on (the generated REAL clips, by
     part, and facenet-pytorch's example video in part ``footage``) and the labelled real clips to
-    score (the DFDC clips present, with their metadata's labels, and the FaceForensics++ pair)."""
-    train, test = os.path.join(workdir, "real-train"), os.path.join(workdir, "real-test")
-    for folder, rows in ((train, _generated_real(generated)), (test, _shared_labelled(shared))):
-        rows += [(os.path.join(shared, "misc", "facenet_pytorch_example.mp4"), "footage", "REAL")] * (
-            folder == train
-        )
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "labels.csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["filename", "label"])
-            for path, part, label in rows:
-                if not os.path.exists(path):
-                    continue
-                name = f"{part}/{os.path.basename(path)}"
-                os.makedirs(os.path.join(folder, part), exist_ok=True)
-                link = os.path.join(folder, name)
-                if not os.path.lexists(link):
-                    try:
-                        os.link(path, link)
-                    except OSError:
-                        shutil.copyfile(path, link)
-                w.writerow([name, label])
-    return train, test
+    score (:func:`real_footage_test`)."""
+    example = [(os.path.join(shared, "misc", "facenet_pytorch_example.mp4"), "footage", "REAL")]
+    train = labelled_folder(os.path.join(workdir, "real-train"), _generated_real(generated) + example)
+    return train, real_footage_test(workdir, shared)
+
+
+def real_footage_test(workdir: str, shared: str) -> str:
+    """A labels.csv folder of the labelled real clips of ``shared`` (``../shared/data``): the DFDC
+    clips present, with their metadata's labels, and the FaceForensics++ pair."""
+    return labelled_folder(os.path.join(workdir, "real-test"), _shared_labelled(shared))
+
+
+def labelled_folder(folder: str, rows: list[tuple[str, str, str]]) -> str:
+    """A labels.csv dataset of ``(path, part, label)`` rows whose clips exist, as hard links (a
+    symbolic link out of a dataset is refused as ``unsafe_path``; a copy where the clips are on
+    another disk)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "labels.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "label"])
+        for path, part, label in rows:
+            if not os.path.exists(path):
+                continue
+            name = f"{part}/{os.path.basename(path)}"
+            os.makedirs(os.path.join(folder, part), exist_ok=True)
+            link = os.path.join(folder, name)
+            if not os.path.lexists(link):
+                try:
+                    os.link(path, link)
+                except OSError:
+                    shutil.copyfile(path, link)
+            w.writerow([name, label])
+    return folder
 
 
 def _generated_real(generated: str) -> list[tuple[str, str, str]]:

@@ -1,15 +1,17 @@
 """How much a training run's quality depends on luck: the demo pipeline on several generated datasets.
 
-    python bench/stability.py [--seeds 0 1 2] [--videos 80] [--frames 40] [--swap standard|matched]
+    python bench/stability.py [--seeds 40 41 ... 49] [--videos 40] [--frames 40] [--swap standard|matched]
                               [--workdir out/stability] [--json]
 
 For each seed: a sample dataset of ``--videos`` clips in 5 parts (``python -m dfpipe.sampledata``, that
 seed; part 3 validates, part 4 is the held-out test, as in ``make demo``), then the whole pipeline
 (``jobs/run.py --config configs/demo.yaml``) with that seed for both trainings, each in its own
-process. Prints per seed the embedder's validation AUC (distance to the REAL centroid), the
-classifier's validation video log loss, and the test split's video accuracy and log loss from the
-evaluation report, then their mean and worst. Target (issue 15): worst test accuracy >= 0.95 and
-log loss <= 0.2 on the standard generator.
+process. Prints per seed the kept embedder epoch's validation AUC (distance to the REAL centroid),
+the classifier's validation video log loss and calibration, and the test split's video accuracy,
+log loss and AUC from the evaluation report, then their min, median and max over the seeds. Target
+(issue 34): over 10 seeds, worst test accuracy >= 0.95, worst log loss <= 0.2 and the kept
+embedder's val AUC >= 0.95 on the standard generator (the quality gate in tests/test_quality.py
+holds two other seeds to the first two).
 
 ``--swap matched`` generates the harder variant: colour-matched, feathered swaps without the
 donor's colour cast, and the same global grading on REAL and FAKE clips (see ``dfpipe.sampledata.generate``).
@@ -27,8 +29,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET_ACCURACY, TARGET_LOG_LOSS = 0.95, 0.2
+TARGET_ACCURACY, TARGET_LOG_LOSS, TARGET_EMBEDDER_AUC = 0.95, 0.2, 0.95
+KEYS = ("embedder_val_auc", "classifier_val_video_loss", "test_accuracy", "test_log_loss", "test_auc")
 
 
 def dataset(workdir: str, seed: int, videos: int, frames: int, swap: str) -> str:
@@ -61,17 +66,21 @@ def read_run(out: str) -> dict:
         with open(os.path.join(out, *parts)) as f:
             return json.load(f)
 
-    embedder = load("models", "embedder", "model.json")["best_metrics"]
+    embedder = load("models", "embedder", "model.json")
     classifier = load("models", "classifier", "model.json")
     head = load("score", "report", "report.json")["headline"]
     return {
-        "embedder_val_auc": embedder.get("val_auc"),
+        "embedder_val_auc": embedder["best_metrics"].get("val_auc"),
+        "embedder_epoch": embedder["best_epoch"] + 1,
         "classifier_val_video_loss": classifier["best_metrics"].get("val_video_loss"),
         "temperature": classifier.get("temperature"),
+        "offset": classifier.get("offset", 0.0),
+        "calibration_at_bound": classifier.get("calibration", {}).get("at_bound", []),
         "test_split": head["name"],
         "test_videos": head["n"],
         "test_accuracy": head["accuracy"],
         "test_log_loss": head["log_loss"],
+        "test_auc": head["roc_auc"],
     }
 
 
@@ -79,45 +88,50 @@ def summarise(rows: list[dict]) -> dict:
     def col(k):
         return [r[k] for r in rows if r.get(k) is not None]
 
-    keys = ("embedder_val_auc", "classifier_val_video_loss", "test_accuracy", "test_log_loss")
-    mean = {k: sum(col(k)) / len(col(k)) for k in keys if col(k)}
-    # Worst: the lowest AUC and accuracy, the highest losses.
-    worst = {k: (min if k.endswith(("auc", "accuracy")) else max)(col(k)) for k in keys if col(k)}
-    worst["meets_target"] = (
-        worst.get("test_accuracy", 0) >= TARGET_ACCURACY and worst.get("test_log_loss", 9) <= TARGET_LOG_LOSS
+    out = {name: {k: float(f(col(k))) for k in KEYS if col(k)} for name, f in
+           (("min", np.min), ("median", np.median), ("max", np.max))}  # fmt: skip
+    worst_acc, worst_loss = out["min"].get("test_accuracy", 0), out["max"].get("test_log_loss", 9)
+    out["meets_target"] = bool(
+        worst_acc >= TARGET_ACCURACY
+        and worst_loss <= TARGET_LOG_LOSS
+        and out["min"].get("embedder_val_auc", 0) >= TARGET_EMBEDDER_AUC
     )
-    return {"mean": mean, "worst": worst}
+    return out
 
 
 def table(rows: list[dict], summary: dict, swap: str) -> str:
     lines = [
-        f"generator: {swap}; target: worst test accuracy >= {TARGET_ACCURACY}, log loss <= {TARGET_LOG_LOSS}",
+        f"generator: {swap}; target: worst test accuracy >= {TARGET_ACCURACY}, log loss <= {TARGET_LOG_LOSS}, "
+        f"kept embedder val AUC >= {TARGET_EMBEDDER_AUC}",
         "",
-        "| seed | embedder val AUC | classifier val video log loss | test videos | test accuracy | test log loss | minutes |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| seed | embedder val AUC (epoch) | classifier val video log loss | temperature, offset | test videos | "
+        "test accuracy | test log loss | test AUC | minutes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['seed']} | {r['embedder_val_auc']:.3f} | {r['classifier_val_video_loss']:.4f} | "
-            f"{r['test_videos']} | {r['test_accuracy']:.3f} | {r['test_log_loss']:.4f} | {r['minutes']:.1f} |"
+            f"| {r['seed']} | {r['embedder_val_auc']:.3f} ({r['embedder_epoch']}) | {r['classifier_val_video_loss']:.4f} | "
+            f"{r['temperature']:.3f}, {r['offset']:+.2f}{' (at a bound)' if r['calibration_at_bound'] else ''} | "
+            f"{r['test_videos']} | {r['test_accuracy']:.3f} | {r['test_log_loss']:.4f} | {r['test_auc']:.3f} | "
+            f"{r['minutes']:.1f} |"
         )
-    for name in ("mean", "worst"):
+    for name in ("min", "median", "max"):
         s = summary[name]
         lines.append(
-            f"| **{name}** | {s['embedder_val_auc']:.3f} | {s['classifier_val_video_loss']:.4f} | | "
-            f"{s['test_accuracy']:.3f} | {s['test_log_loss']:.4f} | |"
+            f"| **{name}** | {s['embedder_val_auc']:.3f} | {s['classifier_val_video_loss']:.4f} | | | "
+            f"{s['test_accuracy']:.3f} | {s['test_log_loss']:.4f} | {s['test_auc']:.3f} | |"
         )
     lines.append("")
-    lines.append(
-        f"worst of {len(rows)} meets the target: {'yes' if summary['worst']['meets_target'] else 'no'}"
-    )
+    lines.append(f"the {len(rows)} seeds meet the target: {'yes' if summary['meets_target'] else 'no'}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--videos", type=int, default=80, help="clips per dataset (80: 16 in the test part)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(40, 50)))
+    p.add_argument(
+        "--videos", type=int, default=40, help="clips per dataset (40, as make demo: 8 in the test part)"
+    )
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--swap", choices=("standard", "matched"), default="standard")
     p.add_argument("--workdir", default="out/stability")

@@ -16,6 +16,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -318,7 +320,7 @@ class RayTrainContext:
     def batches(self, name, batch_size, shuffle=False, seed=None):
         import ray.train
 
-        shard = ray.train.get_dataset_shard(name)
+        shard = ray.train.get_dataset_shard(worker_dataset(name, self.rank))
         yield from shard.iter_batches(
             batch_size=batch_size,
             batch_format="numpy",
@@ -379,6 +381,11 @@ class RayTrainContext:
         return out
 
 
+def worker_dataset(name: str, rank: int) -> str:
+    """The name under which worker ``rank`` finds its share of dataset ``name`` (:meth:`TrainingInput.shares`)."""
+    return f"{name}@{rank}"
+
+
 def _train_worker(config: dict) -> None:
     config["loop"](config["config"], RayTrainContext(config.get("progress")))
 
@@ -395,7 +402,7 @@ def fit(
     storage_options=None,
     max_failures: int = 0,
     keep_checkpoints: int = 2,
-    select_by: str = "val_loss",
+    select_by: str = "selection",
     on_report: Callable[[dict], None] | None = None,
     capacity_wait_s: float = 900.0,
 ):
@@ -422,6 +429,13 @@ def fit(
     from dfpipe.train.modelio import load_state
 
     fs, path = storage.arrow_filesystem(storage_path, storage_options)
+    # Each worker reads its own share of each dataset, the same rows every run (Ray Train's split
+    # would hand blocks to whichever worker asks first).
+    shares = {}
+    for name, ds in datasets.items():
+        source = ds if isinstance(ds, TrainingInput) else TrainingInput(ds.materialize())
+        for rank, part in enumerate(source.shares(num_workers)):
+            shares[worker_dataset(name, rank)] = part
     # Ray Train waits start_timeout for its workers to be placed, then tries again; the tries are
     # bounded so that the whole wait is about capacity_wait_s (the controller reads the variable
     # from the driver's environment).
@@ -450,8 +464,8 @@ def fit(
                 max_failures=max_failures, controller_failure_limit=placement_tries - 1
             ),
         ),
-        datasets=datasets,
-        dataset_config=DataConfig(execution_options=_ordered_ingest()),
+        datasets=shares,
+        dataset_config=DataConfig(datasets_to_split=[], execution_options=_ordered_ingest()),
     )
     try:
         with _forwarded(progress, on_report):
@@ -487,8 +501,8 @@ def driver_node_options() -> dict:
 
 
 def _ordered_ingest():
-    """Ray Train's ingest options with ``preserve_order``: the blocks of a (seeded, materialized)
-    dataset reach the same workers in the same order every run, so a seed reproduces the data order."""
+    """Ray Train's ingest options with ``preserve_order``: a worker reads its share's blocks in their
+    order every run, so a seed reproduces the data order."""
     from ray.train import DataConfig
 
     options = DataConfig.default_ingest_options()
@@ -505,14 +519,49 @@ def one_machine() -> bool:
     return ray.is_initialized() and node is not None and bool(getattr(node, "head", False))
 
 
-def training_input(ds, uri: str, storage_options=None):
+def training_input(ds, uri: str, storage_options=None) -> TrainingInput:
     """A training dataset, computed once before training: in storage where nodes can be lost
     (:func:`staged`), in this machine's object store where there is one machine (an epoch then costs
     no read tasks: about 1.5 s less a dataset and epoch here)."""
-    return ds.materialize() if one_machine() else staged(ds, uri, storage_options)
+    return TrainingInput(ds.materialize()) if one_machine() else staged(ds, uri, storage_options)
 
 
-def staged(ds, uri: str, storage_options=None):
+@dataclass
+class TrainingInput:
+    """A training dataset computed once (``dataset``: materialized, or read back from Parquet
+    ``files`` with their row counts, in order) and shared out among the training workers the same
+    way every run: worker ``r`` of ``n`` reads the ``r``-th contiguous share of the rows in their
+    stored order (:meth:`shares`). Ray Train's own split hands blocks to whichever worker asks first,
+    so a run's data, and its weights, could differ from the last one's with the same seed."""
+
+    dataset: Any
+    files: list[tuple[str, int]] | None = None
+    storage_options: Any = None
+
+    def count(self) -> int:
+        return sum(rows for _, rows in self.files) if self.files is not None else self.dataset.count()
+
+    def shares(self, n: int) -> list:
+        """``n`` datasets, the rows of worker 0, 1, ...: contiguous, in order, sizes differing by one at most."""
+        if n == 1:
+            return [self.dataset]
+        total = self.count()
+        bounds = [total * k // n for k in range(n + 1)]
+        if self.files is None:
+            return self.dataset.split_at_indices(bounds[1:-1])
+        out = []
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            slices, offset = [], 0
+            for path, rows in self.files:
+                a, b = max(lo, offset), min(hi, offset + rows)
+                if a < b:
+                    slices.append({"path": path, "start": a - offset, "stop": b - offset})
+                offset += rows
+            out.append(_parquet_reader(slices, self.storage_options))
+        return out
+
+
+def staged(ds, uri: str, storage_options=None) -> TrainingInput:
     """``ds`` written once to Parquet at ``uri`` and read back from there: a training run's input.
 
     Ray Train reads its datasets again every epoch and after every restart. Blocks kept in the object
@@ -522,7 +571,7 @@ def staged(ds, uri: str, storage_options=None):
     order. A rerun (a resumed training) reads what an earlier run wrote; a write cut short, with
     no ``_SUCCESS`` marker, is written again from the start.
     """
-    import ray
+    import pyarrow.parquet as pq
 
     from dfpipe import storage
 
@@ -533,13 +582,25 @@ def staged(ds, uri: str, storage_options=None):
         fs, path = storage.arrow_filesystem(uri, storage_options)
         ds.write_parquet(path, filesystem=fs)
         storage.write_text(done, "", storage_options)
-    files = sorted(f for f in storage.find(uri, storage_options) if f.endswith(".parquet"))
-    # Read by tasks that need no CPU: the training workers hold every CPU of their nodes, and a
-    # read (or the file listing of ray.data.read_parquet) that waited for one would wait for the end
-    # of training. The file list is a block of the driver's, on the driver's node.
-    return ray.data.from_items(
-        [{"path": f} for f in files], override_num_blocks=max(1, len(files))
-    ).map_batches(
+    files = []
+    for f in sorted(f for f in storage.find(uri, storage_options) if f.endswith(".parquet")):
+        fs, path = storage.arrow_filesystem(f, storage_options)
+        files.append((f, pq.read_metadata(path, filesystem=fs).num_rows))  # a footer read per file
+    whole = [{"path": f, "start": 0, "stop": rows} for f, rows in files]
+    return TrainingInput(_parquet_reader(whole, storage_options), files, storage_options)
+
+
+def _parquet_reader(slices: list[dict], storage_options):
+    """A dataset of row ranges of Parquet files (``path``, ``start``, ``stop``), in the given order.
+
+    Read by tasks that need no CPU: the training workers hold every CPU of their nodes, and a read
+    (or the file listing of ray.data.read_parquet) that waited for one would wait for the end of
+    training. The list is a block of the driver's, on the driver's node."""
+    import ray
+
+    if not slices:  # an empty share: no rows (the loop says so if it needed some)
+        return ray.data.from_items([])
+    return ray.data.from_items(slices, override_num_blocks=len(slices)).map_batches(
         _read_parquet_files,
         fn_kwargs={"options": storage_options},
         batch_size=1,
@@ -554,9 +615,10 @@ def _read_parquet_files(batch: pa.Table, options) -> pa.Table:
     from dfpipe import storage
 
     tables = []
-    for uri in batch.column("path").to_pylist():
-        fs, path = storage.arrow_filesystem(uri, options)
-        tables.append(pq.read_table(path, filesystem=fs))
+    for row in batch.to_pylist():
+        fs, path = storage.arrow_filesystem(row["path"], options)
+        table = pq.read_table(path, filesystem=fs)
+        tables.append(table.slice(row["start"], row["stop"] - row["start"]))
     return pa.concat_tables(tables)
 
 

@@ -116,7 +116,7 @@ PIPELINE_OPTIONS = (
     "train_embedder.face_size=80", "train_embedder.epochs=2", "train_embedder.batch_size=4",
     "train_embedder.steps_per_epoch=1", "train_embedder.faces_per_window=2", "train_embedder.num_workers=2",
     "train_classifier.epochs=2", "train_classifier.batch_size=8", "train_classifier.num_workers=1",
-    "train_classifier.hidden_size=16",
+    "train_classifier.hidden_size=16", "train_classifier.min_loss_drop=0",
 )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import CHAIN, EMBEDDER_ARGS
+from conftest import CHAIN, EMBEDDER_ARGS, classifier_args
 
 from dfpipe import storage
 from dfpipe.cli import main
@@ -88,7 +88,8 @@ def test_classifier_end_to_end_and_its_embedding_cache(segmented_sample, embedde
 
     meta = json.loads((classifier_model / "model.json").read_text())
     assert meta["windows_embedded_this_run"] > 0
-    assert meta["n_frames"] == 8 and meta["window_len"] == 8 and 0.25 <= meta["temperature"] <= 20
+    assert meta["n_frames"] == 8 and meta["window_len"] == 8 and 0.01 <= meta["temperature"] <= 100.001
+    assert "offset" in meta and meta["calibration"]["videos"] > 0
     assert (classifier_model / "embedder" / "model.pt").exists(), "the classifier carries its embedder"
     history = json.loads((classifier_model / "metrics.json").read_text())["epochs"]
     epochs = int(dict(a.split("=") for a in CHAIN["train_classifier"])["epochs"])
@@ -208,10 +209,13 @@ def _batch_videos_loop(cfg: dict, ctx) -> None:
     from dfpipe.train.loops import _train_batches
 
     streams = [_train_batches(ctx, name, cfg["half"], cfg, 0) for name in ("train_real", "train_fake")]
+    rows = [r for b in ctx.batches("train_real", 1000) for r in b["row"].tolist()]  # this worker's share
     for epoch in range(2):
         mine = [[next(s)["video_id"].tolist() for s in streams] for _ in range(cfg["steps"])]
         every = ctx.all_gather(mine)
-        ctx.report({"epoch": epoch, "batches": every}, {"epoch": epoch, "history": []})
+        ctx.report(
+            {"epoch": epoch, "batches": every, "rows": ctx.all_gather(rows)}, {"epoch": epoch, "history": []}
+        )
 
 
 def _faces_by_video(label: int, videos: int, per: int):
@@ -221,9 +225,9 @@ def _faces_by_video(label: int, videos: int, per: int):
     from dfpipe import runner
 
     rows = [
-        {"video_id": f"{label}-{v}", "label": label, "faces": [b"jpeg"]}
+        {"video_id": f"{label}-{v}", "label": label, "faces": [b"jpeg"], "row": v * per + i}
         for v in range(videos)
-        for _ in range(per)
+        for i in range(per)
     ]
     return runner.shuffled(ray.data.from_items(rows, override_num_blocks=8), seed=7).materialize()
 
@@ -231,6 +235,8 @@ def _faces_by_video(label: int, videos: int, per: int):
 def test_training_batches_span_videos_per_class_on_ray_train(extra_ray_train, tmp_path):
     """Two Ray Train workers, 10 videos per class stored one after another: every batch of an epoch holds
     faces of at least min(8, videos per class) videos of each class, and the two epochs differ in order.
+    Each worker reads its own contiguous half of the stored rows, in order: the same rows every run
+    (Ray Train's split handed blocks to whichever worker asked first).
     (The same seed reproducing the batches is tested on the sampler; a second Ray Train run here, which
     also saw the same batches, doubled the test's minute.)"""
     import sys
@@ -261,6 +267,8 @@ def test_training_batches_span_videos_per_class_on_ray_train(extra_ray_train, tm
                 assert len(set(real)) >= min(8, videos) and len(set(fake)) >= min(8, videos), (real, fake)
                 assert {v[0] for v in real} == {"0"} and {v[0] for v in fake} == {"1"}
     assert first[0]["batches"][0] != first[1]["batches"][0], "epoch 2 comes in another order"
+    stored = [r["row"] for r in datasets["train_real"].take_all()]
+    assert first[0]["rows"] == [stored[:80], stored[80:]]
 
 
 def test_cached_codes_of_faces_extracted_otherwise_are_made_again(tmp_path, capsys):
@@ -395,19 +403,24 @@ def test_training_input_is_written_to_storage_once_and_read_back_in_its_order(ra
     first = runner.staged(ds, uri)
     files = sorted(p.name for p in (tmp_path / "input").iterdir())
     assert "_SUCCESS" in files and sum(f.endswith(".parquet") for f in files) >= 2, files
-    assert _ids(first) == want and want != sorted(want)
+    assert _ids(first.dataset) == want and want != sorted(want) and first.count() == 60
+    # Each of 3 workers reads a contiguous third in the stored order, across file boundaries.
+    assert [_ids(part) for part in first.shares(3)] == [want[:20], want[20:40], want[40:]]
+    assert [len(_ids(part)) for part in first.shares(7)] == [
+        60 * (k + 1) // 7 - 60 * k // 7 for k in range(7)
+    ]
 
     def boom(row):
         raise AssertionError("a staged input is computed again")
 
-    assert _ids(runner.staged(ray.data.range(60).map(boom), uri)) == want
+    assert _ids(runner.staged(ray.data.range(60).map(boom), uri).dataset) == want
 
     (tmp_path / "input" / "_SUCCESS").unlink()  # a write cut short: files, no marker
-    assert _ids(runner.staged(ray.data.range(5), uri)) == [0, 1, 2, 3, 4]
+    assert _ids(runner.staged(ray.data.range(5), uri).dataset) == [0, 1, 2, 3, 4]
     empty = runner.staged(
         ray.data.range(5).filter(expr=ray.data.expressions.col("id") > 9), str(tmp_path / "e")
     )
-    assert empty.count() == 0
+    assert empty.count() == 0 and [part.count() for part in empty.shares(2)] == [0, 0]
 
 
 def _never_runs(config, ctx):
@@ -548,3 +561,19 @@ def test_training_in_each_fakes_mode_runs_end_to_end_on_ray(
     blended = storage.read_parquet_dir(str(Path(meta["embeddings_cache"]) / "sbi-v1-seed3" / "windows"))
     assert set(blended.column("label").to_pylist()) == {1} and blended.num_rows >= n_real
     assert modelio.load_model(storage.Folder(str(classifier)), "window_classifier")[0] is not None
+
+
+def test_the_classifier_trained_twice_with_one_seed_has_the_same_weights(
+    segmented_sample, embedder_model, extra_ray_train, tmp_path
+):
+    """Reproducible training: the same seed on the same machine gives the same weights, byte for byte,
+    with two Ray Train workers (each reads its own share of the windows, the same rows every run)."""
+    import torch
+
+    options = [*CHAIN["train_classifier"], "num_workers=2"]
+    for name in ("a", "b"):
+        assert main(classifier_args(segmented_sample, embedder_model, tmp_path / name, options)) == 0
+    a, b = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta = [json.loads((tmp_path / name / "model.json").read_text()) for name in ("a", "b")]
+    assert meta[0]["temperature"] == meta[1]["temperature"] and meta[0]["offset"] == meta[1]["offset"]

@@ -295,10 +295,11 @@ def test_one_prior_shifts_probabilities_and_the_fallback_together():
         VideoRule(prior_fake=1.0)
 
 
-def test_the_video_temperature_is_fitted_for_a_balanced_prior():
-    """With five FAKE videos per REAL one, the balanced fit equals the plain fit on a set where each REAL
-    video counts five times: the probabilities assume 0.5 FAKE whatever the validation ratio."""
-    from dfpipe.score.calibration import video_temperature
+def test_the_video_calibration_is_fitted_for_a_balanced_prior():
+    """With five FAKE videos per REAL one, the balanced fit is the plain fit on a set where each REAL
+    video counts five times (up to the smoothing, which counts videos): the probabilities assume 0.5
+    FAKE whatever the validation ratio. The offset takes the logits' bias towards FAKE out."""
+    from dfpipe.score.calibration import fit_calibration
 
     rng = np.random.default_rng(0)
     n_real, n_fake = 20, 100
@@ -306,10 +307,62 @@ def test_the_video_temperature_is_fitted_for_a_balanced_prior():
     logits = np.where(y == 1, 1.0, -1.0) * 4 + rng.normal(0, 3, len(y)) + 1.5  # biased towards FAKE
     videos = np.array([f"v{i}" for i in range(len(y))])
     tracks = np.zeros(len(y), int)
-    t_bal, before, after = video_temperature(logits, y, videos, tracks, "mean", balanced=True)
+    bal = fit_calibration(logits, y, videos, tracks, "mean", balanced=True)
     copies = np.r_[np.repeat(np.arange(n_real), 5), np.arange(n_real, len(y))]
     vids = np.array([f"c{i}" for i in range(len(copies))])
-    t_rep, _, _ = video_temperature(logits[copies], y[copies], vids, tracks[copies], "mean", balanced=False)
-    t_plain, _, _ = video_temperature(logits, y, videos, tracks, "mean", balanced=False)
-    assert t_bal == pytest.approx(t_rep, rel=0.02) and abs(t_bal - t_plain) > 0.05 * t_plain
-    assert after < before
+    rep = fit_calibration(logits[copies], y[copies], vids, tracks[copies], "mean", balanced=False)
+    plain = fit_calibration(logits, y, videos, tracks, "mean", balanced=False)
+    assert bal.temperature == pytest.approx(rep.temperature, rel=0.15)
+    assert bal.offset == pytest.approx(rep.offset, abs=0.3) and bal.offset < -1 < plain.offset
+    assert bal.after < bal.before and not bal.at_bound
+
+
+def _videos(logits_by_video: list[float]):
+    n = len(logits_by_video)
+    return np.asarray(logits_by_video, float), np.array([f"v{i}" for i in range(n)]), np.zeros(n, int)
+
+
+def test_an_offset_moves_the_threshold_a_temperature_cannot():
+    """A model that ranks every video right but puts them all on the FAKE side of 0.5 (accuracy 0.5,
+    AUC 1): the fitted offset brings the REAL ones back under 0.5; a temperature alone cannot."""
+    from dfpipe.score import metrics as M
+    from dfpipe.score.calibration import fit_calibration, window_probs
+
+    y = np.r_[np.zeros(10), np.ones(10)]
+    logits, videos, tracks = _videos(np.r_[np.linspace(0.10, 0.20, 10), np.linspace(0.25, 0.35, 10)])
+    assert M.accuracy(y, M.sigmoid(logits)) == 0.5 and M.roc_auc(y, logits) == 1.0
+    fit = fit_calibration(logits, y, videos, tracks, "mean")
+    p = window_probs(logits, fit.temperature, offset=fit.offset)
+    assert M.accuracy(y, p) == 1.0 and fit.after < 0.2 < fit.before
+    t_only = fit_calibration(logits, y, videos, tracks, "mean", offset=False)
+    assert M.accuracy(y, window_probs(logits, t_only.temperature)) == 0.5
+
+
+def test_a_perfectly_separated_val_set_gets_a_deliberate_cap_not_the_search_bound():
+    """Separated val videos would ask for T -> 0 (every probability 0 or 1): the smoothed targets
+    (1 - e, e with e = 1/(N+2)) stop the fit inside its range, the most confident video near 1 - e,
+    and a cap that loosens as N grows."""
+    from dfpipe.score.calibration import TEMPERATURE_RANGE, fit_calibration, window_probs
+
+    def fitted(n):
+        y = np.r_[np.zeros(n // 2), np.ones(n // 2)]
+        logits, videos, tracks = _videos(np.where(y == 1, 1.0, -1.0) * np.linspace(2, 4, n))
+        fit = fit_calibration(logits, y, videos, tracks, "mean")
+        return fit, window_probs(logits, fit.temperature, offset=fit.offset), y
+
+    fit, p, y = fitted(8)
+    assert not fit.at_bound and fit.temperature > 1.5 * TEMPERATURE_RANGE[0]
+    assert fit.smoothing == pytest.approx(0.1)
+    assert 0.8 < p[y == 1].mean() < 0.97 and 0.03 < p[y == 0].mean() < 0.2
+    big, p_big, y_big = fitted(200)
+    assert p_big[y_big == 1].mean() > p[y == 1].mean()
+
+
+def test_a_calibration_at_the_bound_of_its_search_is_said():
+    """Logits that do not vary at all cannot be calibrated: the fit says where it stopped."""
+    from dfpipe.score.calibration import fit_calibration
+
+    y = np.r_[np.zeros(4), np.ones(4)]
+    logits, videos, tracks = _videos(np.r_[np.full(4, 0.3), np.full(4, 0.3 + 1e-9)])
+    fit = fit_calibration(logits, y, videos, tracks, "mean")
+    assert fit.at_bound and "bound" in fit.describe()

@@ -19,7 +19,7 @@ from dfpipe import __version__, console, outputs, recipe, runner, storage
 from dfpipe import config as C
 from dfpipe import records as R
 from dfpipe.train import sbi
-from dfpipe.train.loops import epoch_line, metric_kind, plot_curves
+from dfpipe.train.loops import SELECT_BY, epoch_line, metric_kind, plot_curves
 from dfpipe.train.modelio import save_model
 from dfpipe.train.sbi import SelfBlend
 
@@ -32,6 +32,7 @@ OPERATIONAL_FIELDS = {
     "use_gpu",
     "max_failures",
     "stop_after_epochs",
+    "min_loss_drop",  # whether a finished model is saved, not how it is trained
     "ray_address",
     "capacity_wait_s",
     "verbose",
@@ -50,7 +51,7 @@ class Plan:
     datasets: dict  # name -> Ray dataset the loop reads
     meta: dict  # the model's model.json so far
     shown: tuple[str, ...]  # the metrics on the console's progress line
-    select_by: str = "val_loss"  # the metric whose lowest epoch is the exported model
+    select_by: str = "val_loss"  # the metric whose best epoch is the exported model (loops.SELECT_BY)
 
 
 class Training:
@@ -77,8 +78,9 @@ class Training:
     def plan(self, use_gpu: bool) -> Plan:
         raise NotImplementedError
 
-    def finish(self, best: dict, meta: dict) -> None:
-        """Add to ``meta`` (or beside the model) what needs the best epoch's weights (``best["model"]``)."""
+    def finish(self, best: dict, history: list[dict], meta: dict) -> None:
+        """Check the run (``history``: every epoch's metrics) and add to ``meta`` (or beside the model)
+        what needs the best epoch's weights (``best["model"]``)."""
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -95,7 +97,7 @@ class Training:
         progress = EpochReport(self.job, cfg, plan.shown)
         best, latest = runner.fit(
             plan.loop,
-            plan.loop_cfg,
+            {**plan.loop_cfg, "select_by": plan.select_by},
             plan.datasets,
             num_workers=cfg.num_workers,
             use_gpu=use_gpu,
@@ -104,12 +106,13 @@ class Training:
             storage_options=cfg.storage_options,
             max_failures=cfg.max_failures,
             capacity_wait_s=cfg.capacity_wait_s,
-            select_by=plan.select_by,
             on_report=progress,
         )
         progress.close()
-        self.finish(best, plan.meta)
-        return export(cfg, best, latest, plan.meta, self.title)
+        self.finish(best, latest["history"], plan.meta)
+        meta = export(cfg, best, latest, {**plan.meta, "selected_by": plan.select_by}, self.title)
+        console.say(f"{self.job}: {kept_epoch(meta, latest['history'])}")
+        return meta
 
 
 class EpochReport:
@@ -164,6 +167,22 @@ def training_hash(cfg) -> str:
 
 # What the classifier's checks and counts read of each window (never the whole row).
 COUNT_COLUMNS = ("video_id", "label", "split", "counted", "n_frames", "frame_stride")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScheduleOptions(C.Options):
+    """How the learning rate moves over a training run (both trainings take these)."""
+
+    lr_schedule: Literal["cosine", "constant"] = C.option(
+        "cosine",
+        "cosine: after the warm-up, the learning rate decays to 0 by the last step, so the last epochs "
+        "settle; constant: it stays at lr",
+    )
+    warmup_epochs: float = C.option(1.0, "epochs over which the learning rate rises linearly from 0 to lr")
+
+    def check(self) -> None:
+        if self.warmup_epochs < 0:
+            raise ValueError("warmup_epochs must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -305,6 +324,20 @@ def export(cfg, best: dict, latest: dict, meta: dict, title: str) -> dict:
         with open(png, "rb") as f:
             storage.write_bytes(storage.join(cfg.output, "curves.png"), f.read(), opts)
     return meta
+
+
+def kept_epoch(meta: dict, history: list[dict]) -> str:
+    """Which epoch the model is, and why when it is not the last (epochs counted from 1, as the
+    progress lines count them)."""
+    by, kept, last = meta.get("selected_by", "val_loss"), int(meta["best_epoch"]), history[-1]
+    better = "highest" if SELECT_BY.get(by) == "max" else "lowest"
+    value = meta["best_metrics"].get(by, float("nan"))
+    if kept == int(last["epoch"]):
+        return f"kept the last epoch, {kept + 1} ({by} {value:.4g})"
+    return (
+        f"kept epoch {kept + 1} of {len(history)}: its {by} {value:.4g} is the {better}; the last epoch, "
+        f"{int(last['epoch']) + 1}, had {last.get(by, float('nan')):.4g}"
+    )
 
 
 def train_dir(cfg) -> str:

@@ -29,7 +29,7 @@ from dfpipe import records as R
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
-from dfpipe.score.calibration import video_temperature
+from dfpipe.score.calibration import fit_calibration
 from dfpipe.score.stage import (
     VIDEO_COLUMNS,
     VideoRule,
@@ -77,8 +77,8 @@ class ScoreConfig(C.RunOptions):
     )
     calibrate: bool = C.option(
         False,
-        "fit the temperature again on this dataset's labelled videos (log loss before and after is printed "
-        "and kept in stats.json); every video is then scored again with it",
+        "fit the calibration (temperature and offset) again on this dataset's labelled videos (log loss before "
+        "and after is printed and kept in stats.json); every video is then scored again with it",
     )
     extract: dict = C.option(
         {},
@@ -276,9 +276,9 @@ def pending_videos(
     whether this version's scores are all made again (``all`` or ``calibrate``: removed when scoring starts)."""
     manifest = outputs.read_manifest(extraction, columns=[*VIDEO_COLUMNS, "n_frames"])
     scored = outputs.read_scores(cfg.folder(cfg.output), version, columns=["video_id", "model_version"])
-    rescore_all = cfg.all or cfg.calibrate  # a temperature fitted now applies to every video
+    rescore_all = cfg.all or cfg.calibrate  # a calibration fitted now applies to every video
     if cfg.calibrate and not cfg.all and scored.num_rows:
-        console.say("score: calibrate=true: every video is scored again with the temperature fitted now")
+        console.say("score: calibrate=true: every video is scored again with the calibration fitted now")
     if rescore_all:
         return manifest, manifest, 0, scored.num_rows > 0
     done = pc.is_in(manifest.column("video_id"), scored.column("video_id"))
@@ -312,7 +312,7 @@ def classify(
 ) -> dict | None:
     """Step 4: one row per pending video, windows or not, written with its window scores by the
     workers. ``counts``: videos in the manifest, already scored, and whether this version's scores
-    are replaced. With ``calibrate=true`` the temperature is fitted first (returned)."""
+    are replaced. With ``calibrate=true`` the calibration is fitted first (returned)."""
     n_manifest, already, replace = counts
     if replace:
         remove_version(cfg.output, version, cfg.storage_options)
@@ -328,8 +328,8 @@ def classify(
     )
     calibration = None
     if cfg.calibrate:
-        calibration = refit_temperature(todo, scorer, meta, rule, cfg.ray_address)
-        scorer.meta = {**meta, "temperature": calibration["temperature"]}
+        calibration = refit_calibration(todo, scorer, meta, rule, cfg.ray_address)
+        scorer.meta = {**meta, "temperature": calibration["temperature"], "offset": calibration["offset"]}
     with timer("classify"):
         run_step(
             Step(
@@ -411,14 +411,15 @@ def score_inputs(pending: pa.Table, segment: storage.Folder, cache: storage.Fold
     return todo.append_column("learned_split", pa.array(learned_split, pa.string())).sort_by("chunk")
 
 
-def refit_temperature(
+def refit_calibration(
     todo: pa.Table, scorer: VideoScoreStage, meta: dict, rule: VideoRule, ray_address
 ) -> dict:
-    """``calibrate=true``: the temperature that minimises the video log loss of this dataset's
-    labelled videos under the scoring rule (counted windows, the prior shift), said out loud. Only
-    the labelled videos' window logits come back to the driver (five compact columns)."""
+    """``calibrate=true``: the temperature and offset that minimise the video log loss of this
+    dataset's labelled videos under the scoring rule (counted windows, the prior shift;
+    :func:`dfpipe.score.calibration.fit_calibration`), said out loud. Only the labelled videos'
+    window logits come back to the driver (five compact columns)."""
     labelled = todo.filter(pc.and_(pc.is_valid(todo.column("label")), pc.is_valid(todo.column("chunk"))))
-    current = float(meta.get("temperature", 1.0))
+    current = (float(meta.get("temperature", 1.0)), float(meta.get("offset", 0.0)))
     tables = []
     if labelled.num_rows:
         runner.ensure_ray(ray_address)
@@ -433,27 +434,33 @@ def refit_temperature(
         logits = logits.filter(pc.fill_null(logits.column("counted"), True))
     n_videos = len(set(logits.column("video_id").to_pylist())) if logits is not None else 0
     ys = np.asarray(logits.column("label").to_pylist()) if logits is not None else np.zeros(0)
+    model = {"model_temperature": current[0], "model_offset": current[1], "videos": n_videos}
     if len(set(ys.tolist())) < 2:
         console.say(
-            f"score: calibrate=true: needs labelled videos of both classes with windows; the model's temperature {current:.3f} stays"
+            "score: calibrate=true: needs labelled videos of both classes with windows; the model's calibration "
+            f"(temperature {current[0]:.3f}, offset {current[1]:+.3f}) stays"
         )
-        return {"temperature": current, "model_temperature": current, "videos": n_videos, "fitted": False}
-    t, before, after = video_temperature(
+        return {"temperature": current[0], "offset": current[1], **model, "fitted": False}
+    fit = fit_calibration(
         logits.column("logit").to_numpy(zero_copy_only=False), ys,
         np.asarray(logits.column("video_id").to_pylist()), np.asarray(logits.column("track_id").to_pylist()),
         rule.aggregation, shift=rule.shift(meta), balanced=False, current=current,
     )  # fmt: skip
     console.say(
-        f"score: calibrate=true: temperature {current:.3f} -> {t:.3f}, fitted on {n_videos} labelled videos of "
-        f"this dataset: their video log loss {before:.4f} -> {after:.4f} (videos without windows aside; the "
-        "report now evaluates on the videos the temperature was fitted on)"
+        f"score: calibrate=true: temperature {current[0]:.3f} -> {fit.temperature:.3f}, offset {current[1]:+.3f} -> "
+        f"{fit.offset:+.3f}, fitted on {n_videos} labelled videos of this dataset: {fit.describe()} (videos "
+        "without windows aside; the report now evaluates on the videos the calibration was fitted on)"
     )
     return {
-        "temperature": t,
-        "model_temperature": current,
-        "videos": n_videos,
-        "log_loss_before": before,
-        "log_loss_after": after,
+        "temperature": fit.temperature,
+        "offset": fit.offset,
+        **model,
+        "log_loss_before": fit.before,
+        "log_loss_after": fit.after,
+        "smoothed_log_loss_before": fit.objective[0],  # what the fit minimises (Fit.smoothing)
+        "smoothed_log_loss_after": fit.objective[1],
+        "smoothing": fit.smoothing,
+        "at_bound": list(fit.at_bound),
         "fitted": True,
     }
 
@@ -511,7 +518,8 @@ def format_summary(stats: dict, report: bool = True) -> str:
     cal = stats.get("calibration")
     if cal and cal.get("fitted"):
         lines.append(
-            f"  calibrate=true: temperature {cal['model_temperature']:.3f} -> {cal['temperature']:.3f} on "
+            f"  calibrate=true: temperature {cal['model_temperature']:.3f} -> {cal['temperature']:.3f}, offset "
+            f"{cal['model_offset']:+.3f} -> {cal['offset']:+.3f} on "
             f"{cal['videos']} labelled videos, video log loss {cal['log_loss_before']:.4f} -> {cal['log_loss_after']:.4f}"
         )
     if report and "report" in stats:

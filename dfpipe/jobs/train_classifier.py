@@ -15,7 +15,7 @@ from dfpipe import records as R
 from dfpipe.jobs import _codes
 from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
-from dfpipe.score.calibration import CALIBRATED_PRIOR, video_temperature
+from dfpipe.score.calibration import CALIBRATED_PRIOR, fit_calibration
 from dfpipe.score.embed import codes_array
 from dfpipe.train import modelio
 from dfpipe.train.loops import classifier_loop, window_logits
@@ -28,7 +28,7 @@ SUMMARY = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainClassifierConfig(C.RunOptions, T.FakesOptions):
+class TrainClassifierConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions):
     input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
     embedder: str = C.option(help="the embedder's model directory (from train_embedder)")
     output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
@@ -53,6 +53,11 @@ class TrainClassifierConfig(C.RunOptions, T.FakesOptions):
     aggregation: Literal["max_track_mean", "mean", "confident"] = C.option(
         "max_track_mean",
         "window -> video rule of validation (checkpoint choice, temperature); recorded for scoring to use",
+    )
+    min_loss_drop: float = C.option(
+        0.1,
+        "how far below a constant answer's loss (the class-balanced ln 2) the best train loss must fall for "
+        "the model to be saved: a classifier that learnt nothing fails the job with its figures; 0 saves any",
     )
     embed_batch_faces: int = C.option(128, "faces per embedder forward pass")
     num_workers: int = C.option(2, "Ray Train workers")
@@ -174,9 +179,10 @@ class ClassifierTraining(T.Training):
         # The video-level log loss under the scoring rule picks the epoch.
         return T.Plan(classifier_loop, loop_cfg, datasets, meta, shown, select_by="val_video_loss")
 
-    def finish(self, best: dict, meta: dict) -> None:
+    def finish(self, best: dict, history: list[dict], meta: dict) -> None:
         cfg, opts = self.cfg, self.cfg.storage_options
-        meta["temperature"] = calibrate(best["model"], meta, self.codes, opts)
+        learnt(history, meta["train_windows"], cfg.min_loss_drop, self.embedder_meta)
+        meta.update(calibrate(best["model"], meta, self.codes, opts).as_meta())
         meta["calibrated_prior"] = CALIBRATED_PRIOR
         segment_cfg = self.segment.read_json("config.json")
         meta["segment"] = {
@@ -194,24 +200,48 @@ class ClassifierTraining(T.Training):
             storage.copy(self.embedder.join(name), storage.join(cfg.output, "embedder", name), opts)
 
 
-def calibrate(state: dict, meta: dict, codes: list[_codes.Codes], opts) -> float:
-    """A temperature for the window logits, fitted on the val split: the one minimising the log loss
-    of the *video* probabilities that scoring computes from them (the model's aggregation over
-    counted windows), so calibration holds for what is reported. The loss is balanced over the
-    classes, as the training loss is (``pos_weight``): the probabilities assume a prior of 0.5
-    (``dfpipe.score.calibration.prior_shift``). Trained on self-blends, the val FAKE videos are
-    self-blended too: the temperature then fits those, the only fakes the model has seen."""
+def learnt(history: list[dict], windows: dict, min_drop: float, embedder: dict) -> None:
+    """Fail the job, with the figures, when the train loss never fell ``min_drop`` below a constant
+    answer's: such a model answers about 0.5 to every video, whatever its val AUC says."""
+    import math
+
+    n_real, n_fake = windows["REAL"], windows["FAKE"]
+    # BCE with pos_weight REAL/FAKE weighs both classes alike: the best constant answer is 0.5.
+    constant = math.log(2) * 2 * n_real / max(1, n_real + n_fake)
+    losses = [h["train_loss"] for h in history]
+    if min_drop <= 0 or min(losses) < (1 - min_drop) * constant:
+        return
+    last = history[-1]
+    codes = embedder.get("best_metrics", {}).get("val_auc")
+    raise C.JobError(
+        f"train_classifier: the classifier did not learn: its train loss stayed at {min(losses):.3f}-{max(losses):.3f} "
+        f"over {len(history)} epochs, where answering 0.5 to every window scores {constant:.3f} (asked: below "
+        f"{(1 - min_drop) * constant:.3f}, min_loss_drop={min_drop}); its last epoch's val videos: accuracy "
+        f"{last.get('val_video_acc', float('nan')):.3f}, AUC {last.get('val_video_auc', float('nan')):.3f}"
+        + (f"; the embedder's val AUC was {codes:.3f}" if codes is not None else "")
+        + ". No model was saved. Retrain the embedder (more epochs, another seed) or give the classifier more "
+        "steps (epochs, steps_per_epoch, lr); min_loss_drop=0 saves it anyway"
+    )
+
+
+def calibrate(state: dict, meta: dict, codes: list[_codes.Codes], opts):
+    """The calibration of the window logits (:func:`dfpipe.score.calibration.fit_calibration`: a
+    temperature and an offset), fitted on the val split's *video* probabilities under the model's
+    aggregation over counted windows, so calibration holds for what is reported. The loss is
+    balanced over the classes, as the training loss is (``pos_weight``): the probabilities assume a
+    prior of 0.5 (``dfpipe.score.calibration.prior_shift``). Trained on self-blends, the val FAKE
+    videos are self-blended too: the calibration then fits those, the only fakes the model has seen."""
     model = modelio.build(meta)
     model.load_state_dict(state)
     shape = (meta["n_frames"], meta["code_dim"])
     logits, labels, videos, tracks = window_logits(model, val_batches(codes, opts, shape), shape, "cpu")
     how = meta["aggregation"]
-    temperature, before, after = video_temperature(logits, labels, videos, tracks, how, balanced=True)
+    fit = fit_calibration(logits, labels, videos, tracks, how, balanced=True)
     console.say(
-        f"train_classifier: temperature {temperature:.3f} (val video log loss balanced over the classes, {how}: "
-        f"{before:.4f} -> {after:.4f}; probabilities assume {CALIBRATED_PRIOR:.0%} FAKE)"
+        f"train_classifier: calibration on val videos ({how}, log loss balanced over the classes, probabilities "
+        f"assume {CALIBRATED_PRIOR:.0%} FAKE): {fit.describe()}"
     )
-    return temperature
+    return fit
 
 
 def val_batches(codes: list[_codes.Codes], opts, shape: tuple[int, int]):
@@ -241,7 +271,8 @@ def format_summary(meta: dict) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
     return (
-        f"classifier: {meta['epochs_trained']} epochs, best epoch {meta['best_epoch']}, temperature {meta.get('temperature', 1.0):.3f}\n"
+        f"classifier: {meta['epochs_trained']} epochs, kept epoch {meta['best_epoch'] + 1}, temperature "
+        f"{meta.get('temperature', 1.0):.3f}, offset {meta.get('offset', 0.0):+.3f}\n"
         f"  val windows: log loss {f('val_loss')}, accuracy {f('val_acc')}, AUC {f('val_auc')}\n"
         f"  val videos:  log loss {f('val_video_loss')}, accuracy {f('val_video_acc')}, AUC {f('val_video_auc')}"
     )

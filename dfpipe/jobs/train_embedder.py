@@ -25,7 +25,7 @@ SUMMARY = "Train the triplet-loss face embedder on the train split's face crops 
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainEmbedderConfig(C.RunOptions, T.FakesOptions):
+class TrainEmbedderConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions):
     input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
     output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
     overwrite: bool = C.option(False, "start again, deleting what the output holds")
@@ -49,6 +49,11 @@ class TrainEmbedderConfig(C.RunOptions, T.FakesOptions):
     epochs: int = C.option(5, "epochs")
     batch_size: int = C.option(32, "faces per step and worker: half REAL, half FAKE (see fakes)")
     steps_per_epoch: int | None = C.option(None, "steps per epoch (default: one pass over the smaller class)")
+    batchnorm_batches: int = C.option(
+        8,
+        "training batches the BatchNorm statistics are measured on, with each epoch's weights, before it is "
+        "validated and saved (0: the running averages of training, which lag weights that move fast)",
+    )
     faces_per_window: int = C.option(
         4, "faces sampled per window (evenly spaced; overlapping windows share faces)"
     )
@@ -74,6 +79,8 @@ class TrainEmbedderConfig(C.RunOptions, T.FakesOptions):
         for name in ("code_dim", "epochs", "num_workers", "faces_per_window", "faces_per_video"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.batchnorm_batches < 0:
+            raise ValueError("batchnorm_batches must be >= 0")
         if self.batch_size < 4:
             raise ValueError("batch_size must be >= 4 (two faces of each class at least)")
         super().__post_init__()
@@ -185,17 +192,18 @@ class EmbedderTraining(T.Training):
             "crop_margin": self.margin,
         }
         self.counts = counts
-        return T.Plan(
-            embedder_loop, loop_cfg, datasets, meta, ("train_loss", "val_loss", "val_auc", "train_per_s")
-        )
+        # The epoch whose codes separate the val split's REAL and FAKE faces best is the one kept:
+        # that is what the classifier needs of it (the triplet loss on val does not follow it).
+        shown = ("train_loss", "val_loss", "val_auc", "train_per_s")
+        return T.Plan(embedder_loop, loop_cfg, datasets, meta, shown, select_by="val_auc")
 
-    def finish(self, best: dict, meta: dict) -> None:
+    def finish(self, best: dict, history: list[dict], meta: dict) -> None:
         meta["faces"] = self.counts
 
 
 def format_summary(meta: dict) -> str:
     m = meta.get("best_metrics", {})
     return (
-        f"embedder: {meta['epochs_trained']} epochs, best epoch {meta['best_epoch']}: "
+        f"embedder: {meta['epochs_trained']} epochs, kept epoch {meta['best_epoch'] + 1}: "
         f"val_loss {m.get('val_loss', float('nan')):.4f}, val AUC (distance to REAL centroid) {m.get('val_auc', float('nan')):.3f}"
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 
@@ -48,29 +46,6 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, float)))
-
-
-def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
-    """The temperature T minimising the log loss of sigmoid(logits / T), searched over [0.25, 20].
-
-    The lower bound keeps a small, perfectly separated validation set from sharpening the model
-    without limit.
-    """
-    y, logits = np.asarray(y, float), np.asarray(logits, float)
-    if len(np.unique(y)) < 2:
-        return 1.0
-    return best_temperature(lambda t: log_loss(y, sigmoid(logits / t)))
-
-
-def best_temperature(loss_of: Callable[[float], float]) -> float:
-    """The temperature in [0.25, 20] with the lowest ``loss_of(T)``: 41 log-spaced values, then 41
-    between the best one's neighbours (82 evaluations, steps of 0.5%; a video-level loss over a
-    whole corpus costs seconds per evaluation)."""
-    lo, hi = np.log(0.25), np.log(20.0)
-    grid = np.linspace(lo, hi, 41)
-    i = int(np.argmin([loss_of(float(np.exp(x))) for x in grid]))
-    fine = np.linspace(grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)], 41)
-    return float(np.exp(fine[int(np.argmin([loss_of(float(np.exp(x))) for x in fine]))]))
 
 
 def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,8 +21,8 @@ from dfpipe.score.calibration import (
     Aggregation,
     aggregate,
     clip,
+    model_probs,
     prior_shift,
-    window_probs,
 )
 from dfpipe.score.embed import codes_array
 from dfpipe.stage import Resources
@@ -136,11 +136,7 @@ def video_row(
         scored_at=scored_at,
         reason=None,
     )
-    probs = (
-        window_probs([w["logit"] for w in windows], meta.get("temperature", 1.0), rule.shift(meta))
-        if windows
-        else np.zeros(0)
-    )
+    probs = model_probs([w["logit"] for w in windows], meta, rule.shift(meta)) if windows else np.zeros(0)
     prior = rule.fallback_prob(meta)
     if video.get("status") != R.STATUS_OK:
         row.update(prob_fake=prior, reason=f"extract_failed: {video.get('error')}")

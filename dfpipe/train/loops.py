@@ -154,7 +154,7 @@ def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
 
     labelled, blended = fake_halves(cfg.get("fakes", "labels"), half)
 
-    def step() -> torch.Tensor:
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
         # Half REAL faces; the FAKE half labelled fakes, self-blends of the REAL half's own faces (a
         # face and its fake side by side, as the SBI paper pairs them: only the blend tells them
         # apart), or some of each.
@@ -166,13 +166,45 @@ def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
             parts.append(tensors["train_sbi"]({k: v[:blended] for k, v in raw.items()}))
         x = torch.from_numpy(np.concatenate([p["image"] for p in parts])).to(ctx.device)
         y = torch.from_numpy(np.concatenate([p["label"] for p in parts])).to(ctx.device)
+        return x, y
+
+    def step() -> torch.Tensor:
+        x, y = batch()
         with _autocast(ctx):
             codes = model(x)
         return loss_fn(codes.float(), y, cfg["margin"])
 
     real = _train_batches(ctx, "train_real", half, cfg, start)
     fake = _train_batches(ctx, "train_fake", labelled, cfg, start) if labelled else None
-    _fit(ctx, cfg, model, optimizer, start, history, step, lambda m: _validate_embedder(m, ctx, cfg, loss_fn))
+
+    def validate(m) -> dict:
+        if cfg.get("batchnorm_batches"):
+            recalibrate_batchnorm(m, (batch() for _ in range(cfg["batchnorm_batches"])))
+        return _validate_embedder(m, ctx, cfg, loss_fn)
+
+    _fit(ctx, cfg, model, optimizer, start, history, step, validate)
+
+
+def recalibrate_batchnorm(
+    model: torch.nn.Module,
+    batches,
+) -> None:
+    """BatchNorm statistics of the current weights: reset, then a cumulative average over
+    ``batches`` of ``(x, y)`` in train mode (no gradients). Running averages of a few steps lag
+    weights that move fast, and a model evaluated with them is not the model that was trained."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+    model.train()
+    with torch.no_grad():
+        for x, _ in batches:
+            model(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
 
 
 def fake_halves(fakes: str, half: int) -> tuple[int, int]:
@@ -270,9 +302,11 @@ def classifier_loop(cfg: dict, ctx: TrainContext) -> None:
     model = modelio.build(cfg["meta"])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     start, history = _resume(ctx, model, optimizer)
+    shape = (cfg["meta"]["n_frames"], cfg["meta"]["code_dim"])
+    if start == 0:  # a resumed run has them in its checkpoint
+        model.set_code_statistics(*code_statistics(ctx, "train", shape))
     model = ctx.prepare(model)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg["pos_weight"], device=ctx.device))
-    shape = (cfg["meta"]["n_frames"], cfg["meta"]["code_dim"])
 
     def step() -> torch.Tensor:
         b = next(batches)
@@ -286,16 +320,38 @@ def classifier_loop(cfg: dict, ctx: TrainContext) -> None:
     _fit(ctx, cfg, model, optimizer, start, history, step, lambda m: _validate_classifier(m, ctx, cfg, shape))
 
 
+def code_statistics(
+    ctx: TrainContext, name: str, shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of each code component over every frame of dataset ``name``, one pass
+    over each worker's share, combined across workers (every worker gets the same figures)."""
+    total = np.zeros(shape[1]), np.zeros(shape[1]), 0
+    for b in ctx.batches(name, READ_ROWS):
+        if len(b["label"]):
+            frames = _codes(b, shape).reshape(-1, shape[1]).astype(np.float64)
+            total = total[0] + frames.sum(0), total[1] + (frames**2).sum(0), total[2] + len(frames)
+    parts = ctx.all_gather(total)
+    n = max(1, sum(p[2] for p in parts))
+    mean = sum(p[0] for p in parts) / n
+    var = sum(p[1] for p in parts) / n - mean**2
+    return torch.from_numpy(mean).float(), torch.from_numpy(var).float()
+
+
 def _fit(
     ctx: TrainContext, cfg: dict, model, optimizer, start: int, history: list[dict], step, validate
 ) -> None:
     """The epoch loop both models share: ``steps_per_epoch`` optimiser steps, validation, a checkpoint
     per epoch, and an optional early stop of this invocation (``stop_after_epochs``; a rerun resumes)."""
+    steps, total = cfg["steps_per_epoch"], cfg["epochs"] * cfg["steps_per_epoch"]
+    warmup = round(cfg.get("warmup_epochs", 0) * steps)
     for epoch in range(start, cfg["epochs"]):
         started = time.perf_counter()
         model.train()
         losses = []
-        for _ in range(cfg["steps_per_epoch"]):
+        for i in range(steps):
+            lr = cfg["lr"] * lr_factor(epoch * steps + i, total, warmup, cfg.get("lr_schedule", "constant"))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             loss = step()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -305,10 +361,12 @@ def _fit(
         metrics = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
+            "lr": lr,
             # Items (faces or windows) per second of this worker's optimiser steps, validation aside.
             "train_per_s": round(cfg["steps_per_epoch"] * cfg["batch_size"] / max(train_seconds, 1e-9), 1),
         }
         metrics.update(validate(_unwrap(model)))
+        metrics["selection"] = selection_score(metrics, cfg.get("select_by", "val_loss"))
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         history.append(metrics)
         # The driver says so when workers carried on from a checkpoint (a rerun, or a restart after
@@ -318,6 +376,35 @@ def _fit(
         stop = cfg.get("stop_after_epochs")
         if stop and epoch + 1 - start >= stop and epoch + 1 < cfg["epochs"]:
             break
+
+
+# The metrics an epoch may be chosen by, and whether higher is better.
+SELECT_BY = {"val_loss": "min", "val_video_loss": "min", "val_auc": "max", "val_video_auc": "max"}
+
+
+def selection_score(metrics: dict, select_by: str) -> float:
+    """One number per epoch, lower is better, that the runner keeps the best checkpoint by: the
+    metric ``select_by`` (negated where higher is better, a missing or NaN one last). An AUC is
+    compared to 4 decimals and equal ones go to the later epoch (further down the learning-rate
+    schedule); a loss is compared as it is."""
+    value = metrics.get(select_by)
+    if value is None or value != value:
+        return float("inf")
+    if SELECT_BY[select_by] == "min":
+        return float(value)
+    return -round(float(value), 4) - 1e-7 * int(metrics.get("epoch", 0))
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The learning rate of optimiser step ``step`` of ``total``, as a share of the configured one:
+    a linear warm-up over the first ``warmup`` steps, then constant or (``cosine``) decaying to 0.
+    A function of the step alone, so a resumed run continues the schedule where it stopped."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    done = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
 
 def _codes(batch: dict, shape: tuple[int, int]) -> np.ndarray:

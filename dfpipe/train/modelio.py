@@ -57,6 +57,8 @@ def load_model(model: storage.Folder | str, expected: str):
         raise ModelError(f"{model.uri} holds a {meta.get('architecture')!r} model, expected {expected!r}")
     state = load_state(model.read_bytes("model.pt"), model.join("model.pt"))
     net = build(meta)
+    if hasattr(net, "upgrade_state"):  # a model saved by an earlier version of its architecture
+        state = net.upgrade_state(state)
     net.load_state_dict(state)
     return net.eval(), meta
 
