@@ -1,7 +1,8 @@
 """Does the window classifier use the order of a window's frames? The held-out AUC of a trained model
 with each window's codes in order, reversed, shuffled, and without the LSTM at all.
 
-    python bench/time_order.py --run out/demo/run [--real ../shared/data] [--seed 0] [--workdir out/time-order] [--json]
+    python bench/time_order.py --run out/demo/run [--real ../shared/data] [--split test] [--seed 0]
+                               [--workdir out/time-order] [--json]
 
 The idea this project comes from assumes that fakes show distortions between adjacent frames, so a
 sequence model should read the order of the frames. For the classifier of a finished ``dfpipe run``
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a finished `dfpipe run` output (models/, segment/)")
     p.add_argument("--real", default=None, help="../shared/data: add the labelled real clips")
+    p.add_argument("--split", default="test", help="the held-out split scored (test; a run without one: val)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="out/time-order")
     p.add_argument("--json", action="store_true")
@@ -147,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     model, meta = modelio.load_model(model_dir, "window_classifier")
     shape = (meta["n_frames"], meta["code_dim"])
     train = windows(meta["embeddings_cache"], shape, "train")
-    held_out = windows(scoring_cache(os.path.join(args.run, "score")), shape, "test")
+    held_out = windows(scoring_cache(os.path.join(args.run, "score")), shape, args.split)
     result = {"run": args.run, "held_out": ablation(model, meta, train, held_out, args.seed)}
     lines = [
         "| data | case | videos | windows | video AUC | video accuracy | window AUC |",
         "|---|---|---:|---:|---:|---:|---:|",
-        *table("generated, held-out part", result["held_out"]),
+        *table(f"generated, {args.split} split", result["held_out"]),
     ]
     if args.real:
         data = real_footage_test(args.workdir, args.real)

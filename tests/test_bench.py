@@ -141,3 +141,24 @@ def test_sbi_bench_datasets_and_interval(tmp_path, bench):
     assert labels["634_real.mp4"] == "REAL" and labels["634_660_faceswap_fake.mp4"] == "FAKE"
     assert "awnfpubqmo.mp4" not in labels, "clips the metadata lists but that are absent are left out"
     assert all((Path(test) / r["filename"]).exists() for r in rows["test"])
+
+
+def test_time_order_bench_on_the_session_model(classifier_model, sample_dataset, tmp_path, bench):
+    """The order ablation on the chain's classifier: a run folder of its model and a score output of
+    the sample (the chain has no test split: its train split stands in)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(classifier_model, run / "models" / "classifier")
+    subprocess.run(
+        [sys.executable, "jobs/score.py", "--input", str(sample_dataset), "--model", str(run / "models" / "classifier"),
+         "--output", str(run / "score")],
+        cwd=ROOT, check=True, capture_output=True, timeout=600, env={**os.environ, "RAY_ADDRESS": ""},
+    )  # fmt: skip
+    report = run_bench(
+        str(bench / "time_order.py"), "--run", str(run), "--split", "train", "--workdir", str(tmp_path)
+    )
+    cases = report["held_out"]
+    assert list(cases) == ["in order", "reversed", "shuffled", "mean, no LSTM"]
+    assert len({c["windows"] for c in cases.values()}) == 1 and cases["in order"]["windows"] > 0
+    assert all(0 <= c["video_auc"] <= 1 for c in cases.values())

@@ -4,8 +4,10 @@ test noticed: a model that answers 0.5 to every video passes every plumbing test
 
 Each case generates its own demo-sized dataset (``make demo``'s generator and ``configs/demo.yaml``,
 with seeds neither the demo, the other tests nor ``bench/stability.py`` use) and runs ``dfpipe run``
-over it; the held-out part's videos must come out right (accuracy >= 0.95, log loss <= 0.2).
-``bench/stability.py`` reports the same figures over ten seeds.
+over it exactly as ``make demo`` does (its training seeds); the held-out part's videos must come out
+right (accuracy >= 0.95, log loss <= 0.2). Dataset 11 is the one on which the code of 2026-12-06
+answered about 0.5 to every video (held-out accuracy 0.50, log loss 0.69). ``bench/stability.py``
+reports the same figures over ten other seeds.
 """
 
 from __future__ import annotations
@@ -20,15 +22,22 @@ from dfpipe.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("seed", [31, 32])
+@pytest.mark.parametrize("seed", [11, 12])
 def test_the_demo_pipeline_learns_on_a_dataset_it_never_saw(seed, quality_gate, tmp_path, capsys):
     from dfpipe.sampledata.generate import SampleConfig, generate
 
     data = tmp_path / "data"
     generate(str(data), SampleConfig(videos=40, frames=40, parts=5, seed=seed))
     out = tmp_path / "run"
-    argv = ["run", "--input", str(data), "--output", str(out), "--config", str(ROOT / "configs" / "demo.yaml"),
-            f"train_embedder.seed={seed}", f"train_classifier.seed={seed}"]  # fmt: skip
+    argv = [
+        "run",
+        "--input",
+        str(data),
+        "--output",
+        str(out),
+        "--config",
+        str(ROOT / "configs" / "demo.yaml"),
+    ]
     assert main(argv) == 0, capsys.readouterr().err[-3000:]
     head = json.loads((out / "score" / "report" / "report.json").read_text())["headline"]
     embedder = json.loads((out / "models" / "embedder" / "model.json").read_text())["best_metrics"]
