@@ -35,6 +35,9 @@ def test_embedder_artefacts_resume_and_reload(embedder):
     assert [h["epoch"] for h in history] == list(range(epochs))
     (first,) = json.loads((embedder.parent / "first_invocation_metrics.json").read_text())["epochs"]
     assert history[0] == first, "the second invocation resumed after epoch 0 instead of training it again"
+    assert [p.name for p in (embedder / "_train").iterdir() if p.name != "input"] == ["embedder"], (
+        "its run name"
+    )
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
     assert all(0.0 <= h["val_auc"] <= 1.0 for h in history)
     assert (embedder / "curves.png").stat().st_size > 1000
@@ -563,17 +566,29 @@ def test_training_in_each_fakes_mode_runs_end_to_end_on_ray(
     assert modelio.load_model(storage.Folder(str(classifier)), "window_classifier")[0] is not None
 
 
-def test_the_classifier_trained_twice_with_one_seed_has_the_same_weights(
+def test_both_models_trained_twice_with_one_seed_have_the_same_weights(
     segmented_sample, embedder_model, extra_ray_train, tmp_path
 ):
     """Reproducible training: the same seed on the same machine gives the same weights, byte for byte,
-    with two Ray Train workers (each reads its own share of the windows, the same rows every run)."""
+    with two Ray Train workers: each reads its own share of its inputs, which keep their order
+    however the actors that made them finish."""
     import torch
 
+    def weights(name: str) -> dict:
+        return torch.load(tmp_path / name / "model.pt", weights_only=True)
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    for name in ("embedder-a", "embedder-b"):
+        args = ["train_embedder", "--input", str(segmented_sample), "--output", str(tmp_path / name)]
+        assert main([*args, *EMBEDDER_ARGS, "num_workers=2", "batch_size=4"]) == 0
+    assert same(weights("embedder-a"), weights("embedder-b"))
     options = [*CHAIN["train_classifier"], "num_workers=2"]
-    for name in ("a", "b"):
+    for name in ("classifier-a", "classifier-b"):
         assert main(classifier_args(segmented_sample, embedder_model, tmp_path / name, options)) == 0
-    a, b = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("a", "b"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    meta = [json.loads((tmp_path / name / "model.json").read_text()) for name in ("a", "b")]
+    assert same(weights("classifier-a"), weights("classifier-b"))
+    meta = [
+        json.loads((tmp_path / name / "model.json").read_text()) for name in ("classifier-a", "classifier-b")
+    ]
     assert meta[0]["temperature"] == meta[1]["temperature"] and meta[0]["offset"] == meta[1]["offset"]

@@ -19,7 +19,7 @@ from dfpipe import __version__, console, outputs, recipe, runner, storage
 from dfpipe import config as C
 from dfpipe import records as R
 from dfpipe.train import sbi
-from dfpipe.train.loops import SELECT_BY, epoch_line, metric_kind, plot_curves
+from dfpipe.train.loops import AUC_DECIMALS, SELECT_BY, epoch_line, metric_kind, plot_curves
 from dfpipe.train.modelio import save_model
 from dfpipe.train.sbi import SelfBlend
 
@@ -330,13 +330,18 @@ def kept_epoch(meta: dict, history: list[dict]) -> str:
     """Which epoch the model is, and why when it is not the last (epochs counted from 1, as the
     progress lines count them)."""
     by, kept, last = meta.get("selected_by", "val_loss"), int(meta["best_epoch"]), history[-1]
-    better = "highest" if SELECT_BY.get(by) == "max" else "lowest"
+    better = "highest" if SELECT_BY.get(by, ("min",))[0] == "max" else "lowest"
     value = meta["best_metrics"].get(by, float("nan"))
+    tie = SELECT_BY.get(by, ("min", None))[1]
     if kept == int(last["epoch"]):
         return f"kept the last epoch, {kept + 1} ({by} {value:.4g})"
+    why = f"its {by} {value:.4g} is the {better}"
+    if tie:
+        why += f" (to {AUC_DECIMALS} decimals; then the lowest {tie}, {meta['best_metrics'].get(tie, float('nan')):.4g})"
     return (
-        f"kept epoch {kept + 1} of {len(history)}: its {by} {value:.4g} is the {better}; the last epoch, "
-        f"{int(last['epoch']) + 1}, had {last.get(by, float('nan')):.4g}"
+        f"kept epoch {kept + 1} of {len(history)}: {why}; the last epoch, {int(last['epoch']) + 1}, had "
+        f"{by} {last.get(by, float('nan')):.4g}"
+        + (f", {tie} {last.get(tie, float('nan')):.4g}" if tie else "")
     )
 
 

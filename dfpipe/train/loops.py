@@ -378,21 +378,37 @@ def _fit(
             break
 
 
-# The metrics an epoch may be chosen by, and whether higher is better.
-SELECT_BY = {"val_loss": "min", "val_video_loss": "min", "val_auc": "max", "val_video_auc": "max"}
+# The metrics an epoch may be chosen by: whether higher is better, and the loss that breaks ties.
+SELECT_BY = {
+    "val_loss": ("min", None),
+    "val_video_loss": ("min", None),
+    "val_auc": ("max", "val_loss"),
+    "val_video_auc": ("max", "val_video_loss"),
+}
+AUC_DECIMALS = 2  # an AUC on a few hundred val items moves by about 0.01 from sampling alone
 
 
 def selection_score(metrics: dict, select_by: str) -> float:
     """One number per epoch, lower is better, that the runner keeps the best checkpoint by: the
-    metric ``select_by`` (negated where higher is better, a missing or NaN one last). An AUC is
-    compared to 4 decimals and equal ones go to the later epoch (further down the learning-rate
-    schedule); a loss is compared as it is."""
+    metric ``select_by`` (a missing or NaN one last). A loss is compared as it is. An AUC is compared
+    to ``AUC_DECIMALS`` decimals, the precision a val set of a few hundred items gives it (it
+    saturates at 1.0 early, on codes that barely separate); among equal ones, the lower tie-breaking
+    loss (the triplet loss on val: how tight the classes are), then the later epoch."""
     value = metrics.get(select_by)
     if value is None or value != value:
         return float("inf")
-    if SELECT_BY[select_by] == "min":
+    order, tie = SELECT_BY[select_by]
+    if order == "min":
         return float(value)
-    return -round(float(value), 4) - 1e-7 * int(metrics.get("epoch", 0))
+    step = 10.0**-AUC_DECIMALS
+    loss = metrics.get(tie) if tie else None
+    loss = 0.0 if loss is None or loss != loss else max(0.0, float(loss))
+    # Each term stays below the step of the one before it.
+    return (
+        -round(float(value), AUC_DECIMALS)
+        + 0.1 * step * loss / (1 + loss)
+        - 1e-9 * int(metrics.get("epoch", 0))
+    )
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
