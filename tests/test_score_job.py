@@ -382,7 +382,7 @@ def test_the_report_headline_is_what_the_model_never_learned_from():
         "window, all (train, val included)",
     ]
     assert rows[3:5] == [
-        "video, split val (chose the epoch and temperature)",
+        "video, split val (chose the epoch and calibration)",
         "video, split train (trained on)",
     ]
     report, rows = report_of([None] * 4)  # another dataset, a new dump: not `train`

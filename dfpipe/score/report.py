@@ -15,7 +15,7 @@ HEADLINE = ("n", "log_loss", "balanced_log_loss", "accuracy", "roc_auc", "averag
 UNSPLIT = "unsplit"  # videos the model never saw in training, validation or testing (a new dump)
 SPLIT_NOTES = {
     "test": "held out",
-    "val": "chose the epoch and temperature",
+    "val": "chose the epoch and calibration",
     "train": "trained on",
     UNSPLIT: "not in the model's data",
 }
