@@ -11,7 +11,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -186,8 +186,7 @@ def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
 
 
 def recalibrate_batchnorm(
-    model: torch.nn.Module,
-    batches,
+    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
 ) -> None:
     """BatchNorm statistics of the current weights: reset, then a cumulative average over
     ``batches`` of ``(x, y)`` in train mode (no gradients). Running averages of a few steps lag
