@@ -554,16 +554,22 @@ class TrainingInput:
         bounds = [total * k // n for k in range(n + 1)]
         if self.files is None:
             return self.dataset.split_at_indices(bounds[1:-1])
-        out = []
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            slices, offset = [], 0
-            for path, rows in self.files:
-                a, b = max(lo, offset), min(hi, offset + rows)
-                if a < b:
-                    slices.append({"path": path, "start": a - offset, "stop": b - offset})
-                offset += rows
-            out.append(_parquet_reader(slices, self.storage_options))
-        return out
+        return [
+            _parquet_reader(file_slices(self.files, lo, hi), self.storage_options)
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+
+
+def file_slices(files: list[tuple[str, int]], lo: int, hi: int) -> list[dict]:
+    """Rows ``lo`` to ``hi`` of Parquet ``files`` (``(path, rows)`` in order) as ``path``, ``start``,
+    ``stop`` ranges of the files they fall in."""
+    slices, offset = [], 0
+    for path, rows in files:
+        a, b = max(lo, offset), min(hi, offset + rows)
+        if a < b:
+            slices.append({"path": path, "start": a - offset, "stop": b - offset})
+        offset += rows
+    return slices
 
 
 def staged(ds, uri: str, storage_options=None) -> TrainingInput:
@@ -591,7 +597,7 @@ def staged(ds, uri: str, storage_options=None) -> TrainingInput:
     for f in sorted(f for f in storage.find(uri, storage_options) if f.endswith(".parquet")):
         fs, path = storage.arrow_filesystem(f, storage_options)
         files.append((f, pq.read_metadata(path, filesystem=fs).num_rows))  # a footer read per file
-    whole = [{"path": f, "start": 0, "stop": rows} for f, rows in files]
+    whole = file_slices(files, 0, sum(rows for _, rows in files))
     return TrainingInput(_parquet_reader(whole, storage_options), files, storage_options)
 
 

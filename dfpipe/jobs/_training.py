@@ -330,9 +330,9 @@ def kept_epoch(meta: dict, history: list[dict]) -> str:
     """Which epoch the model is, and why when it is not the last (epochs counted from 1, as the
     progress lines count them)."""
     by, kept, last = meta.get("selected_by", "val_loss"), int(meta["best_epoch"]), history[-1]
-    better = "highest" if SELECT_BY.get(by, ("min",))[0] == "max" else "lowest"
+    order, tie = SELECT_BY.get(by, ("min", None))
+    better = "highest" if order == "max" else "lowest"
     value = meta["best_metrics"].get(by, float("nan"))
-    tie = SELECT_BY.get(by, ("min", None))[1]
     if kept == int(last["epoch"]):
         return f"kept the last epoch, {kept + 1} ({by} {value:.4g})"
     why = f"its {by} {value:.4g} is the {better}"
