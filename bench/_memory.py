@@ -60,3 +60,14 @@ def rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set (VmHWM), in KiB. Not ``getrusage``'s ``ru_maxrss``: that
+    one survives ``exec``, so a child started by a large parent reports the parent's size as its
+    own peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0

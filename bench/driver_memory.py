@@ -8,7 +8,8 @@ made here, a manifest and config.json) and random-init models (an 80-px embedder
 the score job through the real code (segmentation, the embedding cache, classification, writing)
 on a local Ray with 2 CPUs, and reports
 
-  driver peak   the peak resident memory of the driver process alone (getrusage ru_maxrss)
+  driver peak   the peak resident memory of the driver process alone (VmHWM: getrusage's ru_maxrss
+                survives exec, and reported the parent's size, about 900 MiB, as every child's peak)
   driver idle   its resident memory after imports and ray.init, before the job: the fixed cost
   tree peak     the largest proportional set size (PSS: shared pages split between sharers) summed
                 over the driver and every process below it (Ray's GCS, raylet, workers, object
@@ -23,7 +24,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,7 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _memory import PeakMemory, rss_kib  # noqa: E402
+from _memory import PeakMemory, peak_rss_kib, rss_kib  # noqa: E402
 
 WINDOW = {"window_len": 4, "window_stride": 2}
 FACE_SIZE = 80
@@ -186,7 +186,7 @@ def child(data: str, model: str, out: str) -> dict:
         "videos": stats["videos"],
         "seconds": round(time.perf_counter() - started, 1),
         "driver_idle_mib": round(idle / 1024, 1),
-        "driver_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "driver_peak_mib": round(peak_rss_kib() / 1024, 1),
         "tree_peak_mib": round(tree.peak / 1024**2, 1),
     }
 

@@ -279,13 +279,51 @@ class _Where:
 
 
 def dataset_from_table(table: pa.Table, rows_per_block: int = 1):
-    """A Ray dataset of ``table`` cut into small blocks, so an actor pool can spread the rows."""
+    """A Ray dataset of ``table`` cut into small blocks, so an actor pool can spread the rows.
+
+    ``from_blocks`` describes the blocks here; ``from_arrow`` asks a task per block, and its driver
+    then kept about 50 KB a block, against 6-11 KB (``bench/scale.py``). Either way the cost lasts
+    as long as the dataset: for a table of one row per video use :func:`map_rows`, which gives Ray a
+    window at a time."""
     import ray
 
     n = table.num_rows
     rows_per_block = max(rows_per_block, math.ceil(n / 10_000))
     blocks = [table.slice(i, rows_per_block) for i in range(0, n, rows_per_block)] or [table]
-    return ray.data.from_arrow(blocks)
+    return ray.data.from_blocks(blocks)
+
+
+# Blocks in one window of :func:`map_rows`, at least (8 per actor where the pool is larger).
+WINDOW_BLOCKS = 4096
+
+
+def window_rows(stage, rows_per_block: int = 1) -> tuple[int, int]:
+    """The rows of one block and of one window when :func:`map_rows` runs ``stage``: a block is a
+    task's batch (or ``rows_per_block``, when larger); a window is ``WINDOW_BLOCKS`` blocks, or 8 per
+    actor of the pool where that is more, so each actor has work queued through a window."""
+    block = max(1, rows_per_block, stage.resources.batch_size)
+    return block, block * max(WINDOW_BLOCKS, 8 * pool_size(stage))
+
+
+def map_rows(table: pa.Table, stage, rows_per_block: int = 1) -> Iterator[pa.Table]:
+    """``stage`` over every row of ``table`` on an actor pool (:func:`map_stage`), its output
+    streamed back to the driver table by table.
+
+    The rows go to Ray a window at a time (:func:`window_rows`), each window a dataset of its own.
+    Ray Data's driver keeps some KB for each block of a dataset while the dataset lives, so one
+    dataset of a block per video grew the driver with the input (20-55 KB a video before: about
+    700 MB at 16k videos, 20-55 GB at a million). A window's share is freed before the next one
+    starts, so the driver holds one window whatever the input's size. Each window starts its actor
+    pool again: seconds (models loaded), against the hours of work in 4096 or more tasks.
+    """
+    if not table.num_rows:
+        return
+    block, window = window_rows(stage, rows_per_block)
+    for start in range(0, table.num_rows, window):
+        rows = table.slice(start, window)
+        ds = map_stage(dataset_from_table(rows, rows_per_block=block), stage, n_rows=rows.num_rows)
+        yield from iter_tables(ds)
+        del ds  # its blocks' bookkeeping goes before the next window's comes
 
 
 def iter_tables(ds) -> Iterator[pa.Table]:

@@ -9,7 +9,7 @@ rows); :func:`run_step` does it:
 3. read the keys already done from the marker folder (one column) and refuse rows made with other
    settings (:func:`dfpipe.config.refuse_other_settings`, exit 2);
 4. anti-join the rows to do on the key and write ``config.json``;
-5. map the stage over what is left (:func:`dfpipe.runner.map_stage`), each worker writing its
+5. map the stage over what is left (:func:`dfpipe.runner.map_rows`), each worker writing its
    batch's rows itself as one chunk named from the batch's keys (:func:`dfpipe.storage.chunk_name`),
    marker last, so a rerun overwrites instead of duplicating and nothing is half-done; only the
    marker rows (one small row per key) come back to the driver, for progress and sums;
@@ -175,9 +175,8 @@ def run_step(step: Step) -> StepRun:
         stage = step.stage() if isinstance(step.stage, Later) else step.stage
         if not step.marker_on_driver:
             stage = ChunkWriter(stage, step.folders, step.key, step.split, step.salt, opts)
-        blocks = runner.dataset_from_table(todo, rows_per_block=step.rows_per_block)
         progress = console.Progress(step.name, todo.num_rows, step.unit)
-        for table in runner.iter_tables(runner.map_stage(blocks, stage, n_rows=todo.num_rows)):
+        for table in runner.map_rows(todo, stage, rows_per_block=step.rows_per_block):
             for column in step.sums:
                 sums[column] += int(pc.sum(table.column(column)).as_py() or 0)
             if first_s is None:

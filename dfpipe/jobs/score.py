@@ -423,12 +423,8 @@ def refit_calibration(
     tables = []
     if labelled.num_rows:
         runner.ensure_ray(ray_address)
-        ds = runner.map_stage(
-            runner.dataset_from_table(labelled, rows_per_block=VIDEOS_PER_BATCH),
-            WindowLogitsStage(scorer),
-            n_rows=labelled.num_rows,
-        )
-        tables = [t for t in runner.iter_tables(ds) if t.num_rows]
+        stage = WindowLogitsStage(scorer)
+        tables = [t for t in runner.map_rows(labelled, stage, VIDEOS_PER_BATCH) if t.num_rows]
     logits = pa.concat_tables(tables) if tables else None
     if logits is not None:
         logits = logits.filter(pc.fill_null(logits.column("counted"), True))
