@@ -252,6 +252,9 @@ def read_parquet_dir(
     return empty.append_column(file_column, pa.array([], pa.string())) if file_column else empty
 
 
+COMPACT_TABLES = 32  # pending tables a ChunkedParquetWriter joins into one
+
+
 class ChunkedParquetWriter:
     """Buffers rows for one or more folders and writes them as Parquet chunks, each atomically.
 
@@ -282,7 +285,12 @@ class ChunkedParquetWriter:
     def add(self, **tables: pa.Table) -> None:
         for name, table in tables.items():
             if table.num_rows:
-                self.pending[name].append(table)
+                pending = self.pending[name]
+                pending.append(table)
+                if len(pending) >= COMPACT_TABLES:
+                    # Into one table of its own: each small table streamed from Ray holds buffers
+                    # (and object-store pages) of its own, tens of KB for a one-row manifest table.
+                    self.pending[name] = [pa.concat_tables(pending).combine_chunks()]
         self.n_pending += tables[self.marker].num_rows
         due = time.monotonic() - self.last_flush > self.flush_seconds
         if self.n_pending >= self.flush_rows or (self.n_pending and due):
