@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -165,11 +166,41 @@ def size(uri: str, options: StorageOptions | None = None) -> int:
 
 
 def find(uri: str, options: StorageOptions | None = None) -> list[str]:
-    """Every file below ``uri`` as a full URI, sorted, so listings are deterministic."""
+    """Every file below ``uri`` as a full URI, sorted, so listings are deterministic.
+
+    Nothing of the listing stays behind: s3fs caches every folder a listing walks for the life of
+    the process (about 1 KB a file: a GB on the driver for the catalog of a million videos), and a
+    file that a worker writes after that listing is then missing to this process's next look."""
     fs, path = filesystem(uri, options)
-    if not fs.exists(path):
-        return []
-    return sorted(with_protocol(uri, p) for p in fs.find(path))
+    try:
+        if not fs.exists(path):
+            return []
+        return sorted(with_protocol(uri, p) for p in fs.find(path))
+    finally:
+        _forget_listing(fs, path)
+
+
+def iter_files(uri: str, options: StorageOptions | None = None) -> Iterator[list[str]]:
+    """Every file below ``uri`` as a full URI, a folder at a time (sorted within it): for a
+    listing too large to hold as Python strings, such as the input of a million videos. What
+    fsspec caches of a folder is dropped as the walk leaves it."""
+    fs, path = filesystem(uri, options)
+    try:
+        if not fs.exists(path):
+            return
+        for root, _folders, files in fs.walk(path):
+            yield sorted(with_protocol(uri, posixpath.join(root, f)) for f in files)
+            getattr(fs, "dircache", {}).pop(root, None)
+    finally:
+        _forget_listing(fs, path)
+
+
+def _forget_listing(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Drop what fsspec cached of ``path``, its parents and every folder below it."""
+    fs.invalidate_cache(path)  # the folder and its parents
+    below = path.rstrip("/") + "/"
+    for key in [k for k in getattr(fs, "dircache", {}) if k.startswith(below)]:
+        fs.dircache.pop(key, None)
 
 
 def read_bytes(uri: str, options: StorageOptions | None = None) -> bytes:
@@ -223,6 +254,9 @@ def write_parquet(table: pa.Table, uri: str, options: StorageOptions | None = No
     write_bytes(uri, buf.getvalue(), options)
 
 
+READ_THREADS = 16  # files read_parquet_dir reads at once
+
+
 def read_parquet_dir(
     uri: str,
     columns: list[str] | None = None,
@@ -233,17 +267,26 @@ def read_parquet_dir(
     """All ``*.parquet`` files below ``uri`` as one table (empty table of ``schema`` when none),
     with ``file_column`` holding each row's file name when given.
 
-    For small tables (manifests, summaries); large ones go through Ray Data.
+    For small tables (manifests, summaries, the keys of a marker folder); large ones go through Ray
+    Data. The files are read ``READ_THREADS`` at a time: a marker folder holds a file per batch
+    (125k for the embedding cache of a million videos), read one after another at a GET's latency
+    each (``bench/marker_reads.py``).
     """
     files = [f for f in find(uri, options) if f.endswith(".parquet") and not _is_hidden(f)]
-    tables = []
-    for f in files:
+
+    def read(f: str) -> pa.Table:
         fs, path = filesystem(f, options)
         with fs.open(path, "rb") as fh:
             t = pq.read_table(fh, columns=columns, schema=schema)
         if file_column:
             t = t.append_column(file_column, pa.array([posixpath.basename(f)] * t.num_rows, pa.string()))
-        tables.append(t)
+        return t
+
+    if len(files) > 1:
+        with ThreadPoolExecutor(min(READ_THREADS, len(files)), thread_name_prefix="dfpipe-read") as pool:
+            tables = list(pool.map(read, files))  # in the files' order
+    else:
+        tables = [read(f) for f in files]
     if tables:
         return pa.concat_tables(tables, promote_options="default")
     if schema is None:

@@ -50,6 +50,19 @@ def test_storage_on_s3(bucket):
     assert type(fs).__name__ == "PyFileSystem" and path == "dfpipe-test/storage/a.json"
 
 
+def test_a_listing_keeps_nothing_once_it_returns(bucket):
+    """s3fs keeps every folder a listing walks in its cache for the process's life: the driver held
+    the input's whole listing (about 1 KB a video: a GB at a million) and every marker folder's,
+    and a file a worker wrote after the listing was missing to the driver's next look."""
+    folder = "s3://dfpipe-test/listing"
+    storage.write_json(folder + "/part/a.json", {})
+    assert storage.find(folder) == [folder + "/part/a.json"]
+    fs, path = storage.filesystem(folder)
+    assert not [k for k in fs.dircache if k.startswith(path)]
+    bucket.pipe("dfpipe-test/listing/part/b.json", b"{}")  # another client: a worker
+    assert storage.exists(folder + "/part/b.json")
+
+
 SRC, EXTRACTED = "s3://dfpipe-test/messy", "s3://dfpipe-test/extract-out"
 
 
