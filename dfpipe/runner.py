@@ -293,16 +293,20 @@ def dataset_from_table(table: pa.Table, rows_per_block: int = 1):
     return ray.data.from_blocks(blocks)
 
 
-# Blocks in one window of :func:`map_rows`, at least (8 per actor where the pool is larger).
-WINDOW_BLOCKS = 4096
+# Blocks in one window of :func:`map_rows`, at least (``WINDOW_TASKS_PER_ACTOR`` per actor where
+# the pool is larger). The driver holds about 12 KB a block of the window (extraction, one video a
+# block): 12 MB for 1,024, 380 MB for a pool of 1,000 GPUs. Each window starts its pool again.
+WINDOW_BLOCKS = 1024
+WINDOW_TASKS_PER_ACTOR = 32
 
 
 def window_rows(stage, rows_per_block: int = 1) -> tuple[int, int]:
     """The rows of one block and of one window when :func:`map_rows` runs ``stage``: a block is a
-    task's batch (or ``rows_per_block``, when larger); a window is ``WINDOW_BLOCKS`` blocks, or 8 per
-    actor of the pool where that is more, so each actor has work queued through a window."""
+    task's batch (or ``rows_per_block``, when larger); a window is ``WINDOW_BLOCKS`` blocks, or
+    ``WINDOW_TASKS_PER_ACTOR`` per actor of the pool where that is more, so that starting the pool
+    again (models loaded) is paid once per 32 tasks of each actor at most."""
     block = max(1, rows_per_block, stage.resources.batch_size)
-    return block, block * max(WINDOW_BLOCKS, 8 * pool_size(stage))
+    return block, block * max(WINDOW_BLOCKS, WINDOW_TASKS_PER_ACTOR * pool_size(stage))
 
 
 def map_rows(table: pa.Table, stage, rows_per_block: int = 1) -> Iterator[pa.Table]:
@@ -314,7 +318,7 @@ def map_rows(table: pa.Table, stage, rows_per_block: int = 1) -> Iterator[pa.Tab
     dataset of a block per video grew the driver with the input (20-55 KB a video before: about
     700 MB at 16k videos, 20-55 GB at a million). A window's share is freed before the next one
     starts, so the driver holds one window whatever the input's size. Each window starts its actor
-    pool again: seconds (models loaded), against the hours of work in 4096 or more tasks.
+    pool again: seconds (models loaded), against 32 tasks or more for each actor.
     """
     if not table.num_rows:
         return
