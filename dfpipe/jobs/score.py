@@ -207,22 +207,24 @@ def segment_config(
     return dataclasses.replace(seg, output=storage.join(output, f"segment-{digest}"))
 
 
-def model_splits(meta: dict, opts) -> dict[str, str]:
-    """video_id -> split of the videos the model was trained and validated on, or tested against:
-    its segmentation's summary. Empty (every scored video unsplit) when that output is gone."""
+def model_splits(meta: dict, opts) -> pa.Table:
+    """``video_id``, ``learned_split``: the split of each video the model was trained and validated
+    on, or tested against (its segmentation's summary), as Arrow columns to join on, never a Python
+    object per video. No rows (every scored video unsplit) when that output is gone."""
     uri = meta.get("segment", {}).get("uri")
+    table = None
     try:
-        table = (
-            outputs.read_summary(storage.Folder(uri, opts), columns=["video_id", "split"]) if uri else None
-        )
+        if uri:
+            table = outputs.read_summary(storage.Folder(uri, opts), columns=["video_id", "split"])
     except (OSError, ValueError) as exc:
         log.warning(
             "the model's segmentation %s cannot be read (%s): every video is reported unsplit", uri, exc
         )
-        table = None
     if table is None:
-        return {}
-    return dict(zip(table.column("video_id").to_pylist(), table.column("split").to_pylist(), strict=True))
+        return pa.table({"video_id": pa.array([], pa.string()), "learned_split": pa.array([], pa.string())})
+    return pa.table(
+        {"video_id": table.column("video_id"), "learned_split": table.column("split").cast(pa.string())}
+    )
 
 
 def run(cfg: ScoreConfig) -> dict:
@@ -407,8 +409,7 @@ def score_inputs(pending: pa.Table, segment: storage.Folder, cache: storage.Fold
     learned = model_splits(meta, segment.options)  # the model's segmentation, in the same storage
     todo = pending.select(list(VIDEO_COLUMNS)).join(summary, "video_id", join_type="left outer")
     todo = todo.join(codes, "video_id", join_type="left outer")
-    learned_split = [learned.get(v) for v in todo.column("video_id").to_pylist()]
-    return todo.append_column("learned_split", pa.array(learned_split, pa.string())).sort_by("chunk")
+    return todo.join(learned, "video_id", join_type="left outer").sort_by("chunk")
 
 
 def refit_calibration(
