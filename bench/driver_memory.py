@@ -122,8 +122,9 @@ def fabricate(root: str, videos: int, frames: int) -> str:
     return out
 
 
-def models(root: str) -> str:
-    """A classifier directory (with its embedder) of random-init weights and a matching recipe."""
+def models(root: str, extract: dict | None = None) -> str:
+    """A classifier directory (with its embedder) of random-init weights and a matching recipe:
+    extraction's defaults at ``face_size=FACE_SIZE``, and the options of ``extract``."""
     import torch
 
     from dfpipe import config as C
@@ -132,13 +133,16 @@ def models(root: str) -> str:
     from dfpipe.jobs import segment as segment_job
     from dfpipe.train import modelio
 
-    out = os.path.join(root, "model")
+    extract = extract or {}
+    out = os.path.join(root, "model" + "".join(f"-{k}{v}" for k, v in sorted(extract.items())))
     if os.path.exists(os.path.join(out, "model.json")):
         return out
     torch.manual_seed(0)
     embedder = {"architecture": "face_embedder", "code_dim": 128, "face_size": FACE_SIZE}
     modelio.save_model(os.path.join(out, "embedder"), modelio.build(embedder).state_dict(), embedder)
-    ext = C.to_dict(C.build(extract_job.ExtractConfig, {"input": "a", "output": "b", "face_size": FACE_SIZE}))
+    ext = C.to_dict(
+        C.build(extract_job.ExtractConfig, {"input": "a", "output": "b", "face_size": FACE_SIZE, **extract})
+    )
     seg = C.to_dict(C.build(segment_job.SegmentConfig, {"input": "a", "output": "b", **WINDOW}))
     classifier = {
         "architecture": "window_classifier",

@@ -162,3 +162,28 @@ def test_time_order_bench_on_the_session_model(classifier_model, sample_dataset,
     assert list(cases) == ["in order", "reversed", "shuffled", "mean, no LSTM"]
     assert len({c["windows"] for c in cases.values()}) == 1 and cases["in order"]["windows"] > 0
     assert all(0 <= c["video_auc"] <= 1 for c in cases.values())
+
+
+def test_scale_bench_tiny(tmp_path, bench):
+    report = run_bench(
+        str(bench / "scale.py"),
+        *("--sizes", "4,8", "--jobs", "extract,segment,score", "--workdir", str(tmp_path)),
+    )
+    assert report["sizes"] == [4, 8]
+    steps = report["steps"]
+    assert set(steps) == {"extract", "extract again", "segment", "segment again", "score", "score again"}
+    for step in steps.values():
+        assert step["driver_peak_ratio"] > 0 and set(step["runs"]) == {"4", "8"}
+        assert all(run["driver_peak_mib"] >= run["driver_idle_mib"] > 0 for run in step["runs"].values())
+    # Each video's face shard, the manifest, config.json and stats.json (4 and 8 videos: 1% new is one each).
+    assert steps["extract"]["runs"]["8"]["files"] == steps["extract again"]["runs"]["8"]["files"] == 7 + 3
+    # The steps did the work they are timed for: usable faces, windows, videos scored by the model
+    # (the bench's first runs had every face flagged small_face, and timed bookkeeping alone).
+    big = steps["extract"]["runs"]["8"]
+    assert big["frames_ok"] > 0 and steps["segment"]["runs"]["8"]["windows"] > 0
+    assert steps["score"]["runs"]["8"]["scored"] > 0 and steps["score again"]["runs"]["8"]["scored"] == 0
+
+
+def test_marker_reads_bench_tiny(bench):
+    report = run_bench(str(bench / "marker_reads.py"), "--files", "20")
+    assert report["files"] == 20 and set(report["seconds"]) == {"1", "16"}
