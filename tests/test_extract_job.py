@@ -277,8 +277,9 @@ def test_extraction_driver_memory_does_not_grow_with_the_videos(tmp_path):
 
     Measured here (KiB a video from N = 100 to 4N): one dataset of a block per video and every
     streamed manifest table held until a flush of 500 rows (a82edd3) 78; windows alone 56; windows
-    and the writer's pending tables joined every 32 (now) 20-32, what a first few hundred videos
-    cost (pools and arenas warming up): 1k -> 16k, bench/scale.py shows it flat."""
+    and the writer's pending tables joined every 32 (now) 20-32, mostly what a first few hundred
+    videos cost (pools and arenas warming up): from 1k to 16k videos bench/scale.py measures 3 KiB
+    a video (bench/README.md, "Scale")."""
     sys.path.insert(0, str(ROOT / "bench"))
     import scale
 
