@@ -350,45 +350,17 @@ def s3_requests(root: str, n: int, frames: int, model: str) -> dict:
         add_videos(local, clips(root, frames), 0, n)
         upload(local, "s3://bench/data", options)
         opts = [f"s3_endpoint_url={server.endpoint}"]
+        jobs = {
+            "extract": ["--input", "s3://bench/data", "--output", "s3://bench/extract", *EXTRACT_OPTIONS],
+            "score": ["--input", "s3://bench/extract", "--model", model, "--output", "s3://bench/score"],
+        }
         out = {}
-        before = server.counts()
-        run_child(
-            "extract (s3)",
-            {
-                "job": "extract",
-                "argv": [
-                    "--input",
-                    "s3://bench/data",
-                    "--output",
-                    "s3://bench/extract",
-                    *EXTRACT_OPTIONS,
-                    *opts,
-                ],
-            },
-            env,
-        )
-        after = server.counts()
-        out["extract"] = {k: round((after[k] - before[k]) / n, 3) for k in sorted(set(after) | set(before))}
-        before = after
-        run_child(
-            "score (s3)",
-            {
-                "job": "score",
-                "argv": [
-                    "--input",
-                    "s3://bench/extract",
-                    "--model",
-                    model,
-                    "--output",
-                    "s3://bench/score",
-                    "evaluate=false",
-                    *opts,
-                ],
-            },
-            env,
-        )
-        after = server.counts()
-        out["score"] = {k: round((after[k] - before[k]) / n, 3) for k in sorted(set(after) | set(before))}
+        for job, argv in jobs.items():
+            before = server.counts()
+            extra = ["evaluate=false"] if job == "score" else []
+            run_child(f"{job} (s3)", {"job": job, "argv": [*argv, *extra, *opts]}, env)
+            after = server.counts()
+            out[job] = {k: round((after[k] - before[k]) / n, 3) for k in sorted(set(after) | set(before))}
         return out
     finally:
         server.stop()
