@@ -156,12 +156,18 @@ class LocalCluster:
         self._started += 1
         name = f"worker{self._started}"
         self.scratch.mkdir(parents=True, exist_ok=True)
+        # A Ray temp folder of its own, as a machine has: with the head's, a joining node's runtime-env
+        # agent removed package folders that another node's new actors were importing from
+        # ("cannot import name 'records' from 'dfpipe'", issue 38).
+        node_tmp = self.tmp / name
+        node_tmp.mkdir()
         start = ["ray", "start", "--address", self.gcs_address, "--num-cpus", str(self.cpus),
-                 "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *self._ports()]  # fmt: skip
+                 "--node-ip-address", "127.0.0.1", "--temp-dir", str(node_tmp), "--disable-usage-stats",
+                 *self._ports()]  # fmt: skip
         script = 'mount -t tmpfs -o size=2g tmpfs "$0" && exec "$@"'
         self.sessions[name] = self._run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(self.scratch), *start],
-            self._node_env,
+            {**self._node_env, "RAY_TMPDIR": str(node_tmp)},
         )
         self.workers.append(name)
         return name
