@@ -282,11 +282,8 @@ def read_parquet_dir(
             t = t.append_column(file_column, pa.array([posixpath.basename(f)] * t.num_rows, pa.string()))
         return t
 
-    if len(files) > 1:
-        with ThreadPoolExecutor(min(READ_THREADS, len(files)), thread_name_prefix="dfpipe-read") as pool:
-            tables = list(pool.map(read, files))  # in the files' order
-    else:
-        tables = [read(f) for f in files]
+    with ThreadPoolExecutor(max(1, min(READ_THREADS, len(files))), thread_name_prefix="dfpipe-read") as pool:
+        tables = list(pool.map(read, files))  # in the files' order
     if tables:
         return pa.concat_tables(tables, promote_options="default")
     if schema is None:
