@@ -3,8 +3,10 @@ steps, the embedder resumed), and batches across two workers."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -617,3 +619,60 @@ def test_training_input_keeps_the_order_its_actors_were_given_on_one_machine(ray
     ds = ray.data.range(40, override_num_blocks=8).map_batches(_first_block_late, batch_size=None)
     got = runner.training_input(ds, str(tmp_path / "input")).dataset.take_all()
     assert [r["id"] for r in got] == list(range(40))
+
+
+def test_workers_resuming_on_one_node_each_read_the_whole_checkpoint(tmp_path):
+    """After a node is lost, the restarted workers can share a node, and each reads the checkpoint at
+    once. Read through Ray's ``as_directory``, they shared one download folder and a late one downloaded
+    again over the file another was reading: a truncated state, refused as damaged (CI, 2026-12-07)."""
+    import threading
+
+    import fsspec
+    import pyarrow.fs as pafs
+    import torch
+    from ray.train import Checkpoint
+
+    from dfpipe.runner import checkpoint_state
+
+    class SlowStore(pafs.FSSpecHandler):  # object storage: reads arrive in pieces, with latency
+        def open_input_stream(self, path):
+            data = self.fs.cat_file(path)
+
+            class Pieces:
+                closed, pos = False, 0
+
+                def read(self, n=-1):
+                    time.sleep(0.002)
+                    n = len(data) - self.pos if n is None or n < 0 else min(n, 256 * 1024)
+                    self.pos += n
+                    return data[self.pos - n : self.pos]
+
+                def close(self):
+                    self.closed = True
+
+            return pa.PythonFile(Pieces(), mode="r")
+
+    memory = fsspec.filesystem("memory")
+    state = {"model": {"w": torch.arange(2**20, dtype=torch.float32)}, "epoch": 3, "history": [{"epoch": 3}]}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    memory.pipe_file(f"/ckpt-{tmp_path.name}/state.pt", buf.getvalue())
+    checkpoint = Checkpoint(f"/ckpt-{tmp_path.name}", filesystem=pafs.PyFileSystem(SlowStore(memory)))
+
+    errors, epochs = [], []
+
+    def worker(delay: float) -> None:
+        time.sleep(delay)
+        for _ in range(4):
+            try:
+                epochs.append(int(checkpoint_state(checkpoint)["epoch"]))
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=worker, args=(0.01 * i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+    assert epochs == [3] * 16
