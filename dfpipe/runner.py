@@ -376,25 +376,35 @@ class RayTrainContext:
         return ray.train.torch.prepare_model(model)
 
     def latest_checkpoint(self):
+        """The state of the newest epoch saved in storage (:func:`saved_checkpoints`).
+
+        Not only Ray Train's own latest checkpoint: Ray records a checkpoint when its controller next
+        hears from the workers, so a worker lost just after an upload leaves a checkpoint in storage
+        that Ray never recorded, for an epoch the driver has already reported.
+        """
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        return None if checkpoint is None else checkpoint_state(checkpoint)
+        storage = ray.train.get_context().get_storage()
+        return newest_state(storage.storage_filesystem, storage.experiment_fs_path, ray.train.get_checkpoint())
 
     def report(self, metrics, state):
+        """Rank 0 saves ``state`` as a checkpoint; the epoch goes to the driver (console, TensorBoard,
+        history) only once that checkpoint is in storage and marked saved, so a reported epoch is never
+        trained again after a loss."""
         import tempfile
 
         import ray.train
         import torch
 
-        if self.rank == 0:
-            self._tell_driver(metrics)
         if state is None:
             ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, os.path.join(folder, "state.pt"))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(state, os.path.join(folder, "state.pt"))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            mark_saved(ray.train.get_checkpoint(), int(state["epoch"]))
+        if self.rank == 0:
+            self._tell_driver(metrics)
 
     def _tell_driver(self, metrics: dict) -> None:
         """Epoch metrics go to the driver, which prints them once (worker stdout is only logged)."""
@@ -419,7 +429,12 @@ class RayTrainContext:
 
 
 def checkpoint_state(checkpoint) -> dict:
-    """The training state a Ray Train checkpoint holds, read straight from its storage.
+    """The training state a Ray Train checkpoint holds (:func:`read_state`)."""
+    return read_state(checkpoint.filesystem, checkpoint.path)
+
+
+def read_state(fs, folder: str) -> dict:
+    """The training state in checkpoint ``folder`` of pyarrow filesystem ``fs``, read straight from storage.
 
     Not through ``Checkpoint.as_directory()``: that downloads into a temporary folder named after the
     checkpoint and shared by every process of the node, so a worker that arrives once another's
@@ -429,9 +444,58 @@ def checkpoint_state(checkpoint) -> dict:
     """
     from dfpipe.train.modelio import load_state
 
-    path = f"{checkpoint.path.rstrip('/')}/state.pt"
-    with checkpoint.filesystem.open_input_stream(path) as f:
+    path = f"{folder.rstrip('/')}/state.pt"
+    with fs.open_input_stream(path) as f:
         return load_state(f.read(), f"checkpoint {path}")
+
+
+SAVED = "dfpipe_saved.json"  # in a checkpoint folder once its state is wholly in storage
+
+
+def mark_saved(checkpoint, epoch: int) -> None:
+    """Mark a checkpoint Ray Train has uploaded as whole (``state.pt`` is written before this)."""
+    import json
+
+    with checkpoint.filesystem.open_output_stream(f"{checkpoint.path.rstrip('/')}/{SAVED}") as f:
+        f.write(json.dumps({"epoch": epoch}).encode())
+
+
+def saved_checkpoints(fs, experiment: str) -> list[tuple[int, str]]:
+    """``(epoch, path)`` of each checkpoint folder under a Ray Train run's folder marked saved, newest first."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    saved = []
+    for info in fs.get_file_info(pafs.FileSelector(experiment, allow_not_found=True)):
+        if info.type != pafs.FileType.Directory:
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{SAVED}") as f:
+                saved.append((int(json.loads(f.read())["epoch"]), info.path))
+        except (FileNotFoundError, OSError, ValueError, KeyError):
+            continue  # not a checkpoint, or one whose upload never finished
+    return sorted(saved, reverse=True)
+
+
+def newest_state(fs, experiment: str, recorded=None) -> dict | None:
+    """The training state of the latest epoch saved under ``experiment`` (a Ray Train run's folder on
+    ``fs``), or in the checkpoint Ray Train ``recorded`` if that one is newer (Ray may record a
+    checkpoint whose worker was lost before it marked it). A saved one that cannot be read (deleted
+    under us, damaged) is passed over for the next older one."""
+    from dfpipe.train.modelio import ModelError
+
+    saved = saved_checkpoints(fs, experiment)
+    fallback = None
+    if recorded is not None and recorded.path.rstrip("/") not in {path for _, path in saved}:
+        fallback = checkpoint_state(recorded)
+        saved = [(epoch, path) for epoch, path in saved if epoch > int(fallback["epoch"])]
+    for epoch, path in saved:
+        try:
+            return read_state(fs, path)
+        except (OSError, ModelError) as exc:
+            log.warning("checkpoint %s (epoch %d) cannot be read, trying an older one: %s", path, epoch, exc)
+    return fallback
 
 
 def worker_dataset(name: str, rank: int) -> str:

@@ -217,6 +217,13 @@ def checkpoint_of(s3, uri: str):
     return listed(s3, uri + "/_train/*/checkpoint_manager_snapshot.json")
 
 
+def saved_checkpoint_of(s3, uri: str):
+    """A checkpoint marked saved (:func:`dfpipe.runner.mark_saved`), the moment its epoch is reported."""
+    from dfpipe.runner import SAVED
+
+    return listed(s3, f"{uri}/_train/*/*/{SAVED}")
+
+
 def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
     local_cluster, sample_dataset, s3, job_env
 ):
@@ -236,7 +243,9 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
     losses = [
         Loss("extract", actor, parquet_under(s3, f"{run}/extract"), "== pipeline step: extract =="),
         Loss("segment", actor, None, "== pipeline step: segment =="),
-        Loss("train_embedder", "RayTrainWorker", checkpoint_of(s3, f"{run}/models/embedder"),
+        # The moment epoch 1's checkpoint is saved, which is the moment the driver is told of it,
+        # before Ray Train may have recorded it: the resume must still start after epoch 1.
+        Loss("train_embedder", "RayTrainWorker", saved_checkpoint_of(s3, f"{run}/models/embedder"),
              "== pipeline step: train_embedder =="),
         Loss("train_classifier", "RayTrainWorker", checkpoint_of(s3, f"{run}/models/classifier"),
              "== pipeline step: train_classifier =="),
@@ -260,7 +269,9 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
     for model in ("embedder", "classifier"):
         epochs = [e["epoch"] for e in read_json(f"{run}/models/{model}/metrics.json", opts)["epochs"]]
         assert epochs == [0, 1], f"{model}: every epoch once, in order: {epochs}"
+    assert "train_embedder: resuming from the checkpoint of epoch 0" in logs, logs[-5000:]
     assert logs.count("resuming from the checkpoint of epoch") == 2, logs[-5000:]
+    assert "no checkpoint yet" not in logs, logs[-5000:]
     assert read_json(f"{run}/score/report/report.json", opts)
 
     # rescore of a dump (its extraction and scoring), a node lost while it extracts; then again: nothing new

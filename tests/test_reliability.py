@@ -291,32 +291,71 @@ def test_secrets_never_reach_logs_configs_or_outputs(
                 assert SENTINEL.encode() not in p.read_bytes(), p
 
 
-def test_training_killed_mid_run_resumes_from_its_checkpoint(segmented_sample, tmp_path, job_process):
-    """SIGKILL a training job (driver, Ray and workers) once it has a checkpoint; the rerun resumes.
-
-    A checkpoint counts once Ray Train has recorded it (its manager snapshot); a kill before that
-    is a kill before the first checkpoint, and the rerun rightly starts over."""
+def test_a_reported_epoch_is_never_trained_again_after_a_kill(segmented_sample, tmp_path, job_process):
+    """Durable before it is said. SIGKILL the training workers the moment the driver reports epoch 1
+    (the epoch line of its log, the progress line's source): the restarted workers resume after epoch 0.
+    Then SIGKILL the whole job (driver, Ray, workers) the moment it reports epoch 2: the rerun resumes
+    after epoch 1. Each epoch is
+    trained once and in the history once. (With the line printed before its checkpoint was saved,
+    the first kill restarted from epoch 0 every time.)"""
     from conftest import EMBEDDER_ARGS
 
     out = tmp_path / "embedder"
     cmd = [sys.executable, str(ROOT / "jobs" / "train_embedder.py"), "--input", str(segmented_sample)]
-    cmd += ["--output", str(out), *EMBEDDER_ARGS, "epochs=3"]
+    cmd += ["--output", str(out), *EMBEDDER_ARGS, "epochs=3", "max_failures=1"]
     env = job_process
     proc = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*cmd, "--verbose"], env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    shown, workers_killed = [], []
     try:
-        assert wait_for(
-            lambda: any(out.glob("_train/*/checkpoint_manager_snapshot.json")), timeout=300, every=0.2
-        )
+        for line in proc.stdout:
+            shown.append(line)
+            if "train_embedder: epoch 1:" in line and not workers_killed:
+                workers_killed = kill_processes_titled("RayTrainWorker", under=proc.pid)
+            if "train_embedder: epoch 2:" in line:
+                break
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    first = "".join(shown)
+    assert workers_killed, f"no training worker to kill after the first epoch line:\n{first[-3000:]}"
+    assert "no checkpoint yet" not in first, "epoch 1 was reported before it was saved:\n" + first[-3000:]
+    assert "resuming from the checkpoint of epoch 0" in first, first[-3000:]
+    assert "train_embedder: epoch 2:" in first, first[-3000:]
     assert not (out / "model.json").exists(), "training finished before it was killed; nothing was tested"
+
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resuming from the checkpoint of epoch" in rerun.stdout + rerun.stderr
+    assert "resuming from the checkpoint of epoch 1" in rerun.stdout + rerun.stderr, rerun.stdout[-3000:]
     assert json.loads((out / "model.json").read_text())["epochs_trained"] == 3
+    history = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in history] == [0, 1, 2], history
+
+
+def kill_processes_titled(title: str, under: int) -> list[int]:
+    """SIGKILL the processes below process ``under`` whose title (a Ray worker's) holds ``title``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    below, todo = [], list(children.get(under, []))
+    while todo:
+        pid = todo.pop()
+        below.append(pid)
+        todo += children.get(pid, [])
+    killed = []
+    for pid in below:
+        try:
+            if title in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
 
 
 # A job process whose daemon threads are inside pyarrow scans when it exits, as Ray Data's

@@ -676,3 +676,39 @@ def test_workers_resuming_on_one_node_each_read_the_whole_checkpoint(tmp_path):
         thread.join()
     assert not errors, errors[:3]
     assert epochs == [3] * 16
+
+
+def test_training_resumes_from_the_newest_checkpoint_saved_in_storage(tmp_path):
+    """Ray Train records a checkpoint when its controller next hears from the workers; a worker lost just
+    after its upload leaves a saved checkpoint Ray never recorded, of an epoch already reported. The
+    resume takes the newest saved one; one whose state cannot be read is passed over; one never
+    marked saved (its upload cut short) is not taken, unless it is what Ray recorded."""
+    import pyarrow.fs as pafs
+    import torch
+    from ray.train import Checkpoint
+
+    from dfpipe.runner import mark_saved, newest_state, saved_checkpoints
+
+    fs, run = pafs.LocalFileSystem(), tmp_path / "run"
+
+    def checkpoint(name: str, epoch: int, marked: bool = True, damaged: bool = False) -> Checkpoint:
+        (run / name).mkdir(parents=True)
+        buf = io.BytesIO()
+        torch.save({"epoch": epoch, "history": [{"epoch": e} for e in range(epoch + 1)]}, buf)
+        (run / name / "state.pt").write_bytes(buf.getvalue()[: 40 if damaged else None])
+        saved = Checkpoint(str(run / name), filesystem=fs)
+        if marked:
+            mark_saved(saved, epoch)
+        return saved
+
+    assert newest_state(fs, str(run)) is None
+    first = checkpoint("checkpoint_a", 0)
+    assert newest_state(fs, str(run), recorded=None)["epoch"] == 0
+    checkpoint("checkpoint_b", 1)  # saved and reported, never recorded by Ray
+    assert newest_state(fs, str(run), recorded=first)["epoch"] == 1
+    checkpoint("checkpoint_c", 2, damaged=True)
+    assert [e for e, _ in saved_checkpoints(fs, str(run))] == [2, 1, 0]
+    assert newest_state(fs, str(run), recorded=first)["epoch"] == 1
+    partial = checkpoint("checkpoint_d", 3, marked=False)
+    assert newest_state(fs, str(run), recorded=first)["epoch"] == 1
+    assert newest_state(fs, str(run), recorded=partial)["epoch"] == 3  # recorded by Ray: whole
