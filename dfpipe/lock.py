@@ -39,6 +39,39 @@ def _holder() -> dict:
     }
 
 
+def _holder_gone(holder: dict) -> str | None:
+    """Why the run that holds a lock is provably gone, or None: it ran on this machine, and its process
+    has ended, or its pid now belongs to a process started after the lock was taken. A holder on
+    another machine (a head node lost, say) cannot be seen from here: its heartbeat must go stale."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return None
+    started = _process_start(pid)
+    if started is None:
+        return f"pid {pid} on this machine, has ended"
+    if started > float(holder.get("since", 0)) + 1:
+        return f"pid {pid} on this machine, has ended (the pid is another process's now)"
+    return None
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None if there is no such process."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        boot = next(float(x.split()[1]) for x in open("/proc/stat") if x.startswith("btime"))
+    except FileNotFoundError:
+        return None
+    except (OSError, StopIteration, IndexError, ValueError):  # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0.0
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
 def _last_beat(holder: dict) -> float:
     return float(holder.get("beat", holder.get("since", 0)))
 
@@ -52,13 +85,20 @@ def run_lock(uri: str, options: storage.StorageOptions | None = None, stale_afte
         except (ValueError, OSError):
             other = {"since": 0}
         age = time.time() - _last_beat(other)
-        if age < stale_after_s:
+        gone = _holder_gone(other)
+        if age < stale_after_s and not gone:
             held = time.time() - float(other.get("since", 0))
             raise LockHeld(
                 f"{uri} is held by {other.get('host')} pid {other.get('pid')} for {held:.0f} s "
-                f"(last heartbeat {age:.0f} s ago)"
+                f"(last heartbeat {age:.0f} s ago). If that run is gone (its machine lost, the head "
+                f"node with it), the lock is taken over once its heartbeat is stale_lock_s="
+                f"{stale_after_s:.0f} s old, in {stale_after_s - age:.0f} s; to take it over now, "
+                f"rerun with stale_lock_s={max(1, int(age))}"
             )
-        log.warning("taking over a stale lock %s (no heartbeat for %.0f s)", uri, age)
+        if gone:
+            log.warning("taking over lock %s: its holder, %s", uri, gone)
+        else:
+            log.warning("taking over a stale lock %s (no heartbeat for %.0f s)", uri, age)
         storage.delete(uri, options)
     if storage.is_local(uri):
         path = storage.strip_protocol(uri)

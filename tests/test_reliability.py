@@ -440,3 +440,36 @@ def test_a_held_lock_is_refreshed_and_only_a_really_stale_one_is_taken_over(tmp_
         with run_lock(uri, stale_after_s=30.0) as me:
             assert json.loads(Path(uri).read_text())["token"] == me["token"]
     assert "taking over a stale lock" in caplog.text
+
+
+def test_a_lock_whose_holder_is_provably_gone_is_taken_over_at_once(tmp_path, caplog):
+    """A run killed with its machine's processes (the head node lost, the driver with it) leaves its lock
+    with a fresh heartbeat. A holder that ran on this machine and whose process has ended is taken over
+    at once; one elsewhere cannot be seen, and the refusal says when it will be taken over and how to
+    take it over now."""
+    import socket
+    import time
+
+    from dfpipe.lock import LockHeld, run_lock
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    uri = str(tmp_path / "rescore.lock")
+    now = time.time()
+    holder = {"host": socket.gethostname(), "pid": ended.pid, "since": now - 5, "beat": now, "token": "x"}
+    Path(uri).write_text(json.dumps(holder))
+    with caplog.at_level("WARNING", logger="dfpipe.lock"):
+        with run_lock(uri, stale_after_s=3600) as me:
+            assert json.loads(Path(uri).read_text())["token"] == me["token"]
+    assert f"pid {ended.pid} on this machine, has ended" in caplog.text
+
+    alive = {**holder, "pid": os.getppid()}  # a process of this machine that runs on: held
+    Path(uri).write_text(json.dumps(alive))
+    with pytest.raises(LockHeld, match="last heartbeat"):
+        with run_lock(uri, stale_after_s=3600):
+            pass
+    elsewhere = {**holder, "host": "a-lost-head-node", "beat": now - 120}
+    Path(uri).write_text(json.dumps(elsewhere))
+    with pytest.raises(LockHeld, match=r"in 3[34]\d\d s; to take it over now, rerun with stale_lock_s=1[12]\d"):
+        with run_lock(uri, stale_after_s=3600):
+            pass
