@@ -127,22 +127,18 @@ class LocalCluster:
         for flag in NODE_PORTS:
             args += [f"--{flag}", str(free_port())]
         # Worker ports below Linux's ephemeral range (32768-60999), where free_port()'s picks lie, a
-        # range of 100 a node (12 nodes a cluster: replacements included): they collide neither with
+        # range of 100 a node (16 nodes a cluster: replacements and new heads included): they collide neither with
         # the ports above nor with another node's.
-        if self._next == 12:
-            raise RuntimeError("a LocalCluster starts at most 12 nodes (its worker port ranges)")
-        base = 20000 + ((int(self.id, 16) % 10) * 12 + self._next) * 100
+        if self._next == 16:
+            raise RuntimeError("a LocalCluster starts at most 16 nodes (its worker port ranges)")
+        base = 20000 + ((int(self.id, 16) % 8) * 16 + self._next) * 100
         self._next += 1
         return [*args, "--min-worker-port", str(base), "--max-worker-port", str(base + 99)]
 
     # -- starting and stopping ----------------------------------------------------------------------
     def start(self, timeout: float = 180.0) -> LocalCluster:
-        head = ["ray", "start", "--head", "--num-cpus", "0", "--node-ip-address", "127.0.0.1",
-                "--port", str(self.gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard),
-                "--ray-client-server-port", str(free_port()), "--include-dashboard=true",
-                "--disable-usage-stats", *self._ports()]  # fmt: skip
         try:
-            self.sessions["head"] = self._run(head, self._node_env)
+            self._start_head()
             for _ in range(self.n_workers):
                 self.add_worker()
             self.wait_for_nodes(1 + self.n_workers, timeout)
@@ -212,6 +208,32 @@ class LocalCluster:
         ``workers``; ``add_worker`` brings a replacement, as an autoscaler would."""
         self.workers.remove(node)
         return kill_sessions([self.sessions[node]], (signal.SIGKILL,))
+
+    def lose_head(self) -> int:
+        """SIGKILL every process of the head (GCS, dashboard, job supervisors, the jobs' drivers): the count
+        killed. Without GCS fault tolerance a worker node's raylet ends once it cannot reach the GCS
+        (``gcs_rpc_server_reconnect_timeout_s``, 60 s), and a new GCS is another cluster to it, so the
+        worker nodes are lost too: they are killed here at once rather than a minute later."""
+        killed = kill_sessions([self.sessions.pop("head")], (signal.SIGKILL,))
+        for node in list(self.workers):
+            killed += self.kill_node(node)
+        return killed
+
+    def restart(self, timeout: float = 180.0) -> LocalCluster:
+        """A new head at the same address and new worker nodes joining it, as a cluster's head pod and
+        autoscaler bring them back after a head is lost."""
+        self._start_head()
+        for _ in range(self.n_workers):
+            self.add_worker()
+        self.wait_for_nodes(1 + self.n_workers, timeout)
+        return self
+
+    def _start_head(self) -> None:
+        head = ["ray", "start", "--head", "--num-cpus", "0", "--node-ip-address", "127.0.0.1",
+                "--port", str(self.gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard),
+                "--ray-client-server-port", str(free_port()), "--include-dashboard=true",
+                "--disable-usage-stats", *self._ports()]  # fmt: skip
+        self.sessions["head"] = self._run(head, self._node_env)
 
     def stop(self) -> None:
         kill_sessions(list(self.sessions.values()))

@@ -304,3 +304,82 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
             f"the step ended {lost.killed['step_left_s']} s later"
         )
     print(f"NODE LOSS pipeline with {len(losses)} node losses: {took:.0f} s")
+
+
+# -- the head node lost -----------------------------------------------------------------------------------
+
+
+def wait_until(ready, cluster, job_id: str, what: str, timeout: float = 600) -> None:
+    """Until ``ready()`` holds while job ``job_id`` still runs (a job that ended first tested nothing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        status = cluster.job_status(job_id)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            raise AssertionError(f"job {job_id} {status} before {what}:\n{cluster.job_logs(job_id)[-3000:]}")
+        time.sleep(0.3)
+    raise TimeoutError(f"no {what} after {timeout:.0f} s:\n{cluster.job_logs(job_id)[-3000:]}")
+
+
+def test_the_pipeline_and_rescore_survive_the_head_lost_then_the_same_submit(local_cluster, sample_dataset, s3, job_env):
+    """The head (GCS, dashboard, the job's driver) SIGKILLed in the middle of extraction, then in the
+    middle of the embedder's training once an epoch is saved, then while rescore holds its lock; each
+    time a new head starts at the same address, new worker nodes join it, and the same `ray job submit`
+    runs again. Every video is in each manifest once, `dfpipe check` is clean, the training resumes
+    from its checkpoint in storage with every epoch once in its history, and rescore's lock, left by
+    a driver that is provably gone, is taken over at once."""
+    from dfpipe.extract.catalog import build_catalog
+    from dfpipe.invariants import check_output
+    from dfpipe.jobs.rescore import dump_output
+    from dfpipe.outputs import read_manifest, read_scores
+    from dfpipe.storage import Folder, StorageOptions, read_json
+
+    data, run, rescore = (f"s3://{BUCKET}/head-{name}" for name in ("data", "run", "rescore"))
+    s3.put(str(sample_dataset), data.removeprefix("s3://"), recursive=True)
+    dump = f"{data}/dfdc_train_part_1"
+    pipeline = ("python", "jobs/run.py", "--input", data, "--output", run, *PIPELINE_OPTIONS)
+    rescoring = ("python", "jobs/rescore.py", "--input", dump, "--model", f"{run}/models/classifier", "--output", rescore)
+    kills = [
+        ("extract", pipeline, parquet_under(s3, f"{run}/extract")),
+        ("train_embedder", pipeline, saved_checkpoint_of(s3, f"{run}/models/embedder")),
+        ("rescore", rescoring, listed(s3, f"{rescore}/**/*.parquet")),
+    ]
+    timings = []
+    for step, argv, ready in kills:
+        if step == "rescore":  # the pipeline, run to its end once more, gives rescore its model
+            done = local_cluster.submit(*pipeline, env_vars=job_env)
+            assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+            pipeline_logs = done.stdout + done.stderr
+        job_id = f"head-loss-{step}"
+        accepted = local_cluster.submit(*argv, env_vars=job_env, job_id=job_id)
+        assert accepted.returncode == 0, (accepted.stdout + accepted.stderr)[-3000:]
+        wait_until(ready, local_cluster, job_id, f"work of {step} in storage")
+        if step == "rescore":
+            s3.invalidate_cache()
+            assert s3.exists(f"{rescore}/rescore.lock".removeprefix("s3://")), "killed while it holds its lock"
+        started = time.monotonic()
+        killed = local_cluster.lose_head()
+        local_cluster.restart()
+        timings.append((step, killed, round(time.monotonic() - started, 1)))
+
+    again = local_cluster.submit(*rescoring, env_vars=job_env)
+    rescore_logs = again.stdout + again.stderr
+    assert again.returncode == 0, rescore_logs[-3000:]
+    assert "another run is in progress" not in rescore_logs, rescore_logs[-3000:]
+
+    opts = StorageOptions(endpoint_url=job_env["AWS_ENDPOINT_URL_S3"])
+    for root in (run, rescore):
+        report = check_output(root, opts)
+        assert report.ok, report.format()
+    manifest = read_manifest(Folder(f"{run}/extract", opts)).to_pandas()
+    assert len(manifest) == build_catalog(str(sample_dataset)).num_rows and manifest.video_id.is_unique
+    assert "train_embedder: resuming from the checkpoint of epoch 0" in pipeline_logs, pipeline_logs[-5000:]
+    assert "no checkpoint yet" not in pipeline_logs, pipeline_logs[-5000:]
+    for model in ("embedder", "classifier"):
+        epochs = [e["epoch"] for e in read_json(f"{run}/models/{model}/metrics.json", opts)["epochs"]]
+        assert epochs == [0, 1], f"{model}: every epoch once, in order: {epochs}"
+    scores = read_scores(dump_output(Folder(rescore, opts), dump)).to_pandas()
+    assert len(scores) == len(s3.glob(dump.removeprefix("s3://") + "/*.mp4")) and scores.video_id.is_unique
+    for step, killed, took in timings:  # for the notes: each head loss and how long the cluster took back
+        print(f"HEAD LOSS {step}: {killed} processes killed; a new head and 2 worker nodes in {took} s")
