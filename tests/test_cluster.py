@@ -157,9 +157,13 @@ class Loss:
         return f"-- {self.step} took" if self.banner else None
 
 
-def lose_nodes(cluster, job_id: str, losses: list[Loss], timeout: float = 900) -> str:
+def lose_nodes(cluster, job_id: str, losses: list[Loss], timeout: float = 900, head: Loss | None = None) -> str:
     """Follow a submitted job; in each of ``losses``, in order, SIGKILL the worker node running the
-    step's work and start a replacement (as an autoscaler would). Returns the job's log once it ends."""
+    step's work and start a replacement (as an autoscaler would). Returns the job's log once it ends.
+
+    With ``head``, once every loss is done and ``head`` is ready, SIGKILL the head instead (GCS,
+    dashboard, this job's driver; the worker nodes with it), start a new head and new worker nodes
+    at the same address (:meth:`LocalCluster.restart`), and return the job's log until then."""
     pending = list(losses)
     joining: list[threading.Thread] = []
     deadline = time.monotonic() + timeout
@@ -176,6 +180,13 @@ def lose_nodes(cluster, job_id: str, losses: list[Loss], timeout: float = 900) -
                 lost.killed["step_left_s"] = round(time.monotonic() - lost.killed["at"], 1)
         if over:
             break
+        if head and not pending and (head.banner is None or head.banner in logs) and head.ready():
+            for thread in joining:
+                thread.join(timeout=180)
+            head.killed = {"node": "head", "at": time.monotonic(), "processes": cluster.lose_head()}
+            cluster.restart()
+            head.killed["step_left_s"] = round(time.monotonic() - head.killed["at"], 1)  # the restart
+            return logs
         loss = pending[0] if pending else None
         if loss and (loss.banner is None or loss.banner in logs) and (loss.ready is None or loss.ready()):
             node = cluster.node_running(loss.title)
@@ -192,6 +203,7 @@ def lose_nodes(cluster, job_id: str, losses: list[Loss], timeout: float = 900) -
     for thread in joining:
         thread.join(timeout=180)
     assert status == "SUCCEEDED", f"job {job_id} {status}:\n{logs[-5000:]}"
+    assert head is None, f"job {job_id} ended before the head was lost in {head.step}:\n{logs[-3000:]}"
     missed = [loss.step for loss in losses if not loss.killed]
     assert not missed, f"no node was killed during {missed}: the step ended first\n{logs[-3000:]}"
     return logs
@@ -224,13 +236,20 @@ def saved_checkpoint_of(s3, uri: str):
     return listed(s3, f"{uri}/_train/*/*/{SAVED}")
 
 
-def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
+def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step_and_the_head_lost(
     local_cluster, sample_dataset, s3, job_env
 ):
-    """`run` and `rescore` through `ray job submit`, all data on S3, the drivers on the head: in each
-    step a worker node is killed (every process, SIGKILL) while it does the step's work, and a
-    replacement joins. Each job finishes, `dfpipe check` finds nothing lost or doubled, and each
-    training resumed from its checkpoint with every epoch once in its history."""
+    """`run` and `rescore` through `ray job submit`, all data on S3, the drivers on the head.
+
+    In each step a worker node is killed (every process, SIGKILL) while it does the step's work, and a
+    replacement joins; in the embedder's training the moment epoch 0 is saved (the moment the driver
+    says so). The head (GCS, dashboard, the driver) is killed in the classifier's training once it has
+    saved an epoch, and in rescore's extraction while rescore holds its lock: each time a new head
+    starts at the same address, new worker nodes join it, and the same `ray job submit` runs again.
+
+    Each job finishes, `dfpipe check` finds nothing lost or doubled, every video is in each manifest
+    once, each training resumed from its checkpoint with every epoch once in its history, and the
+    rescore lock left by the lost driver is taken over at once (its process is provably gone)."""
     from dfpipe.extract.catalog import build_catalog
     from dfpipe.invariants import check_output
     from dfpipe.jobs.rescore import dump_output
@@ -240,24 +259,33 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
     data, run = f"s3://{BUCKET}/data", f"s3://{BUCKET}/run"
     s3.put(str(sample_dataset), data.removeprefix("s3://"), recursive=True)
     actor = "_StageActor"  # the title of the actor pool's processes in each Ray Data step
+
+    def banner(step: str) -> str:
+        return f"== pipeline step: {step} =="
+
     losses = [
-        Loss("extract", actor, parquet_under(s3, f"{run}/extract"), "== pipeline step: extract =="),
-        Loss("segment", actor, None, "== pipeline step: segment =="),
-        # The moment epoch 1's checkpoint is saved, which is the moment the driver is told of it,
-        # before Ray Train may have recorded it: the resume must still start after epoch 1.
+        Loss("extract", actor, parquet_under(s3, f"{run}/extract"), banner("extract")),
+        Loss("segment", actor, None, banner("segment")),
+        # The moment epoch 0's checkpoint is saved, which is the moment the driver is told of it,
+        # before Ray Train may have recorded it: the resume must still start after epoch 0.
         Loss("train_embedder", "RayTrainWorker", saved_checkpoint_of(s3, f"{run}/models/embedder"),
-             "== pipeline step: train_embedder =="),
-        Loss("train_classifier", "RayTrainWorker", checkpoint_of(s3, f"{run}/models/classifier"),
-             "== pipeline step: train_classifier =="),
-        Loss("score", actor, parquet_under(s3, f"{run}/score"), "== pipeline step: score =="),
+             banner("train_embedder")),
     ]  # fmt: skip
+    head_in_training = Loss(
+        "train_classifier", "head", saved_checkpoint_of(s3, f"{run}/models/classifier"), banner("train_classifier")
+    )
+    after_head = [Loss("score", actor, parquet_under(s3, f"{run}/score"), banner("score"))]
+    pipeline = ("python", "jobs/run.py", "--input", data, "--output", run, *PIPELINE_OPTIONS)
     started = time.monotonic()
-    proc = local_cluster.submit(
-        "python", "jobs/run.py", "--input", data, "--output", run, *PIPELINE_OPTIONS,
-        env_vars=job_env, job_id="pipeline-node-loss",
-    )  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    logs = lose_nodes(local_cluster, "pipeline-node-loss", losses)
+    for job_id, job_losses, head in (
+        ("pipeline-node-loss", losses, head_in_training),
+        ("pipeline-after-head-loss", after_head, None),
+    ):
+        proc = local_cluster.submit(*pipeline, env_vars=job_env, job_id=job_id)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        logs = lose_nodes(local_cluster, job_id, job_losses, head=head)
+        if head:
+            before_head = logs
     took = time.monotonic() - started
 
     opts = StorageOptions(endpoint_url=job_env["AWS_ENDPOINT_URL_S3"])
@@ -269,117 +297,46 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step(
     for model in ("embedder", "classifier"):
         epochs = [e["epoch"] for e in read_json(f"{run}/models/{model}/metrics.json", opts)["epochs"]]
         assert epochs == [0, 1], f"{model}: every epoch once, in order: {epochs}"
-    assert "train_embedder: resuming from the checkpoint of epoch 0" in logs, logs[-5000:]
-    assert logs.count("resuming from the checkpoint of epoch") == 2, logs[-5000:]
-    assert "no checkpoint yet" not in logs, logs[-5000:]
+    assert "train_embedder: resuming from the checkpoint of epoch 0" in before_head, before_head[-5000:]
+    assert "train_classifier: resuming from the checkpoint of epoch 0" in logs, logs[-5000:]
+    assert "no checkpoint yet" not in before_head + logs, (before_head + logs)[-5000:]
     assert read_json(f"{run}/score/report/report.json", opts)
 
-    # rescore of a dump (its extraction and scoring), a node lost while it extracts; then again: nothing new
-    rescore, dump = f"s3://{BUCKET}/rescore", f"{data}/dfdc_train_part_1"
-    argv = (
-        "python",
-        "jobs/rescore.py",
-        "--input",
-        dump,
-        "--model",
-        f"{run}/models/classifier",
-        "--output",
-        rescore,
-    )
-    loss = Loss("rescore", actor, parquet_under(s3, rescore))
-    assert local_cluster.submit(*argv, env_vars=job_env, job_id="rescore-node-loss").returncode == 0
+    # rescore of a dump, a worker node lost while it extracts. Then that dump and a second one, the head
+    # lost while the second is extracted (rescore holds its lock), and the same submit again.
+    rescore = f"s3://{BUCKET}/rescore"
+    dumps = [f"{data}/dfdc_train_part_1", f"{data}/dfdc_train_part_0"]
+
+    def rescoring(*inputs: str) -> tuple[str, ...]:
+        repeated = [arg for dump in inputs for arg in ("--input", dump)]
+        return ("python", "jobs/rescore.py", *repeated, "--model", f"{run}/models/classifier",
+                "--output", rescore)  # fmt: skip
+
+    loss = Loss("rescore", actor, parquet_under(s3, dump_output(Folder(rescore, opts), dumps[0]).uri))
+    assert local_cluster.submit(*rescoring(dumps[0]), env_vars=job_env, job_id="rescore-node-loss").returncode == 0
     lose_nodes(local_cluster, "rescore-node-loss", [loss])
-    again = local_cluster.submit(*argv, env_vars=job_env)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    second = dump_output(Folder(rescore, opts), dumps[1]).uri
+    head_in_rescore = Loss("rescore (head)", "head", parquet_under(s3, second))
+    assert local_cluster.submit(*rescoring(*dumps), env_vars=job_env, job_id="rescore-head-loss").returncode == 0
+    lose_nodes(local_cluster, "rescore-head-loss", [], head=head_in_rescore)
+    again = local_cluster.submit(*rescoring(*dumps), env_vars=job_env)
+    shown = again.stdout + again.stderr
+    assert again.returncode == 0, shown[-3000:]
+    assert "another run is in progress" not in shown, shown[-3000:]
     report = check_output(rescore, opts)
     assert report.ok, report.format()
-    scores = read_scores(dump_output(Folder(rescore, opts), dump)).to_pandas()
-    assert len(scores) == len(s3.glob(dump.removeprefix("s3://") + "/*.mp4")) and scores.video_id.is_unique
+    for dump in dumps:
+        scores = read_scores(dump_output(Folder(rescore, opts), dump)).to_pandas()
+        assert len(scores) == len(s3.glob(dump.removeprefix("s3://") + "/*.mp4")) and scores.video_id.is_unique
     stats = read_json(f"{rescore}/rescore_stats.json", opts)
-    assert all(d["scored_this_run"] == 0 for d in stats["dumps"].values()), "the second rescore: nothing new"
+    assert stats["dumps"][dumps[0]]["scored_this_run"] == 0, "the first dump: nothing new after its rescore"
 
-    for lost in [*losses, loss]:  # for the README and the notes: each loss and how long the step went on
+    # for the README and the notes: each loss and how long the step went on
+    for lost in [*losses, head_in_training, *after_head, loss, head_in_rescore]:
+        what = "the head and every worker node" if lost.title == "head" else lost.killed["node"]
+        after = "a new head and worker nodes joined" if lost.title == "head" else "the step ended"
         print(
-            f"NODE LOSS {lost.step}: killed {lost.killed['node']} ({lost.killed['processes']} processes); "
-            f"the step ended {lost.killed['step_left_s']} s later"
+            f"NODE LOSS {lost.step}: killed {what} ({lost.killed['processes']} processes); "
+            f"{after} {lost.killed['step_left_s']} s later"
         )
-    print(f"NODE LOSS pipeline with {len(losses)} node losses: {took:.0f} s")
-
-
-# -- the head node lost -----------------------------------------------------------------------------------
-
-
-def wait_until(ready, cluster, job_id: str, what: str, timeout: float = 600) -> None:
-    """Until ``ready()`` holds while job ``job_id`` still runs (a job that ended first tested nothing)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        status = cluster.job_status(job_id)
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            raise AssertionError(f"job {job_id} {status} before {what}:\n{cluster.job_logs(job_id)[-3000:]}")
-        time.sleep(0.3)
-    raise TimeoutError(f"no {what} after {timeout:.0f} s:\n{cluster.job_logs(job_id)[-3000:]}")
-
-
-def test_the_pipeline_and_rescore_survive_the_head_lost_then_the_same_submit(local_cluster, sample_dataset, s3, job_env):
-    """The head (GCS, dashboard, the job's driver) SIGKILLed in the middle of extraction, then in the
-    middle of the embedder's training once an epoch is saved, then while rescore holds its lock; each
-    time a new head starts at the same address, new worker nodes join it, and the same `ray job submit`
-    runs again. Every video is in each manifest once, `dfpipe check` is clean, the training resumes
-    from its checkpoint in storage with every epoch once in its history, and rescore's lock, left by
-    a driver that is provably gone, is taken over at once."""
-    from dfpipe.extract.catalog import build_catalog
-    from dfpipe.invariants import check_output
-    from dfpipe.jobs.rescore import dump_output
-    from dfpipe.outputs import read_manifest, read_scores
-    from dfpipe.storage import Folder, StorageOptions, read_json
-
-    data, run, rescore = (f"s3://{BUCKET}/head-{name}" for name in ("data", "run", "rescore"))
-    s3.put(str(sample_dataset), data.removeprefix("s3://"), recursive=True)
-    dump = f"{data}/dfdc_train_part_1"
-    pipeline = ("python", "jobs/run.py", "--input", data, "--output", run, *PIPELINE_OPTIONS)
-    rescoring = ("python", "jobs/rescore.py", "--input", dump, "--model", f"{run}/models/classifier", "--output", rescore)
-    kills = [
-        ("extract", pipeline, parquet_under(s3, f"{run}/extract")),
-        ("train_embedder", pipeline, saved_checkpoint_of(s3, f"{run}/models/embedder")),
-        ("rescore", rescoring, listed(s3, f"{rescore}/**/*.parquet")),
-    ]
-    timings = []
-    for step, argv, ready in kills:
-        if step == "rescore":  # the pipeline, run to its end once more, gives rescore its model
-            done = local_cluster.submit(*pipeline, env_vars=job_env)
-            assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-            pipeline_logs = done.stdout + done.stderr
-        job_id = f"head-loss-{step}"
-        accepted = local_cluster.submit(*argv, env_vars=job_env, job_id=job_id)
-        assert accepted.returncode == 0, (accepted.stdout + accepted.stderr)[-3000:]
-        wait_until(ready, local_cluster, job_id, f"work of {step} in storage")
-        if step == "rescore":
-            s3.invalidate_cache()
-            assert s3.exists(f"{rescore}/rescore.lock".removeprefix("s3://")), "killed while it holds its lock"
-        started = time.monotonic()
-        killed = local_cluster.lose_head()
-        local_cluster.restart()
-        timings.append((step, killed, round(time.monotonic() - started, 1)))
-
-    again = local_cluster.submit(*rescoring, env_vars=job_env)
-    rescore_logs = again.stdout + again.stderr
-    assert again.returncode == 0, rescore_logs[-3000:]
-    assert "another run is in progress" not in rescore_logs, rescore_logs[-3000:]
-
-    opts = StorageOptions(endpoint_url=job_env["AWS_ENDPOINT_URL_S3"])
-    for root in (run, rescore):
-        report = check_output(root, opts)
-        assert report.ok, report.format()
-    manifest = read_manifest(Folder(f"{run}/extract", opts)).to_pandas()
-    assert len(manifest) == build_catalog(str(sample_dataset)).num_rows and manifest.video_id.is_unique
-    assert "train_embedder: resuming from the checkpoint of epoch 0" in pipeline_logs, pipeline_logs[-5000:]
-    assert "no checkpoint yet" not in pipeline_logs, pipeline_logs[-5000:]
-    for model in ("embedder", "classifier"):
-        epochs = [e["epoch"] for e in read_json(f"{run}/models/{model}/metrics.json", opts)["epochs"]]
-        assert epochs == [0, 1], f"{model}: every epoch once, in order: {epochs}"
-    scores = read_scores(dump_output(Folder(rescore, opts), dump)).to_pandas()
-    assert len(scores) == len(s3.glob(dump.removeprefix("s3://") + "/*.mp4")) and scores.video_id.is_unique
-    for step, killed, took in timings:  # for the notes: each head loss and how long the cluster took back
-        print(f"HEAD LOSS {step}: {killed} processes killed; a new head and 2 worker nodes in {took} s")
+    print(f"NODE LOSS pipeline with {len(losses) + 2} losses, the head one of them: {took:.0f} s")

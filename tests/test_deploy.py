@@ -290,3 +290,31 @@ def test_this_environment_is_the_lock():
         if installed.split("+")[0] != locked:
             drift.append(f"{package}: installed {installed}, lock {locked}")
     assert not drift, "run `make install` (pip install -r requirements-test.lock): " + "; ".join(drift)
+
+
+def merged(base: dict, patch: dict) -> dict:
+    """``kubectl patch --type merge`` (RFC 7386): maps merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def test_head_loss_settings_validate_and_keep_secrets_out_of_manifests():
+    """GCS fault tolerance (the patch merged into the long-lived cluster) validates against the
+    RayCluster CRD strictly, with its Redis password from a Secret; a RayJob whose cluster failed (a
+    head lost) is retried on a new cluster (docs/cluster.md, "When the head dies")."""
+    patch = load("deploy/gcs-ft-patch.yaml")
+    cluster = merged(load("deploy/raycluster.yaml"), patch)
+    assert crd_errors(cluster, CRDS["deploy/raycluster.yaml"]) == []
+    ft = cluster["spec"]["gcsFaultToleranceOptions"]
+    assert ft["redisAddress"] and ft["externalStorageNamespace"]
+    assert "value" not in ft["redisPassword"] and ft["redisPassword"]["valueFrom"]["secretKeyRef"]["key"]
+    assert load("deploy/rayjob.yaml")["spec"]["backoffLimit"] >= 1
+    broken = merged(cluster, {"spec": {"gcsFaultToleranceOptions": {"redisAdress": "typo:6379"}}})
+    assert any("redisAdress" in e for e in crd_errors(broken, CRDS["deploy/raycluster.yaml"]))
