@@ -316,7 +316,9 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step_and
     assert local_cluster.submit(*rescoring(dumps[0]), env_vars=job_env, job_id="rescore-node-loss").returncode == 0
     lose_nodes(local_cluster, "rescore-node-loss", [loss])
     second = dump_output(Folder(rescore, opts), dumps[1]).uri
-    head_in_rescore = Loss("rescore (head)", "head", parquet_under(s3, second))
+    lock = f"{rescore}/rescore.lock".removeprefix("s3://")
+    shards_of_second = parquet_under(s3, second)
+    head_in_rescore = Loss("rescore (head)", "head", lambda: shards_of_second() and s3.exists(lock))
     assert local_cluster.submit(*rescoring(*dumps), env_vars=job_env, job_id="rescore-head-loss").returncode == 0
     lose_nodes(local_cluster, "rescore-head-loss", [], head=head_in_rescore)
     again = local_cluster.submit(*rescoring(*dumps), env_vars=job_env)
