@@ -98,6 +98,7 @@ class LocalCluster:
         self.sessions: dict[str, int] = {}  # node -> its session (every process of the node is in it)
         self._next = 0  # port ranges handed out
         self._started = 0  # worker nodes started (killed ones included)
+        self.raylet_ports: dict[str, int] = {}  # node -> its raylet's port
 
     # -- what a client needs ------------------------------------------------------------------------
     @property
@@ -122,10 +123,11 @@ class LocalCluster:
         """The environment of a ``ray start``: the client's, less the address it would join."""
         return {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
 
-    def _ports(self) -> list[str]:
+    def _ports(self, node: str) -> list[str]:
         args = []
         for flag in NODE_PORTS:
             args += [f"--{flag}", str(free_port())]
+        self.raylet_ports[node] = int(args[1])  # --node-manager-port: where its raylet answers
         # Worker ports below Linux's ephemeral range (32768-60999), where free_port()'s picks lie, a
         # range of 100 a node (16 nodes a cluster: replacements and new heads included): they collide neither with
         # the ports above nor with another node's.
@@ -159,7 +161,7 @@ class LocalCluster:
         node_tmp.mkdir()
         start = ["ray", "start", "--address", self.gcs_address, "--num-cpus", str(self.cpus),
                  "--node-ip-address", "127.0.0.1", "--temp-dir", str(node_tmp), "--disable-usage-stats",
-                 *self._ports()]  # fmt: skip
+                 *self._ports(name)]  # fmt: skip
         script = 'mount -t tmpfs -o size=2g tmpfs "$0" && exec "$@"'
         self.sessions[name] = self._run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(self.scratch), *start],
@@ -232,7 +234,7 @@ class LocalCluster:
         head = ["ray", "start", "--head", "--num-cpus", "0", "--node-ip-address", "127.0.0.1",
                 "--port", str(self.gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard),
                 "--ray-client-server-port", str(free_port()), "--include-dashboard=true",
-                "--disable-usage-stats", *self._ports()]  # fmt: skip
+                "--disable-usage-stats", *self._ports("head")]  # fmt: skip
         self.sessions["head"] = self._run(head, self._node_env)
 
     def stop(self) -> None:
@@ -268,6 +270,31 @@ class LocalCluster:
     def job_status(self, job_id: str) -> str:
         """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
         return self._api(job_id)["status"]
+
+    def primary_copies(self) -> dict[str, int]:
+        """Bytes of objects whose primary copy is in each worker node's object store (its raylet's stats):
+        what is lost, and must be made again, when that node dies."""
+        ports = {node: self.raylet_ports[node] for node in self.workers}
+        code = (
+            "import json, sys; from ray._private.internal_api import node_stats; out = {}\n"
+            "for node, port in json.loads(sys.argv[1]).items():\n"
+            "    try: out[node] = node_stats('127.0.0.1', port, include_memory_info=False)"
+            ".store_stats.object_store_bytes_primary_copy\n"
+            "    except Exception: out[node] = 0\n"
+            "print(json.dumps(out))"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(ports)], env=self.env, capture_output=True, text=True, timeout=60
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"raylet stats failed: {proc.stderr[-2000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def node_holding_most(self, at_least: int = 1) -> str | None:
+        """The worker node with the most bytes of primary copies, if any holds ``at_least``."""
+        held = self.primary_copies()
+        node = max(held, key=held.get, default=None)
+        return node if node and held[node] >= at_least else None
 
     def node_running(self, title: str) -> str | None:
         """The first worker node with a process whose title (Ray's ``ray::...``) contains ``title``."""
