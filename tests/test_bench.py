@@ -165,17 +165,19 @@ def test_time_order_bench_on_the_session_model(classifier_model, sample_dataset,
 
 
 def test_scale_bench_tiny(tmp_path, bench):
+    """One size (each job is a fresh process with a Ray of its own: a second size doubled the test's
+    three minutes); the ratios between sizes are then 1, and are computed all the same."""
     report = run_bench(
         str(bench / "scale.py"),
-        *("--sizes", "4,8", "--jobs", "extract,segment,score", "--workdir", str(tmp_path)),
+        *("--sizes", "8", "--jobs", "extract,segment,score", "--workdir", str(tmp_path)),
     )
-    assert report["sizes"] == [4, 8]
+    assert report["sizes"] == [8]
     steps = report["steps"]
     assert set(steps) == {"extract", "extract again", "segment", "segment again", "score", "score again"}
     for step in steps.values():
-        assert step["driver_peak_ratio"] > 0 and set(step["runs"]) == {"4", "8"}
+        assert step["driver_peak_ratio"] == 1.0 and set(step["runs"]) == {"8"}
         assert all(run["driver_peak_mib"] >= run["driver_idle_mib"] > 0 for run in step["runs"].values())
-    # Each video's face shard, the manifest, config.json and stats.json (4 and 8 videos: 1% new is one each).
+    # Each video's face shard, the manifest, config.json and stats.json (8 videos: 1% new is one).
     assert steps["extract"]["runs"]["8"]["files"] == steps["extract again"]["runs"]["8"]["files"] == 7 + 3
     # The steps did the work they are timed for: usable faces, windows, videos scored by the model
     # (the bench's first runs had every face flagged small_face, and timed bookkeeping alone).
