@@ -201,11 +201,28 @@ def cluster_cpus() -> float:
 
 
 class _StageActor:
-    """Holds one stage per Ray actor; ``setup()`` runs once, in the actor."""
+    """Holds one stage per Ray actor; ``setup()`` runs once, in the actor.
 
-    def __init__(self, stage):
-        self.stage = stage
-        self.stage.setup()
+    The stage comes pickled and is unpickled here, so that an import that fails on this node (its
+    copy of the job's package half gone, a library missing) fails in the constructor, where it is
+    caught: a fault of the node (:data:`NODE_FAULTS`) ends this actor's process once, and Ray starts
+    the actor again, where the cluster has room; a second fault is the step's error, with its reason.
+    An exception in a constructor would otherwise fail the whole step at once.
+    """
+
+    def __init__(self, stage: bytes):
+        import ray
+        from ray import cloudpickle
+
+        try:
+            self.stage = cloudpickle.loads(stage)
+            self.stage.setup()
+        except NODE_FAULTS as exc:
+            if ray.get_runtime_context().was_current_actor_reconstructed:
+                raise
+            log.error("this actor cannot start on this node (%s: %s); Ray starts it again", type(exc).__name__, exc)
+            logging.shutdown()
+            os._exit(1)  # an actor process that ends is started again (a pool's actors may restart)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.stage(batch)
@@ -230,6 +247,7 @@ def map_stage(ds, stage, n_rows: int | None = None):
     growing took most of the run.
     """
     import ray
+    from ray import cloudpickle
 
     res = stage.resources
     size = pool_size(stage)
@@ -243,7 +261,7 @@ def map_stage(ds, stage, n_rows: int | None = None):
     )
     return ds.map_batches(
         _StageActor,
-        fn_constructor_kwargs={"stage": stage},
+        fn_constructor_kwargs={"stage": cloudpickle.dumps(stage)},
         batch_size=res.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(
@@ -291,6 +309,11 @@ def dataset_from_table(table: pa.Table, rows_per_block: int = 1):
     rows_per_block = max(rows_per_block, math.ceil(n / 10_000))
     blocks = [table.slice(i, rows_per_block) for i in range(0, n, rows_per_block)] or [table]
     return ray.data.from_blocks(blocks)
+
+
+# What a stage's actor cannot start for because of its node, not its input: an import that fails (the
+# node's copy of the job's package incomplete) or a file or working directory gone.
+NODE_FAULTS = (ImportError, FileNotFoundError)
 
 
 # Blocks in one window of :func:`map_rows`, at least (``WINDOW_TASKS_PER_ACTOR`` per actor where

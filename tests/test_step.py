@@ -127,6 +127,42 @@ def test_chunk_writer_returns_only_the_marker_rows(tmp_path):
 
 
 @dataclass
+class BrokenNodeStage(ToyStage):
+    """A stage whose actors fail to start with an import error: the first ``times`` of them (counted in
+    ``flags``, a folder every actor sees), as a node whose copy of the job's package is incomplete."""
+
+    flags: str = ""
+    times: int = 1
+
+    def setup(self) -> None:
+        import os
+        import uuid
+
+        if len(os.listdir(self.flags)) < self.times:
+            open(os.path.join(self.flags, uuid.uuid4().hex), "w").close()
+            raise ImportError("cannot import name 'records' from 'dfpipe' (a node's package folder half gone)")
+
+
+def test_an_actor_that_cannot_start_on_its_node_is_started_again(ray_session, tmp_path):
+    """An import that fails in a stage's actor (its node's copy of the package half gone, issue 38) ends
+    that actor's process once, and Ray starts it again: the step completes, nothing lost. An actor
+    that fails so again is the step's error, with the import's message (never a loop)."""
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    cfg = ToyConfig(output=str(tmp_path / "out"))
+    step = toy_step(cfg, [f"v{i}" for i in range(5)])
+    step.stage = BrokenNodeStage(cfg.rows, "x", flags=str(flags), times=1)
+    assert run_step(step).processed == 5
+    assert storage.read_parquet_dir(str(tmp_path / "out" / "payload")).num_rows == 15
+    assert len(list(flags.iterdir())) == 1
+
+    always = toy_step(ToyConfig(output=str(tmp_path / "again")), ["v0", "v1"])
+    always.stage = BrokenNodeStage(cfg.rows, "x", flags=str(flags), times=10**6)
+    with pytest.raises(Exception, match="cannot import name 'records'"):
+        run_step(always)
+
+
+@dataclass
 class UnplaceableStage(ToyStage):
     """Actors of 3 CPUs on the session's 2-CPU Ray: as a cluster whose nodes are gone."""
 
