@@ -5,6 +5,10 @@ own mount namespace with a private tmpfs over ``scratch`` (a local disk no other
 Used by ``tests/test_cluster.py`` (the ``cluster`` tier: ``make test-cluster``, a stage of CI) and by
 hand: ``python tests/cluster.py start`` prints the environment a client needs, ``... stop`` ends it.
 
+``lose_head()`` kills the head (and, as without GCS fault tolerance, its worker nodes with it) and
+``restart()`` brings a new head at the same address and new worker nodes; ``primary_copies()`` reads
+each worker node's object store from its raylet, to kill the node that holds what matters.
+
 Each node's ``ray start`` begins a session of its own (``setsid``), which every process of the node
 keeps (raylet, agents, workers), so stopping the cluster or killing one node (SIGKILL, as a spot
 reclaim) touches exactly its processes: never ``ray stop``, which ends every Ray on the machine.
