@@ -294,12 +294,6 @@ class LocalCluster:
             raise RuntimeError(f"raylet stats failed: {proc.stderr[-2000:]}")
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    def node_holding_most(self, at_least: int = 1) -> str | None:
-        """The worker node with the most bytes of primary copies, if any holds ``at_least``."""
-        held = self.primary_copies()
-        node = max(held, key=held.get, default=None)
-        return node if node and held[node] >= at_least else None
-
     def node_running(self, title: str) -> str | None:
         """The first worker node with a process whose title (Ray's ``ray::...``) contains ``title``."""
         for node in self.workers:
