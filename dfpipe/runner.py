@@ -220,7 +220,9 @@ class _StageActor:
         except NODE_FAULTS as exc:
             if ray.get_runtime_context().was_current_actor_reconstructed:
                 raise
-            log.error("this actor cannot start on this node (%s: %s); Ray starts it again", type(exc).__name__, exc)
+            log.error(
+                "this actor cannot start on this node (%s: %s); Ray starts it again", type(exc).__name__, exc
+            )
             logging.shutdown()
             os._exit(1)  # an actor process that ends is started again (a pool's actors may restart)
 
@@ -408,7 +410,9 @@ class RayTrainContext:
         import ray.train
 
         storage = ray.train.get_context().get_storage()
-        return newest_state(storage.storage_filesystem, storage.experiment_fs_path, ray.train.get_checkpoint())
+        return newest_state(
+            storage.storage_filesystem, storage.experiment_fs_path, ray.train.get_checkpoint()
+        )
 
     def report(self, metrics, state):
         """Rank 0 saves ``state`` as a checkpoint; the epoch goes to the driver (console, TensorBoard,
@@ -496,7 +500,7 @@ def saved_checkpoints(fs, experiment: str) -> list[tuple[int, str]]:
         try:
             with fs.open_input_stream(f"{info.path}/{SAVED}") as f:
                 saved.append((int(json.loads(f.read())["epoch"]), info.path))
-        except (FileNotFoundError, OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError):
             continue  # not a checkpoint, or one whose upload never finished
     return sorted(saved, reverse=True)
 

@@ -288,7 +288,11 @@ class LocalCluster:
             "print(json.dumps(out))"
         )
         proc = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(ports)], env=self.env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-c", code, json.dumps(ports)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"raylet stats failed: {proc.stderr[-2000:]}")

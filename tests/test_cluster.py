@@ -158,7 +158,9 @@ class Loss:
         return f"-- {self.step} took" if self.banner else None
 
 
-def lose_nodes(cluster, job_id: str, losses: list[Loss], timeout: float = 900, head: Loss | None = None) -> str:
+def lose_nodes(
+    cluster, job_id: str, losses: list[Loss], timeout: float = 900, head: Loss | None = None
+) -> str:
     """Follow a submitted job; in each of ``losses``, in order, SIGKILL the worker node running the
     step's work and start a replacement (as an autoscaler would). Returns the job's log once it ends.
 
@@ -288,7 +290,10 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step_and
              banner("train_embedder"), pick=lambda: holding_most_or_training(local_cluster)),
     ]  # fmt: skip
     head_in_training = Loss(
-        "train_classifier", "head", saved_checkpoint_of(s3, f"{run}/models/classifier"), banner("train_classifier")
+        "train_classifier",
+        "head",
+        saved_checkpoint_of(s3, f"{run}/models/classifier"),
+        banner("train_classifier"),
     )
     after_head = [Loss("score", actor, parquet_under(s3, f"{run}/score"), banner("score"))]
     pipeline = ("python", "jobs/run.py", "--input", data, "--output", run, *PIPELINE_OPTIONS)
@@ -329,13 +334,18 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step_and
                 "--output", rescore)  # fmt: skip
 
     loss = Loss("rescore", actor, parquet_under(s3, dump_output(Folder(rescore, opts), dumps[0]).uri))
-    assert local_cluster.submit(*rescoring(dumps[0]), env_vars=job_env, job_id="rescore-node-loss").returncode == 0
+    assert (
+        local_cluster.submit(*rescoring(dumps[0]), env_vars=job_env, job_id="rescore-node-loss").returncode
+        == 0
+    )
     lose_nodes(local_cluster, "rescore-node-loss", [loss])
     second = dump_output(Folder(rescore, opts), dumps[1]).uri
     lock = f"{rescore}/rescore.lock".removeprefix("s3://")
     shards_of_second = parquet_under(s3, second)
     head_in_rescore = Loss("rescore (head)", "head", lambda: shards_of_second() and s3.exists(lock))
-    assert local_cluster.submit(*rescoring(*dumps), env_vars=job_env, job_id="rescore-head-loss").returncode == 0
+    assert (
+        local_cluster.submit(*rescoring(*dumps), env_vars=job_env, job_id="rescore-head-loss").returncode == 0
+    )
     lose_nodes(local_cluster, "rescore-head-loss", [], head=head_in_rescore)
     again = local_cluster.submit(*rescoring(*dumps), env_vars=job_env)
     shown = again.stdout + again.stderr
@@ -345,7 +355,9 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step_and
     assert report.ok, report.format()
     for dump in dumps:
         scores = read_scores(dump_output(Folder(rescore, opts), dump)).to_pandas()
-        assert len(scores) == len(s3.glob(dump.removeprefix("s3://") + "/*.mp4")) and scores.video_id.is_unique
+        assert (
+            len(scores) == len(s3.glob(dump.removeprefix("s3://") + "/*.mp4")) and scores.video_id.is_unique
+        )
     stats = read_json(f"{rescore}/rescore_stats.json", opts)
     assert stats["dumps"][dumps[0]]["scored_this_run"] == 0, "the first dump: nothing new after its rescore"
 

@@ -305,7 +305,12 @@ def test_a_reported_epoch_is_never_trained_again_after_a_kill(segmented_sample, 
     cmd += ["--output", str(out), *EMBEDDER_ARGS, "epochs=3", "max_failures=1"]
     env = job_process
     proc = subprocess.Popen(
-        [*cmd, "--verbose"], env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*cmd, "--verbose"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     shown, workers_killed = [], []
     try:
@@ -350,7 +355,9 @@ def kill_processes_titled(title: str, under: int) -> list[int]:
     killed = []
     for pid in below:
         try:
-            if title in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+            if title in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace"
+            ):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
         except (OSError, ProcessLookupError):
@@ -470,6 +477,8 @@ def test_a_lock_whose_holder_is_provably_gone_is_taken_over_at_once(tmp_path, ca
             pass
     elsewhere = {**holder, "host": "a-lost-head-node", "beat": now - 120}
     Path(uri).write_text(json.dumps(elsewhere))
-    with pytest.raises(LockHeld, match=r"in 3[34]\d\d s; to take it over now, rerun with stale_lock_s=1[12]\d"):
+    with pytest.raises(
+        LockHeld, match=r"in 3[34]\d\d s; to take it over now, rerun with stale_lock_s=1[12]\d"
+    ):
         with run_lock(uri, stale_after_s=3600):
             pass

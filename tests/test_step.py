@@ -140,7 +140,9 @@ class BrokenNodeStage(ToyStage):
 
         if len(os.listdir(self.flags)) < self.times:
             open(os.path.join(self.flags, uuid.uuid4().hex), "w").close()
-            raise ImportError("cannot import name 'records' from 'dfpipe' (a node's package folder half gone)")
+            raise ImportError(
+                "cannot import name 'records' from 'dfpipe' (a node's package folder half gone)"
+            )
 
 
 def test_an_actor_that_cannot_start_on_its_node_is_started_again(ray_session, tmp_path):
