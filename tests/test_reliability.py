@@ -295,8 +295,7 @@ def test_a_reported_epoch_is_never_trained_again_after_a_kill(segmented_sample, 
     """Durable before it is said. SIGKILL the training workers the moment the driver reports epoch 1
     (the epoch line of its log, the progress line's source): the restarted workers resume after epoch 0.
     Then SIGKILL the whole job (driver, Ray, workers) the moment it reports epoch 2: the rerun resumes
-    after epoch 1. Each epoch is
-    trained once and in the history once. (With the line printed before its checkpoint was saved,
+    after epoch 1. Each epoch is trained once and in the history once. (With the line printed before its checkpoint was saved,
     the first kill restarted from epoch 0 every time.)"""
     from conftest import EMBEDDER_ARGS
 
@@ -339,28 +338,19 @@ def test_a_reported_epoch_is_never_trained_again_after_a_kill(segmented_sample, 
 
 
 def kill_processes_titled(title: str, under: int) -> list[int]:
-    """SIGKILL the processes below process ``under`` whose title (a Ray worker's) holds ``title``."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(pid)
-    below, todo = [], list(children.get(under, []))
-    while todo:
-        pid = todo.pop()
-        below.append(pid)
-        todo += children.get(pid, [])
+    """SIGKILL the processes of session ``under`` (a job started with ``start_new_session``: its local
+    Ray and every worker stay in it) whose title (a Ray worker's) holds ``title``."""
+    from cluster import session_pids
+
     killed = []
-    for pid in below:
+    for pid in session_pids(under):
         try:
             if title in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
                 errors="replace"
             ):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
-        except (OSError, ProcessLookupError):
+        except OSError:
             continue
     return killed
 
