@@ -45,6 +45,7 @@ SLOW_FIXTURES = {
     "concurrent_rescores": "two rescore runs racing for the lock",
     "extra_scoring": "scoring runs from raw videos beyond the session's (each starts four actor pools)",
     "quality_gate": "the demo pipeline trained from scratch on fresh datasets (a few minutes each)",
+    "browser": "headless Chromium (Debian's, installed by make test-slow) driven by Playwright",
 }
 
 
@@ -187,6 +188,38 @@ def extra_ray_train(ray_session) -> None:
 def extra_scoring(ray_session) -> None:
     """Asked for by a test that scores raw videos several times over (rescoring dumps, on S3): each run
     extracts, segments, embeds and scores, ~20 s of actor start-up alone here (the slow tier)."""
+
+
+# Chromium as the machine's Playwright probe starts it: no sandbox (root in containers), no GPU, and no
+# background connections (a closed network refuses them, many at a time).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium from the system's packages (``make browser-deps``: Debian's ``chromium``),
+    driven by Playwright's Python package (the test lock); skipped with the reason where either is absent."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no chromium on PATH: `make browser-deps` installs Debian's (make test-slow does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: `make install` installs the test lock")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ def score(data, model, out) -> int:
 
 
 DRIVER_TABLES: list[tuple[tuple[str, ...], int]] = []  # what reached the driver in `scored`
+# A video on disk (unlisted by metadata.json: label unknown) whose name is markup: the review page
+# must show it as text and run nothing.
+HOSTILE = """<img src=x onerror="document.title='pwned'">"""
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +47,8 @@ def scored(classifier_model, messy_dataset, tmp_path_factory):
     root, _ = messy_dataset
     data = tmp_path_factory.mktemp("score-data") / "dataset"
     shutil.copytree(root, data)
+    good = sorted(data.glob("dfdc_train_part_0/*.mp4"))[0]
+    shutil.copy(good, good.parent / f"{HOSTILE}.mp4")
     out = tmp_path_factory.mktemp("scored") / "score"
     streamed = runner.iter_tables
 
@@ -122,6 +128,140 @@ def test_report_matches_an_independent_computation(scored):
     assert head["log_loss"] == pytest.approx(-np.mean(yh * np.log(ph) + (1 - yh) * np.log(1 - ph)), rel=1e-5)
     md = (Path(out) / "report" / "report.md").read_text()
     assert md.split("| level |")[1].splitlines()[2].startswith(f"| video, {head['name']} | {head['n']} |")
+
+
+class ReviewPage(HTMLParser):
+    """What a reader's browser would build of ``report/index.html`` before any script: every element
+    with its attributes, and per video (its ``tbody``) its attributes, the text of its name cell and
+    the images of its detail row."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.elements: list[tuple[str, dict]] = []
+        self.videos: list[dict] = []
+        self._in_name = False
+        self.feed(path.read_text())
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.elements.append((tag, a))
+        classes = (a.get("class") or "").split()
+        if tag == "tbody" and "video" in classes:
+            self.videos.append({**a, "name": "", "detail": None, "strips": []})
+        elif self.videos and tag == "td" and "name" in classes:
+            self._in_name = True
+        elif self.videos and tag == "tr" and "detail" in classes:
+            self.videos[-1]["detail"] = ""
+        elif self.videos and tag == "img" and "strip" in classes:
+            self.videos[-1]["strips"].append(a["src"])
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._in_name = False
+
+    def handle_data(self, data):
+        if self._in_name:
+            self.videos[-1]["name"] += data
+        elif self.videos and self.videos[-1]["detail"] is not None:
+            self.videos[-1]["detail"] += data
+
+
+def test_the_review_page_lists_every_video_with_faces_for_the_flagged(scored, messy_dataset):
+    """report/index.html: a row per video, the most suspicious first; with fewer videos than
+    review_top each has a full row: thumbnails on disk where it had faces, the reason where its
+    extraction failed; a name made of markup is text and no element of it exists."""
+    _, out = scored
+    _, failed = messy_dataset
+    scores = read_scores(str(out)).to_pandas().set_index("video_id")
+    page = ReviewPage(Path(out) / "report" / "index.html")
+    assert len(page.videos) == len(scores)
+    probs = [float(v["data-p"]) for v in page.videos]
+    assert probs == sorted(probs, reverse=True)
+    by_name = {v["name"]: v for v in page.videos}
+    for vid, row in scores.iterrows():
+        video = by_name[row.filename or f"{vid}.mp4"]
+        assert float(video["data-p"]) == pytest.approx(row.prob_fake, abs=1e-4)
+        assert video["detail"] is not None, vid
+        if vid in failed:
+            assert "Extraction failed" in video["detail"] and not video["strips"], vid
+        elif row.n_tracks:
+            assert video["strips"], vid
+            for src in video["strips"]:
+                assert (Path(out) / "report" / src).stat().st_size > 500, src
+    hostile = by_name[f"{HOSTILE}.mp4"]  # shown as the very text of its name
+    assert hostile["data-name"] == f"{HOSTILE}.mp4" and hostile["data-label"] == "none"
+    assert not [a for _, a in page.elements if "onerror" in a], "markup from a file name became an element"
+    assert not [a for t, a in page.elements if t == "img" and a.get("src") == "x"]
+
+
+def test_the_review_page_works_in_a_real_browser(scored, browser, tmp_path):
+    """The page of a small generated run in headless Chromium, after its scripts ran: every row, the
+    most suspicious first; sorting; filters that hide rows; rows that open onto loaded thumbnails; the
+    markup-named video as text, nothing of it run; no JavaScript error, no failed request; a
+    screenshot that is not blank."""
+    import cv2
+
+    _, out = scored
+    n = read_scores(str(out)).num_rows
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"script error: {e}"))
+    page.on(
+        "console",
+        lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+    )
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.goto((Path(out) / "report" / "index.html").as_uri())
+    page.wait_for_load_state("load")
+
+    def visible(attribute: str) -> list[str]:
+        return page.eval_on_selector_all(
+            "#videos tbody.video", f"bs => bs.filter(b => !b.hidden).map(b => b.dataset.{attribute})"
+        )
+
+    probs = [float(p) for p in visible("p")]
+    assert len(probs) == n and probs == sorted(probs, reverse=True)
+    page.click("#videos th[data-sort=p]")  # ascending, then back
+    assert [float(p) for p in visible("p")] == sorted(probs)
+    page.click("#videos th[data-sort=p]")
+    assert [float(p) for p in visible("p")] == probs
+
+    page.select_option("#f-label", "REAL")
+    labels = visible("label")
+    assert labels and set(labels) == {"REAL"} and len(labels) < n
+    assert page.inner_text("#shown") == str(len(labels))
+    page.select_option("#f-label", "")
+    page.check("#f-reason")
+    assert 0 < len(visible("reason")) < n and set(visible("reason")) == {"1"}
+    page.uncheck("#f-reason")
+    page.check("#f-wrong")
+    assert set(visible("wrong")) <= {"1"}
+    page.uncheck("#f-wrong")
+    page.fill("#f-text", "pwned")
+    assert len(visible("name")) == 1
+    page.fill("#f-text", "")
+    assert len(visible("p")) == n
+
+    first = page.locator("#videos tbody.video").first
+    assert first.locator("tr.detail").is_hidden()
+    first.locator("button.open").click()
+    assert first.locator("tr.detail").is_visible()
+    strips = first.locator("img.strip")
+    assert strips.count() >= 1
+    page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=strips.first.element_handle())
+    assert first.locator("svg.timeline polyline").count() >= 1
+
+    names = page.eval_on_selector_all("#videos td.name", "tds => tds.map(td => td.textContent)")
+    assert f"{HOSTILE}.mp4" in names
+    assert page.title() != "pwned" and page.locator("img[src=x]").count() == 0
+
+    shot = tmp_path / "review.png"
+    page.screenshot(path=str(shot), full_page=True)
+    pixels = cv2.imread(str(shot))
+    assert pixels.shape[0] > 900 and pixels.std() > 20, "a blank screenshot"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200, "too few colours: the page did not render"
+    page.close()
+    assert problems == []
 
 
 def test_rescoring_touches_only_new_videos(scored, classifier_model):

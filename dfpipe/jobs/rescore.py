@@ -102,6 +102,7 @@ def run(cfg: RescoreConfig) -> dict:
                     "scored_this_run": stats["scored_this_run"],
                     "videos": stats["videos"],
                     "model_version": stats["model_version"],
+                    "review": stats.get("review"),
                 }
     except LockHeld as exc:
         console.say(f"rescore: another run is in progress ({exc}); nothing done")
@@ -115,9 +116,12 @@ def format_summary(summary: dict) -> str:
     if summary["locked"]:
         return "another rescore run holds the lock; nothing done"
     new = sum(d["scored_this_run"] for d in summary["dumps"].values())
-    lines = [
-        f"{dump}: {d['scored_this_run']} scored now, {d['videos']} scored in all -> {d['output']}"
-        for dump, d in summary["dumps"].items()
-    ]
+    lines = []
+    for dump, d in summary["dumps"].items():
+        lines.append(
+            f"{dump}: {d['scored_this_run']} scored now, {d['videos']} scored in all -> {d['output']}"
+        )
+        if d.get("review"):
+            lines.append(f"  review page: {d['review']}")
     lines.append("nothing new to score" if new == 0 else f"{new} videos scored in {summary['seconds']} s")
     return "\n".join(lines)

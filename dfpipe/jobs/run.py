@@ -128,7 +128,7 @@ def run(cfg: PipelineConfig) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    from dfpipe.jobs import evaluate
+    from dfpipe.jobs import evaluate, score
 
     t = summary["timings_s"]
     total = summary["total_s"] or 1
@@ -143,4 +143,6 @@ def format_summary(summary: dict) -> str:
     lines.append(
         f"scores: {summary['paths']['score']}/scores, submission: {summary['paths']['score']}/submission.csv"
     )
+    if summary["score"].get("review"):
+        lines.extend(score.review_lines(summary["score"]["review"]))
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,7 @@ from dfpipe import records as R
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
+from dfpipe.score import review
 from dfpipe.score.calibration import fit_calibration
 from dfpipe.score.stage import (
     VIDEO_COLUMNS,
@@ -89,12 +91,22 @@ class ScoreConfig(C.RunOptions):
         {}, "segmentation options over the model's recipe, printed the same way, e.g. segment.window_stride=4"
     )
     evaluate: bool = C.option(True, "write an evaluation report when labels are known")
+    review_top: int = C.option(
+        500,
+        "videos with a full row on the review page (report/index.html: faces, timeline, unusable frames): "
+        "the most suspicious, then labelled mistakes up to as many again",
+    )
+    review_rows: int = C.option(
+        20000, "videos listed on the review page, the most suspicious first; the rest are counted"
+    )
     num_workers: int | None = C.option(None, "workers per stage (default: as many as the cluster fits)")
     use_gpu: bool | None = C.option(None, "use GPUs (default: when the cluster has them)")
 
     def __post_init__(self):
         VideoRule.of(self, {})  # checks clip_low/clip_high and prior_fake
         check_overrides(self.extract, self.segment)
+        if self.review_top < 0 or self.review_rows < 0:
+            raise ValueError("review_top and review_rows must be >= 0 (0 lists no video on the review page)")
 
     def video_rule(self, meta: dict) -> VideoRule:
         return VideoRule.of(self, meta)
@@ -240,7 +252,10 @@ def run(cfg: ScoreConfig) -> dict:
         cfg, model, meta, version, cache, todo, (manifest.num_rows, already, replace), timer
     )
     n_frames = int(pc.sum(pending.column("n_frames")).as_py() or 0)
-    return finish(cfg, version, pending.num_rows, n_frames, time.monotonic() - started, timer, calibration)
+    stats = finish(cfg, version, pending.num_rows, n_frames, time.monotonic() - started, timer, calibration)
+    with timer("review"):
+        stats["review"] = write_review(cfg, meta, version, stats, extraction, segment)
+    return stats
 
 
 def extract_and_segment(
@@ -395,6 +410,114 @@ def finish(
     return stats
 
 
+def write_review(
+    cfg: ScoreConfig,
+    meta: dict,
+    version: str,
+    stats: dict,
+    extraction: storage.Folder,
+    segment: storage.Folder,
+) -> str:
+    """Step 6: the review page, ``report/index.html`` (:mod:`dfpipe.score.review`). The driver reads
+    the score rows' table columns; the workers read the faces of the videos with full rows, write
+    their thumbnails and return their details. Returns the page's URI."""
+    out = cfg.folder(cfg.output)
+    report = out.sub("report")
+    scores = outputs.read_scores(out, version, columns=[*review.TABLE_COLUMNS, "model_version"])
+    chosen = review.selection(scores, cfg.review_top)
+    listed = review.listed(scores, cfg.review_rows, chosen)
+    details = review_details(cfg, meta, version, chosen, extraction, segment, report)
+    labelled = pc.sum(pc.is_valid(scores.column("label"))).as_py() or 0
+    fallback = sum(stats["fallback_by_reason"].values())
+    counts = {
+        "videos scored by this model": stats["videos"],
+        "scored in this run": stats["scored_this_run"],
+        "labelled": labelled,
+        "with the fallback probability (no usable window, failed extraction)": fallback,
+        **{f"  fallback, {k}": n for k, n in stats["fallback_by_reason"].items()},
+        "with a full row below": len(details),
+        "scoring rule": f"{cfg.video_rule(meta).aggregation}, clipped to [{cfg.clip_low}, {cfg.clip_high}]",
+    }
+    page = review.page(
+        model_version=version,
+        recipe=meta.get("recipe", {}),
+        counts=counts,
+        report=stats.get("report"),
+        rows=listed.select(list(review.TABLE_COLUMNS)),
+        details=details,
+        left_out=scores.num_rows - listed.num_rows,
+        top=cfg.review_top,
+    )
+    uri = report.join("index.html")
+    storage.write_text(uri, page, report.options)
+    console.say(f"score: review page: {uri} ({len(page) // 1024} KB, {len(details)} videos with full rows)")
+    return uri
+
+
+def review_details(
+    cfg: ScoreConfig,
+    meta: dict,
+    version: str,
+    chosen: pa.Table,
+    extraction: storage.Folder,
+    segment: storage.Folder,
+    report: storage.Folder,
+) -> dict[str, str]:
+    """The detail fragment of each chosen video, made by :class:`~dfpipe.score.review.ReviewStage`
+    on the workers (one small row per video goes out, one HTML fragment comes back)."""
+    if not chosen.num_rows:
+        return {}
+    ids = chosen.column("video_id")
+
+    def only_chosen(table: pa.Table) -> pa.Table:
+        return table.filter(pc.is_in(table.column("video_id"), ids))
+
+    manifest = outputs.read_manifest(
+        extraction, columns=["video_id", "status", "error", "faces_uri", "frame_stride"]
+    )
+    tracks = outputs.with_chunks(segment.join("videos"), R.SEGMENTS_SCHEMA, ["video_id"], segment.options)
+    scored = outputs.with_chunks(
+        cfg.folder(cfg.output).join("scores"),
+        R.SCORES_SCHEMA,
+        ["video_id", "model_version"],
+        cfg.storage_options,
+    )
+    scored = scored.filter(pc.equal(scored.column("model_version"), version)).select(["video_id", "chunk"])
+    rows = (
+        chosen.select(["video_id", "prob_fake"])
+        .join(only_chosen(manifest), "video_id", join_type="left outer")
+        .join(
+            only_chosen(tracks).rename_columns(["video_id", "tracks_chunk"]),
+            "video_id",
+            join_type="left outer",
+        )
+        .join(
+            only_chosen(scored).rename_columns(["video_id", "scores_chunk"]),
+            "video_id",
+            join_type="left outer",
+        )
+    )
+    seg = segment.read_json("config.json")["config"]
+    stage = review.ReviewStage(
+        tracks=segment.sub("tracks"),
+        window_scores=cfg.folder(cfg.output).sub("window_scores"),
+        images=report.sub(review.IMAGES),
+        model_version=version,
+        window_len=int(seg["window_len"]),
+        usable_flags=tuple(seg["usable_flags"]),
+        aggregation=cfg.video_rule(meta).aggregation,
+        resources=Resources(num_cpus=1, batch_size=REVIEW_BATCH, max_workers=cfg.num_workers),
+    )
+    runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
+    details: dict[str, str] = {}
+    for table in runner.map_rows(rows, stage, REVIEW_BATCH):
+        details.update(
+            zip(table.column("video_id").to_pylist(), table.column("detail").to_pylist(), strict=True)
+        )
+    return details
+
+
+REVIEW_BATCH = 16
 VIDEOS_PER_BATCH = 64
 
 
@@ -523,4 +646,18 @@ def format_summary(stats: dict, report: bool = True) -> str:
         from dfpipe.jobs import evaluate
 
         lines.append(evaluate.format_summary(stats["report"]))
+    if stats.get("review"):
+        lines.extend(review_lines(stats["review"]))
     return "\n".join(lines)
+
+
+def review_lines(uri: str) -> list[str]:
+    """Where the review page is, and the command that opens it."""
+    if storage.is_local(uri):
+        path = storage.strip_protocol(uri)
+        return [f"review page: {path}", f"open it: python3 -m webbrowser file://{quote(path)}"]
+    folder = posixpath.dirname(uri)
+    return [
+        f"review page: {uri}",
+        f"open it: copy {folder}/ to a disk (or serve the prefix as a static site) and open index.html",
+    ]

@@ -64,32 +64,37 @@ def _finite(obj):
     return obj
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def table(report: dict) -> str:
-    """The metric table, as Markdown: the headline first, then rows that mix in training or
-    validation videos, labelled so, then each split and part."""
+def rows(report: dict) -> list[tuple[str, dict | None]]:
+    """The metric table's rows, (name, summary): the headline first, then rows that mix in training
+    or validation videos, labelled so, then each split and part."""
     head = report.get("headline") or {"name": "all", "split": None, **report["video"]}
     mixed = set(report["by_split"]) - {head["split"]}
     everything = f"all ({', '.join(sorted(mixed))} included)" if mixed else "all"
-    rows = [(f"video, {head['name']}", head)]
+    out = [(f"video, {head['name']}", head)]
     if mixed and head["split"]:
-        rows += [(f"video, {everything}", report["video"])]
-    rows += [(f"window, {everything}", report["window"])]
-    rows += [
+        out += [(f"video, {everything}", report["video"])]
+    out += [(f"window, {everything}", report["window"])]
+    out += [
         (f"video, split {k} ({SPLIT_NOTES.get(k, k)})", s)
         for k, s in sorted(report["by_split"].items(), key=lambda kv: _split_order(kv[0]))
         if k != head["split"]
     ]
-    rows += [(f"video, part {k}", s) for k, s in report["by_part"].items()]
+    out += [(f"video, part {k}", s) for k, s in report["by_part"].items()]
+    return out
+
+
+def table(report: dict) -> str:
+    """The metric table (:func:`rows`), as Markdown."""
     lines = ["| level | " + " | ".join(HEADLINE) + " |", "|---|" + "---|" * len(HEADLINE)]
-    for name, s in rows:
+    for name, s in rows(report):
         if s:
-            lines.append(f"| {name} | " + " | ".join(_fmt(s.get(k)) for k in HEADLINE) + " |")
+            lines.append(f"| {name} | " + " | ".join(fmt(s.get(k)) for k in HEADLINE) + " |")
     return "\n".join(lines)
 
 
