@@ -6,17 +6,27 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 INSTALL ?= install
 # No "running pip as root" warning in containers and CI.
 export PIP_ROOT_USER_ACTION := ignore
+# Install steps print one line each; what apt and pip print goes to this log (shown in full on failure).
+INSTALL_LOG ?= out/install.log
+QUIETLY = bash scripts/quietly.sh $(INSTALL_LOG)
+APT_INSTALL = sh -c '$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$0'
 
-.PHONY: install system-deps lock demo test test-slow test-cluster test-all lint bench clean
+.PHONY: install system-deps browser-deps lock demo test test-slow test-cluster test-all lint bench clean
 
 system-deps:
-	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg; }
+	@command -v ffmpeg >/dev/null || $(QUIETLY) "apt: ffmpeg (test clips, the demo's sample)" $(APT_INSTALL) ffmpeg
+
+# Headless Chromium for the review page's browser test (the slow tier); that test is skipped, saying
+# why, where it cannot be installed.
+browser-deps:
+	@command -v chromium >/dev/null || $(QUIETLY) "apt: chromium (the review page's browser test)" $(APT_INSTALL) chromium \
+		|| echo "chromium could not be installed: the browser test will be skipped"
 
 # Exact versions from the lock (requirements-test.lock = requirements.lock + the test tools), so a
 # fresh install next year gets the stack the tests passed on.
 install: system-deps
-	$(PYTHON) -m pip install -q -r requirements-test.lock
-	$(PYTHON) -m pip install -q --no-deps -e .
+	@$(QUIETLY) "pip: the locked stack (requirements-test.lock)" $(PYTHON) -m pip install -r requirements-test.lock
+	@$(QUIETLY) "pip: dfpipe itself (editable)" $(PYTHON) -m pip install --no-deps -e .
 
 # Refresh the locks from requirements.txt / requirements-test.txt: every package to its newest
 # version they allow (PACKAGE=numpy upgrades only that one). Review the diff, run the tests, commit.
@@ -29,7 +39,8 @@ lock:
 # The main job on the embedded default: generated sample data, a local Ray, local files.
 # A second `make demo` reuses everything already computed.
 demo: install
-	[ -d $(DEMO_DIR)/dataset ] || $(PYTHON) -m dfpipe.sampledata $(DEMO_DIR)/dataset --videos 40 --frames 40 --parts 5 --seed 0
+	@[ -d $(DEMO_DIR)/dataset ] || $(QUIETLY) "sample: 44 generated videos in $(DEMO_DIR)/dataset" \
+		$(PYTHON) -m dfpipe.sampledata $(DEMO_DIR)/dataset --videos 40 --frames 40 --parts 5 --seed 0
 	$(PYTHON) jobs/run.py --input $(DEMO_DIR)/dataset --output $(DEMO_DIR)/run --config configs/demo.yaml
 
 # The default tier: every test but the slow ones (tests/conftest.py sets the tiers), in minutes.
@@ -39,7 +50,7 @@ test: install
 # The slow tier: job processes with their own Ray, killed actors, drivers and trainings, a flaky S3,
 # the bad-input corpus, the real clips, the benchmarks' tiny runs, and every property test run large.
 # DFPIPE_TEST_CHAIN=DIR (set by .ci/run for both tiers) lets it reuse the chain the default tier built.
-test-slow: $(INSTALL)
+test-slow: $(INSTALL) browser-deps
 	$(PYTHON) -m pytest -m "(slow or property) and not gpu and not cluster" --hypothesis-profile=thorough
 
 # The cluster tier: a head with no CPUs and two worker nodes with private disks on this machine
@@ -49,7 +60,7 @@ test-cluster: $(INSTALL)
 	$(PYTHON) -m pytest -m cluster
 
 # Both tiers in one run (the chain built once).
-test-all: install
+test-all: install browser-deps
 	$(PYTHON) -m pytest -m "not gpu and not cluster" --hypothesis-profile=thorough
 
 lint:
