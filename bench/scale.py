@@ -80,7 +80,7 @@ SMALL_FACES = {"min_face_px": 16}  # in the models' recipe too
 EXTRACT_OPTIONS = [f"face_size={FACE_SIZE}", *(f"{k}={v}" for k, v in SMALL_FACES.items())]
 
 
-WORK = ("frames_ok", "windows", "scored")
+WORK = ("frames_ok", "windows", "scored", "review_page_kib", "review_images_kib")
 
 
 def work_done(out: str) -> dict:
@@ -94,7 +94,16 @@ def work_done(out: str) -> dict:
         return {"frames_ok": stats["frames"]["ok"]}
     if "windows" in stats:  # segmentation
         return {"windows": stats["windows"]}
-    return {"scored": stats.get("scored_this_run")}
+    done = {"scored": stats.get("scored_this_run")}
+    page = os.path.join(out, "report", "index.html")
+    if os.path.exists(page):  # the review page and its thumbnails (bounded whatever N is)
+        done["review_page_kib"] = round(os.path.getsize(page) / 1024, 1)
+        done["review_images_kib"] = round(files_size(os.path.join(out, "report", "img")) / 1024, 1)
+    return done
+
+
+def files_size(folder: str) -> int:
+    return sum(e.stat().st_size for e in os.scandir(folder)) if os.path.isdir(folder) else 0
 
 
 # --- data ---------------------------------------------------------------------------------------
