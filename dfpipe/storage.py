@@ -212,6 +212,10 @@ def read_text(uri: str, options: StorageOptions | None = None) -> str:
     return read_bytes(uri, options).decode("utf-8-sig")
 
 
+_UMASK = os.umask(0o022)  # read once (setting it is the only way to read it) and put back at once
+os.umask(_UMASK)
+
+
 def write_bytes(uri: str, data: bytes, options: StorageOptions | None = None) -> None:
     """Write so that readers see the old object or the whole new one, never a partial file.
 
@@ -224,6 +228,9 @@ def write_bytes(uri: str, data: bytes, options: StorageOptions | None = None) ->
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
         try:
+            # mkstemp makes the file private (0600); an output is shared like any file the user
+            # writes (a review page served as a static site, a folder other accounts read).
+            os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)

@@ -265,6 +265,14 @@ def test_storage_roundtrip_and_safe_names(tmp_path):
     assert storage.safe_name("a/b") != storage.safe_name("a_b")
 
 
+def test_a_written_file_has_the_permissions_of_any_file_the_user_writes(tmp_path):
+    """Atomic writes go through a private temporary file; the file in place is not private (a review
+    page served as a static site, an output other accounts on a shared disk read)."""
+    storage.write_text(str(tmp_path / "report" / "index.html"), "<!doctype html>")
+    mode = (tmp_path / "report" / "index.html").stat().st_mode & 0o777
+    assert mode == 0o666 & ~storage._UMASK  # 0o644 under the usual umask, not mkstemp's 0o600
+
+
 def test_extract_stage_without_ray(clip, tmp_path):
     from dfpipe.extract.stage import FaceExtractStage
 
