@@ -267,14 +267,18 @@ def test_the_review_page_works_in_a_real_browser(scored, browser, tmp_path):
 def test_rescoring_touches_only_new_videos(scored, classifier_model):
     data, out = scored
     before = read_scores(str(out)).num_rows
+    page = Path(out) / "report" / "index.html"
+    made = page.stat().st_mtime_ns
     assert score(data, classifier_model, out) == 0
     assert json.loads((Path(out) / "stats.json").read_text())["scored_this_run"] == 0
+    assert page.stat().st_mtime_ns == made  # nothing new: the review page is left as it is
     new = sorted(data.glob("dfdc_train_part_0/*.mp4"))[0]
     shutil.copy(new, data / "dfdc_train_part_0" / "brandnewclip.mp4")
     assert score(data, classifier_model, out) == 0
     assert json.loads((Path(out) / "stats.json").read_text())["scored_this_run"] == 1
     scores = read_scores(str(out)).to_pandas()
     assert len(scores) == before + 1 and scores.video_id.is_unique
+    assert "brandnewclip.mp4" in {v["name"] for v in ReviewPage(page).videos}  # made again, with it
 
 
 def test_calibrate_refits_the_temperature_on_the_labelled_videos_and_says_so(

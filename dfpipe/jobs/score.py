@@ -420,9 +420,24 @@ def write_review(
 ) -> str:
     """Step 6: the review page, ``report/index.html`` (:mod:`dfpipe.score.review`). The driver reads
     the score rows' table columns; the workers read the faces of the videos with full rows, write
-    their thumbnails and return their details. Returns the page's URI."""
+    their thumbnails and return their details. Returns the page's URI.
+
+    A run that scored nothing leaves a page made from the same scores and options as it is (a no-op
+    rerun stays a no-op: ``report/review.json`` says what the page was made from)."""
     out = cfg.folder(cfg.output)
     report = out.sub("report")
+    uri = report.join("index.html")
+    made_from = {
+        "model_version": version,
+        "videos": stats["videos"],
+        "review_top": cfg.review_top,
+        "review_rows": cfg.review_rows,
+        "evaluated": "report" in stats,
+    }
+    if not stats["scored_this_run"] and report.exists("index.html") and report.exists("review.json"):
+        if report.read_json("review.json") == made_from:
+            console.say(f"score: review page up to date: {uri}")
+            return uri
     scores = outputs.read_scores(out, version, columns=[*review.TABLE_COLUMNS, "model_version"])
     chosen = review.selection(scores, cfg.review_top)
     listed = review.listed(scores, cfg.review_rows, chosen)
@@ -431,7 +446,7 @@ def write_review(
     fallback = sum(stats["fallback_by_reason"].values())
     counts = {
         "videos scored by this model": stats["videos"],
-        "scored in this run": stats["scored_this_run"],
+        "scored by the run that made this page": stats["scored_this_run"],
         "labelled": labelled,
         "with the fallback probability (no usable window, failed extraction)": fallback,
         **{f"  fallback, {k}": n for k, n in stats["fallback_by_reason"].items()},
@@ -448,8 +463,8 @@ def write_review(
         left_out=scores.num_rows - listed.num_rows,
         top=cfg.review_top,
     )
-    uri = report.join("index.html")
     storage.write_text(uri, page, report.options)
+    report.write_json("review.json", made_from)
     console.say(f"score: review page: {uri} ({len(page) // 1024} KB, {len(details)} videos with full rows)")
     return uri
 
