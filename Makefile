@@ -16,7 +16,7 @@ APT_INSTALL = sh -c '$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=nonin
 system-deps:
 	@command -v ffmpeg >/dev/null || $(QUIETLY) "apt: ffmpeg (test clips, the demo's sample)" $(APT_INSTALL) ffmpeg
 
-# Headless Chromium for the review page's browser test (the slow tier); that test is skipped, saying
+# Headless Chromium for the review page's browser test (the default tier); that test is skipped, saying
 # why, where it cannot be installed.
 browser-deps:
 	@command -v chromium >/dev/null || $(QUIETLY) "apt: chromium (the review page's browser test)" $(APT_INSTALL) chromium \
@@ -44,13 +44,13 @@ demo: install
 	$(PYTHON) jobs/run.py --input $(DEMO_DIR)/dataset --output $(DEMO_DIR)/run --config configs/demo.yaml
 
 # The default tier: every test but the slow ones (tests/conftest.py sets the tiers), in minutes.
-test: install
+test: install browser-deps
 	$(PYTHON) -m pytest
 
 # The slow tier: job processes with their own Ray, killed actors, drivers and trainings, a flaky S3,
 # the bad-input corpus, the real clips, the benchmarks' tiny runs, and every property test run large.
 # DFPIPE_TEST_CHAIN=DIR (set by .ci/run for both tiers) lets it reuse the chain the default tier built.
-test-slow: $(INSTALL) browser-deps
+test-slow: $(INSTALL)
 	$(PYTHON) -m pytest -m "(slow or property) and not gpu and not cluster" --hypothesis-profile=thorough
 
 # The cluster tier: a head with no CPUs and two worker nodes with private disks on this machine

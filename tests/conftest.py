@@ -45,7 +45,6 @@ SLOW_FIXTURES = {
     "concurrent_rescores": "two rescore runs racing for the lock",
     "extra_scoring": "scoring runs from raw videos beyond the session's (each starts four actor pools)",
     "quality_gate": "the demo pipeline trained from scratch on fresh datasets (a few minutes each)",
-    "browser": "headless Chromium (Debian's, installed by make test-slow) driven by Playwright",
 }
 
 
@@ -205,11 +204,13 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="session")
 def browser():
-    """Headless Chromium from the system's packages (``make browser-deps``: Debian's ``chromium``),
-    driven by Playwright's Python package (the test lock); skipped with the reason where either is absent."""
+    """Headless Chromium from the system's packages (``make browser-deps``, which ``make test`` runs:
+    Debian's ``chromium``), driven by Playwright's Python package (the test lock); skipped with the
+    reason where either is absent. A default-tier fixture: the review page's test reuses the tier's
+    scoring output and takes seconds."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
-        pytest.skip("no chromium on PATH: `make browser-deps` installs Debian's (make test-slow does)")
+        pytest.skip("no chromium on PATH: `make browser-deps` installs Debian's (make test does)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
