@@ -315,8 +315,8 @@ COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#1
 def _timeline(windows, tracks, prob, n_frames, window_frames, unusable) -> str:
     """The window probabilities along the video's frames (one line per track; dotted where it does not
     count), the video's probability, and the unusable frames in red: an inline SVG, numbers only."""
-    w, h, left, top, bottom = 640, 130, 34, 8, 22
-    pw, ph = w - left - 8, h - top - bottom
+    w, h, left, top, bottom, right = 700, 130, 34, 8, 22, 68  # the track names in the right margin
+    pw, ph = w - left - right, h - top - bottom
 
     def x(frame: float) -> float:
         return left + pw * min(max(frame, 0), n_frames) / max(n_frames, 1)
@@ -355,9 +355,7 @@ def _timeline(windows, tracks, prob, n_frames, window_frames, unusable) -> str:
         )
         if len(pts) == 1:
             out.append(f'<circle cx="{x(pts[0][0]):.1f}" cy="{y(pts[0][1]):.1f}" r="3" fill="{colour}"/>')
-        out.append(
-            f'<text x="{left + pw - 4}" y="{top + 12 + 12 * i}" text-anchor="end" fill="{colour}">track {tid}</text>'
-        )
+        out.append(f'<text x="{left + pw + 6}" y="{top + 10 + 12 * i}" fill="{colour}">track {tid}</text>')
     out.append("</svg>")
     return '<div class="timeline">' + "".join(out) + "</div>"
 
@@ -444,7 +442,7 @@ tr.detail > td { background: #fbfbfb; padding: 8px 16px 16px; }
 button.open { border: 0; background: none; cursor: pointer; font-size: 1em; width: 1.5em; }
 .label-FAKE { color: #b00; } .label-REAL { color: #070; } .wrong { background: #fee; }
 .why { color: #666; } tr.aside td { color: #888; } img.strip { image-rendering: auto; border: 1px solid #ddd; }
-.plots img { max-width: 32%; margin-right: 1%; } .filters label { margin-right: 1em; }
+.plots img { height: 220px; width: auto; margin-right: 1em; } .filters label { margin-right: 1em; }
 svg.timeline text { font-size: 10px; fill: #555; } .unusable ul { margin: 0.2em 0; columns: 2; }
 .note { color: #555; }
 """
