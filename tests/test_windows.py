@@ -273,8 +273,8 @@ def test_track_rule_rejects_bad_settings(bad):
 def test_one_prior_shifts_probabilities_and_the_fallback_together():
     """The model is calibrated for 0.5 FAKE; prior_fake moves every probability by Bayes' rule and the
     fallback to the same value, and a prior equal to the calibrated one changes nothing."""
-    from dfpipe.score.calibration import prior_shift
     from dfpipe.score.stage import VideoRule, video_row
+    from dfpipe.train.calibration import prior_shift
 
     video = {"video_id": "v", "status": R.STATUS_OK, "n_tracks": 1, "n_tracks_counted": 1}
     windows = [{"track_id": 0, "start_frame": 0, "logit": 0.0, "counted": True}]
@@ -299,7 +299,7 @@ def test_the_video_calibration_is_fitted_for_a_balanced_prior():
     """With five FAKE videos per REAL one, the balanced fit is the plain fit on a set where each REAL
     video counts five times (up to the smoothing, which counts videos): the probabilities assume 0.5
     FAKE whatever the validation ratio. The offset takes the logits' bias towards FAKE out."""
-    from dfpipe.score.calibration import fit_calibration
+    from dfpipe.train.calibration import fit_calibration
 
     rng = np.random.default_rng(0)
     n_real, n_fake = 20, 100
@@ -325,8 +325,8 @@ def _videos(logits_by_video: list[float]):
 def test_an_offset_moves_the_threshold_a_temperature_cannot():
     """A model that ranks every video right but puts them all on the FAKE side of 0.5 (accuracy 0.5,
     AUC 1): the fitted offset brings the REAL ones back under 0.5; a temperature alone cannot."""
-    from dfpipe.score import metrics as M
-    from dfpipe.score.calibration import fit_calibration, window_probs
+    from dfpipe.train import metrics as M
+    from dfpipe.train.calibration import fit_calibration, window_probs
 
     y = np.r_[np.zeros(10), np.ones(10)]
     logits, videos, tracks = _videos(np.r_[np.linspace(0.10, 0.20, 10), np.linspace(0.25, 0.35, 10)])
@@ -342,7 +342,7 @@ def test_a_perfectly_separated_val_set_gets_a_deliberate_cap_not_the_search_boun
     """Separated val videos would ask for T -> 0 (every probability 0 or 1): the smoothed targets
     (1 - e, e with e = 1/(N+2)) stop the fit inside its range, the most confident video near 1 - e,
     and a cap that loosens as N grows."""
-    from dfpipe.score.calibration import TEMPERATURE_RANGE, fit_calibration, window_probs
+    from dfpipe.train.calibration import TEMPERATURE_RANGE, fit_calibration, window_probs
 
     def fitted(n):
         y = np.r_[np.zeros(n // 2), np.ones(n // 2)]
@@ -360,7 +360,7 @@ def test_a_perfectly_separated_val_set_gets_a_deliberate_cap_not_the_search_boun
 
 def test_a_calibration_at_the_bound_of_its_search_is_said():
     """Logits that do not vary at all cannot be calibrated: the fit says where it stopped."""
-    from dfpipe.score.calibration import fit_calibration
+    from dfpipe.train.calibration import fit_calibration
 
     y = np.r_[np.zeros(4), np.ones(4)]
     logits, videos, tracks = _videos(np.r_[np.full(4, 0.3), np.full(4, 0.3 + 1e-9)])

@@ -19,7 +19,7 @@ from dfpipe import __version__, console, outputs, recipe, runner, storage
 from dfpipe import config as C
 from dfpipe import records as R
 from dfpipe.train import sbi
-from dfpipe.train.loops import AUC_DECIMALS, SELECT_BY, epoch_line, metric_kind, plot_curves
+from dfpipe.train.loops import AUC_DECIMALS, HOOKS, SELECT_BY, epoch_line, metric_kind, plot_curves
 from dfpipe.train.modelio import save_model
 from dfpipe.train.sbi import SelfBlend
 
@@ -99,6 +99,7 @@ class Training:
             plan.loop,
             {**plan.loop_cfg, "select_by": plan.select_by},
             plan.datasets,
+            hooks=HOOKS,
             num_workers=cfg.num_workers,
             use_gpu=use_gpu,
             storage_path=train_dir(cfg),

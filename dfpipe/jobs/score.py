@@ -31,7 +31,6 @@ from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
 from dfpipe.score import review
-from dfpipe.score.calibration import fit_calibration
 from dfpipe.score.stage import (
     VIDEO_COLUMNS,
     VideoRule,
@@ -42,6 +41,7 @@ from dfpipe.score.stage import (
 from dfpipe.stage import Resources
 from dfpipe.step import Step, StepTimer, run_step
 from dfpipe.train import modelio
+from dfpipe.train.calibration import fit_calibration
 
 log = logging.getLogger(__name__)
 
@@ -555,7 +555,7 @@ def refit_calibration(
 ) -> dict:
     """``calibrate=true``: the temperature and offset that minimise the video log loss of this
     dataset's labelled videos under the scoring rule (counted windows, the prior shift;
-    :func:`dfpipe.score.calibration.fit_calibration`), said out loud. Only the labelled videos'
+    :func:`dfpipe.train.calibration.fit_calibration`), said out loud. Only the labelled videos'
     window logits come back to the driver (five compact columns)."""
     labelled = todo.filter(pc.and_(pc.is_valid(todo.column("label")), pc.is_valid(todo.column("chunk"))))
     current = (float(meta.get("temperature", 1.0)), float(meta.get("offset", 0.0)))

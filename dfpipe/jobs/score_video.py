@@ -19,9 +19,10 @@ from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.extract.catalog import dataset_part
 from dfpipe.extract.faces import pick_device
+from dfpipe.faces.crops import FaceCropsStage, with_frames
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import score as score_job
-from dfpipe.score.embed import FaceCropsStage, WindowEmbedStage, with_frames
+from dfpipe.score.embed import WindowEmbedStage
 from dfpipe.score.stage import VideoRule, WindowScoreStage, video_row
 from dfpipe.segment.stage import FACE_COLUMNS
 from dfpipe.segment.windows import segment_video, window_id

@@ -15,9 +15,9 @@ from dfpipe import records as R
 from dfpipe.jobs import _codes
 from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
-from dfpipe.score.calibration import CALIBRATED_PRIOR, fit_calibration
 from dfpipe.score.embed import codes_array
 from dfpipe.train import modelio
+from dfpipe.train.calibration import CALIBRATED_PRIOR, fit_calibration
 from dfpipe.train.loops import classifier_loop, window_logits
 
 NAME = "train_classifier"
@@ -225,11 +225,11 @@ def learnt(history: list[dict], windows: dict, min_drop: float, embedder: dict) 
 
 
 def calibrate(state: dict, meta: dict, codes: list[_codes.Codes], opts):
-    """The calibration of the window logits (:func:`dfpipe.score.calibration.fit_calibration`: a
+    """The calibration of the window logits (:func:`dfpipe.train.calibration.fit_calibration`: a
     temperature and an offset), fitted on the val split's *video* probabilities under the model's
     aggregation over counted windows, so calibration holds for what is reported. The loss is
     balanced over the classes, as the training loss is (``pos_weight``): the probabilities assume a
-    prior of 0.5 (``dfpipe.score.calibration.prior_shift``). Trained on self-blends, the val FAKE
+    prior of 0.5 (``dfpipe.train.calibration.prior_shift``). Trained on self-blends, the val FAKE
     videos are self-blended too: the calibration then fits those, the only fakes the model has seen."""
     model = modelio.build(meta)
     model.load_state_dict(state)

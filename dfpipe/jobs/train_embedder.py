@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 from dfpipe import config as C
 from dfpipe import console, outputs, runner, storage
 from dfpipe import records as R
+from dfpipe.faces.crops import SampledFacesStage
 from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import segmented_videos
-from dfpipe.score.embed import SampledFacesStage
 from dfpipe.train import sbi
 from dfpipe.train.loops import embedder_loop, fake_halves
 from dfpipe.train.modelio import load_state

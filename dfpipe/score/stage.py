@@ -1,5 +1,5 @@
 """Scoring: window logits from the classifier, then one calibrated, clipped probability per video
-(the arithmetic in :mod:`dfpipe.score.calibration`).
+(the arithmetic in :mod:`dfpipe.train.calibration`).
 
 Ray-free: the bulk job maps :class:`WindowScoreStage` over cached codes, ``score-video`` calls
 the same functions in-process, so both give the same number for the same file.
@@ -16,7 +16,9 @@ import pyarrow.compute as pc
 
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.score.calibration import (
+from dfpipe.score.embed import codes_array
+from dfpipe.stage import Resources
+from dfpipe.train.calibration import (
     CALIBRATED_PRIOR,
     Aggregation,
     aggregate,
@@ -24,8 +26,6 @@ from dfpipe.score.calibration import (
     model_probs,
     prior_shift,
 )
-from dfpipe.score.embed import codes_array
-from dfpipe.stage import Resources
 
 
 @dataclass

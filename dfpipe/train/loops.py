@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from dfpipe import records as R
-from dfpipe.score import metrics as M
-from dfpipe.score.calibration import video_probs
-from dfpipe.score.embed import FaceTensors
+from dfpipe import runner
+from dfpipe.faces.tensors import FaceTensors
+from dfpipe.train import metrics as M
+from dfpipe.train import modelio
+from dfpipe.train.calibration import video_probs
 from dfpipe.train.sbi import SelfBlend
 
 log = logging.getLogger(__name__)
@@ -544,3 +546,7 @@ def curves_figure(history: list[dict], title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# What the runner needs from training, handed to ``runner.fit`` (the runner never imports training).
+HOOKS = runner.TrainingHooks(load_state=modelio.load_state, epoch_line=epoch_line)
