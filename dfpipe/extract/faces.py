@@ -97,7 +97,7 @@ class FaceDetector:
         out = []
         for b, p in zip(found, points, strict=True):
             b = np.asarray(b, np.float32).reshape(-1, 5)
-            out.append((b[:, :4], b[:, 4], np.asarray(p, np.float32).reshape(-1, 5, 2)))
+            out.append((b[:, :4], b[:, 4], np.asarray(p, np.float32).reshape(-1, R.N_LANDMARKS, 2)))
         return out
 
     def detect(self, frames: list[np.ndarray]) -> list[Faces]:
