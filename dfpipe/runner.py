@@ -21,6 +21,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from dfpipe import storage
+from dfpipe.config import JobError
+
 log = logging.getLogger(__name__)
 
 
@@ -279,8 +282,6 @@ def read_parquet(uri: str, options=None, columns: list[str] | None = None, where
     the rows matching ``where`` (a ``pyarrow.compute`` expression, applied as the files are read)."""
     import ray
 
-    from dfpipe import storage
-
     fs, path = storage.arrow_filesystem(uri, options)
     ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
     if where is None:
@@ -358,8 +359,6 @@ def map_rows(table: pa.Table, stage, rows_per_block: int = 1) -> Iterator[pa.Tab
 def iter_tables(ds) -> Iterator[pa.Table]:
     """Stream a dataset's output to the driver block by block (never all of it at once)."""
     from ray.data.exceptions import ExecutionTimeoutError
-
-    from dfpipe.config import JobError
 
     try:
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
@@ -577,9 +576,6 @@ def fit(
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
     from ray.train.v2.api.exceptions import ControllerError
 
-    from dfpipe import storage
-    from dfpipe.config import JobError
-
     fs, path = storage.arrow_filesystem(storage_path, storage_options)
     # Each worker reads its own share of each dataset, the same rows every run (Ray Train's split
     # would hand blocks to whichever worker asks first).
@@ -732,8 +728,6 @@ def staged(ds, uri: str, storage_options=None) -> TrainingInput:
     """
     import pyarrow.parquet as pq
 
-    from dfpipe import storage
-
     done = storage.join(uri, "_SUCCESS")
     if not storage.exists(done, storage_options):
         storage.delete(uri, storage_options)
@@ -770,8 +764,6 @@ def _parquet_reader(slices: list[dict], storage_options):
 
 def _read_parquet_files(batch: pa.Table, options) -> pa.Table:
     import pyarrow.parquet as pq
-
-    from dfpipe import storage
 
     tables = []
     for row in batch.to_pylist():

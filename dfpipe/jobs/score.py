@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from dfpipe import config as C
 from dfpipe import console, outputs, recipe, runner, storage
 from dfpipe import records as R
+from dfpipe.jobs import evaluate
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
@@ -398,8 +399,6 @@ def finish(
     out.write_json("stats.json", stats)
     labels = {x for x in all_scores.column("label").to_pylist() if x is not None}
     if cfg.evaluate and labels == {R.LABEL_REAL, R.LABEL_FAKE}:
-        from dfpipe.jobs import evaluate
-
         stats["report"] = evaluate.run(
             evaluate.EvaluateConfig(
                 input=cfg.output, output=paths["report"], model_version=version, **C.run_options_of(cfg)
@@ -658,8 +657,6 @@ def format_summary(stats: dict, report: bool = True) -> str:
             f"{cal['videos']} labelled videos, video log loss {cal['log_loss_before']:.4f} -> {cal['log_loss_after']:.4f}"
         )
     if report and "report" in stats:
-        from dfpipe.jobs import evaluate
-
         lines.append(evaluate.format_summary(stats["report"]))
     if stats.get("review"):
         lines.extend(review_lines(stats["review"]))

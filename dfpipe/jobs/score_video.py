@@ -23,6 +23,7 @@ from dfpipe.faces.crops import FaceCropsStage, with_frames
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import score as score_job
 from dfpipe.score.embed import WindowEmbedStage
+from dfpipe.score.explain import explain_png
 from dfpipe.score.stage import VideoRule, WindowScoreStage, video_row
 from dfpipe.segment.stage import FACE_COLUMNS
 from dfpipe.segment.windows import segment_video, window_id
@@ -192,8 +193,6 @@ class Scorer:
             record = self._record(manifest, counts, by_video.get(manifest["video_id"], []))
             record["seconds"] = timer.rounded()
             if explain:
-                from dfpipe.score.explain import explain_png
-
                 window_frames = self.seg_cfg.window_spec.window_len * manifest["frame_stride"]
                 explain_png(faces, record, window_frames, explain)
                 record["explain"] = explain

@@ -17,7 +17,7 @@ from dfpipe.jobs._codes import segmented_videos
 from dfpipe.train import sbi
 from dfpipe.train.loops import embedder_loop, fake_halves
 from dfpipe.train.modelio import load_state
-from dfpipe.train.models.embedder import MIN_FACE_SIZE
+from dfpipe.train.models.embedder import MIN_FACE_SIZE, FaceEmbedder, load_vggface2_backbone
 
 NAME = "train_embedder"
 RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
@@ -90,8 +90,6 @@ def initial_state(cfg: TrainEmbedderConfig) -> dict | None:
     if cfg.init == "random":
         return None
     if cfg.init == "vggface2":
-        from dfpipe.train.models.embedder import FaceEmbedder, load_vggface2_backbone
-
         model = FaceEmbedder(cfg.code_dim, cfg.dropout)
         load_vggface2_backbone(model)
         return model.state_dict()

@@ -17,10 +17,13 @@ import pyarrow as pa
 
 from dfpipe import records as R
 from dfpipe import storage
+from dfpipe.extract.faces import pick_device
 from dfpipe.faces.crops import FaceCropsStage, with_frames
 from dfpipe.faces.tensors import decode_crop, decode_faces, normalise, resized
+from dfpipe.outputs import read_batch_rows
 from dfpipe.stage import Resources
 from dfpipe.train import sbi
+from dfpipe.train.modelio import load_model
 from dfpipe.train.sbi import SelfBlend
 
 log = logging.getLogger(__name__)
@@ -50,9 +53,6 @@ class WindowEmbedStage:
 
     def setup(self) -> None:
         import torch
-
-        from dfpipe.extract.faces import pick_device
-        from dfpipe.train.modelio import load_model
 
         torch.set_num_threads(max(1, self.torch_threads))
         self.device = pick_device(self.device)
@@ -144,8 +144,6 @@ class VideoEmbedStage:
         self.embed.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from dfpipe.outputs import read_batch_rows
-
         windows = read_batch_rows(self.windows, batch, R.WINDOWS_SCHEMA)
         if self.blend is not None:
             windows = windows.filter(sbi.sources())

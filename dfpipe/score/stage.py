@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from dfpipe import records as R
 from dfpipe import storage
+from dfpipe.outputs import read_batch_rows
 from dfpipe.score.embed import codes_array
 from dfpipe.stage import Resources
 from dfpipe.train.calibration import (
@@ -26,6 +27,7 @@ from dfpipe.train.calibration import (
     model_probs,
     prior_shift,
 )
+from dfpipe.train.modelio import load_model
 
 
 @dataclass
@@ -49,8 +51,6 @@ class WindowScoreStage:
 
     def setup(self) -> None:
         import torch
-
-        from dfpipe.train.modelio import load_model
 
         torch.set_num_threads(1)
         self.net, self.meta = load_model(self.model, "window_classifier")
@@ -195,8 +195,6 @@ class VideoScoreStage:
 
     def window_logits(self, batch: pa.Table) -> pa.Table:
         """The logit of every window of the batch's videos (the classifier over their cached codes)."""
-        from dfpipe.outputs import read_batch_rows
-
         return self.windows(read_batch_rows(self.codes, batch, R.EMBEDDINGS_SCHEMA))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
