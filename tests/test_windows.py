@@ -57,15 +57,15 @@ def test_windows_lie_inside_one_run_and_have_exact_length(case):
         assert all(f in good for f in covered), "no window spans a gap or an unusable frame"
         run = next(r for r in runs if start in r)
         assert end in run, "a window lies inside one run"
-        assert len(run) >= spec.min_len, "runs shorter than min_len yield no window"
-    expected_short = [r for r in runs if len(r) < spec.min_len]
+        assert len(run) >= spec.min_run, "runs shorter than min_len yield no window"
+    expected_short = [r for r in runs if len(r) < spec.min_run]
     assert result.n_short_runs == len(expected_short)
     assert result.n_runs == len(runs)
     # Every run long enough is covered from its first frame, and with align_end to its last.
     starts = {s for s, _ in result.windows}
     ends = {e for _, e in result.windows}
     for r in runs:
-        if len(r) >= spec.min_len:
+        if len(r) >= spec.min_run:
             assert r[0] in starts
             if spec.remainder == "align_end":
                 assert r[-1] in ends
@@ -103,7 +103,9 @@ def test_edge_cases():
     # a missing frame breaks the run even when every present frame is usable
     assert windows_for_track([0, 1, 2, 3, 5, 6, 7, 8], [True] * 8, spec).windows == [(0, 3), (5, 8)]
     assert windows_for_track(range(7), [True] * 7, spec).remainder_frames == 1
-    assert windows_for_track(range(7), [True] * 7, WindowSpec(4, 2, 4, "align_end")).windows == [
+    assert windows_for_track(
+        range(7), [True] * 7, WindowSpec(window_len=4, window_stride=2, min_len=4, remainder="align_end")
+    ).windows == [
         (0, 3),
         (2, 5),
         (3, 6),
@@ -129,7 +131,9 @@ def test_segment_video_two_tracks_interleaved():
             "flag": [r[2] for r in rows],
         }
     )
-    windows, counts = segment_video(faces, ("ok", "multi_face"), WindowSpec(4, 4, 4), stride=1)
+    windows, counts = segment_video(
+        faces, ("ok", "multi_face"), WindowSpec(window_len=4, window_stride=4, min_len=4), stride=1
+    )
     by_track = {0: [], 1: []}
     for w in windows:
         by_track[w["track_id"]].append((w["start_frame"], w["end_frame"]))
@@ -137,7 +141,7 @@ def test_segment_video_two_tracks_interleaved():
     assert by_track[1] == [(0, 3), (4, 7), (10, 13), (14, 17)]  # frame 9 missing for track 1
     assert counts["n_tracks"] == 2 and counts["n_frames"] == 21
     assert counts["dropped"]["no_face"] == 1
-    only_ok, _ = segment_video(faces, ("ok",), WindowSpec(4, 4, 4), stride=1)
+    only_ok, _ = segment_video(faces, ("ok",), WindowSpec(window_len=4, window_stride=4, min_len=4), stride=1)
     assert only_ok == [], "with ok only, alternating multi_face frames leave no run of 4"
 
 
@@ -199,7 +203,9 @@ def test_track_rule_counts_the_people_not_the_posters():
         },
         40,
     )
-    windows, counts = segment_video(faces, ("ok", "multi_face"), WindowSpec(4, 4, 4), 1, TrackRule())
+    windows, counts = segment_video(
+        faces, ("ok", "multi_face"), WindowSpec(window_len=4, window_stride=4, min_len=4), 1, TrackRule()
+    )
     verdict = {t["track_id"]: (t["counted"], (t["reason"] or "").split(":")[0]) for t in counts["tracks"]}
     assert verdict == {
         0: (True, ""),
@@ -219,7 +225,9 @@ def test_track_rule_counts_the_people_not_the_posters():
 
 def test_track_rule_keeps_the_best_track_when_none_passes():
     faces = _faces({0: (range(0, 6), 100.0, 0.99), 1: (range(10, 14), 120.0, 0.99)}, 60)
-    _, counts = segment_video(faces, ("ok", "multi_face"), WindowSpec(4, 4, 4), 1, TrackRule())
+    _, counts = segment_video(
+        faces, ("ok", "multi_face"), WindowSpec(window_len=4, window_stride=4, min_len=4), 1, TrackRule()
+    )
     assert [t["counted"] for t in counts["tracks"]] == [True, False]  # 6 x 100 px beats 4 x 120 px
 
 
@@ -264,7 +272,9 @@ def test_a_confident_video_probability_is_clipped_and_the_window_probabilities_a
     assert row["prob_fake"] == pytest.approx(0.99)
 
 
-@pytest.mark.parametrize("bad", [dict(min_share=1.5), dict(min_mean_prob=-0.1), dict(min_relative_size=2)])
+@pytest.mark.parametrize(
+    "bad", [dict(track_min_share=1.5), dict(track_min_mean_prob=-0.1), dict(track_min_relative_size=2)]
+)
 def test_track_rule_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         TrackRule(**bad)
