@@ -187,6 +187,30 @@ class ScheduleOptions(C.Options):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingRunOptions(C.Options):
+    """How a training run runs and resumes (both trainings take these; ``epochs`` is each one's own:
+    their defaults differ)."""
+
+    overwrite: bool = C.option(False, "start again, deleting what the output holds")
+    seed: int = C.option(0, "random seed of initialisation and data order (recorded in model.json)")
+    num_workers: int = C.option(2, "Ray Train workers (one DDP process each)")
+    use_gpu: bool | None = C.option(
+        None,
+        "use GPUs to train (the classifier's run embeds its windows on them too; default: when the cluster has them)",
+    )
+    max_failures: int = C.option(
+        1, "worker failures Ray Train recovers from by restarting at the last checkpoint"
+    )
+    stop_after_epochs: int | None = C.option(
+        None, "stop this invocation after this many epochs; a rerun resumes"
+    )
+
+    def check(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError("num_workers must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class FakesOptions(C.Options):
     """Where a training's FAKE examples come from (both trainings take these)."""
 

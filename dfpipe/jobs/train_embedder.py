@@ -25,10 +25,9 @@ SUMMARY = "Train the triplet-loss face embedder on the train split's face crops 
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainEmbedderConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions):
+class TrainEmbedderConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions, T.TrainingRunOptions):
     input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
     output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
-    overwrite: bool = C.option(False, "start again, deleting what the output holds")
     init: str = C.option(
         "random",
         "initial weights: random (offline), vggface2 (downloads facenet-pytorch's weights), or a state-dict URI",
@@ -61,22 +60,13 @@ class TrainEmbedderConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions):
         2,
         "faces of one video in a batch: each batch holds batch_size/2/faces_per_video videos per class",
     )
-    seed: int = C.option(0, "random seed of initialisation and data order (recorded in model.json)")
-    num_workers: int = C.option(2, "Ray Train workers (one DDP process each)")
-    use_gpu: bool | None = C.option(None, "train on GPUs (default: when the cluster has them)")
-    max_failures: int = C.option(
-        1, "worker failures Ray Train recovers from by restarting at the last checkpoint"
-    )
-    stop_after_epochs: int | None = C.option(
-        None, "stop this invocation after this many epochs; a rerun resumes"
-    )
 
     def __post_init__(self):
         if self.face_size < MIN_FACE_SIZE:
             raise ValueError(
                 f"face_size must be >= {MIN_FACE_SIZE} for InceptionResnetV1, got {self.face_size}"
             )
-        for name in ("code_dim", "epochs", "num_workers", "faces_per_window", "faces_per_video"):
+        for name in ("code_dim", "epochs", "faces_per_window", "faces_per_video"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.batchnorm_batches < 0:
