@@ -51,7 +51,7 @@ test: install browser-deps
 # the bad-input corpus, the real clips, the benchmarks' tiny runs, and every property test run large.
 # DFPIPE_TEST_CHAIN=DIR (set by .ci/run for both tiers) lets it reuse the chain the default tier built.
 test-slow: $(INSTALL)
-	$(PYTHON) -m pytest -m "(slow or property) and not gpu and not cluster" --hypothesis-profile=thorough
+	$(PYTHON) -m pytest -m "(slow or property) and not cluster" --hypothesis-profile=thorough
 
 # The cluster tier: a head with no CPUs and two worker nodes with private disks on this machine
 # (tests/cluster.py), jobs through `ray job submit`: token auth, storage some node cannot see refused,
@@ -61,7 +61,7 @@ test-cluster: $(INSTALL)
 
 # Both tiers in one run (the chain built once).
 test-all: install browser-deps
-	$(PYTHON) -m pytest -m "not gpu and not cluster" --hypothesis-profile=thorough
+	$(PYTHON) -m pytest -m "not cluster" --hypothesis-profile=thorough
 
 lint:
 	$(PYTHON) -m ruff check dfpipe jobs tests bench

@@ -77,7 +77,7 @@ def scores(out: str, split: str | None = None) -> tuple[np.ndarray, np.ndarray, 
 def auc_with_interval(y: np.ndarray, p: np.ndarray, draws: int = 2000, seed: int = 0) -> dict:
     """The AUC and a 95% percentile bootstrap interval (videos resampled within each class, so each
     draw has both)."""
-    from dfpipe.score.metrics import roc_auc
+    from dfpipe.train.metrics import roc_auc
 
     real, fake = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
     out = {"real": int(len(real)), "fake": int(len(fake))}

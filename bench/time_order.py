@@ -38,10 +38,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sbi_auc import real_footage_test  # noqa: E402
 from stability import ROOT, write_result  # noqa: E402
 
-from dfpipe.score import metrics as M  # noqa: E402
-from dfpipe.score.calibration import model_probs, video_probs  # noqa: E402
 from dfpipe.score.embed import codes_array  # noqa: E402
+from dfpipe.train import metrics as M  # noqa: E402
 from dfpipe.train import modelio  # noqa: E402
+from dfpipe.train.calibration import model_probs, video_probs  # noqa: E402
 
 CASES = ("in order", "reversed", "shuffled", "mean, no LSTM")
 

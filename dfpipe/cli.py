@@ -17,7 +17,7 @@ import typing
 from typing import Any, NoReturn
 
 from dfpipe import config as C
-from dfpipe import console
+from dfpipe import console, runner, storage
 
 # job name -> module under dfpipe.jobs with NAME, SUMMARY, a Config dataclass, run() and format_summary().
 JOBS = {
@@ -87,7 +87,6 @@ def parse_args(cls, argv: list[str]) -> Any:
                 path = inline or (argv[i + 1] if i + 1 < len(argv) else "")
                 if not path:
                     raise C.ConfigError("--config needs a YAML file path")
-                from dfpipe import storage
 
                 try:
                     from_file = C.load_yaml(storage.read_text(path), path)
@@ -156,7 +155,6 @@ def run_job(name: str, argv: list[str], log_file: bool = False) -> int:
             return 2
     if not (log_file and getattr(module, "RAY", False) and not cfg.verbose):
         return _run(name, module, cfg)
-    from dfpipe import storage
 
     where = storage.join(cfg.output, "logs", console.log_name(name))
     with console.log_file(where, cfg.storage_options):
@@ -174,8 +172,6 @@ def refuse_unshared_storage(cfg) -> None:
     """On a cluster of several machines, a local path some node cannot see would lose work (face shards
     written to a worker's own disk) or fail late: refuse it at start-up, naming the path and the nodes.
     A local Ray on one machine (the demo, the tests) is not checked."""
-    from dfpipe import runner
-
     paths = cfg.local_paths()
     if not paths or not runner.joins_cluster(cfg.ray_address):
         return

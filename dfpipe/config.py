@@ -15,6 +15,10 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from dfpipe import storage
+from dfpipe.recipe import ADDED
+from dfpipe.storage import Folder, StorageOptions
+
 
 class ConfigError(ValueError):
     """A configuration the job cannot run with; the message says how to fix it."""
@@ -197,8 +201,6 @@ def to_dict(config) -> dict[str, Any]:
 
 def config_hash(config, keys: typing.Iterable[str]) -> str:
     """A short stable hash of the fields that change a job's output."""
-    from dfpipe.recipe import ADDED
-
     values = to_dict(config)
     # An option added later, at the value that reproduces the rows made before it, hashes as before.
     kept = {k: values[k] for k in sorted(keys) if not (k in ADDED and values[k] == ADDED[k])}
@@ -211,8 +213,6 @@ def refuse_other_settings(config, keys: typing.Iterable[str], done, config_uri: 
     settings (``config_hash`` values of the ``done`` rows other than this config's) are never mixed
     with new ones. Raises a :class:`ConfigError` (exit 2) naming each option that differs from the
     config the output's ``config_uri`` recorded, and the way out, ``--overwrite``."""
-    from dfpipe import storage
-
     opts = config.storage_options
     digest = config_hash(config, keys)
     other = set(done.column("config_hash").unique().to_pylist()) - {digest, None}
@@ -255,22 +255,16 @@ class RunOptions:
 
     @property
     def storage_options(self):
-        from dfpipe.storage import StorageOptions
-
         return StorageOptions(self.s3_endpoint_url, self.s3_region, self.s3_anon)
 
     def folder(self, uri: str):
         """``uri`` as a :class:`dfpipe.storage.Folder` reached with this job's storage options: how a
         job resolves what it reads and writes, once, where it starts."""
-        from dfpipe.storage import Folder
-
         return Folder(uri, self.storage_options)
 
     def local_paths(self) -> dict[str, str]:
         """The local paths the job reads or writes (``--input``, ``--output``, ``--model``, ...), as
         absolute paths: on a cluster of several machines, every node must see each of them."""
-        from dfpipe import storage
-
         out = {}
         for name in PATH_FIELDS:
             value = getattr(self, name, None)

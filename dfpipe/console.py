@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TextIO
 
+from dfpipe import storage
+
 _out: TextIO | None = None  # the console while the process's own stdout/stderr go to a log file
 _err: TextIO | None = None
 
@@ -58,7 +60,6 @@ def log_file(uri: str, options=None) -> Iterator[str]:
     """Send everything the process prints to ``uri`` (local, or uploaded at the end when remote);
     :func:`say` and :func:`shout` still reach the console. Yields the path being written."""
     global _out, _err
-    from dfpipe import storage
 
     if storage.is_local(uri):
         path = storage.strip_protocol(uri)

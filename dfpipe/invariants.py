@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from dfpipe import outputs, storage
 from dfpipe import records as R
+from dfpipe.extract.catalog import build_catalog
 
 MAX_LISTED = 20  # violations of one kind printed in full; the rest are counted
 
@@ -106,7 +107,6 @@ def check_no_partial_files(uri: str, options, report: Report) -> None:
 
 def check_extract(output: storage.Folder, report: Report) -> None:
     out, options = output.uri, output.options  # the URI names it in findings
-    from dfpipe.extract.catalog import build_catalog
 
     paths = outputs.extraction(out)
     manifest = outputs.read_manifest(output)

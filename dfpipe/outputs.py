@@ -96,10 +96,6 @@ def read_windows(output: storage.Folder | str, columns: list[str] | None = None)
     return _read(output, "windows", R.WINDOWS_SCHEMA, columns)
 
 
-def read_tracks(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
-    return _read(output, "tracks", R.TRACKS_SCHEMA, columns)
-
-
 def read_scores(output: storage.Folder | str, model_version: str | None = None, columns=None) -> pa.Table:
     t = _read(output, "scores", R.SCORES_SCHEMA, columns)
     if model_version is not None and t.num_rows:

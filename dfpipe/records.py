@@ -15,7 +15,7 @@ FLAG_LOW_PROB = "low_prob"
 FLAG_SMALL_FACE = "small_face"
 FRAME_FLAGS = (FLAG_OK, FLAG_NO_FACE, FLAG_MULTI_FACE, FLAG_LOW_PROB, FLAG_SMALL_FACE)
 
-N_LANDMARKS = 5
+N_LANDMARKS = 5  # MTCNN: the eyes, the nose and the mouth corners (landmarks are N x 2)
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -69,7 +69,7 @@ FACES_SCHEMA = pa.schema(
         # [x0, y0, ..., x4, y4] in the box's frame ((0, 0) its top-left, (1, 1) its bottom-right);
         # interpolated with the box between keyframes; null where there is no box. Shards written
         # before landmarks were kept lack the column (``faces_columns`` reads them as null).
-        ("landmarks", pa.list_(pa.float32(), 10)),
+        ("landmarks", pa.list_(pa.float32(), 2 * N_LANDMARKS)),
     ]
 )
 

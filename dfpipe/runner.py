@@ -21,6 +21,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from dfpipe import storage
+from dfpipe.config import JobError
+
 log = logging.getLogger(__name__)
 
 
@@ -279,8 +282,6 @@ def read_parquet(uri: str, options=None, columns: list[str] | None = None, where
     the rows matching ``where`` (a ``pyarrow.compute`` expression, applied as the files are read)."""
     import ray
 
-    from dfpipe import storage
-
     fs, path = storage.arrow_filesystem(uri, options)
     ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
     if where is None:
@@ -359,8 +360,6 @@ def iter_tables(ds) -> Iterator[pa.Table]:
     """Stream a dataset's output to the driver block by block (never all of it at once)."""
     from ray.data.exceptions import ExecutionTimeoutError
 
-    from dfpipe.config import JobError
-
     try:
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
     except ExecutionTimeoutError as exc:
@@ -372,10 +371,20 @@ def iter_tables(ds) -> Iterator[pa.Table]:
         ) from exc
 
 
+@dataclass(frozen=True)
+class TrainingHooks:
+    """What the runner needs from training, given rather than imported (training sits above the
+    runner): how a checkpoint's ``state.pt`` bytes become a state (``load_state(data, source)``,
+    raising a ``ValueError`` for a damaged file), and an epoch's line for a worker's own log."""
+
+    load_state: Callable[[bytes, str], dict]
+    epoch_line: Callable[[dict], str]
+
+
 class RayTrainContext:
     """A :class:`dfpipe.train.loops.TrainContext` backed by Ray Train, inside a TorchTrainer worker."""
 
-    def __init__(self, progress=None):
+    def __init__(self, hooks: TrainingHooks, progress=None):
         import ray.train
         import ray.train.torch
 
@@ -383,6 +392,7 @@ class RayTrainContext:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.progress = progress  # a ray.util.queue.Queue the driver reads epoch metrics from
+        self.hooks = hooks
 
     def batches(self, name, batch_size, shuffle=False, seed=None):
         import ray.train
@@ -411,7 +421,10 @@ class RayTrainContext:
 
         storage = ray.train.get_context().get_storage()
         return newest_state(
-            storage.storage_filesystem, storage.experiment_fs_path, ray.train.get_checkpoint()
+            storage.storage_filesystem,
+            storage.experiment_fs_path,
+            self.hooks.load_state,
+            ray.train.get_checkpoint(),
         )
 
     def report(self, metrics, state):
@@ -436,9 +449,7 @@ class RayTrainContext:
     def _tell_driver(self, metrics: dict) -> None:
         """Epoch metrics go to the driver, which prints them once (worker stdout is only logged)."""
         if self.progress is None:
-            from dfpipe.train.loops import epoch_line
-
-            print(epoch_line(metrics), flush=True)
+            print(self.hooks.epoch_line(metrics), flush=True)
             return
         try:
             self.progress.put_nowait(dict(metrics))
@@ -455,22 +466,20 @@ class RayTrainContext:
         return out
 
 
-def checkpoint_state(checkpoint) -> dict:
+def checkpoint_state(checkpoint, load_state: Callable[[bytes, str], dict]) -> dict:
     """The training state a Ray Train checkpoint holds (:func:`read_state`)."""
-    return read_state(checkpoint.filesystem, checkpoint.path)
+    return read_state(checkpoint.filesystem, checkpoint.path, load_state)
 
 
-def read_state(fs, folder: str) -> dict:
+def read_state(fs, folder: str, load_state: Callable[[bytes, str], dict]) -> dict:
     """The training state in checkpoint ``folder`` of pyarrow filesystem ``fs``, read straight from storage.
 
     Not through ``Checkpoint.as_directory()``: that downloads into a temporary folder named after the
     checkpoint and shared by every process of the node, so a worker that arrives once another's
     download has ended downloads again over the file the other is still reading. Two workers resuming
     on one node then read a truncated ``state.pt``, refused as damaged (the cluster tier's node-loss
-    test failed so in CI on 2026-12-07).
+    test failed so in CI on 2026-12-07). ``load_state(data, source)``: :class:`TrainingHooks`.
     """
-    from dfpipe.train.modelio import load_state
-
     path = f"{folder.rstrip('/')}/state.pt"
     with fs.open_input_stream(path) as f:
         return load_state(f.read(), f"checkpoint {path}")
@@ -505,22 +514,20 @@ def saved_checkpoints(fs, experiment: str) -> list[tuple[int, str]]:
     return sorted(saved, reverse=True)
 
 
-def newest_state(fs, experiment: str, recorded=None) -> dict | None:
+def newest_state(fs, experiment: str, load_state: Callable[[bytes, str], dict], recorded=None) -> dict | None:
     """The training state of the latest epoch saved under ``experiment`` (a Ray Train run's folder on
     ``fs``), or in the checkpoint Ray Train ``recorded`` if that one is newer (Ray may record a
     checkpoint whose worker was lost before it marked it). A saved one that cannot be read (deleted
-    under us, damaged) is passed over for the next older one."""
-    from dfpipe.train.modelio import ModelError
-
+    under us, damaged: ``load_state`` raises a ``ValueError``) is passed over for the next older one."""
     saved = saved_checkpoints(fs, experiment)
     fallback = None
     if recorded is not None and recorded.path.rstrip("/") not in {path for _, path in saved}:
-        fallback = checkpoint_state(recorded)
+        fallback = checkpoint_state(recorded, load_state)
         saved = [(epoch, path) for epoch, path in saved if epoch > int(fallback["epoch"])]
     for epoch, path in saved:
         try:
-            return read_state(fs, path)
-        except (OSError, ModelError) as exc:
+            return read_state(fs, path, load_state)
+        except (OSError, ValueError) as exc:
             log.warning("checkpoint %s (epoch %d) cannot be read, trying an older one: %s", path, epoch, exc)
     return fallback
 
@@ -531,7 +538,7 @@ def worker_dataset(name: str, rank: int) -> str:
 
 
 def _train_worker(config: dict) -> None:
-    config["loop"](config["config"], RayTrainContext(config.get("progress")))
+    config["loop"](config["config"], RayTrainContext(config["hooks"], config.get("progress")))
 
 
 def fit(
@@ -539,6 +546,7 @@ def fit(
     loop_config: dict,
     datasets: dict,
     *,
+    hooks: TrainingHooks,
     num_workers: int,
     use_gpu: bool,
     storage_path: str,
@@ -568,9 +576,6 @@ def fit(
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
     from ray.train.v2.api.exceptions import ControllerError
 
-    from dfpipe import storage
-    from dfpipe.config import JobError
-
     fs, path = storage.arrow_filesystem(storage_path, storage_options)
     # Each worker reads its own share of each dataset, the same rows every run (Ray Train's split
     # would hand blocks to whichever worker asks first).
@@ -592,7 +597,7 @@ def fit(
         progress = Queue(actor_options=driver_node_options())
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"loop": loop, "config": loop_config, "progress": progress},
+        train_loop_config={"loop": loop, "config": loop_config, "hooks": hooks, "progress": progress},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=name,
@@ -626,7 +631,7 @@ def fit(
     ranked = [(m.get(select_by), i, c) for i, (c, m) in enumerate(result.best_checkpoints)]
     finite = [r for r in ranked if r[0] is not None and r[0] == r[0]]
     best = min(finite, key=lambda r: (r[0], r[1]))[2] if finite else result.checkpoint
-    return checkpoint_state(best), checkpoint_state(result.checkpoint)
+    return checkpoint_state(best, hooks.load_state), checkpoint_state(result.checkpoint, hooks.load_state)
 
 
 def driver_node_options() -> dict:
@@ -723,8 +728,6 @@ def staged(ds, uri: str, storage_options=None) -> TrainingInput:
     """
     import pyarrow.parquet as pq
 
-    from dfpipe import storage
-
     done = storage.join(uri, "_SUCCESS")
     if not storage.exists(done, storage_options):
         storage.delete(uri, storage_options)
@@ -761,8 +764,6 @@ def _parquet_reader(slices: list[dict], storage_options):
 
 def _read_parquet_files(batch: pa.Table, options) -> pa.Table:
     import pyarrow.parquet as pq
-
-    from dfpipe import storage
 
     tables = []
     for row in batch.to_pylist():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfpipe.score import metrics as M
+from dfpipe.train import metrics as M
 from dfpipe.train import modelio
 from dfpipe.train.loops import LocalContext, classifier_loop, embedder_loop
 from dfpipe.train.models.classifier import WindowClassifier

@@ -127,7 +127,7 @@ def test_training_faces_blended_on_the_fly_are_fake_and_their_sources_real():
     from skimage import data
 
     from dfpipe.extract.faces import encode_jpeg
-    from dfpipe.score.embed import FaceTensors
+    from dfpipe.faces.tensors import FaceTensors
 
     crop = cv2.resize(data.astronaut()[20:160, 160:300], (96, 96), interpolation=cv2.INTER_AREA)
     stored = [0.25, 0.35, 0.7, 0.35, 0.48, 0.55, 0.3, 0.75, 0.66, 0.75]

@@ -23,7 +23,7 @@ from dfpipe.outputs import read_scores
 
 
 def brute_auc(y, p) -> float:
-    """AUC by counting every (FAKE, REAL) pair: independent of dfpipe.score.metrics."""
+    """AUC by counting every (FAKE, REAL) pair: independent of dfpipe.train.metrics."""
     pos = [s for s, t in zip(p, y, strict=True) if t == 1]
     neg = [s for s, t in zip(p, y, strict=True) if t == 0]
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in itertools.product(pos, neg))

@@ -448,3 +448,69 @@ def test_extraction_options_added_later_keep_old_models_and_rows_as_they_were():
         ("scan_every", 64, 0),
         ("mtcnn", "cascade", "facenet"),
     ]
+
+
+# The packages from the bottom up: each imports only from those below it (or itself). The command
+# line and the output checker sit on top with the jobs: they may import any step.
+LAYERS = (
+    ("core", "dfpipe"),
+    ("extract", "dfpipe.extract"),
+    ("sampledata", "dfpipe.sampledata"),
+    ("segment", "dfpipe.segment"),
+    ("faces", "dfpipe.faces"),
+    ("train", "dfpipe.train"),
+    ("score", "dfpipe.score"),
+    ("jobs", "dfpipe.jobs"),
+)
+TOP = ("dfpipe.cli", "dfpipe.invariants")  # modules of the core folder that sit with the jobs
+
+
+def layer_of(module: str) -> int:
+    if module in TOP or module.startswith(tuple(f"{m}." for m in TOP)):
+        return len(LAYERS) - 1
+    found = 0
+    for i, (_, prefix) in enumerate(LAYERS):
+        if module == prefix or module.startswith(prefix + "."):
+            found = i
+    return found
+
+
+def dfpipe_imports(path: Path, module: str) -> list[tuple[int, str]]:
+    """Every dfpipe module ``path`` imports, at its top or inside a function, but not under ``if TYPE_CHECKING``."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skip = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "dfpipe":
+                found += [(node.lineno, f"dfpipe.{a.name}") for a in node.names]
+            elif node.module.startswith("dfpipe."):
+                found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("dfpipe.")]
+    return found
+
+
+def test_imports_run_one_way_between_packages():
+    """core <- extract <- segment <- faces <- train <- score <- jobs: no package imports one above it,
+    even inside a function, so none of them can be in a cycle (issue 37)."""
+    root = Path(__file__).resolve().parents[1]
+    against = []
+    for path in sorted((root / "dfpipe").rglob("*.py")):
+        module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        mine = layer_of(module)
+        for line, target in dfpipe_imports(path, module):
+            theirs = layer_of(target)
+            if theirs > mine:
+                where = f"{path.relative_to(root)}:{line} ({LAYERS[mine][0]})"
+                against.append(f"{where} imports {target} ({LAYERS[theirs][0]})")
+    assert against == []

@@ -225,7 +225,8 @@ def test_a_step_whose_rows_lack_a_column_its_stage_reads_is_refused_when_built(t
 
 def test_every_stage_declares_what_it_reads_and_writes():
     from dfpipe.extract.stage import FaceExtractStage
-    from dfpipe.score.embed import FaceCropsStage, SampledFacesStage, VideoEmbedStage, WindowEmbedStage
+    from dfpipe.faces.crops import FaceCropsStage, SampledFacesStage
+    from dfpipe.score.embed import VideoEmbedStage, WindowEmbedStage
     from dfpipe.score.stage import VideoScoreStage, WindowLogitsStage, WindowScoreStage
     from dfpipe.segment.stage import SegmentStage
 

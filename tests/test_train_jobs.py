@@ -17,6 +17,7 @@ from conftest import CHAIN, EMBEDDER_ARGS, classifier_args
 from dfpipe import storage
 from dfpipe.cli import main
 from dfpipe.train import modelio
+from dfpipe.train.loops import HOOKS
 
 
 @pytest.fixture(scope="module")
@@ -258,8 +259,8 @@ def test_training_batches_span_videos_per_class_on_ray_train(extra_ray_train, tm
     def run(name: str) -> list[dict]:
         seen: list[dict] = []
         runner.fit(
-            _batch_videos_loop, cfg, datasets, num_workers=2, use_gpu=False, storage_path=str(tmp_path),
-            name=name, select_by="epoch", on_report=seen.append,
+            _batch_videos_loop, cfg, datasets, hooks=HOOKS, num_workers=2, use_gpu=False,
+            storage_path=str(tmp_path), name=name, select_by="epoch", on_report=seen.append,
         )  # fmt: skip
         return sorted(seen, key=lambda m: m["epoch"])
 
@@ -320,14 +321,9 @@ def test_video_embed_stage_gives_the_codes_of_the_two_stage_path(segmented_sampl
     import pyarrow.compute as pc
 
     from dfpipe import outputs
+    from dfpipe.faces.crops import FaceCropsStage, with_frames
     from dfpipe.jobs._codes import segmented_videos
-    from dfpipe.score.embed import (
-        FaceCropsStage,
-        VideoEmbedStage,
-        WindowEmbedStage,
-        video_groups,
-        with_frames,
-    )
+    from dfpipe.score.embed import VideoEmbedStage, WindowEmbedStage, video_groups
 
     videos = segmented_videos(storage.Folder(str(segmented_sample))).slice(0, 3)
     windows = outputs.read_windows(str(segmented_sample))
@@ -364,8 +360,8 @@ def test_sampled_faces_stage_gives_the_faces_the_driver_used_to_sample(segmented
     import pyarrow.parquet as pq
 
     from dfpipe import outputs
+    from dfpipe.faces.crops import FaceCropsStage, SampledFacesStage, sample_faces
     from dfpipe.jobs._codes import segmented_videos
-    from dfpipe.score.embed import FaceCropsStage, SampledFacesStage, sample_faces
 
     seg = tmp_path / "segment"
     shutil.copytree(segmented_sample, seg)
@@ -447,8 +443,8 @@ def test_training_whose_workers_cannot_be_placed_fails_within_the_wait_saying_wh
     started = time.monotonic()
     with pytest.raises(JobError, match=r"could not place 3 training worker\(s\) for 4 s.*capacity_wait_s"):
         runner.fit(
-            _never_runs, {}, {}, num_workers=3, use_gpu=False, storage_path=str(tmp_path), name="nowhere",
-            capacity_wait_s=4,
+            _never_runs, {}, {}, hooks=HOOKS, num_workers=3, use_gpu=False, storage_path=str(tmp_path),
+            name="nowhere", capacity_wait_s=4,
         )  # fmt: skip
     assert time.monotonic() - started < 60
 
@@ -476,8 +472,10 @@ def test_self_blended_windows_are_made_on_the_worker_from_real_windows_seeded_an
     import pyarrow.compute as pc
 
     from dfpipe import outputs
+    from dfpipe.faces.crops import FaceCropsStage, with_frames
+    from dfpipe.faces.tensors import decode_crop
     from dfpipe.jobs._codes import segmented_videos
-    from dfpipe.score.embed import FaceCropsStage, VideoEmbedStage, decode_crop, with_frames
+    from dfpipe.score.embed import VideoEmbedStage
     from dfpipe.train import sbi
 
     segment = storage.Folder(str(segmented_sample))
@@ -526,11 +524,19 @@ def test_self_blended_windows_are_made_on_the_worker_from_real_windows_seeded_an
     )
 
 
-# sbi in the default tier; both (the same code paths, labelled fakes beside) in the slow one.
-@pytest.mark.parametrize("fakes", ["sbi", pytest.param("both", marks=pytest.mark.slow)])
-def test_training_in_each_fakes_mode_runs_end_to_end_on_ray(
-    segmented_sample, embedder_model, tmp_path, fakes
+def test_training_from_self_blended_fakes_runs_end_to_end_on_ray(segmented_sample, embedder_model, tmp_path):
+    """``fakes=sbi`` (the default tier; ``fakes=both``, the same code paths with the labelled fakes
+    beside, in the slow tier: :func:`test_training_with_both_kinds_of_fakes_runs_end_to_end_on_ray`)."""
+    training_in_a_fakes_mode(segmented_sample, embedder_model, tmp_path, "sbi")
+
+
+def test_training_with_both_kinds_of_fakes_runs_end_to_end_on_ray(
+    segmented_sample, embedder_model, extra_ray_train, tmp_path
 ):
+    training_in_a_fakes_mode(segmented_sample, embedder_model, tmp_path, "both")
+
+
+def training_in_a_fakes_mode(segmented_sample, embedder_model, tmp_path, fakes: str) -> None:
     """Both trainings with self-blended fakes: ``sbi`` learns from the REAL videos alone (FAKE labels
     ignored: no labelled FAKE face or window is used), ``both`` adds the self-blends to the labelled
     fakes; each model records its mode, and the classifier scores like any other."""
@@ -665,7 +671,7 @@ def test_workers_resuming_on_one_node_each_read_the_whole_checkpoint(tmp_path):
         time.sleep(delay)
         for _ in range(4):
             try:
-                epochs.append(int(checkpoint_state(checkpoint)["epoch"]))
+                epochs.append(int(checkpoint_state(checkpoint, HOOKS.load_state)["epoch"]))
             except Exception as exc:  # noqa: BLE001 - every failure is the finding
                 errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -701,14 +707,16 @@ def test_training_resumes_from_the_newest_checkpoint_saved_in_storage(tmp_path):
             mark_saved(saved, epoch)
         return saved
 
-    assert newest_state(fs, str(run)) is None
+    assert newest_state(fs, str(run), HOOKS.load_state) is None
     first = checkpoint("checkpoint_a", 0)
-    assert newest_state(fs, str(run), recorded=None)["epoch"] == 0
+    assert newest_state(fs, str(run), HOOKS.load_state, recorded=None)["epoch"] == 0
     checkpoint("checkpoint_b", 1)  # saved and reported, never recorded by Ray
-    assert newest_state(fs, str(run), recorded=first)["epoch"] == 1
+    assert newest_state(fs, str(run), HOOKS.load_state, recorded=first)["epoch"] == 1
     checkpoint("checkpoint_c", 2, damaged=True)
     assert [e for e, _ in saved_checkpoints(fs, str(run))] == [2, 1, 0]
-    assert newest_state(fs, str(run), recorded=first)["epoch"] == 1
+    assert newest_state(fs, str(run), HOOKS.load_state, recorded=first)["epoch"] == 1
     partial = checkpoint("checkpoint_d", 3, marked=False)
-    assert newest_state(fs, str(run), recorded=first)["epoch"] == 1
-    assert newest_state(fs, str(run), recorded=partial)["epoch"] == 3  # recorded by Ray: whole
+    assert newest_state(fs, str(run), HOOKS.load_state, recorded=first)["epoch"] == 1
+    assert (
+        newest_state(fs, str(run), HOOKS.load_state, recorded=partial)["epoch"] == 3
+    )  # recorded by Ray: whole

@@ -57,15 +57,15 @@ def test_windows_lie_inside_one_run_and_have_exact_length(case):
         assert all(f in good for f in covered), "no window spans a gap or an unusable frame"
         run = next(r for r in runs if start in r)
         assert end in run, "a window lies inside one run"
-        assert len(run) >= spec.min_len, "runs shorter than min_len yield no window"
-    expected_short = [r for r in runs if len(r) < spec.min_len]
+        assert len(run) >= spec.min_run, "runs shorter than min_len yield no window"
+    expected_short = [r for r in runs if len(r) < spec.min_run]
     assert result.n_short_runs == len(expected_short)
     assert result.n_runs == len(runs)
     # Every run long enough is covered from its first frame, and with align_end to its last.
     starts = {s for s, _ in result.windows}
     ends = {e for _, e in result.windows}
     for r in runs:
-        if len(r) >= spec.min_len:
+        if len(r) >= spec.min_run:
             assert r[0] in starts
             if spec.remainder == "align_end":
                 assert r[-1] in ends
@@ -103,7 +103,9 @@ def test_edge_cases():
     # a missing frame breaks the run even when every present frame is usable
     assert windows_for_track([0, 1, 2, 3, 5, 6, 7, 8], [True] * 8, spec).windows == [(0, 3), (5, 8)]
     assert windows_for_track(range(7), [True] * 7, spec).remainder_frames == 1
-    assert windows_for_track(range(7), [True] * 7, WindowSpec(4, 2, 4, "align_end")).windows == [
+    assert windows_for_track(
+        range(7), [True] * 7, WindowSpec(window_len=4, window_stride=2, min_len=4, remainder="align_end")
+    ).windows == [
         (0, 3),
         (2, 5),
         (3, 6),
@@ -129,7 +131,9 @@ def test_segment_video_two_tracks_interleaved():
             "flag": [r[2] for r in rows],
         }
     )
-    windows, counts = segment_video(faces, ("ok", "multi_face"), WindowSpec(4, 4, 4), stride=1)
+    windows, counts = segment_video(
+        faces, ("ok", "multi_face"), WindowSpec(window_len=4, window_stride=4, min_len=4), stride=1
+    )
     by_track = {0: [], 1: []}
     for w in windows:
         by_track[w["track_id"]].append((w["start_frame"], w["end_frame"]))
@@ -137,7 +141,7 @@ def test_segment_video_two_tracks_interleaved():
     assert by_track[1] == [(0, 3), (4, 7), (10, 13), (14, 17)]  # frame 9 missing for track 1
     assert counts["n_tracks"] == 2 and counts["n_frames"] == 21
     assert counts["dropped"]["no_face"] == 1
-    only_ok, _ = segment_video(faces, ("ok",), WindowSpec(4, 4, 4), stride=1)
+    only_ok, _ = segment_video(faces, ("ok",), WindowSpec(window_len=4, window_stride=4, min_len=4), stride=1)
     assert only_ok == [], "with ok only, alternating multi_face frames leave no run of 4"
 
 
@@ -199,7 +203,9 @@ def test_track_rule_counts_the_people_not_the_posters():
         },
         40,
     )
-    windows, counts = segment_video(faces, ("ok", "multi_face"), WindowSpec(4, 4, 4), 1, TrackRule())
+    windows, counts = segment_video(
+        faces, ("ok", "multi_face"), WindowSpec(window_len=4, window_stride=4, min_len=4), 1, TrackRule()
+    )
     verdict = {t["track_id"]: (t["counted"], (t["reason"] or "").split(":")[0]) for t in counts["tracks"]}
     assert verdict == {
         0: (True, ""),
@@ -219,7 +225,9 @@ def test_track_rule_counts_the_people_not_the_posters():
 
 def test_track_rule_keeps_the_best_track_when_none_passes():
     faces = _faces({0: (range(0, 6), 100.0, 0.99), 1: (range(10, 14), 120.0, 0.99)}, 60)
-    _, counts = segment_video(faces, ("ok", "multi_face"), WindowSpec(4, 4, 4), 1, TrackRule())
+    _, counts = segment_video(
+        faces, ("ok", "multi_face"), WindowSpec(window_len=4, window_stride=4, min_len=4), 1, TrackRule()
+    )
     assert [t["counted"] for t in counts["tracks"]] == [True, False]  # 6 x 100 px beats 4 x 120 px
 
 
@@ -264,7 +272,9 @@ def test_a_confident_video_probability_is_clipped_and_the_window_probabilities_a
     assert row["prob_fake"] == pytest.approx(0.99)
 
 
-@pytest.mark.parametrize("bad", [dict(min_share=1.5), dict(min_mean_prob=-0.1), dict(min_relative_size=2)])
+@pytest.mark.parametrize(
+    "bad", [dict(track_min_share=1.5), dict(track_min_mean_prob=-0.1), dict(track_min_relative_size=2)]
+)
 def test_track_rule_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         TrackRule(**bad)
@@ -273,8 +283,8 @@ def test_track_rule_rejects_bad_settings(bad):
 def test_one_prior_shifts_probabilities_and_the_fallback_together():
     """The model is calibrated for 0.5 FAKE; prior_fake moves every probability by Bayes' rule and the
     fallback to the same value, and a prior equal to the calibrated one changes nothing."""
-    from dfpipe.score.calibration import prior_shift
     from dfpipe.score.stage import VideoRule, video_row
+    from dfpipe.train.calibration import prior_shift
 
     video = {"video_id": "v", "status": R.STATUS_OK, "n_tracks": 1, "n_tracks_counted": 1}
     windows = [{"track_id": 0, "start_frame": 0, "logit": 0.0, "counted": True}]
@@ -299,7 +309,7 @@ def test_the_video_calibration_is_fitted_for_a_balanced_prior():
     """With five FAKE videos per REAL one, the balanced fit is the plain fit on a set where each REAL
     video counts five times (up to the smoothing, which counts videos): the probabilities assume 0.5
     FAKE whatever the validation ratio. The offset takes the logits' bias towards FAKE out."""
-    from dfpipe.score.calibration import fit_calibration
+    from dfpipe.train.calibration import fit_calibration
 
     rng = np.random.default_rng(0)
     n_real, n_fake = 20, 100
@@ -325,8 +335,8 @@ def _videos(logits_by_video: list[float]):
 def test_an_offset_moves_the_threshold_a_temperature_cannot():
     """A model that ranks every video right but puts them all on the FAKE side of 0.5 (accuracy 0.5,
     AUC 1): the fitted offset brings the REAL ones back under 0.5; a temperature alone cannot."""
-    from dfpipe.score import metrics as M
-    from dfpipe.score.calibration import fit_calibration, window_probs
+    from dfpipe.train import metrics as M
+    from dfpipe.train.calibration import fit_calibration, window_probs
 
     y = np.r_[np.zeros(10), np.ones(10)]
     logits, videos, tracks = _videos(np.r_[np.linspace(0.10, 0.20, 10), np.linspace(0.25, 0.35, 10)])
@@ -342,7 +352,7 @@ def test_a_perfectly_separated_val_set_gets_a_deliberate_cap_not_the_search_boun
     """Separated val videos would ask for T -> 0 (every probability 0 or 1): the smoothed targets
     (1 - e, e with e = 1/(N+2)) stop the fit inside its range, the most confident video near 1 - e,
     and a cap that loosens as N grows."""
-    from dfpipe.score.calibration import TEMPERATURE_RANGE, fit_calibration, window_probs
+    from dfpipe.train.calibration import TEMPERATURE_RANGE, fit_calibration, window_probs
 
     def fitted(n):
         y = np.r_[np.zeros(n // 2), np.ones(n // 2)]
@@ -360,7 +370,7 @@ def test_a_perfectly_separated_val_set_gets_a_deliberate_cap_not_the_search_boun
 
 def test_a_calibration_at_the_bound_of_its_search_is_said():
     """Logits that do not vary at all cannot be calibrated: the fit says where it stopped."""
-    from dfpipe.score.calibration import fit_calibration
+    from dfpipe.train.calibration import fit_calibration
 
     y = np.r_[np.zeros(4), np.ones(4)]
     logits, videos, tracks = _videos(np.r_[np.full(4, 0.3), np.full(4, 0.3 + 1e-9)])

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 
 from dfpipe import records as R
-from dfpipe.extract.mtcnn import Faces
+from dfpipe.extract.mtcnn import Cascade, Faces
+from dfpipe.extract.tracks import iou_matrix
 
 
 def pick_device(device: str = "auto") -> str:
@@ -51,8 +52,6 @@ class FaceDetector:
 
     def __post_init__(self):
         from facenet_pytorch import MTCNN
-
-        from dfpipe.extract.mtcnn import Cascade
 
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
@@ -97,7 +96,7 @@ class FaceDetector:
         out = []
         for b, p in zip(found, points, strict=True):
             b = np.asarray(b, np.float32).reshape(-1, 5)
-            out.append((b[:, :4], b[:, 4], np.asarray(p, np.float32).reshape(-1, 5, 2)))
+            out.append((b[:, :4], b[:, 4], np.asarray(p, np.float32).reshape(-1, R.N_LANDMARKS, 2)))
         return out
 
     def detect(self, frames: list[np.ndarray]) -> list[Faces]:
@@ -137,8 +136,6 @@ class FaceDetector:
         """
         import torch
         from torchvision.ops import nms
-
-        from dfpipe.extract.tracks import iou_matrix
 
         suits = [
             len(hs) > 0 and all(region_suits(f, h) for h in hs) for f, hs in zip(frames, hints, strict=True)
@@ -201,8 +198,6 @@ class FaceDetector:
            around it (:meth:`detect_regions`' regions) and the box passes when a face of ``min_prob``
            or more overlaps it by ``min_iou``.
         """
-        from dfpipe.extract.tracks import iou_matrix
-
         counts = [len(b) for b in boxes]
         flat = [(f, b) for f, bs in zip(frames, boxes, strict=True) for b in bs]
         if not flat:

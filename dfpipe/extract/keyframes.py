@@ -47,6 +47,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from dfpipe import records as R
 from dfpipe.extract.tracks import greedy_match, iou_matrix
 
 # boxes (k, 4) float32, probs (k,) float32, landmarks (k, 5, 2) float32 (NaN where the detector gives none)
@@ -71,7 +72,11 @@ class FrameFaces:
 
 
 def _empty() -> Detection:
-    return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
+    return (
+        np.zeros((0, 4), np.float32),
+        np.zeros((0,), np.float32),
+        np.zeros((0, R.N_LANDMARKS, 2), np.float32),
+    )
 
 
 def as_detection(found: tuple) -> Detection:
@@ -80,7 +85,7 @@ def as_detection(found: tuple) -> Detection:
     if len(found) == 3:
         return found
     boxes, probs = found
-    return boxes, probs, np.full((len(boxes), 5, 2), np.nan, np.float32)
+    return boxes, probs, np.full((len(boxes), R.N_LANDMARKS, 2), np.nan, np.float32)
 
 
 def match_faces(

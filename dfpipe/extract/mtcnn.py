@@ -21,6 +21,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from dfpipe import records as R
+
 Faces = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (k, 4), probs (k,), landmarks (k, 5, 2)
 
 
@@ -37,7 +39,11 @@ def pyramid_scales(height: int, width: int, min_size: float, factor: float) -> l
 
 
 def empty_faces() -> Faces:
-    return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
+    return (
+        np.zeros((0, 4), np.float32),
+        np.zeros((0,), np.float32),
+        np.zeros((0, R.N_LANDMARKS, 2), np.float32),
+    )
 
 
 class Cascade:
@@ -133,7 +139,7 @@ class Cascade:
                 boxes = rerec(bbreg(boxes, reg))
 
             # O-Net on 48x48 cuts: final boxes, probabilities and five landmarks.
-            points = torch.zeros((0, 5, 2))
+            points = torch.zeros((0, R.N_LANDMARKS, 2))
             if len(boxes):
                 cuts, ok = _cuts(images, boxes, inds, w, h, 48)
                 boxes, inds = boxes[ok], inds[ok]

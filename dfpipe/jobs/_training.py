@@ -19,7 +19,7 @@ from dfpipe import __version__, console, outputs, recipe, runner, storage
 from dfpipe import config as C
 from dfpipe import records as R
 from dfpipe.train import sbi
-from dfpipe.train.loops import AUC_DECIMALS, SELECT_BY, epoch_line, metric_kind, plot_curves
+from dfpipe.train.loops import AUC_DECIMALS, HOOKS, SELECT_BY, epoch_line, metric_kind, plot_curves
 from dfpipe.train.modelio import save_model
 from dfpipe.train.sbi import SelfBlend
 
@@ -99,6 +99,7 @@ class Training:
             plan.loop,
             {**plan.loop_cfg, "select_by": plan.select_by},
             plan.datasets,
+            hooks=HOOKS,
             num_workers=cfg.num_workers,
             use_gpu=use_gpu,
             storage_path=train_dir(cfg),
@@ -183,6 +184,30 @@ class ScheduleOptions(C.Options):
     def check(self) -> None:
         if self.warmup_epochs < 0:
             raise ValueError("warmup_epochs must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingRunOptions(C.Options):
+    """How a training run runs and resumes (both trainings take these; ``epochs`` is each one's own:
+    their defaults differ)."""
+
+    overwrite: bool = C.option(False, "start again, deleting what the output holds")
+    seed: int = C.option(0, "random seed of initialisation and data order (recorded in model.json)")
+    num_workers: int = C.option(2, "Ray Train workers (one DDP process each)")
+    use_gpu: bool | None = C.option(
+        None,
+        "use GPUs to train (the classifier's run embeds its windows on them too; default: when the cluster has them)",
+    )
+    max_failures: int = C.option(
+        1, "worker failures Ray Train recovers from by restarting at the last checkpoint"
+    )
+    stop_after_epochs: int | None = C.option(
+        None, "stop this invocation after this many epochs; a rerun resumes"
+    )
+
+    def check(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError("num_workers must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

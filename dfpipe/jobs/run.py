@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from dfpipe import config as C
 from dfpipe import console, storage
+from dfpipe.jobs import evaluate, extract, score, segment, train_classifier, train_embedder
 
 NAME = "run"
 RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
@@ -49,8 +50,6 @@ class PipelineConfig(C.RunOptions):
 
     @property
     def step_configs(self) -> dict:
-        from dfpipe.jobs import extract, score, segment, train_classifier, train_embedder
-
         p = self.paths
         common = C.run_options_of(self)  # every step runs where and as the pipeline does
         wired = {
@@ -85,8 +84,6 @@ class PipelineConfig(C.RunOptions):
 
 
 def run(cfg: PipelineConfig) -> dict:
-    from dfpipe.jobs import extract, score, segment, train_classifier, train_embedder
-
     modules = {
         "extract": extract,
         "segment": segment,
@@ -128,8 +125,6 @@ def run(cfg: PipelineConfig) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    from dfpipe.jobs import evaluate, score
-
     t = summary["timings_s"]
     total = summary["total_s"] or 1
     lines = [

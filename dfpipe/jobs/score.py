@@ -27,11 +27,11 @@ import pyarrow.parquet as pq
 from dfpipe import config as C
 from dfpipe import console, outputs, recipe, runner, storage
 from dfpipe import records as R
+from dfpipe.jobs import evaluate
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
 from dfpipe.score import review
-from dfpipe.score.calibration import fit_calibration
 from dfpipe.score.stage import (
     VIDEO_COLUMNS,
     VideoRule,
@@ -42,6 +42,7 @@ from dfpipe.score.stage import (
 from dfpipe.stage import Resources
 from dfpipe.step import Step, StepTimer, run_step
 from dfpipe.train import modelio
+from dfpipe.train.calibration import fit_calibration
 
 log = logging.getLogger(__name__)
 
@@ -398,8 +399,6 @@ def finish(
     out.write_json("stats.json", stats)
     labels = {x for x in all_scores.column("label").to_pylist() if x is not None}
     if cfg.evaluate and labels == {R.LABEL_REAL, R.LABEL_FAKE}:
-        from dfpipe.jobs import evaluate
-
         stats["report"] = evaluate.run(
             evaluate.EvaluateConfig(
                 input=cfg.output, output=paths["report"], model_version=version, **C.run_options_of(cfg)
@@ -555,7 +554,7 @@ def refit_calibration(
 ) -> dict:
     """``calibrate=true``: the temperature and offset that minimise the video log loss of this
     dataset's labelled videos under the scoring rule (counted windows, the prior shift;
-    :func:`dfpipe.score.calibration.fit_calibration`), said out loud. Only the labelled videos'
+    :func:`dfpipe.train.calibration.fit_calibration`), said out loud. Only the labelled videos'
     window logits come back to the driver (five compact columns)."""
     labelled = todo.filter(pc.and_(pc.is_valid(todo.column("label")), pc.is_valid(todo.column("chunk"))))
     current = (float(meta.get("temperature", 1.0)), float(meta.get("offset", 0.0)))
@@ -658,8 +657,6 @@ def format_summary(stats: dict, report: bool = True) -> str:
             f"{cal['videos']} labelled videos, video log loss {cal['log_loss_before']:.4f} -> {cal['log_loss_after']:.4f}"
         )
     if report and "report" in stats:
-        from dfpipe.jobs import evaluate
-
         lines.append(evaluate.format_summary(stats["report"]))
     if stats.get("review"):
         lines.extend(review_lines(stats["review"]))

@@ -19,9 +19,11 @@ from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.extract.catalog import dataset_part
 from dfpipe.extract.faces import pick_device
+from dfpipe.faces.crops import FaceCropsStage, with_frames
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import score as score_job
-from dfpipe.score.embed import FaceCropsStage, WindowEmbedStage, with_frames
+from dfpipe.score.embed import WindowEmbedStage
+from dfpipe.score.explain import explain_png
 from dfpipe.score.stage import VideoRule, WindowScoreStage, video_row
 from dfpipe.segment.stage import FACE_COLUMNS
 from dfpipe.segment.windows import segment_video, window_id
@@ -191,8 +193,6 @@ class Scorer:
             record = self._record(manifest, counts, by_video.get(manifest["video_id"], []))
             record["seconds"] = timer.rounded()
             if explain:
-                from dfpipe.score.explain import explain_png
-
                 window_frames = self.seg_cfg.window_spec.window_len * manifest["frame_stride"]
                 explain_png(faces, record, window_frames, explain)
                 record["explain"] = explain

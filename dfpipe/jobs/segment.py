@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
 
 from dfpipe import config as C
 from dfpipe import outputs, recipe, storage
@@ -24,7 +23,11 @@ OUTPUT_FIELDS = recipe.WINDOW_OPTIONS + recipe.SPLIT_OPTIONS
 
 
 @dataclass(frozen=True, kw_only=True)
-class SegmentConfig(C.RunOptions):
+class SegmentConfig(C.RunOptions, SplitRule, TrackRule, WindowSpec):
+    """The segment job: where from and to, how it runs, and the stage's option groups (windows, the
+    track rule and the splits: :mod:`dfpipe.segment.windows`, inherited so that every key stays flat;
+    listed last to first, as a dataclass takes the fields of its last base first)."""
+
     input: str = C.option(help="an extraction output URI (with faces/ and videos/)")
     output: str = C.option(
         help="output URI; windows/, videos/, stats.json and config.json are written under it"
@@ -34,58 +37,30 @@ class SegmentConfig(C.RunOptions):
         (R.FLAG_OK, R.FLAG_MULTI_FACE),
         "flags whose frames count as usable for their track (multi_face rows belong to one track each)",
     )
-    window_len: int = C.option(16, "frames per window")
-    window_stride: int = C.option(8, "frames between the starts of consecutive windows of a run")
-    min_len: int | None = C.option(None, "runs shorter than this are dropped (default: window_len)")
-    remainder: Literal["drop", "align_end"] = C.option(
-        "drop", "a run's tail that no window covers: drop it, or add one last window aligned to the run's end"
-    )
-    track_min_share: float = C.option(
-        0.25,
-        "a track counts towards its video's score only if it is on at least this share of the kept frames",
-    )
-    track_min_mean_prob: float = C.option(0.95, "... and its mean detection probability is at least this")
-    track_min_relative_size: float = C.option(
-        0.5, "... and its median face is at least this fraction of the main (largest such) face"
-    )
-    val_parts: tuple[str, ...] = C.option(
-        (), "parts (names or ranges like 35-39) for val; with test_parts, parts decide splits"
-    )
-    test_parts: tuple[str, ...] = C.option((), "parts (names or ranges like 40-49) for test")
-    val_fraction: float = C.option(0.15, "share of groups in val when splitting by hash")
-    test_fraction: float = C.option(0.15, "share of groups in test when splitting by hash")
-    split_salt: str = C.option("dfpipe", "salt of the split hash (change it to draw other splits)")
     videos_per_task: int = C.option(32, "videos per batch handed to a worker")
     num_workers: int | None = C.option(None, "workers (default: as many as the cluster fits)")
     manifest_flush_rows: int = C.option(2000, "summary rows per videos/ file")
 
-    def __post_init__(self):
+    def check(self) -> None:
         bad = sorted(set(self.usable_flags) - set(R.FRAME_FLAGS))
         if bad:
             raise ValueError(
                 f"usable_flags: unknown flag(s) {', '.join(bad)}; flags are {', '.join(R.FRAME_FLAGS)}"
             )
-        self.window_spec  # noqa: B018 - validates window_len, window_stride, min_len and remainder
-        self.split_rule  # noqa: B018
-        self.track_rule  # noqa: B018
         if storage.normalize(self.input) == storage.normalize(self.output):
             raise ValueError("output must differ from input")
 
     @property
     def window_spec(self) -> WindowSpec:
-        return WindowSpec(
-            self.window_len, self.window_stride, self.min_len or self.window_len, self.remainder
-        )
+        return C.part(WindowSpec, self)
 
     @property
     def track_rule(self) -> TrackRule:
-        return TrackRule(self.track_min_share, self.track_min_mean_prob, self.track_min_relative_size)
+        return C.part(TrackRule, self)
 
     @property
     def split_rule(self) -> SplitRule:
-        return SplitRule(
-            self.val_parts, self.test_parts, self.val_fraction, self.test_fraction, self.split_salt
-        )
+        return C.part(SplitRule, self)
 
 
 def run(cfg: SegmentConfig) -> dict:

@@ -15,9 +15,9 @@ from dfpipe import records as R
 from dfpipe.jobs import _codes
 from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
-from dfpipe.score.calibration import CALIBRATED_PRIOR, fit_calibration
 from dfpipe.score.embed import codes_array
 from dfpipe.train import modelio
+from dfpipe.train.calibration import CALIBRATED_PRIOR, fit_calibration
 from dfpipe.train.loops import classifier_loop, window_logits
 
 NAME = "train_classifier"
@@ -28,11 +28,10 @@ SUMMARY = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainClassifierConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions):
+class TrainClassifierConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions, T.TrainingRunOptions):
     input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
     embedder: str = C.option(help="the embedder's model directory (from train_embedder)")
     output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
-    overwrite: bool = C.option(False, "start again, deleting what the output holds")
     embeddings_cache: str | None = C.option(
         None,
         "where window codes are cached (default: INPUT/embeddings/<embedder version>/, shared by every classifier run)",
@@ -49,7 +48,6 @@ class TrainClassifierConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions):
     windows_per_video: int = C.option(
         2, "windows of one video in a batch: each batch holds batch_size/windows_per_video videos"
     )
-    seed: int = C.option(0, "random seed of initialisation and data order (recorded in model.json)")
     aggregation: Literal["max_track_mean", "mean", "confident"] = C.option(
         "max_track_mean",
         "window -> video rule of validation (checkpoint choice, temperature); recorded for scoring to use",
@@ -60,17 +58,9 @@ class TrainClassifierConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions):
         "the model to be saved: a classifier that learnt nothing fails the job with its figures; 0 saves any",
     )
     embed_batch_faces: int = C.option(128, "faces per embedder forward pass")
-    num_workers: int = C.option(2, "Ray Train workers")
-    use_gpu: bool | None = C.option(
-        None, "use GPUs for embedding and training (default: when the cluster has them)"
-    )
-    max_failures: int = C.option(1, "worker failures Ray Train recovers from")
-    stop_after_epochs: int | None = C.option(
-        None, "stop this invocation after this many epochs; a rerun resumes"
-    )
 
     def __post_init__(self):
-        for name in ("hidden_size", "num_layers", "epochs", "batch_size", "num_workers", "windows_per_video"):
+        for name in ("hidden_size", "num_layers", "epochs", "batch_size", "windows_per_video"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         super().__post_init__()
@@ -225,11 +215,11 @@ def learnt(history: list[dict], windows: dict, min_drop: float, embedder: dict) 
 
 
 def calibrate(state: dict, meta: dict, codes: list[_codes.Codes], opts):
-    """The calibration of the window logits (:func:`dfpipe.score.calibration.fit_calibration`: a
+    """The calibration of the window logits (:func:`dfpipe.train.calibration.fit_calibration`: a
     temperature and an offset), fitted on the val split's *video* probabilities under the model's
     aggregation over counted windows, so calibration holds for what is reported. The loss is
     balanced over the classes, as the training loss is (``pos_weight``): the probabilities assume a
-    prior of 0.5 (``dfpipe.score.calibration.prior_shift``). Trained on self-blends, the val FAKE
+    prior of 0.5 (``dfpipe.train.calibration.prior_shift``). Trained on self-blends, the val FAKE
     videos are self-blended too: the calibration then fits those, the only fakes the model has seen."""
     model = modelio.build(meta)
     model.load_state_dict(state)

@@ -11,13 +11,13 @@ import pyarrow.compute as pc
 from dfpipe import config as C
 from dfpipe import console, outputs, runner, storage
 from dfpipe import records as R
+from dfpipe.faces.crops import SampledFacesStage
 from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import segmented_videos
-from dfpipe.score.embed import SampledFacesStage
 from dfpipe.train import sbi
 from dfpipe.train.loops import embedder_loop, fake_halves
 from dfpipe.train.modelio import load_state
-from dfpipe.train.models.embedder import MIN_FACE_SIZE
+from dfpipe.train.models.embedder import MIN_FACE_SIZE, FaceEmbedder, load_vggface2_backbone
 
 NAME = "train_embedder"
 RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
@@ -25,10 +25,9 @@ SUMMARY = "Train the triplet-loss face embedder on the train split's face crops 
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainEmbedderConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions):
+class TrainEmbedderConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions, T.TrainingRunOptions):
     input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
     output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
-    overwrite: bool = C.option(False, "start again, deleting what the output holds")
     init: str = C.option(
         "random",
         "initial weights: random (offline), vggface2 (downloads facenet-pytorch's weights), or a state-dict URI",
@@ -61,22 +60,13 @@ class TrainEmbedderConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions):
         2,
         "faces of one video in a batch: each batch holds batch_size/2/faces_per_video videos per class",
     )
-    seed: int = C.option(0, "random seed of initialisation and data order (recorded in model.json)")
-    num_workers: int = C.option(2, "Ray Train workers (one DDP process each)")
-    use_gpu: bool | None = C.option(None, "train on GPUs (default: when the cluster has them)")
-    max_failures: int = C.option(
-        1, "worker failures Ray Train recovers from by restarting at the last checkpoint"
-    )
-    stop_after_epochs: int | None = C.option(
-        None, "stop this invocation after this many epochs; a rerun resumes"
-    )
 
     def __post_init__(self):
         if self.face_size < MIN_FACE_SIZE:
             raise ValueError(
                 f"face_size must be >= {MIN_FACE_SIZE} for InceptionResnetV1, got {self.face_size}"
             )
-        for name in ("code_dim", "epochs", "num_workers", "faces_per_window", "faces_per_video"):
+        for name in ("code_dim", "epochs", "faces_per_window", "faces_per_video"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.batchnorm_batches < 0:
@@ -90,8 +80,6 @@ def initial_state(cfg: TrainEmbedderConfig) -> dict | None:
     if cfg.init == "random":
         return None
     if cfg.init == "vggface2":
-        from dfpipe.train.models.embedder import FaceEmbedder, load_vggface2_backbone
-
         model = FaceEmbedder(cfg.code_dim, cfg.dropout)
         load_vggface2_backbone(model)
         return model.state_dict()

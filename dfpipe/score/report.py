@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from dfpipe.score import metrics as M
+from dfpipe.train import metrics as M
 
 HEADLINE = ("n", "log_loss", "balanced_log_loss", "accuracy", "roc_auc", "average_precision", "eer")
 

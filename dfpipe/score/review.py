@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 
 from dfpipe import records as R
 from dfpipe import storage
+from dfpipe.extract.faces import decode_jpeg
+from dfpipe.outputs import read_batch_rows
 from dfpipe.score import report as rep
 from dfpipe.stage import Resources
 
@@ -139,8 +141,6 @@ class ReviewStage:
         pass
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from dfpipe.outputs import read_batch_rows
-
         def by_video(table: pa.Table) -> dict[str, list[dict]]:
             out: dict[str, list[dict]] = {}
             for r in table.to_pylist():
@@ -204,8 +204,6 @@ class ReviewStage:
         """One JPEG strip of up to ``THUMBS_PER_TRACK`` faces per shown track, written under ``images``;
         the image tags by track. Counted tracks first, then the longest."""
         import cv2
-
-        from dfpipe.extract.faces import decode_jpeg
 
         shown = sorted(tracks, key=lambda t: (not t["counted"], -t["n_frames"], t["track_id"]))
         out: dict[int, str] = {}

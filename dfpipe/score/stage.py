@@ -1,5 +1,5 @@
 """Scoring: window logits from the classifier, then one calibrated, clipped probability per video
-(the arithmetic in :mod:`dfpipe.score.calibration`).
+(the arithmetic in :mod:`dfpipe.train.calibration`).
 
 Ray-free: the bulk job maps :class:`WindowScoreStage` over cached codes, ``score-video`` calls
 the same functions in-process, so both give the same number for the same file.
@@ -16,7 +16,10 @@ import pyarrow.compute as pc
 
 from dfpipe import records as R
 from dfpipe import storage
-from dfpipe.score.calibration import (
+from dfpipe.outputs import read_batch_rows
+from dfpipe.score.embed import codes_array
+from dfpipe.stage import Resources
+from dfpipe.train.calibration import (
     CALIBRATED_PRIOR,
     Aggregation,
     aggregate,
@@ -24,8 +27,7 @@ from dfpipe.score.calibration import (
     model_probs,
     prior_shift,
 )
-from dfpipe.score.embed import codes_array
-from dfpipe.stage import Resources
+from dfpipe.train.modelio import load_model
 
 
 @dataclass
@@ -49,8 +51,6 @@ class WindowScoreStage:
 
     def setup(self) -> None:
         import torch
-
-        from dfpipe.train.modelio import load_model
 
         torch.set_num_threads(1)
         self.net, self.meta = load_model(self.model, "window_classifier")
@@ -195,8 +195,6 @@ class VideoScoreStage:
 
     def window_logits(self, batch: pa.Table) -> pa.Table:
         """The logit of every window of the batch's videos (the classifier over their cached codes)."""
-        from dfpipe.outputs import read_batch_rows
-
         return self.windows(read_batch_rows(self.codes, batch, R.EMBEDDINGS_SCHEMA))
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -100,7 +100,7 @@ class SegmentStage:
                 row["reason"] = "no_usable_frames"
             else:
                 row["reason"] = (
-                    f"runs_too_short: longest usable run is shorter than min_len={self.spec.min_len}"
+                    f"runs_too_short: longest usable run is shorter than min_len={self.spec.min_run}"
                 )
         return row
 

@@ -19,27 +19,41 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dfpipe import records as R
+from dfpipe.config import Options, option
 
 Remainder = Literal["drop", "align_end"]
 
+# The segmentation's option groups (WindowSpec, TrackRule, SplitRule): each field is an option of the
+# segment job by the same name (SegmentConfig inherits the groups, as the extract job does its own),
+# and the stage takes each group whole. One option, one field.
 
-@dataclass(frozen=True)
-class WindowSpec:
-    window_len: int = 16
-    window_stride: int = 8
-    min_len: int = 16
-    remainder: Remainder = "drop"
 
-    def __post_init__(self):
+@dataclass(frozen=True, kw_only=True)
+class WindowSpec(Options):
+    """How each run of usable frames is cut into windows."""
+
+    window_len: int = option(16, "frames per window")
+    window_stride: int = option(8, "frames between the starts of consecutive windows of a run")
+    min_len: int | None = option(None, "runs shorter than this are dropped (default: window_len)")
+    remainder: Remainder = option(
+        "drop", "a run's tail that no window covers: drop it, or add one last window aligned to the run's end"
+    )
+
+    def check(self) -> None:
         if self.window_len < 1 or self.window_stride < 1:
             raise ValueError("window_len and window_stride must be >= 1")
-        if self.min_len < self.window_len:
+        if self.min_run < self.window_len:
             raise ValueError(
-                f"min_len ({self.min_len}) must be >= window_len ({self.window_len}): "
+                f"min_len ({self.min_run}) must be >= window_len ({self.window_len}): "
                 "a shorter run cannot hold a whole window"
             )
         if self.remainder not in ("drop", "align_end"):
             raise ValueError(f"remainder must be drop or align_end, got {self.remainder!r}")
+
+    @property
+    def min_run(self) -> int:
+        """The shortest run that gives windows: ``min_len``, or ``window_len`` when it is not set."""
+        return self.min_len or self.window_len
 
 
 def runs_of(frames: np.ndarray, usable: np.ndarray, stride: int = 1) -> list[tuple[int, int]]:
@@ -65,7 +79,7 @@ def runs_of(frames: np.ndarray, usable: np.ndarray, stride: int = 1) -> list[tup
 
 def window_starts(run_len: int, spec: WindowSpec) -> list[int]:
     """Offsets (in frames of the run) where windows start; empty for runs shorter than ``min_len``."""
-    if run_len < spec.min_len:
+    if run_len < spec.min_run:
         return []
     starts = list(range(0, run_len - spec.window_len + 1, spec.window_stride))
     last = run_len - spec.window_len
@@ -122,8 +136,8 @@ def window_id(video_id: str, track_id: int, start_frame: int) -> str:
     return hashlib.sha1(f"{video_id}\x00{track_id}\x00{start_frame}".encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class SplitRule:
+@dataclass(frozen=True, kw_only=True)
+class SplitRule(Options):
     """Assign ``train``/``val``/``test`` per video without leakage.
 
     With ``val_parts``/``test_parts`` (part names, or integer ranges like ``35-39`` matched against
@@ -132,13 +146,15 @@ class SplitRule:
     its source always share a split.
     """
 
-    val_parts: tuple[str, ...] = ()
-    test_parts: tuple[str, ...] = ()
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    salt: str = "dfpipe"
+    val_parts: tuple[str, ...] = option(
+        (), "parts (names or ranges like 35-39) for val; with test_parts, parts decide splits"
+    )
+    test_parts: tuple[str, ...] = option((), "parts (names or ranges like 40-49) for test")
+    val_fraction: float = option(0.15, "share of groups in val when splitting by hash")
+    test_fraction: float = option(0.15, "share of groups in test when splitting by hash")
+    split_salt: str = option("dfpipe", "salt of the split hash (change it to draw other splits)")
 
-    def __post_init__(self):
+    def check(self) -> None:
         if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
 
@@ -167,7 +183,7 @@ class SplitRule:
                 return "val"
             return "train"
         key = self.group_key(video_id, label, original)
-        u = int(hashlib.sha256(f"{self.salt}\x00{key}".encode()).hexdigest()[:15], 16) / 16**15
+        u = int(hashlib.sha256(f"{self.split_salt}\x00{key}".encode()).hexdigest()[:15], 16) / 16**15
         if u < self.test_fraction:
             return "test"
         if u < self.test_fraction + self.val_fraction:
@@ -175,29 +191,34 @@ class SplitRule:
         return "train"
 
 
-@dataclass(frozen=True)
-class TrackRule:
+@dataclass(frozen=True, kw_only=True)
+class TrackRule(Options):
     """Which face tracks of a video count towards its score, from track-level evidence.
 
     On real footage MTCNN also finds "faces" in posters, shoulders, toys and blurred people in the
     background; they give short, small or weak tracks, some long enough for windows, and the most
     suspicious track decides a video. A track counts when it
 
-    * is on at least ``min_share`` of the video's kept frames,
-    * has a mean detection probability of at least ``min_mean_prob``, and
-    * has a median face side of at least ``min_relative_size`` times the main face's, where the
+    * is on at least ``track_min_share`` of the video's kept frames,
+    * has a mean detection probability of at least ``track_min_mean_prob``, and
+    * has a median face side of at least ``track_min_relative_size`` times the main face's, where the
       main face is the largest among tracks that pass the first two tests.
 
     If no track passes the first two, the track with the most evidence (frames x face size) counts
     alone, so a video with only brief faces is still scored from its best one.
     """
 
-    min_share: float = 0.25
-    min_mean_prob: float = 0.95
-    min_relative_size: float = 0.5
+    track_min_share: float = option(
+        0.25,
+        "a track counts towards its video's score only if it is on at least this share of the kept frames",
+    )
+    track_min_mean_prob: float = option(0.95, "... and its mean detection probability is at least this")
+    track_min_relative_size: float = option(
+        0.5, "... and its median face is at least this fraction of the main (largest such) face"
+    )
 
-    def __post_init__(self):
-        for name in ("min_share", "min_mean_prob", "min_relative_size"):
+    def check(self) -> None:
+        for name in ("track_min_share", "track_min_mean_prob", "track_min_relative_size"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"track rule: {name} must be within [0, 1], got {getattr(self, name)}")
 
@@ -207,11 +228,11 @@ class TrackRule:
         if not out:
             return out
         for t in out:
-            if t["share"] < self.min_share:
-                t["reason"] = f"short: on {t['share']:.0%} of frames (< {self.min_share:.0%})"
-            elif t["mean_prob"] < self.min_mean_prob:
+            if t["share"] < self.track_min_share:
+                t["reason"] = f"short: on {t['share']:.0%} of frames (< {self.track_min_share:.0%})"
+            elif t["mean_prob"] < self.track_min_mean_prob:
                 t["reason"] = (
-                    f"weak: mean detection probability {t['mean_prob']:.3f} (< {self.min_mean_prob})"
+                    f"weak: mean detection probability {t['mean_prob']:.3f} (< {self.track_min_mean_prob})"
                 )
         candidates = [t for t in out if t["reason"] is None]
         if not candidates:
@@ -221,8 +242,8 @@ class TrackRule:
         main = max(candidates, key=lambda t: (t["face_px"], t["n_frames"], -t["track_id"]))
         for t in candidates:
             ratio = t["face_px"] / max(main["face_px"], 1e-6)
-            if ratio < self.min_relative_size:
-                t["reason"] = f"small: {ratio:.2f}x the main face (< {self.min_relative_size}x)"
+            if ratio < self.track_min_relative_size:
+                t["reason"] = f"small: {ratio:.2f}x the main face (< {self.track_min_relative_size}x)"
             else:
                 t["counted"] = True
         return out

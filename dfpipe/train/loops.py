@@ -18,9 +18,13 @@ import numpy as np
 import torch
 
 from dfpipe import records as R
-from dfpipe.score import metrics as M
-from dfpipe.score.calibration import video_probs
-from dfpipe.score.embed import FaceTensors
+from dfpipe import runner
+from dfpipe.faces.tensors import FaceTensors
+from dfpipe.train import metrics as M
+from dfpipe.train import modelio
+from dfpipe.train.calibration import video_probs
+from dfpipe.train.models.losses import LOSSES
+from dfpipe.train.sampler import video_batches
 from dfpipe.train.sbi import SelfBlend
 
 log = logging.getLogger(__name__)
@@ -90,8 +94,6 @@ def _train_batches(ctx: TrainContext, name: str, size: int, cfg: dict, start: in
     Seeded by the run's seed, the worker's rank, the epoch it starts at and the dataset: a run is
     reproducible on the same machine (the runner keeps Ray Data's split of the shards in order).
     """
-    from dfpipe.train.sampler import video_batches
-
     rng = np.random.default_rng([cfg["seed"], ctx.rank, start, zlib.crc32(name.encode())])
 
     def one_pass(counted: list[int]) -> Iterator[dict]:
@@ -138,9 +140,6 @@ def _autocast(ctx: TrainContext):
 
 def embedder_loop(cfg: dict, ctx: TrainContext) -> None:
     """Triplet (or contrastive) training on class-balanced batches: half REAL, half FAKE faces."""
-    from dfpipe.train import modelio
-    from dfpipe.train.models.losses import LOSSES
-
     _seed(cfg["seed"], ctx.rank)
     model = modelio.build(cfg["meta"])
     if cfg.get("init_state"):
@@ -295,8 +294,6 @@ def _balanced_batch_loss(
 
 def classifier_loop(cfg: dict, ctx: TrainContext) -> None:
     """LSTM over windows of codes with BCE (``pos_weight`` balances FAKE against REAL)."""
-    from dfpipe.train import modelio
-
     _seed(cfg["seed"], ctx.rank)
     model = modelio.build(cfg["meta"])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -544,3 +541,7 @@ def curves_figure(history: list[dict], title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# What the runner needs from training, handed to ``runner.fit`` (the runner never imports training).
+HOOKS = runner.TrainingHooks(load_state=modelio.load_state, epoch_line=epoch_line)

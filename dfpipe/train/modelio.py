@@ -11,6 +11,8 @@ import io
 import torch
 
 from dfpipe import storage
+from dfpipe.train.models.classifier import WindowClassifier
+from dfpipe.train.models.embedder import FaceEmbedder
 
 FORMAT_VERSION = 1
 
@@ -67,12 +69,8 @@ def build(meta: dict):
     """A fresh module from a ``model.json`` description."""
     arch = meta["architecture"]
     if arch == "face_embedder":
-        from dfpipe.train.models.embedder import FaceEmbedder
-
         return FaceEmbedder(code_dim=meta["code_dim"], dropout=meta.get("dropout", 0.2))
     if arch == "window_classifier":
-        from dfpipe.train.models.classifier import WindowClassifier
-
         return WindowClassifier(
             code_dim=meta["code_dim"],
             hidden_size=meta["hidden_size"],

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from dfpipe import records as R
+from dfpipe.extract.faces import crop_scale
+
 
 @dataclass(frozen=True)
 class BlendParams:
@@ -65,8 +68,6 @@ def window_params(window_id: str, seed: int) -> BlendParams:
 def box_in_crop(box_w: float, box_h: float, margin: float, size: int) -> tuple[float, float, float, float]:
     """Where a face box of ``box_w`` x ``box_h`` lies in its crop (``dfpipe.extract.faces.crop_face``:
     a square of the box's long side plus ``margin`` per side, centred, resized to ``size``)."""
-    from dfpipe.extract.faces import crop_scale
-
     scale = crop_scale(box_w, box_h, margin, size)
     half_w, half_h = box_w * scale / 2, box_h * scale / 2
     c = size / 2
@@ -193,16 +194,12 @@ def sources():
     videos, taken as real footage); never a labelled FAKE."""
     import pyarrow.compute as pc
 
-    from dfpipe import records as R
-
     return pc.field("label").is_null() | (pc.field("label") != R.LABEL_FAKE)
 
 
 def as_real(table):
     """``table`` (a self-blend's sources) with its missing labels set REAL."""
     import pyarrow.compute as pc
-
-    from dfpipe import records as R
 
     label = table.schema.get_field_index("label")
     return table.set_column(label, "label", pc.fill_null(table.column("label"), R.LABEL_REAL))

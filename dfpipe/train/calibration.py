@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from dfpipe.score import metrics as M
+from dfpipe.train import metrics as M
 
 Aggregation = Literal["max_track_mean", "mean", "confident"]
 
