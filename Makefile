@@ -64,8 +64,8 @@ test-all: install browser-deps
 	$(PYTHON) -m pytest -m "not cluster" --hypothesis-profile=thorough
 
 lint:
-	$(PYTHON) -m ruff check dfpipe jobs tests bench
-	$(PYTHON) -m ruff format --check dfpipe jobs tests bench
+	$(PYTHON) -m ruff check dfpipe jobs tests bench scripts
+	$(PYTHON) -m ruff format --check dfpipe jobs tests bench scripts
 
 bench: install
 	$(PYTHON) bench/extract_throughput.py
