@@ -98,7 +98,9 @@ class ScoreConfig(C.RunOptions):
         "the most suspicious, then labelled mistakes up to as many again",
     )
     review_rows: int = C.option(
-        20000, "videos listed on the review page, the most suspicious first; the rest are counted"
+        10000,
+        "videos listed on the review page, the most suspicious first (about 400 bytes each); the rest are "
+        "counted, and all are in scores/",
     )
     num_workers: int | None = C.option(None, "workers per stage (default: as many as the cluster fits)")
     use_gpu: bool | None = C.option(None, "use GPUs (default: when the cluster has them)")

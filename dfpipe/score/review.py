@@ -346,7 +346,7 @@ def _timeline(windows, tracks, prob, n_frames, window_frames, unusable) -> str:
     for i, (tid, pts) in enumerate(sorted(by_track.items())):
         colour = COLOURS[i % len(COLOURS)]
         dash = "" if counted.get(tid, True) else ' stroke-dasharray="3 3" opacity="0.6"'
-        points = " ".join(f"{x(f):.1f},{y(p):.1f}" for f, p in pts)
+        points = " ".join(f"{x(f):.0f},{y(p):.0f}" for f, p in pts)  # whole pixels: bytes count
         out.append(
             f'<polyline class="track" fill="none" stroke="{colour}" stroke-width="2"{dash} points="{points}">'
             f"<title>track {tid}: {len(pts)} windows</title></polyline>"
@@ -383,25 +383,27 @@ SCRIPT = """
   var bodies = Array.prototype.slice.call(table.tBodies);
   var get = function (id) { return document.getElementById(id); };
   var boxes = ["f-label", "f-part", "f-split", "f-reason", "f-wrong", "f-text"].map(get).filter(Boolean);
-  function keep(d) {
+  function keep(d, b) {
     var v = function (id) { var el = get(id); return !el ? "" : el.type === "checkbox" ? el.checked : el.value; };
     var text = String(v("f-text")).toLowerCase();
     return (!v("f-label") || d.label === v("f-label")) && (!v("f-part") || d.part === v("f-part")) &&
       (!v("f-split") || d.split === v("f-split")) && (!v("f-reason") || d.reason === "1") &&
-      (!v("f-wrong") || d.wrong === "1") && (!text || d.name.toLowerCase().indexOf(text) >= 0);
+      (!v("f-wrong") || d.wrong === "1") && (!text || name(b).toLowerCase().indexOf(text) >= 0);
   }
+  function name(b) { return b.querySelector("td.name").textContent; }
   function filter() {
     var shown = 0;
-    bodies.forEach(function (b) { b.hidden = !keep(b.dataset); if (!b.hidden) shown++; });
+    bodies.forEach(function (b) { b.hidden = !keep(b.dataset, b); if (!b.hidden) shown++; });
     get("shown").textContent = shown;
   }
   var key = "p", dir = -1;
   function sort(th) {
-    var k = th.dataset.sort, numeric = th.dataset.type === "num";
+    var k = th.dataset.sort, numeric = th.dataset.type === "num", column = th.cellIndex;
     dir = k === key ? -dir : (numeric ? -1 : 1);
     key = k;
+    var value = function (b) { return k in b.dataset ? b.dataset[k] : b.rows[0].cells[column].textContent; };
     bodies.sort(function (a, b) {
-      var x = a.dataset[k], y = b.dataset[k];
+      var x = value(a), y = value(b);
       var c = numeric ? (parseFloat(x) || 0) - (parseFloat(y) || 0) : x.localeCompare(y);
       return c * dir || a.dataset.rank - b.dataset.rank;
     });
@@ -434,8 +436,10 @@ table { border-collapse: collapse; } th, td { padding: 3px 8px; text-align: left
 table.metrics td, table.metrics th { border-bottom: 1px solid #eee; }
 #videos { width: 100%; } #videos > thead th { position: sticky; top: 0; background: #f4f4f4; }
 #videos th[data-sort] { cursor: pointer; text-decoration: underline dotted; }
-#videos tbody tr.row:hover { background: #f7f7ff; } #videos tbody tr.row td { border-top: 1px solid #eee; }
-td.p { font-variant-numeric: tabular-nums; font-weight: 600; } td.uri { word-break: break-all; }
+#videos > tbody > tr:first-child:hover { background: #f7f7ff; }
+#videos > tbody > tr:first-child > td { border-top: 1px solid #eee; }
+#videos > tbody > tr:first-child > td:nth-child(2) { font-variant-numeric: tabular-nums; font-weight: 600; }
+#videos > tbody > tr:first-child > td:nth-child(8) { color: #666; } td.name { word-break: break-all; }
 tr.detail > td { background: #fbfbfb; padding: 8px 16px 16px; }
 button.open { border: 0; background: none; cursor: pointer; font-size: 1em; width: 1.5em; }
 .label-FAKE { color: #b00; } .label-REAL { color: #070; } .wrong { background: #fee; }
@@ -450,11 +454,13 @@ def _hash_source(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 
-def _link(uri: str | None) -> str:
-    """The video's URI as a link where it names a file or an object, escaped either way; anything else
-    (``javascript:``, a relative path) stays text."""
+def _link(uri: str | None, text: str | None = None) -> str:
+    """``text`` (default: the URI) as a link to the video's URI where it names a file or an object,
+    escaped either way; anything else (``javascript:``, a relative path) stays text, with the URI
+    beside it when the text is not the URI."""
+    shown = _e(uri if text is None else text)
     if not uri:
-        return ""
+        return shown
     scheme = re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
     name = scheme.group(1).lower() if scheme else None
     if name is None and uri.startswith("/"):
@@ -464,8 +470,8 @@ def _link(uri: str | None) -> str:
     elif name in LINKED_SCHEMES:
         href = uri
     else:
-        return _e(uri)
-    return f'<a href="{_e(href)}">{_e(uri)}</a>'
+        return shown if text is None else f"{shown} <small>{_e(uri)}</small>"
+    return f'<a href="{_e(href)}">{shown}</a>'
 
 
 # Object stores' addresses are shown as links too: a browser extension or a console opens them.
@@ -508,9 +514,6 @@ def _row(rank: int, v: dict, detail: str | None, labelled: bool) -> str:
         "split": v["split"] or "",
         "reason": "1" if v["reason"] else "0",
         "wrong": "1" if wrong else "0",
-        "name": name,
-        "windows": v["n_windows"] or 0,
-        "tracks": v["n_tracks"] or 0,
     }
     attrs = " ".join(f'data-{k}="{_e(val)}"' for k, val in data.items())
     toggle = (
@@ -518,16 +521,21 @@ def _row(rank: int, v: dict, detail: str | None, labelled: bool) -> str:
         if detail
         else ""
     )
+    # Cells without classes but the label's and the name's (the CSS finds them by position): a row is
+    # repeated up to review_rows times, and every byte of it counts at that scale.
     cells = (
-        f'<td>{toggle}</td><td class="p">{v["prob_fake"]:.3f}</td>'
+        f"<td>{toggle}</td><td>{v['prob_fake']:.3f}</td>"
         f'<td class="label-{label or "none"}">{label or "?"}</td><td>{_e(v["part"])}</td><td>{_e(v["split"] or "")}</td>'
         f"<td>{v['n_tracks_counted'] or 0} / {v['n_tracks'] or 0}</td><td>{v['n_windows'] or 0}</td>"
-        f'<td class="why">{_e(v["reason"] or "")}</td><td class="name">{_e(name)}</td><td class="uri">{_link(v["uri"])}</td>'
+        f'<td>{_e(v["reason"] or "")}</td><td class="name">{_link(v["uri"], name)}</td>'
     )
-    out = f'<tbody class="video{" wrong" if wrong else ""}" {attrs}><tr class="row">{cells}</tr>'
+    out = f'<tbody class="video{" wrong" if wrong else ""}" {attrs}><tr>{cells}</tr>'
     if detail:
-        out += f'<tr class="detail" hidden><td colspan="10">{detail}</td></tr>'
+        out += f'<tr class="detail" hidden><td colspan="{COLUMNS}">{detail}</td></tr>'
     return out + "</tbody>"
+
+
+COLUMNS = 9
 
 
 def _options(values: Iterable[str]) -> str:
@@ -594,7 +602,7 @@ every labelled mistake, up to {top} more.</p>
 <table id="videos"><thead><tr><th></th><th data-sort="p" data-type="num" aria-sort="descending">P(FAKE)</th>
 <th data-sort="label">label</th><th data-sort="part">part</th><th data-sort="split">split</th>
 <th data-sort="tracks" data-type="num">tracks counted / all</th><th data-sort="windows" data-type="num">windows</th>
-<th>reason</th><th data-sort="name">video</th><th>URI</th></tr></thead>
+<th>reason</th><th data-sort="name" data-type="text">video (a link to its URI)</th></tr></thead>
 {body}
 </table>
 <script>{SCRIPT}</script>
