@@ -132,14 +132,15 @@ def test_report_matches_an_independent_computation(scored):
 
 class ReviewPage(HTMLParser):
     """What a reader's browser would build of ``report/index.html`` before any script: every element
-    with its attributes, and per video (its ``tbody``) its attributes, the text of its name cell and
-    the images of its detail row."""
+    with its attributes, and per video (its ``tbody``) its attributes, its name (the name cell's text
+    but a URI shown beside it in ``<small>``, where the URI is not a link) and the images of its detail row."""
 
     def __init__(self, path: Path):
         super().__init__()
         self.elements: list[tuple[str, dict]] = []
         self.videos: list[dict] = []
         self._in_name = False
+        self._in_small = False
         self.feed(path.read_text())
 
     def handle_starttag(self, tag, attrs):
@@ -150,6 +151,8 @@ class ReviewPage(HTMLParser):
             self.videos.append({**a, "name": "", "detail": None, "strips": []})
         elif self.videos and tag == "td" and "name" in classes:
             self._in_name = True
+        elif tag == "small":
+            self._in_small = True
         elif self.videos and tag == "tr" and "detail" in classes:
             self.videos[-1]["detail"] = ""
         elif self.videos and tag == "img" and "strip" in classes:
@@ -158,10 +161,12 @@ class ReviewPage(HTMLParser):
     def handle_endtag(self, tag):
         if tag == "td":
             self._in_name = False
+        elif tag == "small":
+            self._in_small = False
 
     def handle_data(self, data):
-        if self._in_name:
-            self.videos[-1]["name"] += data
+        if self._in_name and not self._in_small:
+            self.videos[-1]["name"] += data.strip()
         elif self.videos and self.videos[-1]["detail"] is not None:
             self.videos[-1]["detail"] += data
 
