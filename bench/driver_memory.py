@@ -33,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _memory import PeakMemory, peak_rss_kib, rss_kib  # noqa: E402
 
+from dfpipe.storage import Folder  # noqa: E402
+
 WINDOW = {"window_len": 4, "window_stride": 2}
 FACE_SIZE = 80
 
@@ -139,7 +141,7 @@ def models(root: str, extract: dict | None = None) -> str:
         return out
     torch.manual_seed(0)
     embedder = {"architecture": "face_embedder", "code_dim": 128, "face_size": FACE_SIZE}
-    modelio.save_model(os.path.join(out, "embedder"), modelio.build(embedder).state_dict(), embedder)
+    modelio.save_model(Folder(os.path.join(out, "embedder")), modelio.build(embedder).state_dict(), embedder)
     ext = C.to_dict(
         C.build(extract_job.ExtractConfig, {"input": "a", "output": "b", "face_size": FACE_SIZE, **extract})
     )
@@ -162,7 +164,7 @@ def models(root: str, extract: dict | None = None) -> str:
         "recipe": recipe.build(ext, seg),
         "segment": {"uri": None, "split": {k: seg[k] for k in recipe.SPLIT_OPTIONS}},
     }
-    modelio.save_model(out, modelio.build(classifier).state_dict(), classifier)
+    modelio.save_model(Folder(out), modelio.build(classifier).state_dict(), classifier)
     return out
 
 

@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from _memory import PeakMemory  # noqa: E402
 
 from dfpipe.sampledata.generate import ClipSpec, write_clip  # noqa: E402
+from dfpipe.storage import Folder  # noqa: E402
 
 TARGETS = {
     "stage_x_decode": 0.5,
@@ -240,7 +241,7 @@ def stage_in_process(paths: list[str], out: str, threads: int, **settings) -> tu
     from dfpipe.extract.stage import FaceExtractStage
 
     # As the job runs it on a CPU worker of ``threads`` CPUs: one video per CPU at a time.
-    stage = FaceExtractStage.of(out, threads=threads, videos_in_flight=threads, **settings)
+    stage = FaceExtractStage.of(Folder(out), threads=threads, videos_in_flight=threads, **settings)
     stage.setup()
     stage(
         catalog_rows(paths[:threads])
@@ -297,7 +298,7 @@ def _job_main(folder: str, out: str, num_cpus: int) -> None:
     stats = extract.run(cfg)
     seconds = time.perf_counter() - start
     ray.shutdown()
-    manifest = outputs.read_manifest(out, columns=["n_frames", "elapsed_s"])
+    manifest = outputs.read_manifest(Folder(out), columns=["n_frames", "elapsed_s"])
     busy = sum(manifest.column("elapsed_s").to_pylist())  # seconds actors spent on videos
     workers = min(num_cpus, manifest.num_rows)
     run = stats["run"]

@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dfpipe import config as C  # noqa: E402
 from dfpipe import recipe  # noqa: E402
 from dfpipe.extract.decode import DecodeLimits, VideoReader  # noqa: E402
+from dfpipe.storage import Folder  # noqa: E402
 from dfpipe.train import modelio  # noqa: E402
 
 TARGET_FRAMES_PER_S = 300.0
@@ -128,8 +129,8 @@ def random_model(out: str) -> str:
         "aggregation": "max_track_mean",
         "recipe": recipe.build(ext, seg),
     }
-    modelio.save_model(os.path.join(out, "embedder"), modelio.build(emb_meta).state_dict(), emb_meta)
-    modelio.save_model(out, modelio.build(cls_meta).state_dict(), cls_meta)
+    modelio.save_model(Folder(os.path.join(out, "embedder")), modelio.build(emb_meta).state_dict(), emb_meta)
+    modelio.save_model(Folder(out), modelio.build(cls_meta).state_dict(), cls_meta)
     return out
 
 
@@ -173,7 +174,7 @@ def extraction(clips: list[str], device: str, max_frames: int, threads: int, wor
 
     in_flight = min(len(clips), 16 if device == "cuda" else threads)
     stage = FaceExtractStage.of(
-        tempfile.mkdtemp(dir=workdir),
+        Folder(tempfile.mkdtemp(dir=workdir)),
         max_frames=max_frames,
         device=device,
         threads=threads,

@@ -43,6 +43,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stability import ROOT, dataset, write_result  # noqa: E402
 
+from dfpipe.storage import Folder  # noqa: E402
+
 MODES = ("labels", "sbi")
 
 
@@ -67,7 +69,7 @@ def scores(out: str, split: str | None = None) -> tuple[np.ndarray, np.ndarray, 
     when given); fallbacks: videos with no usable window, scored by the fallback probability."""
     from dfpipe import outputs
 
-    t = outputs.read_scores(out).to_pylist()
+    t = outputs.read_scores(Folder(out)).to_pylist()
     rows = [r for r in t if r["label"] is not None and (split is None or r["split"] == split)]
     y = np.array([r["label"] for r in rows], np.int8)
     p = np.array([r["prob_fake"] for r in rows], np.float64)

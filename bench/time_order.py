@@ -39,6 +39,7 @@ from sbi_auc import real_footage_test  # noqa: E402
 from stability import ROOT, write_result  # noqa: E402
 
 from dfpipe.score.embed import codes_array  # noqa: E402
+from dfpipe.storage import Folder  # noqa: E402
 from dfpipe.train import metrics as M  # noqa: E402
 from dfpipe.train import modelio  # noqa: E402
 from dfpipe.train.calibration import model_probs, video_probs  # noqa: E402
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     model_dir = os.path.join(args.run, "models", "classifier")
-    model, meta = modelio.load_model(model_dir, "window_classifier")
+    model, meta = modelio.load_model(Folder(model_dir), "window_classifier")
     shape = (meta["n_frames"], meta["code_dim"])
     train = windows(meta["embeddings_cache"], shape, "train")
     held_out = windows(scoring_cache(os.path.join(args.run, "score")), shape, args.split)

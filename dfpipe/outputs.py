@@ -72,31 +72,28 @@ def scoring_folders(output: str) -> dict[str, tuple[str, pa.Schema]]:
     }
 
 
-# Readers take the output as a storage.Folder (a URI given as text is reached with the
-# environment's options: local paths, tests).
-def _read(output: storage.Folder | str, name: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
-    out = storage.folder(output)
-    return storage.read_parquet_dir(out.join(name), columns=columns, schema=schema, options=out.options)
+# Readers take the output as a storage.Folder: its URI and the options that reach it, as one.
+def _read(output: storage.Folder, name: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+    return storage.read_parquet_dir(output.join(name), columns=columns, schema=schema, options=output.options)
 
 
-def read_manifest(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
+def read_manifest(output: storage.Folder, columns: list[str] | None = None) -> pa.Table:
     return _read(output, "videos", R.VIDEOS_SCHEMA, columns)
 
 
-def is_extraction(output: storage.Folder | str) -> bool:
-    out = storage.folder(output)
-    return out.exists("videos") and out.exists("config.json")
+def is_extraction(output: storage.Folder) -> bool:
+    return output.exists("videos") and output.exists("config.json")
 
 
-def read_summary(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
+def read_summary(output: storage.Folder, columns: list[str] | None = None) -> pa.Table:
     return _read(output, "videos", R.SEGMENTS_SCHEMA, columns)
 
 
-def read_windows(output: storage.Folder | str, columns: list[str] | None = None) -> pa.Table:
+def read_windows(output: storage.Folder, columns: list[str] | None = None) -> pa.Table:
     return _read(output, "windows", R.WINDOWS_SCHEMA, columns)
 
 
-def read_scores(output: storage.Folder | str, model_version: str | None = None, columns=None) -> pa.Table:
+def read_scores(output: storage.Folder, model_version: str | None = None, columns=None) -> pa.Table:
     t = _read(output, "scores", R.SCORES_SCHEMA, columns)
     if model_version is not None and t.num_rows:
         t = t.filter(pc.equal(t.column("model_version"), model_version))

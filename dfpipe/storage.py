@@ -91,11 +91,6 @@ class Folder:
         return Folder(self.join(*parts), self.options)
 
 
-def folder(where: Folder | str, options: StorageOptions | None = None) -> Folder:
-    """``where`` as a :class:`Folder`: a Folder as given, a URI with ``options`` (default: the environment's)."""
-    return where if isinstance(where, Folder) else Folder(where, options)
-
-
 def protocol_of(uri: str) -> str:
     match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
     return match.group(1).lower() if match else "file"

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from cluster import LocalCluster, can_unshare
 
+from dfpipe.storage import Folder
+
 SCRATCH = Path("/tmp/dfpipe-node-scratch")  # each worker node's own disk; the head sees the host's
 
 
@@ -79,7 +81,7 @@ def test_storage_every_node_sees_passes_and_the_job_runs(local_cluster, sample_d
     from dfpipe.invariants import check_output
     from dfpipe.outputs import read_manifest
 
-    manifest = read_manifest(str(out)).to_pandas()
+    manifest = read_manifest(Folder(str(out))).to_pandas()
     assert len(manifest) == 2 and manifest.video_id.is_unique and (manifest.status == "ok").all()
     report = check_output(str(out))
     assert report.ok, report.format()

@@ -16,6 +16,7 @@ from dfpipe.cli import main
 from dfpipe.extract.catalog import build_catalog
 from dfpipe.invariants import check_output
 from dfpipe.outputs import read_manifest
+from dfpipe.storage import Folder
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["face_size=64", "detect_batch=8"]
@@ -34,7 +35,7 @@ def check_output_complete(dataset: str, output: str) -> dict:
     """``dfpipe check`` finds nothing wrong (catalog = manifest, shards agree, stats agree); the tables."""
     report = check_output(output)
     assert report.ok and report.checked, report.format()
-    manifest = read_manifest(output).to_pandas()
+    manifest = read_manifest(Folder(output)).to_pandas()
     assert len(manifest) == build_catalog(dataset).num_rows
     faces = faces_table(output).drop_columns(["face_jpeg"]).to_pandas()
     stats = json.loads(Path(output, "stats.json").read_text())
@@ -101,7 +102,7 @@ def test_extract_bad_inputs_are_recorded_not_fatal(ray_session, messy_dataset, t
 
 def test_rerun_is_noop_and_overwrite_identical(sample_extracted, sample_dataset, capsys):
     out = sample_extracted
-    first_manifest = read_manifest(out).drop_columns(["elapsed_s"]).sort_by("video_id")
+    first_manifest = read_manifest(Folder(out)).drop_columns(["elapsed_s"]).sort_by("video_id")
     first_faces = faces_table(out).sort_by(
         [("video_id", "ascending"), ("frame_idx", "ascending"), ("track_id", "ascending")]
     )
@@ -120,7 +121,7 @@ def test_rerun_is_noop_and_overwrite_identical(sample_extracted, sample_dataset,
     assert sorted(p.name for p in Path(out, "videos").iterdir()) == files
 
     assert extract(str(sample_dataset), out, "--overwrite") == 0
-    again = read_manifest(out).drop_columns(["elapsed_s"]).sort_by("video_id")
+    again = read_manifest(Folder(out)).drop_columns(["elapsed_s"]).sort_by("video_id")
     assert again.equals(first_manifest)
     again_faces = faces_table(out).sort_by(
         [("video_id", "ascending"), ("frame_idx", "ascending"), ("track_id", "ascending")]
@@ -230,7 +231,7 @@ def test_check_catches_duplicates_lost_shards_leftovers_and_wrong_stats(extracte
     chunk twice, an ok video's face shard gone, a half-written file and a wrong count, it names each."""
     report = check_output(str(extracted_sample))
     assert report.ok and report.checked, report.format()
-    manifest = read_manifest(str(extracted_sample)).to_pandas()
+    manifest = read_manifest(Folder(str(extracted_sample))).to_pandas()
     ok = manifest[(manifest.status == "ok") & (manifest.n_tracks > 0)].video_id.iloc[0]
     assert_check_names_a_broken_copy(extracted_sample, tmp_path, ok)
 
@@ -243,7 +244,7 @@ def test_check_verifies_landmarks_and_accepts_shards_from_before_them(extracted_
 
     from dfpipe.invariants import _shard_problem
 
-    manifest = read_manifest(str(extracted_sample)).to_pylist()
+    manifest = read_manifest(Folder(str(extracted_sample))).to_pylist()
     row = next(r for r in manifest if r["status"] == "ok" and r["n_ok"] > 0)
     faces = pq.read_table(row["faces_uri"])
     assert _shard_problem(row["faces_uri"], row, None) is None
@@ -291,6 +292,6 @@ def test_extraction_driver_memory_does_not_grow_with_the_videos(tmp_path):
         scale.add_videos(str(data), sources, 0, size)
         args = {"job": "extract", "argv": ["--input", str(data), "--output", str(out)], "window_blocks": n}
         peaks[size] = scale.run_child("extract", args)["driver_peak_mib"]
-        assert len(read_manifest(str(out))) == size
+        assert len(read_manifest(Folder(str(out)))) == size
     growth_kib = 1024 * (peaks[4 * n] - peaks[n]) / (3 * n)
     assert growth_kib < 45, f"the driver grew by {growth_kib:.1f} KiB a video: {peaks}"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dfpipe.storage import Folder
 from dfpipe.train import metrics as M
 from dfpipe.train import modelio
 from dfpipe.train.loops import LocalContext, classifier_loop, embedder_loop
@@ -81,13 +82,13 @@ def test_model_files_roundtrip_and_refuse_pickles(tmp_path):
         "num_layers": 1,
         "bidirectional": True,
     }
-    modelio.save_model(str(tmp_path / "m"), model.state_dict(), meta)
-    loaded, back = modelio.load_model(str(tmp_path / "m"), "window_classifier")
+    modelio.save_model(Folder(str(tmp_path / "m")), model.state_dict(), meta)
+    loaded, back = modelio.load_model(Folder(str(tmp_path / "m")), "window_classifier")
     assert back["code_dim"] == 4 and not loaded.training
     x = torch.randn(2, 5, 4)
     assert torch.allclose(loaded(x), model.eval()(x))
     with pytest.raises(modelio.ModelError, match="holds a 'window_classifier' model"):
-        modelio.load_model(str(tmp_path / "m"), "face_embedder")
+        modelio.load_model(Folder(str(tmp_path / "m")), "face_embedder")
 
     class Evil:
         def __reduce__(self):
@@ -97,9 +98,9 @@ def test_model_files_roundtrip_and_refuse_pickles(tmp_path):
     torch.save({"x": Evil()}, buf)
     (tmp_path / "m" / "model.pt").write_bytes(buf.getvalue())
     with pytest.raises(modelio.ModelError, match="weights_only"):
-        modelio.load_model(str(tmp_path / "m"), "window_classifier")
+        modelio.load_model(Folder(str(tmp_path / "m")), "window_classifier")
     with pytest.raises(modelio.ModelError, match="not a model directory"):
-        modelio.load_model(str(tmp_path / "nothing"), "window_classifier")
+        modelio.load_model(Folder(str(tmp_path / "nothing")), "window_classifier")
 
 
 def _toy_windows(n: int, rng) -> dict:
@@ -341,8 +342,8 @@ def test_a_classifier_saved_before_codes_were_standardised_still_loads(tmp_path)
     old = {k: v for k, v in model.state_dict().items() if not k.startswith("code_")}
     meta = {"architecture": "window_classifier", "code_dim": 4, "hidden_size": 3, "num_layers": 1,
             "bidirectional": True}  # fmt: skip
-    modelio.save_model(str(tmp_path), old, meta)
-    loaded, _ = modelio.load_model(str(tmp_path), "window_classifier")
+    modelio.save_model(Folder(str(tmp_path)), old, meta)
+    loaded, _ = modelio.load_model(Folder(str(tmp_path)), "window_classifier")
     x = torch.randn(2, 5, 4)
     model.eval()
     assert torch.allclose(loaded(x), model(x))

@@ -11,6 +11,7 @@ from conftest import pipeline_args
 from dfpipe.cli import main
 from dfpipe.jobs.rescore import dump_output
 from dfpipe.outputs import read_scores
+from dfpipe.storage import Folder
 
 
 def test_pipeline_over_the_session_chain_then_reuses_everything(
@@ -42,7 +43,7 @@ def test_pipeline_over_the_session_chain_then_reuses_everything(
         assert (out / path).exists(), path
     timings = json.loads((out / "pipeline_stats.json").read_text())["timings_s"]
     assert set(timings) == {"extract", "segment", "train_embedder", "train_classifier", "score"}
-    scores = read_scores(str(out / "score")).to_pandas()
+    scores = read_scores(Folder(str(out / "score"))).to_pandas()
     assert scores.video_id.is_unique and len(scores) == len(list(sample_dataset.glob("*/*.mp4")))
 
     assert main(argv) == 0
@@ -66,7 +67,7 @@ def test_rescore_scores_each_video_once(classifier_model, sample_dataset, extra_
     root = tmp_path / "scores"
     args = ["rescore", "--model", str(classifier_model), "--output", str(root)]
     assert main([*args, "--input", str(dump1)]) == 0
-    first = read_scores(dump_output(str(root), str(dump1)))
+    first = read_scores(dump_output(Folder(str(root)), str(dump1)))
     assert first.num_rows == len(list(dump1.glob("*.mp4")))
     # The dump's folder is named as a person would look for it; its config keeps the full URI.
     assert [p.name for p in (root / "dumps").iterdir()] == ["2026-11-24"]
@@ -86,7 +87,7 @@ def test_rescore_scores_each_video_once(classifier_model, sample_dataset, extra_
     assert main([*args, "--input", str(dump1), "--input", str(dump2)]) == 0
     assert "nothing new to score" in capsys.readouterr().out
     for dump in (dump1, dump2):
-        scores = read_scores(dump_output(str(root), str(dump))).to_pandas()
+        scores = read_scores(dump_output(Folder(str(root)), str(dump))).to_pandas()
         assert scores.video_id.is_unique and len(scores) == len(list(dump.glob("*.mp4")))
 
     # An overlapping run (the lock is held) does nothing and says so.
@@ -96,7 +97,7 @@ def test_rescore_scores_each_video_once(classifier_model, sample_dataset, extra_
     (root / "rescore.lock").unlink()
     # --all rescores everything once more, still one row per video.
     assert main([*args, "--input", str(dump1), "--all"]) == 0
-    again = read_scores(dump_output(str(root), str(dump1))).to_pandas()
+    again = read_scores(dump_output(Folder(str(root)), str(dump1))).to_pandas()
     assert again.video_id.is_unique and len(again) == first.num_rows
 
 

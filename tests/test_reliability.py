@@ -29,6 +29,7 @@ from dfpipe import storage
 from dfpipe.cli import main
 from dfpipe.invariants import check_output
 from dfpipe.outputs import read_manifest
+from dfpipe.storage import Folder
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["face_size=64", "max_frames=60"]
@@ -42,7 +43,7 @@ def assert_checks(output: str, options=None) -> None:
 
 
 def manifest_by_id(output: str) -> dict[str, dict]:
-    rows = read_manifest(output).to_pylist()
+    rows = read_manifest(Folder(output)).to_pylist()
     assert len({r["video_id"] for r in rows}) == len(rows), "a video is in the manifest twice"
     return {r["video_id"]: r for r in rows}
 
@@ -118,7 +119,7 @@ def test_decode_limits_refuse_by_rule(sample_dataset, tmp_path):
     ]
 
     def stage(**settings) -> FaceExtractStage:
-        made = FaceExtractStage.of(str(tmp_path), face_size=64, **settings)
+        made = FaceExtractStage.of(Folder(str(tmp_path)), face_size=64, **settings)
         made.setup()
         return made
 
@@ -179,7 +180,7 @@ def test_driver_killed_mid_extraction_then_rerun(fault_dataset, tmp_path, ray_se
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
-    done_before = len(read_manifest(str(out)).to_pylist()) if (out / "videos").is_dir() else 0
+    done_before = len(read_manifest(Folder(str(out))).to_pylist()) if (out / "videos").is_dir() else 0
     assert done_before < 10, "the job finished before it was killed; nothing was tested"
     assert main(["extract", "--input", str(fault_dataset), "--output", str(out), *FAST]) == 0
     rows = manifest_by_id(str(out))

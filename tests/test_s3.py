@@ -8,6 +8,7 @@ from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.cli import main
 from dfpipe.outputs import read_manifest
+from dfpipe.storage import Folder
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def s3_extracted(bucket, messy_dataset):
 def test_extract_from_s3_to_s3(s3_extracted, messy_dataset):
     root, expected = messy_dataset
     src, out = SRC, s3_extracted
-    manifest = read_manifest(out).to_pandas().set_index("video_id")
+    manifest = read_manifest(Folder(out)).to_pandas().set_index("video_id")
     local_ids = {p.stem for p in root.glob("*/*.mp4")}
     assert local_ids - {"escape"} <= set(manifest.index)
     assert manifest.index.is_unique
@@ -98,10 +99,10 @@ def test_segment_on_s3(s3_extracted):
 
     out = "s3://dfpipe-test/segment-out"
     assert main(["segment", "--input", s3_extracted, "--output", out, "window_len=8", "window_stride=4"]) == 0
-    summary = read_summary(out).to_pandas()
-    manifest = read_manifest(s3_extracted).to_pandas()
+    summary = read_summary(Folder(out)).to_pandas()
+    manifest = read_manifest(Folder(s3_extracted)).to_pandas()
     assert set(summary.video_id) == set(manifest.video_id)
-    windows = read_windows(out).to_pandas()
+    windows = read_windows(Folder(out)).to_pandas()
     assert len(windows) > 0 and windows.faces_uri.str.startswith("s3://").all()
     failed = summary[summary.extract_status == "failed"]
     assert len(failed) > 0 and failed.reason.str.startswith("extract_failed").all()
@@ -118,7 +119,7 @@ def test_score_on_s3_follows_the_models_recipe(bucket, classifier_model, s3_extr
     assert "extract.frame_stride: recipe 2, extraction 1" in capsys.readouterr().err
     assert main(["score", "--input", SRC, "--model", model, "--output", out, "evaluate=false"]) == 0
     assert storage.read_json(out + "/extract/config.json")["config"]["frame_stride"] == 2
-    manifest = read_manifest(out + "/extract").to_pandas()
+    manifest = read_manifest(Folder(out + "/extract")).to_pandas()
     assert (manifest[manifest.status == "ok"].frame_stride == 2).all()
     scores = storage.read_parquet_dir(out + "/scores", schema=R.SCORES_SCHEMA).to_pandas()
     assert set(scores.video_id) == set(manifest.video_id)

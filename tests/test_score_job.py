@@ -20,6 +20,7 @@ from dfpipe.config import JobError
 from dfpipe.extract.catalog import build_catalog
 from dfpipe.jobs.score_video import Scorer
 from dfpipe.outputs import read_scores
+from dfpipe.storage import Folder
 
 
 def brute_auc(y, p) -> float:
@@ -81,7 +82,7 @@ def test_no_window_or_face_reaches_the_driver(scored):
 def test_every_video_has_one_clipped_score(scored, messy_dataset):
     data, out = scored
     _, expected = messy_dataset
-    scores = read_scores(str(out)).to_pandas().set_index("video_id")
+    scores = read_scores(Folder(str(out))).to_pandas().set_index("video_id")
     catalog = build_catalog(str(data))
     assert scores.index.is_unique and set(scores.index) == set(catalog.column("video_id").to_pylist())
     assert scores.prob_fake.between(0.01, 0.99).all()
@@ -102,7 +103,7 @@ def test_every_video_has_one_clipped_score(scored, messy_dataset):
 def test_report_matches_an_independent_computation(scored):
     _, out = scored
     report = json.loads((Path(out) / "report" / "report.json").read_text())
-    s = read_scores(str(out)).to_pandas()
+    s = read_scores(Folder(str(out))).to_pandas()
     s = s[s.label.notna()]
     y, p = s.label.to_numpy(int), s.prob_fake.to_numpy(float)
     v = report["video"]
@@ -177,7 +178,7 @@ def test_the_review_page_lists_every_video_with_faces_for_the_flagged(scored, me
     extraction failed; a name made of markup is text and no element of it exists."""
     _, out = scored
     _, failed = messy_dataset
-    scores = read_scores(str(out)).to_pandas().set_index("video_id")
+    scores = read_scores(Folder(str(out))).to_pandas().set_index("video_id")
     page = ReviewPage(Path(out) / "report" / "index.html")
     assert len(page.videos) == len(scores)
     probs = [float(v["data-p"]) for v in page.videos]
@@ -207,7 +208,7 @@ def test_the_review_page_works_in_a_real_browser(scored, browser, tmp_path):
     import cv2
 
     _, out = scored
-    n = read_scores(str(out)).num_rows
+    n = read_scores(Folder(str(out))).num_rows
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"script error: {e}"))
@@ -271,7 +272,7 @@ def test_the_review_page_works_in_a_real_browser(scored, browser, tmp_path):
 
 def test_rescoring_touches_only_new_videos(scored, classifier_model):
     data, out = scored
-    before = read_scores(str(out)).num_rows
+    before = read_scores(Folder(str(out))).num_rows
     page = Path(out) / "report" / "index.html"
     made = page.stat().st_mtime_ns
     assert score(data, classifier_model, out) == 0
@@ -281,7 +282,7 @@ def test_rescoring_touches_only_new_videos(scored, classifier_model):
     shutil.copy(new, data / "dfdc_train_part_0" / "brandnewclip.mp4")
     assert score(data, classifier_model, out) == 0
     assert json.loads((Path(out) / "stats.json").read_text())["scored_this_run"] == 1
-    scores = read_scores(str(out)).to_pandas()
+    scores = read_scores(Folder(str(out))).to_pandas()
     assert len(scores) == before + 1 and scores.video_id.is_unique
     assert "brandnewclip.mp4" in {v["name"] for v in ReviewPage(page).videos}  # made again, with it
 
@@ -311,7 +312,7 @@ def test_calibrate_refits_the_temperature_on_the_labelled_videos_and_says_so(
     # one may rise where every video was right and confident.
     assert cal["smoothed_log_loss_after"] < cal["smoothed_log_loss_before"] and 0 < cal["smoothing"] < 0.5
     assert f"temperature 0.250 -> {cal['temperature']:.3f}" in said and "log loss" in said
-    scores = read_scores(str(out)).to_pandas()
+    scores = read_scores(Folder(str(out))).to_pandas()
     labelled = scores[(scores.n_windows > 0) & scores.label.notna() & scores.reason.isna()]
     assert cal["videos"] == len(labelled) > 0
     windows = pq.read_table(out / "window_scores").to_pandas()
@@ -321,7 +322,7 @@ def test_calibrate_refits_the_temperature_on_the_labelled_videos_and_says_so(
 
 def test_score_video_agrees_with_the_bulk_job(scored, classifier_model, tmp_path, capsys):
     data, out = scored
-    scores = read_scores(str(out)).to_pandas().set_index("video_id")
+    scores = read_scores(Folder(str(out))).to_pandas().set_index("video_id")
     ok = scores[scores.reason.isna()]
     vid = ok.index[0]
     path = next(data.glob(f"*/{vid}.mp4"))
@@ -407,7 +408,7 @@ def test_score_shared_real_clips(classifier_model, shared_dfdc, tmp_path):
         )
         == 0
     )
-    scores = read_scores(str(out)).to_pandas()
+    scores = read_scores(Folder(str(out))).to_pandas()
     present = {p.stem for p in shared_dfdc.glob("*/*.mp4")}
     assert present <= set(scores.video_id)
     real = scores[scores.video_id.isin(present)]

@@ -11,6 +11,7 @@ from dfpipe import records as R
 from dfpipe import storage
 from dfpipe.cli import main
 from dfpipe.outputs import read_summary, read_windows
+from dfpipe.storage import Folder
 
 
 def independent_window_count(
@@ -57,8 +58,8 @@ def test_segment_end_to_end(extracted_at, tmp_path):
         columns=["video_id", "track_id", "frame_idx", "flag"],
         schema=R.FACES_SCHEMA,
     ).to_pandas()
-    summary = read_summary(str(out)).to_pandas().set_index("video_id")
-    windows = read_windows(str(out)).to_pandas()
+    summary = read_summary(Folder(str(out))).to_pandas().set_index("video_id")
+    windows = read_windows(Folder(str(out))).to_pandas()
 
     assert set(summary.index) == set(manifest.video_id), "every extracted video has a summary row"
     expected = independent_window_count(
@@ -89,30 +90,30 @@ def test_segment_rerun_and_part_splits(extracted_sample, tmp_path):
     out = tmp_path / "seg"
     args = ["val_parts=dfdc_train_part_1", "remainder=align_end", "window_len=4", "window_stride=2"]
     assert segment(extracted_sample, out, *args) == 0
-    assert read_windows(str(out)).num_rows > 0
+    assert read_windows(Folder(str(out))).num_rows > 0
     files = sorted(p.name for p in (out / "windows").iterdir())
-    first = read_windows(str(out)).sort_by("window_id")
+    first = read_windows(Folder(str(out))).sort_by("window_id")
     assert segment(extracted_sample, out, *args) == 0
     assert sorted(p.name for p in (out / "windows").iterdir()) == files
     assert json.loads((out / "stats.json").read_text())["run"]["videos_processed"] == 0
-    summary = read_summary(str(out)).to_pandas()
+    summary = read_summary(Folder(str(out))).to_pandas()
     assert set(summary[summary.part == "dfdc_train_part_1"].split) == {"val"}
     assert set(summary[summary.part != "dfdc_train_part_1"].split) == {"train"}
     # Other settings on the same output are refused, --overwrite redoes everything identically.
     assert segment(extracted_sample, out, "window_len=6") == 2
     assert segment(extracted_sample, out, *args, "--overwrite") == 0
-    assert read_windows(str(out)).sort_by("window_id").equals(first)
+    assert read_windows(Folder(str(out))).sort_by("window_id").equals(first)
 
 
 def test_segment_recovers_from_a_crash_between_windows_and_summary(extracted_sample, tmp_path):
     out = tmp_path / "seg"
     assert segment(extracted_sample, out, "window_len=4") == 0
-    before = read_windows(str(out)).num_rows
+    before = read_windows(Folder(str(out))).num_rows
     assert before > 0
     (summary_file,) = list((out / "videos").iterdir())
     summary_file.unlink()  # as if the driver died after writing windows, before the summary
     assert segment(extracted_sample, out, "window_len=4") == 0
-    assert read_windows(str(out)).num_rows == before, "no duplicated windows after the rerun"
+    assert read_windows(Folder(str(out))).num_rows == before, "no duplicated windows after the rerun"
 
 
 def test_segment_refuses_a_non_extraction_input(tmp_path, capsys):

@@ -19,6 +19,7 @@ from dfpipe.extract.faces import crop_face, decode_jpeg, detection_scale, encode
 from dfpipe.extract.tracks import iou_matrix, link_tracks
 from dfpipe.jobs.extract import ExtractConfig
 from dfpipe.sampledata.generate import ClipSpec, SampleConfig, plan, write_clip
+from dfpipe.storage import Folder
 
 
 def test_iou_matrix_values():
@@ -276,7 +277,7 @@ def test_a_written_file_has_the_permissions_of_any_file_the_user_writes(tmp_path
 def test_extract_stage_without_ray(clip, tmp_path):
     from dfpipe.extract.stage import FaceExtractStage
 
-    stage = FaceExtractStage.of(str(tmp_path / "faces"), face_size=64, min_face_px=10)
+    stage = FaceExtractStage.of(Folder(str(tmp_path / "faces")), face_size=64, min_face_px=10)
     stage.setup()
     rows = [
         {

@@ -16,6 +16,7 @@ from conftest import CHAIN, EMBEDDER_ARGS, classifier_args
 
 from dfpipe import storage
 from dfpipe.cli import main
+from dfpipe.storage import Folder
 from dfpipe.train import modelio
 from dfpipe.train.loops import HOOKS
 
@@ -57,7 +58,7 @@ def test_embedder_artefacts_resume_and_reload(embedder):
     assert [e.value for e in logged] == pytest.approx([h["train_loss"] for h in history], rel=1e-6)
     config = json.loads((embedder / "config.json").read_text())
     assert config["config"]["seed"] == meta["seed"] == 0
-    model, _ = modelio.load_model(str(embedder), "face_embedder")
+    model, _ = modelio.load_model(Folder(str(embedder)), "face_embedder")
     assert sum(p.numel() for p in model.parameters()) > 1e6
     # finished: a rerun does nothing; other settings on the same output are refused
     assert (
@@ -102,7 +103,7 @@ def test_classifier_end_to_end_and_its_embedding_cache(segmented_sample, embedde
     assert len(history) == epochs and {"val_loss", "val_video_acc", "val_video_auc", "val_auc"} <= set(
         history[0]
     )
-    model, _ = modelio.load_model(str(classifier_model), "window_classifier")
+    model, _ = modelio.load_model(Folder(str(classifier_model)), "window_classifier")
     assert model.lstm.hidden_size == 16
     # The codes are cached beside the windows, by embedder version, where every classifier run looks:
     # asking for every window's codes again embeds none (a retrained LSTM costs no embedding).
@@ -299,7 +300,7 @@ def test_cached_codes_of_faces_extracted_otherwise_are_made_again(tmp_path, caps
     assert faces_version(storage.Folder(str(tmp_path / "segment"))) == "new"
     cache = tmp_path / "segment" / "embeddings" / "v"
     (cache / "windows").mkdir(parents=True)
-    version = modelio.model_version(str(embedder))
+    version = modelio.model_version(Folder(str(embedder)))
     (cache / "cache.json").write_text(json.dumps({"embedder_version": version, "faces_config_hash": "old"}))
     row = {"window_id": "w", "video_id": "v", "track_id": 0, "label": 1, "part": "p", "split": "train",
            "start_frame": 0, "n_frames": 1, "counted": True, "code_dim": 2, "codes": [0.0, 1.0]}  # fmt: skip
@@ -326,7 +327,7 @@ def test_video_embed_stage_gives_the_codes_of_the_two_stage_path(segmented_sampl
     from dfpipe.score.embed import VideoEmbedStage, WindowEmbedStage, video_groups
 
     videos = segmented_videos(storage.Folder(str(segmented_sample))).slice(0, 3)
-    windows = outputs.read_windows(str(segmented_sample))
+    windows = outputs.read_windows(Folder(str(segmented_sample)))
     windows = windows.filter(pc.is_in(windows.column("video_id"), videos.column("video_id")))
     assert videos.num_rows == 3 and windows.num_rows > 3
 
@@ -371,7 +372,7 @@ def test_sampled_faces_stage_gives_the_faces_the_driver_used_to_sample(segmented
         t = pq.read_table(f)
         counted = pc.and_(pc.fill_null(t.column("counted"), True), pc.not_equal(t.column("video_id"), poster))
         pq.write_table(t.set_column(t.schema.get_field_index("counted"), "counted", counted), f)
-    windows = outputs.read_windows(str(seg))
+    windows = outputs.read_windows(Folder(str(seg)))
     windows = windows.filter(pc.is_in(windows.column("video_id"), videos.column("video_id")))
     expected = FaceCropsStage()(sample_faces(windows.filter(windows.column("counted")), 3))
     stage = SampledFacesStage(storage.Folder(outputs.segmentation(str(seg))["windows"]), 3)
@@ -479,7 +480,7 @@ def test_self_blended_windows_are_made_on_the_worker_from_real_windows_seeded_an
     from dfpipe.train import sbi
 
     segment = storage.Folder(str(segmented_sample))
-    windows = outputs.read_windows(str(segmented_sample))
+    windows = outputs.read_windows(Folder(str(segmented_sample)))
     videos = segmented_videos(segment)
     labels = dict(
         zip(windows.column("video_id").to_pylist(), windows.column("label").to_pylist(), strict=False)
@@ -559,7 +560,7 @@ def training_in_a_fakes_mode(segmented_sample, embedder_model, tmp_path, fakes: 
                  "--output", str(classifier), *options]) == 0  # fmt: skip
     meta = json.loads((classifier / "model.json").read_text())
     assert meta["recipe"]["train"] == {"fakes": fakes, "sbi": {"seed": 3, "version": 1}}
-    windows = outputs.read_windows(str(segmented_sample))
+    windows = outputs.read_windows(Folder(str(segmented_sample)))
     train = windows.filter(
         pc.and_(pc.equal(windows.column("split"), "train"), pc.fill_null(windows.column("counted"), True))
     )

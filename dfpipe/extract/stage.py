@@ -55,7 +55,7 @@ class FaceExtractStage:
     resources: Resources = field(default_factory=Resources)
 
     @classmethod
-    def of(cls, faces: storage.Folder | str, **options) -> FaceExtractStage:
+    def of(cls, faces: storage.Folder, **options) -> FaceExtractStage:
         """A stage with any extraction options given by name (``face_size=64, scan_every=0``), each
         routed to its group; the other keywords are the stage's own (``threads=2``)."""
         groups = {
@@ -68,7 +68,7 @@ class FaceExtractStage:
         for key, group in groups.items():
             names = {f.name for f in fields(group)}
             made[key] = group(**{k: options.pop(k) for k in list(options) if k in names})
-        return cls(faces=storage.folder(faces), **made, **options)
+        return cls(faces=faces, **made, **options)
 
     def setup(self) -> None:
         """Load the detector (once per worker); :meth:`process_many` shares out the CPUs per batch."""

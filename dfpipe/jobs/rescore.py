@@ -49,10 +49,9 @@ def dump_name(dump: str) -> str:
     return storage.safe_name(storage.normalize(dump).split("://")[-1].rstrip("/").rsplit("/", 1)[-1])
 
 
-def dump_output(root: storage.Folder | str, dump: str) -> storage.Folder:
+def dump_output(root: storage.Folder, dump: str) -> storage.Folder:
     """``OUTPUT/dumps/<dump name>/``; its ``config.json`` keeps the dump's full URI. A folder that an
     older dfpipe named by the whole URI, percent-encoded, is still used where it exists."""
-    root = storage.folder(root)
     legacy = root.sub("dumps", storage.safe_name(storage.normalize(dump).split("://")[-1].strip("/")))
     return legacy if legacy.exists() else root.sub("dumps", dump_name(dump))
 

@@ -31,16 +31,14 @@ def load_state(data: bytes, source: str) -> dict:
         ) from None
 
 
-def save_model(model: storage.Folder | str, state_dict: dict, meta: dict) -> None:
-    model = storage.folder(model)
+def save_model(model: storage.Folder, state_dict: dict, meta: dict) -> None:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
     model.write_bytes("model.pt", buf.getvalue())
     model.write_json("model.json", {**meta, "format_version": FORMAT_VERSION})
 
 
-def read_meta(model: storage.Folder | str) -> dict:
-    model = storage.folder(model)
+def read_meta(model: storage.Folder) -> dict:
     if not model.exists("model.json"):
         raise ModelError(f"{model.uri} is not a model directory (no model.json): train one first")
     meta = model.read_json("model.json")
@@ -51,9 +49,8 @@ def read_meta(model: storage.Folder | str) -> dict:
     return meta
 
 
-def load_model(model: storage.Folder | str, expected: str):
+def load_model(model: storage.Folder, expected: str):
     """``(module in eval mode, meta)`` for a model directory whose architecture is ``expected``."""
-    model = storage.folder(model)
     meta = read_meta(model)
     if meta.get("architecture") != expected:
         raise ModelError(f"{model.uri} holds a {meta.get('architecture')!r} model, expected {expected!r}")
@@ -81,8 +78,8 @@ def build(meta: dict):
     raise ModelError(f"unknown architecture {arch!r}")
 
 
-def model_version(model: storage.Folder | str) -> str:
+def model_version(model: storage.Folder) -> str:
     """A content hash of the weights: names caches and scores by the exact model that made them."""
     import hashlib
 
-    return hashlib.sha256(storage.folder(model).read_bytes("model.pt")).hexdigest()[:12]
+    return hashlib.sha256(model.read_bytes("model.pt")).hexdigest()[:12]
