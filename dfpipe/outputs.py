@@ -100,11 +100,11 @@ def read_scores(output: storage.Folder, model_version: str | None = None, column
     return t
 
 
-def with_chunks(marker_folder: str, schema: pa.Schema, columns: list[str], options=None) -> pa.Table:
+def with_chunks(marker: storage.Folder, schema: pa.Schema, columns: list[str]) -> pa.Table:
     """The marker rows of a chunked folder (``columns`` of them) plus ``chunk``, the name of the
     file holding them: the same name holds their payload in the chunk's other folders, which is how
     a worker finds a video's windows or codes without the driver ever reading them."""
-    return storage.read_parquet_dir(marker_folder, columns, schema, options, file_column="chunk")
+    return storage.read_parquet_dir(marker.uri, columns, schema, marker.options, file_column="chunk")
 
 
 def read_batch_rows(folder: storage.Folder, batch: pa.Table, schema: pa.Schema) -> pa.Table:

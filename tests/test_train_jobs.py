@@ -187,11 +187,11 @@ def test_training_reads_only_windows_of_counted_tracks(ray_session, tmp_path):
     ]
     (tmp_path / "windows").mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=R.EMBEDDINGS_SCHEMA), tmp_path / "windows" / "a.parquet")
-    codes = [Codes(str(tmp_path / "windows"))]
-    kept = read_split(codes, "val", None).take_all()
+    codes = [Codes(Folder(str(tmp_path / "windows")))]
+    kept = read_split(codes, "val").take_all()
     assert sorted(r["window_id"] for r in kept) == ["w0", "w2", "w3"]
-    assert read_split(codes, "train", None).take_all() == []
-    sources = read_split([Codes(str(tmp_path / "windows"), sources=True)], "val", None).take_all()
+    assert read_split(codes, "train").take_all() == []
+    sources = read_split([Codes(Folder(str(tmp_path / "windows")), sources=True)], "val").take_all()
     assert [(r["window_id"], r["label"]) for r in sources] == [("w3", R.LABEL_REAL)]
 
 

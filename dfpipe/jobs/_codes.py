@@ -42,7 +42,7 @@ def embed_videos(
     batch_faces: int,
     faces: str | None = None,
     blend: SelfBlend | None = None,
-) -> tuple[str, int]:
+) -> tuple[storage.Folder, int]:
     """Codes for every window of ``videos`` (``video_id`` and ``chunk``, their segmentation chunk:
     :func:`segmented_videos`), cached in ``cache`` (named by the embedder's version).
 
@@ -109,15 +109,13 @@ def embed_videos(
             ),
         )
     )
-    return paths["windows"], run.sums["n_windows"]
+    return cache.sub("windows"), run.sums["n_windows"]
 
 
 def segmented_videos(segment: storage.Folder, video_ids: pa.Array | None = None) -> pa.Table:
     """``video_id`` and ``chunk`` of the videos of a segmentation that have windows (of ``video_ids``
     only, when given): the input of :func:`embed_videos`."""
-    table = outputs.with_chunks(
-        segment.join("videos"), R.SEGMENTS_SCHEMA, ["video_id", "n_windows"], segment.options
-    )
+    table = outputs.with_chunks(segment.sub("videos"), R.SEGMENTS_SCHEMA, ["video_id", "n_windows"])
     table = table.filter(pc.greater(table.column("n_windows"), 0))
     if video_ids is not None:
         table = table.filter(pc.is_in(table.column("video_id"), video_ids))
@@ -132,10 +130,10 @@ def sbi_cache(cache: storage.Folder, blend: SelfBlend) -> storage.Folder:
 
 @dataclass(frozen=True)
 class Codes:
-    """Cached code rows a training reads (``uri``: an embedding cache's windows), and whether it
-    takes only a self-blend's sources from them (REAL and unlabelled windows, labelled REAL)."""
+    """Cached code rows a training reads (``windows``: an embedding cache's), and whether it takes only
+    a self-blend's sources from them (REAL and unlabelled windows, labelled REAL)."""
 
-    uri: str
+    windows: storage.Folder
     sources: bool = False
 
     def where(self, split: str):
@@ -148,14 +146,14 @@ class Codes:
         return sbi.as_real(table) if self.sources else table
 
 
-def read_split(codes: list[Codes], split: str, opts):
+def read_split(codes: list[Codes], split: str):
     """A Ray dataset of the cached code sequences of one split (streamed from Parquet), from every
     cache in ``codes``."""
     columns = ["window_id", "video_id", "track_id", "label", "split", "counted", "codes"]
     parts = [
-        runner.read_parquet(c.uri, opts, columns=columns, where=c.where(split)).map_batches(
-            c.labelled, batch_size=None, batch_format="pyarrow"
-        )
+        runner.read_parquet(
+            c.windows.uri, c.windows.options, columns=columns, where=c.where(split)
+        ).map_batches(c.labelled, batch_size=None, batch_format="pyarrow")
         for c in codes
     ]
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

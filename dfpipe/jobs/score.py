@@ -222,18 +222,20 @@ def segment_config(
     return dataclasses.replace(seg, output=storage.join(output, f"segment-{digest}"))
 
 
-def model_splits(meta: dict, opts) -> pa.Table:
+def model_splits(segmentation: storage.Folder | None) -> pa.Table:
     """``video_id``, ``learned_split``: the split of each video the model was trained and validated
-    on, or tested against (its segmentation's summary), as Arrow columns to join on, never a Python
-    object per video. No rows (every scored video unsplit) when that output is gone."""
-    uri = meta.get("segment", {}).get("uri")
+    on, or tested against (``segmentation``, its segmentation's summary; None where the model names
+    none), as Arrow columns to join on, never a Python object per video. No rows (every scored video
+    unsplit) when that output is gone."""
     table = None
     try:
-        if uri:
-            table = outputs.read_summary(storage.Folder(uri, opts), columns=["video_id", "split"])
+        if segmentation is not None:
+            table = outputs.read_summary(segmentation, columns=["video_id", "split"])
     except (OSError, ValueError) as exc:
         log.warning(
-            "the model's segmentation %s cannot be read (%s): every video is reported unsplit", uri, exc
+            "the model's segmentation %s cannot be read (%s): every video is reported unsplit",
+            segmentation.uri,
+            exc,
         )
     if table is None:
         return pa.table({"video_id": pa.array([], pa.string()), "learned_split": pa.array([], pa.string())})
@@ -335,7 +337,7 @@ def classify(
     are replaced. With ``calibrate=true`` the calibration is fitted first (returned)."""
     n_manifest, already, replace = counts
     if replace:
-        remove_version(cfg.output, version, cfg.storage_options)
+        remove_version(cfg.folder(cfg.output), version)
     rule = cfg.video_rule(meta)
     scorer = VideoScoreStage(
         model,
@@ -381,10 +383,10 @@ def finish(
     calibration: dict | None,
 ) -> dict:
     """The submission, ``stats.json`` and, where both classes are labelled, the evaluation report."""
-    opts, paths, out = cfg.storage_options, outputs.scoring(cfg.output), cfg.folder(cfg.output)
+    paths, out = outputs.scoring(cfg.output), cfg.folder(cfg.output)
     write_started = time.perf_counter()
     all_scores = outputs.read_scores(out, version)
-    write_submission(all_scores, paths["submission"], opts)
+    write_submission(all_scores, out)
     timer.seconds["write"] = time.perf_counter() - write_started
     stats = {
         "model_version": version,
@@ -491,12 +493,9 @@ def review_details(
     manifest = outputs.read_manifest(
         extraction, columns=["video_id", "status", "error", "faces_uri", "frame_stride"]
     )
-    tracks = outputs.with_chunks(segment.join("videos"), R.SEGMENTS_SCHEMA, ["video_id"], segment.options)
+    tracks = outputs.with_chunks(segment.sub("videos"), R.SEGMENTS_SCHEMA, ["video_id"])
     scored = outputs.with_chunks(
-        cfg.folder(cfg.output).join("scores"),
-        R.SCORES_SCHEMA,
-        ["video_id", "model_version"],
-        cfg.storage_options,
+        cfg.folder(cfg.output).sub("scores"), R.SCORES_SCHEMA, ["video_id", "model_version"]
     )
     scored = scored.filter(pc.equal(scored.column("model_version"), version)).select(["video_id", "chunk"])
     rows = (
@@ -544,8 +543,9 @@ def score_inputs(pending: pa.Table, segment: storage.Folder, cache: storage.Fold
     summary = outputs.read_summary(
         segment, columns=["video_id", "split", "n_tracks", "n_tracks_counted", "reason"]
     ).rename_columns(["video_id", "seg_split", "seg_n_tracks", "n_tracks_counted", "segment_reason"])
-    codes = outputs.with_chunks(cache.join("videos"), R.EMBEDDED_VIDEOS_SCHEMA, ["video_id"], cache.options)
-    learned = model_splits(meta, segment.options)  # the model's segmentation, in the same storage
+    codes = outputs.with_chunks(cache.sub("videos"), R.EMBEDDED_VIDEOS_SCHEMA, ["video_id"])
+    uri = meta.get("segment", {}).get("uri")  # the model's segmentation, in the same storage
+    learned = model_splits(storage.Folder(uri, segment.options) if uri else None)
     todo = pending.select(list(VIDEO_COLUMNS)).join(summary, "video_id", join_type="left outer")
     todo = todo.join(codes, "video_id", join_type="left outer")
     return todo.join(learned, "video_id", join_type="left outer").sort_by("chunk")
@@ -601,22 +601,22 @@ def refit_calibration(
     }
 
 
-def remove_version(output: str, version: str, opts) -> int:
+def remove_version(output: storage.Folder, version: str) -> int:
     """Delete the score chunks of one model version (``--all``); the rows are written again right after."""
-    removed = 0
-    for f in storage.find(outputs.scoring(output)["scores"], opts):
+    removed, opts, paths = 0, output.options, outputs.scoring(output.uri)
+    for f in storage.find(paths["scores"], opts):
         fs, path = storage.filesystem(f, opts)
         with fs.open(path, "rb") as fh:
             versions = set(pq.read_table(fh, columns=["model_version"]).column("model_version").to_pylist())
         if versions == {version}:
             name = posixpath.basename(f)
-            storage.delete(storage.join(outputs.scoring(output)["window_scores"], name), opts)
+            storage.delete(storage.join(paths["window_scores"], name), opts)
             storage.delete(f, opts)
             removed += 1
     return removed
 
 
-def write_submission(scores: pa.Table, uri: str, opts) -> None:
+def write_submission(scores: pa.Table, output: storage.Folder) -> None:
     """``filename,label`` with label = probability of FAKE, as the DFDC competition asked."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -631,7 +631,7 @@ def write_submission(scores: pa.Table, uri: str, opts) -> None:
         key=lambda r: r[1],
     ):
         w.writerow([name or f"{vid}.mp4", f"{p:.6f}"])
-    storage.write_text(uri, buf.getvalue(), opts)
+    storage.write_text(output.join("submission.csv"), buf.getvalue(), output.options)
 
 
 def _reasons(scores: pa.Table) -> dict:

@@ -100,11 +100,9 @@ class ClassifierTraining(T.Training):
         cache = cfg.folder(cfg.embeddings_cache) if cfg.embeddings_cache else cache_for(segment, embedder)
         videos = segmented_videos(segment, pc.unique(windows.column("video_id")))
         faces = faces_version(segment)
-        rows_uri, embedded = embed_videos(
-            videos, segment, embedder, cache, use_gpu, cfg.embed_batch_faces, faces
-        )
+        rows, embedded = embed_videos(videos, segment, embedder, cache, use_gpu, cfg.embed_batch_faces, faces)
         # The FAKE windows: the labelled ones, and/or the self-blended copies of the REAL ones.
-        self.codes = [_codes.Codes(rows_uri, sources=cfg.fakes == "sbi")]
+        self.codes = [_codes.Codes(rows, sources=cfg.fakes == "sbi")]
         train = windows.filter(pc.equal(windows.column("split"), "train"))
         n_fake = int(pc.sum(pc.equal(train.column("label"), R.LABEL_FAKE)).as_py() or 0)
         n_real = train.num_rows - n_fake
@@ -112,10 +110,10 @@ class ClassifierTraining(T.Training):
             real = windows.filter(pc.equal(windows.column("label"), R.LABEL_REAL))
             sources = segmented_videos(segment, pc.unique(real.column("video_id")))
             sbi_cache = _codes.sbi_cache(cache, self.blend)
-            blended_uri, blended = embed_videos(
+            blended_rows, blended = embed_videos(
                 sources, segment, embedder, sbi_cache, use_gpu, cfg.embed_batch_faces, faces, self.blend
             )
-            self.codes.append(_codes.Codes(blended_uri))
+            self.codes.append(_codes.Codes(blended_rows))
             embedded += blended
             n_fake += n_real  # one self-blended copy of every REAL window
         steps = cfg.steps_per_epoch or max(1, -(-(n_real + n_fake) // (cfg.num_workers * cfg.batch_size)))
@@ -123,13 +121,11 @@ class ClassifierTraining(T.Training):
         # outlive any node, and read from there every epoch); the training split shuffled once (seeded).
         datasets = {
             "train": runner.training_input(
-                runner.shuffled(_codes.read_split(self.codes, "train", opts), cfg.seed),
+                runner.shuffled(_codes.read_split(self.codes, "train"), cfg.seed),
                 T.input_dir(cfg, "train"),
                 opts,
             ),
-            "val": runner.training_input(
-                _codes.read_split(self.codes, "val", opts), T.input_dir(cfg, "val"), opts
-            ),
+            "val": runner.training_input(_codes.read_split(self.codes, "val"), T.input_dir(cfg, "val"), opts),
         }
         kind = {"labels": "", "sbi": " (self-blended REAL windows)", "both": " (labelled and self-blended)"}
         console.say(
@@ -172,7 +168,7 @@ class ClassifierTraining(T.Training):
     def finish(self, best: dict, history: list[dict], meta: dict) -> None:
         cfg, opts = self.cfg, self.cfg.storage_options
         learnt(history, meta["train_windows"], cfg.min_loss_drop, self.embedder_meta)
-        meta.update(calibrate(best["model"], meta, self.codes, opts).as_meta())
+        meta.update(calibrate(best["model"], meta, self.codes).as_meta())
         meta["calibrated_prior"] = CALIBRATED_PRIOR
         segment_cfg = self.segment.read_json("config.json")
         meta["segment"] = {
@@ -214,7 +210,7 @@ def learnt(history: list[dict], windows: dict, min_drop: float, embedder: dict) 
     )
 
 
-def calibrate(state: dict, meta: dict, codes: list[_codes.Codes], opts):
+def calibrate(state: dict, meta: dict, codes: list[_codes.Codes]):
     """The calibration of the window logits (:func:`dfpipe.train.calibration.fit_calibration`: a
     temperature and an offset), fitted on the val split's *video* probabilities under the model's
     aggregation over counted windows, so calibration holds for what is reported. The loss is
@@ -224,7 +220,7 @@ def calibrate(state: dict, meta: dict, codes: list[_codes.Codes], opts):
     model = modelio.build(meta)
     model.load_state_dict(state)
     shape = (meta["n_frames"], meta["code_dim"])
-    logits, labels, videos, tracks = window_logits(model, val_batches(codes, opts, shape), shape, "cpu")
+    logits, labels, videos, tracks = window_logits(model, val_batches(codes, shape), shape, "cpu")
     how = meta["aggregation"]
     fit = fit_calibration(logits, labels, videos, tracks, how, balanced=True)
     console.say(
@@ -234,14 +230,14 @@ def calibrate(state: dict, meta: dict, codes: list[_codes.Codes], opts):
     return fit
 
 
-def val_batches(codes: list[_codes.Codes], opts, shape: tuple[int, int]):
+def val_batches(codes: list[_codes.Codes], shape: tuple[int, int]):
     """The counted val windows' codes, one cache file at a time (only their rows are read), so the
     driver holds one file's codes and every val window's logit, never every code."""
     for c in codes:
-        for f in storage.find(c.uri, opts):
+        for f in storage.find(c.windows.uri, c.windows.options):
             if not f.endswith(".parquet"):
                 continue
-            fs, path = storage.arrow_filesystem(f, opts)
+            fs, path = storage.arrow_filesystem(f, c.windows.options)
             columns = ["video_id", "track_id", "label", "codes"]
             table = c.labelled(pq.read_table(path, filesystem=fs, columns=columns, filters=c.where("val")))
             if table.num_rows:
