@@ -156,8 +156,9 @@ def run_job(name: str, argv: list[str], log_file: bool = False) -> int:
     if not (log_file and getattr(module, "RAY", False) and not cfg.verbose):
         return _run(name, module, cfg)
 
-    where = storage.join(cfg.output, "logs", console.log_name(name))
-    with console.log_file(where, cfg.storage_options):
+    logs, log_name = cfg.folder(cfg.output).sub("logs"), console.log_name(name)
+    where = logs.join(log_name)
+    with console.log_file(logs, log_name):
         console.say(
             f"dfpipe {name}: Ray's output and other details go to {where} (--verbose prints them here)"
         )

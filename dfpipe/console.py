@@ -56,11 +56,12 @@ def log_name(job: str, now: datetime | None = None) -> str:
 
 
 @contextmanager
-def log_file(uri: str, options=None) -> Iterator[str]:
-    """Send everything the process prints to ``uri`` (local, or uploaded at the end when remote);
-    :func:`say` and :func:`shout` still reach the console. Yields the path being written."""
+def log_file(folder: storage.Folder, name: str) -> Iterator[str]:
+    """Send everything the process prints to the file ``name`` in ``folder`` (local, or uploaded at the
+    end when remote); :func:`say` and :func:`shout` still reach the console. Yields the path being written."""
     global _out, _err
 
+    uri, options = folder.join(name), folder.options
     if storage.is_local(uri):
         path = storage.strip_protocol(uri)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

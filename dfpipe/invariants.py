@@ -61,28 +61,29 @@ def duplicates(values) -> list:
     return sorted(k for k, n in Counter(values).items() if n > 1)
 
 
-def check_output(uri: str, options: storage.StorageOptions | None = None) -> Report:
+def check_output(output: storage.Folder) -> Report:
     report = Report()
-    found = find_outputs(uri, options)
+    found = find_outputs(output)
     if not found:
-        report.violations.append(f"{uri}: no dfpipe output found (no config.json here or in sub-folders)")
+        report.violations.append(
+            f"{output.uri}: no dfpipe output found (no config.json here or in sub-folders)"
+        )
     for out, job in found:
         check = CHECKS.get(job)
         if check is not None:
-            check(storage.Folder(out, options), report)
-            report.checked.append(f"{job} output {out}")
-    check_no_partial_files(uri, options, report)
+            check(out, report)
+            report.checked.append(f"{job} output {out.uri}")
+    check_no_partial_files(output, report)
     return report
 
 
-def find_outputs(uri: str, options, depth: int = 3) -> list[tuple[str, str]]:
-    """(output URI, job name) of every job output at or below ``uri``, parents first."""
+def find_outputs(root: storage.Folder, depth: int = 3) -> list[tuple[storage.Folder, str]]:
+    """(output, job name) of every job output at or below ``root``, parents first."""
     found = []
-    config = storage.join(uri, "config.json")
-    if storage.exists(config, options):
-        found.append((uri, storage.read_json(config, options).get("job")))
-    if depth and storage.is_dir(uri, options):
-        fs, path = storage.filesystem(uri, options)
+    if root.exists("config.json"):
+        found.append((root, root.read_json("config.json").get("job")))
+    if depth and storage.is_dir(root.uri, root.options):
+        fs, path = storage.filesystem(root.uri, root.options)
         for sub in sorted(fs.ls(path, detail=False)):
             name = posixpath.basename(sub.rstrip("/"))
             if fs.isdir(sub) and name not in (
@@ -93,13 +94,15 @@ def find_outputs(uri: str, options, depth: int = 3) -> list[tuple[str, str]]:
                 "scores",
                 "window_scores",
             ):
-                found += find_outputs(storage.join(uri, name), options, depth - 1)
+                found += find_outputs(root.sub(name), depth - 1)
     return found
 
 
-def check_no_partial_files(uri: str, options, report: Report) -> None:
-    leftovers = [f for f in storage.find(uri, options) if posixpath.basename(f).startswith(".tmp-")]
-    report.expect(uri, leftovers, "half-written temporary files")
+def check_no_partial_files(output: storage.Folder, report: Report) -> None:
+    leftovers = [
+        f for f in storage.find(output.uri, output.options) if posixpath.basename(f).startswith(".tmp-")
+    ]
+    report.expect(output.uri, leftovers, "half-written temporary files")
 
 
 # --- extraction -------------------------------------------------------------------------------
@@ -139,7 +142,9 @@ def check_extract(output: storage.Folder, report: Report) -> None:
         if storage.normalize(uri) not in shards:
             missing.append(row["video_id"])
             continue
-        problem = _shard_problem(uri, row, options)
+        fs, path = storage.filesystem(uri, options)
+        with fs.open(path, "rb") as f:
+            problem = _shard_problem(pq.ParquetFile(f), row)
         if problem:
             wrong.append(f"{row['video_id']} {problem}")
     report.expect(out, missing, "ok videos whose face shard is missing")
@@ -159,14 +164,10 @@ def _agrees(written, fresh) -> bool:
     return written == fresh
 
 
-def _shard_problem(uri: str, row: dict, options) -> str | None:
-    fs, path = storage.filesystem(uri, options)
-    with fs.open(path, "rb") as f:
-        shard = pq.ParquetFile(f)
-        marked = "landmarks" in shard.schema_arrow.names  # shards from before landmarks were kept lack them
-        t = shard.read(
-            columns=["video_id", "frame_idx", "track_id", "flag", "box_x1", *(["landmarks"] * marked)]
-        )
+def _shard_problem(shard: pq.ParquetFile, row: dict) -> str | None:
+    """What is wrong with a face shard (opened) against its manifest ``row``; None when nothing is."""
+    marked = "landmarks" in shard.schema_arrow.names  # shards from before landmarks were kept lack them
+    t = shard.read(columns=["video_id", "frame_idx", "track_id", "flag", "box_x1", *(["landmarks"] * marked)])
     if set(t.column("video_id").to_pylist()) - {row["video_id"]}:
         return "holds rows of another video"
     keys = list(zip(t.column("frame_idx").to_pylist(), t.column("track_id").to_pylist(), strict=True))
@@ -302,13 +303,9 @@ def check_score(output: storage.Folder, report: Report) -> None:
     keys = zip(*(window_scores.column(c).to_pylist() for c in ("window_id", "model_version")), strict=True)
     report.expect(out, duplicates(keys), "windows scored more than once by one model")
     known: set[str] = set()
-    for sub, job in find_outputs(out, options, depth=1):
+    for sub, job in find_outputs(output, depth=1):
         if job == "segment":
-            known |= set(
-                outputs.read_windows(storage.Folder(sub, options), columns=["window_id"])
-                .column("window_id")
-                .to_pylist()
-            )
+            known |= set(outputs.read_windows(sub, columns=["window_id"]).column("window_id").to_pylist())
     report.expect(
         out,
         sorted(set(window_scores.column("window_id").to_pylist()) - known),

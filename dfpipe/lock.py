@@ -77,7 +77,10 @@ def _last_beat(holder: dict) -> float:
 
 
 @contextmanager
-def run_lock(uri: str, options: storage.StorageOptions | None = None, stale_after_s: float = 6 * 3600):
+def run_lock(folder: storage.Folder, name: str, stale_after_s: float = 6 * 3600):
+    """Hold the lock file ``name`` in ``folder`` while the block runs (a LockHeld when another live run
+    holds it), with a heartbeat; a stale one, or one whose holder is provably gone, is taken over."""
+    uri, options = folder.join(name), folder.options
     me = _holder()
     if storage.exists(uri, options):
         try:
@@ -116,7 +119,7 @@ def run_lock(uri: str, options: storage.StorageOptions | None = None, stale_afte
             raise LockHeld(f"{uri} was taken by another run just now")
     stop = threading.Event()
     beat = threading.Thread(
-        target=_heartbeat, args=(uri, options, me, min(60.0, stale_after_s / 4), stop), daemon=True
+        target=_heartbeat, args=(folder, name, me, min(60.0, stale_after_s / 4), stop), daemon=True
     )
     beat.start()
     try:
@@ -131,8 +134,9 @@ def run_lock(uri: str, options: storage.StorageOptions | None = None, stale_afte
             log.warning("could not release lock %s", uri)
 
 
-def _heartbeat(uri: str, options, me: dict, every: float, stop: threading.Event) -> None:
+def _heartbeat(folder: storage.Folder, name: str, me: dict, every: float, stop: threading.Event) -> None:
     """Refresh the lock's ``beat`` until ``stop``; stop beating if another run took the lock over."""
+    uri, options = folder.join(name), folder.options
     while not stop.wait(every):
         try:
             if storage.read_json(uri, options).get("token") != me["token"]:

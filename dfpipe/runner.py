@@ -549,16 +549,16 @@ def fit(
     hooks: TrainingHooks,
     num_workers: int,
     use_gpu: bool,
-    storage_path: str,
+    checkpoints: storage.Folder,
     name: str,
-    storage_options=None,
     max_failures: int = 0,
     keep_checkpoints: int = 2,
     select_by: str = "selection",
     on_report: Callable[[dict], None] | None = None,
     capacity_wait_s: float = 900.0,
 ):
-    """Run ``loop`` on a TorchTrainer; rerunning with the same ``storage_path`` and ``name`` resumes.
+    """Run ``loop`` on a TorchTrainer, its checkpoints in ``checkpoints``/``name``; rerunning with the
+    same ``checkpoints`` and ``name`` resumes.
 
     ``on_report(metrics)`` runs on the driver for each epoch rank 0 reports (through a queue actor),
     so the driver, not the workers, prints progress. Returns ``(best_state, latest_state)``: the
@@ -576,7 +576,7 @@ def fit(
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
     from ray.train.v2.api.exceptions import ControllerError
 
-    fs, path = storage.arrow_filesystem(storage_path, storage_options)
+    fs, path = storage.arrow_filesystem(checkpoints.uri, checkpoints.options)
     # Each worker reads its own share of each dataset, the same rows every run (Ray Train's split
     # would hand blocks to whichever worker asks first).
     shares = {}
@@ -663,14 +663,14 @@ def one_machine() -> bool:
     return ray.is_initialized() and node is not None and bool(getattr(node, "head", False))
 
 
-def training_input(ds, uri: str, storage_options=None) -> TrainingInput:
+def training_input(ds, folder: storage.Folder) -> TrainingInput:
     """A training dataset, computed once before training: in storage where nodes can be lost
     (:func:`staged`), in this machine's object store where there is one machine (an epoch then costs
     no read tasks: about 1.5 s less a dataset and epoch here). Either way its rows keep the order
     their inputs give them (``preserve_order``: actors that finish in another order do not reorder
     them), so a seeded shuffle upstream fixes the order every run."""
     if not one_machine():
-        return staged(ds, uri, storage_options)
+        return staged(ds, folder)
     ds.context.execution_options.preserve_order = True
     return TrainingInput(ds.materialize())
 
@@ -716,8 +716,8 @@ def file_slices(files: list[tuple[str, int]], lo: int, hi: int) -> list[dict]:
     return slices
 
 
-def staged(ds, uri: str, storage_options=None) -> TrainingInput:
-    """``ds`` written once to Parquet at ``uri`` and read back from there: a training run's input.
+def staged(ds, folder: storage.Folder) -> TrainingInput:
+    """``ds`` written once to Parquet in ``folder`` and read back from there: a training run's input.
 
     Ray Train reads its datasets again every epoch and after every restart. Blocks kept in the object
     store (``materialize()``) die with the node that holds them, and workers restarted after a node
@@ -728,6 +728,7 @@ def staged(ds, uri: str, storage_options=None) -> TrainingInput:
     """
     import pyarrow.parquet as pq
 
+    uri, storage_options = folder.uri, folder.options
     done = storage.join(uri, "_SUCCESS")
     if not storage.exists(done, storage_options):
         storage.delete(uri, storage_options)

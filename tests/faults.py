@@ -140,6 +140,7 @@ def assert_check_names_a_broken_copy(output: Path, tmp_path: Path, ok_video: str
     shard gone, a half-written file and a wrong count in stats.json: `dfpipe check` names each."""
     from dfpipe.cli import main
     from dfpipe.invariants import check_output
+    from dfpipe.storage import Folder
 
     broken = tmp_path / "broken"
     shutil.copytree(output, broken)
@@ -150,7 +151,7 @@ def assert_check_names_a_broken_copy(output: Path, tmp_path: Path, ok_video: str
     stats = json.loads((broken / "stats.json").read_text())
     stats["frames"]["ok"] += 1
     (broken / "stats.json").write_text(json.dumps(stats))
-    report = check_output(str(broken))
+    report = check_output(Folder(str(broken)))
     text = "\n".join(report.violations)
     for needle in ("more than once", "face shard is missing", "temporary files", "stats.json"):
         assert needle in text, report.format()

@@ -83,7 +83,7 @@ def test_storage_every_node_sees_passes_and_the_job_runs(local_cluster, sample_d
 
     manifest = read_manifest(Folder(str(out))).to_pandas()
     assert len(manifest) == 2 and manifest.video_id.is_unique and (manifest.status == "ok").all()
-    report = check_output(str(out))
+    report = check_output(Folder(str(out)))
     assert report.ok, report.format()
     assert not [p for p in os.listdir(out) if p.startswith(".dfpipe-visible-")], "the check's markers removed"
 
@@ -313,7 +313,7 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step_and
     took, rerun = time.monotonic() - started, time.monotonic() - rerun
 
     opts = StorageOptions(endpoint_url=job_env["AWS_ENDPOINT_URL_S3"])
-    report = check_output(run, opts)
+    report = check_output(Folder(run, opts))
     assert report.ok, report.format()
     assert len(report.checked) >= 3, report.format()  # extract, segment and score, at least
     manifest = read_manifest(Folder(f"{run}/extract", opts)).to_pandas()
@@ -356,7 +356,7 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step_and
     shown = again.stdout + again.stderr
     assert again.returncode == 0, shown[-3000:]
     assert "another run is in progress" not in shown, shown[-3000:]
-    report = check_output(rescore, opts)
+    report = check_output(Folder(rescore, opts))
     assert report.ok, report.format()
     for dump in dumps:
         scores = read_scores(dump_output(Folder(rescore, opts), dump)).to_pandas()

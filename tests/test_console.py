@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dfpipe import console
+from dfpipe import console, storage
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY_BLOCKS = (
@@ -27,9 +27,9 @@ RAY_BLOCKS = (
 
 SCRIPT = """
 import logging, os, sys
-from dfpipe import console
+from dfpipe import console, storage
 logging.basicConfig(level=logging.INFO)
-with console.log_file(sys.argv[1]):
+with console.log_file(storage.Folder(os.path.dirname(sys.argv[1])), os.path.basename(sys.argv[1])):
     os.write(1, b"from C: descriptor 1\\n")  # as Ray's C++ core writes
     os.write(2, b"from C: descriptor 2\\n")
     print("a library's print")
@@ -57,7 +57,10 @@ def test_the_log_file_takes_everything_but_the_jobs_own_lines(tmp_path):
 
 def test_a_failure_inside_the_log_file_is_raised_and_logged(tmp_path, capfd):
     log = tmp_path / "job.log"
-    with pytest.raises(RuntimeError, match="boom"), console.log_file(str(log)):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        console.log_file(storage.Folder(str(tmp_path)), "job.log"),
+    ):
         raise RuntimeError("boom")
     assert "RuntimeError: boom" in log.read_text()
     print("after")

@@ -33,7 +33,7 @@ def faces_table(output: str):
 
 def check_output_complete(dataset: str, output: str) -> dict:
     """``dfpipe check`` finds nothing wrong (catalog = manifest, shards agree, stats agree); the tables."""
-    report = check_output(output)
+    report = check_output(Folder(output))
     assert report.ok and report.checked, report.format()
     manifest = read_manifest(Folder(output)).to_pandas()
     assert len(manifest) == build_catalog(dataset).num_rows
@@ -229,7 +229,7 @@ def test_videos_in_flight_give_the_same_rows_through_ray(
 def test_check_catches_duplicates_lost_shards_leftovers_and_wrong_stats(extracted_sample, tmp_path):
     """`dfpipe check` on the session's extraction finds nothing; on a copy with every row of a manifest
     chunk twice, an ok video's face shard gone, a half-written file and a wrong count, it names each."""
-    report = check_output(str(extracted_sample))
+    report = check_output(Folder(str(extracted_sample)))
     assert report.ok and report.checked, report.format()
     manifest = read_manifest(Folder(str(extracted_sample))).to_pandas()
     ok = manifest[(manifest.status == "ok") & (manifest.n_tracks > 0)].video_id.iloc[0]
@@ -247,7 +247,7 @@ def test_check_verifies_landmarks_and_accepts_shards_from_before_them(extracted_
     manifest = read_manifest(Folder(str(extracted_sample))).to_pylist()
     row = next(r for r in manifest if r["status"] == "ok" and r["n_ok"] > 0)
     faces = pq.read_table(row["faces_uri"])
-    assert _shard_problem(row["faces_uri"], row, None) is None
+    assert _shard_problem(pq.ParquetFile(row["faces_uri"]), row) is None
     kind = faces.schema.field("landmarks").type
     index = faces.schema.get_field_index("landmarks")
     first = next(i for i, m in enumerate(faces.column("landmarks").to_pylist()) if m is not None)
@@ -260,7 +260,7 @@ def test_check_verifies_landmarks_and_accepts_shards_from_before_them(extracted_
             else faces.set_column(index, "landmarks", pa.array(marks, kind))
         )
         pq.write_table(table, path)
-        return _shard_problem(str(path), row, None)
+        return _shard_problem(pq.ParquetFile(str(path)), row)
 
     lost = faces.column("landmarks").to_pylist()
     lost[first] = None

@@ -37,7 +37,7 @@ SENTINEL = "SENTINEL-s3cr3t-7f3a9c"
 
 
 def assert_checks(output: str, options=None) -> None:
-    report = check_output(output, options)
+    report = check_output(Folder(output, options))
     assert report.ok, report.format()
     assert report.checked
 
@@ -421,10 +421,10 @@ def test_a_held_lock_is_refreshed_and_only_a_really_stale_one_is_taken_over(tmp_
     from dfpipe.lock import LockHeld, run_lock
 
     uri = str(tmp_path / "rescore.lock")
-    with run_lock(uri, stale_after_s=1.0) as me:
+    with run_lock(Folder(str(tmp_path)), "rescore.lock", stale_after_s=1.0) as me:
         time.sleep(1.6)  # longer than stale_after_s: without the heartbeat a second run would take over
         with pytest.raises(LockHeld, match="last heartbeat"):
-            with run_lock(uri, stale_after_s=1.0):
+            with run_lock(Folder(str(tmp_path)), "rescore.lock", stale_after_s=1.0):
                 pass
         assert json.loads(Path(uri).read_text())["beat"] > me["since"] + 0.5
     assert not Path(uri).exists(), "released at the end"
@@ -432,10 +432,10 @@ def test_a_held_lock_is_refreshed_and_only_a_really_stale_one_is_taken_over(tmp_
     gone = {"host": "elsewhere", "pid": 1, "since": time.time() - 100, "beat": time.time() - 50, "token": "x"}
     Path(uri).write_text(json.dumps(gone))
     with pytest.raises(LockHeld):
-        with run_lock(uri, stale_after_s=60.0):
+        with run_lock(Folder(str(tmp_path)), "rescore.lock", stale_after_s=60.0):
             pass
     with caplog.at_level("WARNING", logger="dfpipe.lock"):
-        with run_lock(uri, stale_after_s=30.0) as me:
+        with run_lock(Folder(str(tmp_path)), "rescore.lock", stale_after_s=30.0) as me:
             assert json.loads(Path(uri).read_text())["token"] == me["token"]
     assert "taking over a stale lock" in caplog.text
 
@@ -457,19 +457,19 @@ def test_a_lock_whose_holder_is_provably_gone_is_taken_over_at_once(tmp_path, ca
     holder = {"host": socket.gethostname(), "pid": ended.pid, "since": now - 5, "beat": now, "token": "x"}
     Path(uri).write_text(json.dumps(holder))
     with caplog.at_level("WARNING", logger="dfpipe.lock"):
-        with run_lock(uri, stale_after_s=3600) as me:
+        with run_lock(Folder(str(tmp_path)), "rescore.lock", stale_after_s=3600) as me:
             assert json.loads(Path(uri).read_text())["token"] == me["token"]
     assert f"pid {ended.pid} on this machine, has ended" in caplog.text
 
     alive = {**holder, "pid": os.getppid()}  # a process of this machine that runs on: held
     Path(uri).write_text(json.dumps(alive))
     with pytest.raises(LockHeld, match="last heartbeat"):
-        with run_lock(uri, stale_after_s=3600):
+        with run_lock(Folder(str(tmp_path)), "rescore.lock", stale_after_s=3600):
             pass
     elsewhere = {**holder, "host": "a-lost-head-node", "beat": now - 120}
     Path(uri).write_text(json.dumps(elsewhere))
     with pytest.raises(
         LockHeld, match=r"in 3[34]\d\d s; to take it over now, rerun with stale_lock_s=1[12]\d"
     ):
-        with run_lock(uri, stale_after_s=3600):
+        with run_lock(Folder(str(tmp_path)), "rescore.lock", stale_after_s=3600):
             pass

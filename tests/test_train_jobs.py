@@ -261,7 +261,7 @@ def test_training_batches_span_videos_per_class_on_ray_train(extra_ray_train, tm
         seen: list[dict] = []
         runner.fit(
             _batch_videos_loop, cfg, datasets, hooks=HOOKS, num_workers=2, use_gpu=False,
-            storage_path=str(tmp_path), name=name, select_by="epoch", on_report=seen.append,
+            checkpoints=Folder(str(tmp_path)), name=name, select_by="epoch", on_report=seen.append,
         )  # fmt: skip
         return sorted(seen, key=lambda m: m["epoch"])
 
@@ -399,10 +399,10 @@ def test_training_input_is_written_to_storage_once_and_read_back_in_its_order(ra
 
     from dfpipe import runner
 
-    uri = str(tmp_path / "input")
+    stored = Folder(str(tmp_path / "input"))
     ds = runner.shuffled(ray.data.range(60, override_num_blocks=6), seed=5)
     want = _ids(ds)
-    first = runner.staged(ds, uri)
+    first = runner.staged(ds, stored)
     files = sorted(p.name for p in (tmp_path / "input").iterdir())
     assert "_SUCCESS" in files and sum(f.endswith(".parquet") for f in files) >= 2, files
     assert _ids(first.dataset) == want and want != sorted(want) and first.count() == 60
@@ -415,12 +415,12 @@ def test_training_input_is_written_to_storage_once_and_read_back_in_its_order(ra
     def boom(row):
         raise AssertionError("a staged input is computed again")
 
-    assert _ids(runner.staged(ray.data.range(60).map(boom), uri).dataset) == want
+    assert _ids(runner.staged(ray.data.range(60).map(boom), stored).dataset) == want
 
     (tmp_path / "input" / "_SUCCESS").unlink()  # a write cut short: files, no marker
-    assert _ids(runner.staged(ray.data.range(5), uri).dataset) == [0, 1, 2, 3, 4]
+    assert _ids(runner.staged(ray.data.range(5), stored).dataset) == [0, 1, 2, 3, 4]
     empty = runner.staged(
-        ray.data.range(5).filter(expr=ray.data.expressions.col("id") > 9), str(tmp_path / "e")
+        ray.data.range(5).filter(expr=ray.data.expressions.col("id") > 9), Folder(str(tmp_path / "e"))
     )
     assert empty.count() == 0 and [part.count() for part in empty.shares(2)] == [0, 0]
 
@@ -444,7 +444,7 @@ def test_training_whose_workers_cannot_be_placed_fails_within_the_wait_saying_wh
     started = time.monotonic()
     with pytest.raises(JobError, match=r"could not place 3 training worker\(s\) for 4 s.*capacity_wait_s"):
         runner.fit(
-            _never_runs, {}, {}, hooks=HOOKS, num_workers=3, use_gpu=False, storage_path=str(tmp_path),
+            _never_runs, {}, {}, hooks=HOOKS, num_workers=3, use_gpu=False, checkpoints=Folder(str(tmp_path)),
             name="nowhere", capacity_wait_s=4,
         )  # fmt: skip
     assert time.monotonic() - started < 60
@@ -458,7 +458,7 @@ def test_training_input_is_staged_in_storage_except_on_a_ray_this_process_starte
     from dfpipe import runner
 
     assert runner.one_machine()
-    runner.training_input(ray.data.range(10), str(tmp_path / "input"))
+    runner.training_input(ray.data.range(10), Folder(str(tmp_path / "input")))
     assert not (tmp_path / "input").exists()
 
 
@@ -624,7 +624,7 @@ def test_training_input_keeps_the_order_its_actors_were_given_on_one_machine(ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ds = ray.data.range(40, override_num_blocks=8).map_batches(_first_block_late, batch_size=None)
-    got = runner.training_input(ds, str(tmp_path / "input")).dataset.take_all()
+    got = runner.training_input(ds, Folder(str(tmp_path / "input"))).dataset.take_all()
     assert [r["id"] for r in got] == list(range(40))
 
 

@@ -102,9 +102,8 @@ class Training:
             hooks=HOOKS,
             num_workers=cfg.num_workers,
             use_gpu=use_gpu,
-            storage_path=train_dir(cfg),
+            checkpoints=cfg.folder(train_dir(cfg)),
             name=self.run_name,
-            storage_options=cfg.storage_options,
             max_failures=cfg.max_failures,
             capacity_wait_s=cfg.capacity_wait_s,
             on_report=progress,
@@ -374,6 +373,6 @@ def train_dir(cfg) -> str:
     return storage.join(cfg.output, "_train")
 
 
-def input_dir(cfg, name: str) -> str:
+def input_dir(cfg, name: str) -> storage.Folder:
     """Where a training run keeps its dataset ``name`` (``runner.staged``), beside its checkpoints."""
-    return storage.join(train_dir(cfg), "input", name)
+    return cfg.folder(storage.join(train_dir(cfg), "input", name))

@@ -23,7 +23,7 @@ class CheckConfig(C.RunOptions):
 def run(cfg: CheckConfig) -> Report:
     if not storage.exists(cfg.output, cfg.storage_options):
         raise C.ConfigError(f"{cfg.output} does not exist")
-    report = check_output(cfg.output, cfg.storage_options)
+    report = check_output(cfg.folder(cfg.output))
     if not report.ok:
         raise C.JobError(f"{cfg.output}:\n{report.format()}")
     return report

@@ -91,7 +91,7 @@ def run(cfg: RescoreConfig) -> dict:
         for d in cfg.input
     }
     try:
-        with run_lock(root.join("rescore.lock"), root.options, cfg.stale_lock_s):
+        with run_lock(root, "rescore.lock", cfg.stale_lock_s):
             dumps = {}
             for dump, score_cfg in configs.items():
                 console.say(f"\n== rescore: {dump} ==")

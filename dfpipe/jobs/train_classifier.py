@@ -95,7 +95,7 @@ class ClassifierTraining(T.Training):
         self.n_frames = lengths.pop()
 
     def plan(self, use_gpu: bool) -> T.Plan:
-        cfg, opts, windows, n_frames = self.cfg, self.cfg.storage_options, self.windows, self.n_frames
+        cfg, windows, n_frames = self.cfg, self.windows, self.n_frames
         segment, embedder = self.segment, self.embedder
         cache = cfg.folder(cfg.embeddings_cache) if cfg.embeddings_cache else cache_for(segment, embedder)
         videos = segmented_videos(segment, pc.unique(windows.column("video_id")))
@@ -121,11 +121,9 @@ class ClassifierTraining(T.Training):
         # outlive any node, and read from there every epoch); the training split shuffled once (seeded).
         datasets = {
             "train": runner.training_input(
-                runner.shuffled(_codes.read_split(self.codes, "train"), cfg.seed),
-                T.input_dir(cfg, "train"),
-                opts,
+                runner.shuffled(_codes.read_split(self.codes, "train"), cfg.seed), T.input_dir(cfg, "train")
             ),
-            "val": runner.training_input(_codes.read_split(self.codes, "val"), T.input_dir(cfg, "val"), opts),
+            "val": runner.training_input(_codes.read_split(self.codes, "val"), T.input_dir(cfg, "val")),
         }
         kind = {"labels": "", "sbi": " (self-blended REAL windows)", "both": " (labelled and self-blended)"}
         console.say(

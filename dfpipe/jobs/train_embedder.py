@@ -112,7 +112,7 @@ class EmbedderTraining(T.Training):
         self.init_state = initial_state(cfg)
 
     def plan(self, use_gpu: bool) -> T.Plan:
-        cfg, opts = self.cfg, self.cfg.storage_options
+        cfg = self.cfg
         # One row per video with windows (its split, label and segmentation chunk); the workers read
         # its windows, sample faces and read their crops (with each face's box and landmarks when
         # self-blends are made of them, on the training workers, fresh in every batch).
@@ -141,9 +141,7 @@ class EmbedderTraining(T.Training):
             faces = runner.map_stage(
                 runner.dataset_from_table(rows, rows_per_block=16), stage, n_rows=rows.num_rows
             )
-            datasets[name] = runner.training_input(
-                runner.shuffled(faces, cfg.seed), T.input_dir(cfg, name), opts
-            )
+            datasets[name] = runner.training_input(runner.shuffled(faces, cfg.seed), T.input_dir(cfg, name))
             counts[name] = datasets[name].count()
         half = cfg.batch_size // 2
         labelled, blended = fake_halves(cfg.fakes, half)
