@@ -24,7 +24,6 @@ import hashlib
 import html
 import json
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -461,13 +460,10 @@ def _link(uri: str | None, text: str | None = None) -> str:
     shown = _e(uri if text is None else text)
     if not uri:
         return shown
-    scheme = re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
-    name = scheme.group(1).lower() if scheme else None
-    if name is None and uri.startswith("/"):
-        href = "file://" + quote(uri)
-    elif name == "file":
-        href = "file://" + quote(uri[len("file://") :])
-    elif name in LINKED_SCHEMES:
+    scheme = storage.protocol_of(uri)
+    if scheme == "file" and uri.startswith(("/", "file://")):  # never a relative path or "javascript:"
+        href = "file://" + quote(storage.strip_protocol(uri))
+    elif scheme in LINKED_SCHEMES:
         href = uri
     else:
         return shown if text is None else f"{shown} <small>{_e(uri)}</small>"
