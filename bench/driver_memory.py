@@ -130,8 +130,8 @@ def models(root: str, extract: dict | None = None) -> str:
     import torch
 
     from dfpipe import config as C
-    from dfpipe import recipe
     from dfpipe.jobs import extract as extract_job
+    from dfpipe.jobs import recipe
     from dfpipe.jobs import segment as segment_job
     from dfpipe.train import modelio
 

@@ -36,8 +36,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dfpipe import config as C  # noqa: E402
-from dfpipe import recipe  # noqa: E402
 from dfpipe.extract.decode import DecodeLimits, VideoReader  # noqa: E402
+from dfpipe.jobs import recipe  # noqa: E402
 from dfpipe.storage import Folder  # noqa: E402
 from dfpipe.train import modelio  # noqa: E402
 

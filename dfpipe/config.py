@@ -16,7 +16,6 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from dfpipe import storage
-from dfpipe.recipe import ADDED
 from dfpipe.storage import Folder, StorageOptions
 
 
@@ -31,13 +30,41 @@ class JobError(RuntimeError):
 MISSING = dataclasses.MISSING
 
 
-def option(default: Any = MISSING, help: str = "", **kwargs) -> Any:  # noqa: A002 - mirrors argparse
-    """A config field with help text; no default means required."""
+def option(
+    default: Any = MISSING,
+    help: str = "",  # noqa: A002 - mirrors argparse
+    *,
+    rows: bool = False,
+    before: Any = MISSING,
+    **kwargs,
+) -> Any:
+    """A config field with help text; no default means required.
+
+    ``rows``: the option changes what the job writes (its rows, or its model). Those options are
+    the job's :func:`row_fields`: their hash marks what it wrote (:func:`config_hash`), rows or a
+    model made with other values are refused, a model records them as its recipe, and the others
+    (where it runs, how many workers, batch sizes) may change between a run and its rerun.
+    ``before``: for a row-changing option added later, the value that makes the rows as dfpipe
+    made them before the option existed (a config holding it hashes as before; see :func:`added`).
+    """
+    metadata = {"help": help, "rows": rows} | ({"before": before} if before is not MISSING else {})
     if isinstance(default, dict) and not default:  # a section of options, empty unless given
-        return dataclasses.field(default_factory=dict, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=dict, metadata=metadata, **kwargs)
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple for sequence defaults: config objects are frozen")
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def row_fields(*classes) -> tuple[str, ...]:
+    """The options of ``classes`` (config or option-group dataclasses) declared with ``rows=True``."""
+    names = (f.name for cls in classes for f in dataclasses.fields(cls) if f.metadata.get("rows"))
+    return tuple(dict.fromkeys(names))
+
+
+def added(cls) -> dict[str, Any]:
+    """Row-changing options of ``cls`` added after rows were first made, each with its ``before``
+    value: what a recorded config or recipe that lacks the option holds."""
+    return {f.name: f.metadata["before"] for f in dataclasses.fields(cls) if "before" in f.metadata}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -201,9 +228,9 @@ def to_dict(config) -> dict[str, Any]:
 
 def config_hash(config, keys: typing.Iterable[str]) -> str:
     """A short stable hash of the fields that change a job's output."""
-    values = to_dict(config)
+    values, old = to_dict(config), added(type(config))
     # An option added later, at the value that reproduces the rows made before it, hashes as before.
-    kept = {k: values[k] for k in sorted(keys) if not (k in ADDED and values[k] == ADDED[k])}
+    kept = {k: values[k] for k in sorted(keys) if not (k in old and values[k] == old[k])}
     payload = json.dumps(kept, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 

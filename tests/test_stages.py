@@ -433,7 +433,7 @@ def test_extraction_options_added_later_keep_old_models_and_rows_as_they_were():
     """scan_every and mtcnn came after models and rows were recorded: at their old values (0, facenet)
     rows hash as they did, an old model's recipe gets those values, and an old extraction is told apart
     from a new recipe by name."""
-    from dfpipe import recipe
+    from dfpipe.jobs import recipe
 
     new = ExtractConfig(input="a", output="b")
     as_before = ExtractConfig(input="a", output="b", scan_every=0, mtcnn="facenet")
@@ -449,6 +449,49 @@ def test_extraction_options_added_later_keep_old_models_and_rows_as_they_were():
         ("scan_every", 64, 0),
         ("mtcnn", "cascade", "facenet"),
     ]
+
+
+def test_what_changes_rows_is_declared_once_on_each_option():
+    """``rows=True`` on an option's declaration is the one list of what changes a job's rows or
+    model: the rows' hash, the recipe, what a training may change on resumption and what scoring
+    may override follow from it. These hashes are those that rows and model directories made
+    before the flag recorded (issue 37): an option flagged or unflagged by mistake changes them."""
+    from dfpipe.jobs import _training as T
+    from dfpipe.jobs import recipe
+    from dfpipe.jobs import score as score_job
+    from dfpipe.jobs import segment as segment_job
+    from dfpipe.jobs.train_classifier import TrainClassifierConfig
+    from dfpipe.jobs.train_embedder import TrainEmbedderConfig
+
+    extraction = ExtractConfig(input="a", output="b")
+    segmentation = segment_job.SegmentConfig(input="a", output="b")
+    assert C.config_hash(extraction, recipe.EXTRACT_OPTIONS) == "0a91ca2473d5"
+    assert C.config_hash(segmentation, segment_job.OUTPUT_FIELDS) == "eabc3c9a5660"
+    assert T.training_hash(TrainClassifierConfig(input="a", output="b", embedder="c")) == "c565c06ff9a7"
+    assert T.training_hash(TrainEmbedderConfig(input="a", output="b")) == "7010f3a06352"
+    assert set(recipe.WINDOW_OPTIONS) == {
+        "usable_flags", "window_len", "window_stride", "min_len", "remainder",
+        "track_min_share", "track_min_mean_prob", "track_min_relative_size",
+    }  # fmt: skip
+    assert set(recipe.SPLIT_OPTIONS) == {
+        "val_parts",
+        "test_parts",
+        "val_fraction",
+        "test_fraction",
+        "split_salt",
+    }
+    assert recipe.ADDED == {"scan_every": 0, "mtcnn": "facenet"}
+    # Scoring may set a window option or a worker count, never a split (the model's) or a path.
+    assert score_job.SEGMENT_ALLOWED == {
+        *recipe.WINDOW_OPTIONS,
+        "videos_per_task",
+        "num_workers",
+        "manifest_flush_rows",
+    }
+    # A training resumes with other workers, not with another learning rate.
+    faster = TrainEmbedderConfig(input="a", output="b", num_workers=4, max_failures=3, use_gpu=True)
+    assert T.training_hash(faster) == "7010f3a06352"
+    assert T.training_hash(TrainEmbedderConfig(input="a", output="b", lr=1e-3)) != "7010f3a06352"
 
 
 # The packages from the bottom up: each imports only from those below it (or itself). The command

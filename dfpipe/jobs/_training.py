@@ -15,31 +15,16 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dfpipe import __version__, console, outputs, recipe, runner, storage
+from dfpipe import __version__, console, outputs, runner, storage
 from dfpipe import config as C
 from dfpipe import records as R
+from dfpipe.jobs import recipe
 from dfpipe.train import sbi
 from dfpipe.train.loops import AUC_DECIMALS, HOOKS, SELECT_BY, epoch_line, metric_kind, plot_curves
 from dfpipe.train.modelio import save_model
 from dfpipe.train.sbi import SelfBlend
 
 log = logging.getLogger(__name__)
-
-# Fields that may change between a run and its resumption without invalidating it.
-OPERATIONAL_FIELDS = {
-    "overwrite",
-    "num_workers",
-    "use_gpu",
-    "max_failures",
-    "stop_after_epochs",
-    "min_loss_drop",  # whether a finished model is saved, not how it is trained
-    "ray_address",
-    "capacity_wait_s",
-    "verbose",
-    "s3_endpoint_url",
-    "s3_region",
-    "s3_anon",
-}
 
 
 @dataclass
@@ -162,7 +147,9 @@ class EpochReport:
 
 
 def training_hash(cfg) -> str:
-    return C.config_hash(cfg, [k for k in C.fields_of(type(cfg)) if k not in OPERATIONAL_FIELDS])
+    """The hash of the options that change the model (declared ``rows=True``); the others (workers,
+    GPUs, retries, where it runs) may change between a run and its resumption."""
+    return C.config_hash(cfg, C.row_fields(type(cfg)))
 
 
 # What the classifier's checks and counts read of each window (never the whole row).
@@ -177,8 +164,11 @@ class ScheduleOptions(C.Options):
         "cosine",
         "cosine: after the warm-up, the learning rate decays to 0 by the last step, so the last epochs "
         "settle; constant: it stays at lr",
+        rows=True,
     )
-    warmup_epochs: float = C.option(1.0, "epochs over which the learning rate rises linearly from 0 to lr")
+    warmup_epochs: float = C.option(
+        1.0, "epochs over which the learning rate rises linearly from 0 to lr", rows=True
+    )
 
     def check(self) -> None:
         if self.warmup_epochs < 0:
@@ -191,7 +181,9 @@ class TrainingRunOptions(C.Options):
     their defaults differ)."""
 
     overwrite: bool = C.option(False, "start again, deleting what the output holds")
-    seed: int = C.option(0, "random seed of initialisation and data order (recorded in model.json)")
+    seed: int = C.option(
+        0, "random seed of initialisation and data order (recorded in model.json)", rows=True
+    )
     num_workers: int = C.option(2, "Ray Train workers (one DDP process each)")
     use_gpu: bool | None = C.option(
         None,
@@ -217,8 +209,11 @@ class FakesOptions(C.Options):
         "labels",
         "labels: the videos labelled FAKE; sbi: self-blended copies of the REAL (and unlabelled) videos' "
         "faces, FAKE labels ignored (learns from real footage alone: docs/train.md); both: the two together",
+        rows=True,
     )
-    sbi_seed: int = C.option(0, "seed of the self-blended fakes: the same seed makes the same fakes")
+    sbi_seed: int = C.option(
+        0, "seed of the self-blended fakes: the same seed makes the same fakes", rows=True
+    )
 
     def self_blend(self, margin: float) -> SelfBlend | None:
         """The self-blend of this mode (None for ``labels``), for crops cut with ``margin``."""
@@ -282,7 +277,7 @@ def load_windows(
 
 
 def data_recipe(segment: storage.Folder) -> dict:
-    """The recipe (:mod:`dfpipe.recipe`) of the rows in ``segment``: its segmentation options and
+    """The recipe (:mod:`dfpipe.jobs.recipe`) of the rows in ``segment``: its segmentation options and
     those of the extraction it read, which must not have changed since."""
     seg = segment.read_json("config.json")
     source = seg.get("source") or {}

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dfpipe import config as C
-from dfpipe import outputs, recipe, runner, storage
+from dfpipe import outputs, runner, storage
 from dfpipe import records as R
 from dfpipe.extract.catalog import build_catalog
 from dfpipe.extract.options import CropOptions, DecodeOptions, DetectOptions, TrackOptions
@@ -24,9 +24,6 @@ NAME = "extract"
 RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
 SUMMARY = "Detect and crop faces in every video of a dataset into Parquet shards with per-frame flags."
 
-# Fields that change the rows written; their hash goes on every manifest row, and a model records
-# their values as its recipe.
-OUTPUT_FIELDS = recipe.EXTRACT_OPTIONS
 GPU_VIDEOS_IN_FLIGHT = 16
 
 
@@ -64,6 +61,11 @@ class ExtractConfig(C.RunOptions, TrackOptions, CropOptions, DetectOptions, Deco
     def check(self) -> None:
         if storage.normalize(self.input) == storage.normalize(self.output):
             raise ValueError("output must differ from input: write results beside the dataset, not into it")
+
+
+# Fields that change the rows written (declared ``rows=True``); their hash goes on every manifest
+# row, and a model records their values as its recipe (:mod:`dfpipe.jobs.recipe`).
+OUTPUT_FIELDS = C.row_fields(ExtractConfig)
 
 
 def build_stage(cfg: ExtractConfig, faces: storage.Folder, num_gpus: float) -> FaceExtractStage:

@@ -25,9 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dfpipe import config as C
-from dfpipe import console, outputs, recipe, runner, storage
+from dfpipe import console, outputs, runner, storage
 from dfpipe import records as R
-from dfpipe.jobs import evaluate
+from dfpipe.jobs import evaluate, recipe
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
@@ -115,17 +115,19 @@ class ScoreConfig(C.RunOptions):
         return VideoRule.of(self, meta)
 
 
-# Options a scoring run may give for its extraction and segmentation (the rest are fixed by the run).
-EXTRACT_FIXED = {"input", "output", "overwrite", *C.RUN_OPTIONS}
-SEGMENT_ALLOWED = {*recipe.WINDOW_OPTIONS, "videos_per_task", "num_workers", "manifest_flush_rows"}
+# Options a scoring run may give for its extraction and segmentation: all but what the run fixes
+# (and the splits, which come from the model).
+FIXED = {"input", "output", "overwrite", *C.RUN_OPTIONS}
+EXTRACT_ALLOWED = set(C.fields_of(extract_job.ExtractConfig)) - FIXED
+SEGMENT_ALLOWED = set(C.fields_of(segment_job.SegmentConfig)) - FIXED - set(recipe.SPLIT_OPTIONS)
 
 
 def check_overrides(extract: dict, segment: dict) -> None:
-    bad = sorted(set(extract) - (set(C.fields_of(extract_job.ExtractConfig)) - EXTRACT_FIXED))
+    bad = sorted(set(extract) - EXTRACT_ALLOWED)
     if bad:
         raise ValueError(
             f"extract.{bad[0]} cannot be set for scoring; extraction options are: "
-            + ", ".join(sorted(set(C.fields_of(extract_job.ExtractConfig)) - EXTRACT_FIXED))
+            + ", ".join(sorted(EXTRACT_ALLOWED))
         )
     bad = sorted(set(segment) - SEGMENT_ALLOWED)
     if bad:

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from dfpipe import config as C
-from dfpipe import outputs, recipe, storage
+from dfpipe import outputs, storage
 from dfpipe import records as R
 from dfpipe.segment.stage import SegmentStage, segment_tables
 from dfpipe.segment.windows import SplitRule, TrackRule, WindowSpec
@@ -18,8 +18,6 @@ log = logging.getLogger(__name__)
 NAME = "segment"
 RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
 SUMMARY = "Cut each face track into windows of consecutive usable frames and assign leak-free splits."
-
-OUTPUT_FIELDS = recipe.WINDOW_OPTIONS + recipe.SPLIT_OPTIONS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +34,7 @@ class SegmentConfig(C.RunOptions, SplitRule, TrackRule, WindowSpec):
     usable_flags: tuple[str, ...] = C.option(
         (R.FLAG_OK, R.FLAG_MULTI_FACE),
         "flags whose frames count as usable for their track (multi_face rows belong to one track each)",
+        rows=True,
     )
     videos_per_task: int = C.option(32, "videos per batch handed to a worker")
     num_workers: int | None = C.option(None, "workers (default: as many as the cluster fits)")
@@ -61,6 +60,11 @@ class SegmentConfig(C.RunOptions, SplitRule, TrackRule, WindowSpec):
     @property
     def split_rule(self) -> SplitRule:
         return C.part(SplitRule, self)
+
+
+# Fields that change the rows written (declared ``rows=True``): the window options, which a model
+# records as its recipe (:mod:`dfpipe.jobs.recipe`), and the split rule.
+OUTPUT_FIELDS = C.row_fields(SegmentConfig)
 
 
 def run(cfg: SegmentConfig) -> dict:

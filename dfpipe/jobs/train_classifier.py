@@ -29,35 +29,43 @@ SUMMARY = (
 
 @dataclass(frozen=True, kw_only=True)
 class TrainClassifierConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions, T.TrainingRunOptions):
-    input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
-    embedder: str = C.option(help="the embedder's model directory (from train_embedder)")
-    output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
+    input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)", rows=True)
+    embedder: str = C.option(help="the embedder's model directory (from train_embedder)", rows=True)
+    output: str = C.option(
+        help="model directory URI: model.pt, model.json, metrics.json, curves.png", rows=True
+    )
     embeddings_cache: str | None = C.option(
         None,
         "where window codes are cached (default: INPUT/embeddings/<embedder version>/, shared by every classifier run)",
+        rows=True,
     )
-    hidden_size: int = C.option(64, "LSTM hidden size")
-    num_layers: int = C.option(1, "LSTM layers")
-    bidirectional: bool = C.option(True, "bidirectional LSTM")
-    dropout: float = C.option(0.2, "dropout (between LSTM layers and before the head)")
-    lr: float = C.option(3e-3, "Adam learning rate")
-    weight_decay: float = C.option(1e-5, "Adam weight decay")
-    epochs: int = C.option(20, "epochs")
-    batch_size: int = C.option(64, "windows per step and worker")
-    steps_per_epoch: int | None = C.option(None, "steps per epoch (default: one pass over the train windows)")
+    hidden_size: int = C.option(64, "LSTM hidden size", rows=True)
+    num_layers: int = C.option(1, "LSTM layers", rows=True)
+    bidirectional: bool = C.option(True, "bidirectional LSTM", rows=True)
+    dropout: float = C.option(0.2, "dropout (between LSTM layers and before the head)", rows=True)
+    lr: float = C.option(3e-3, "Adam learning rate", rows=True)
+    weight_decay: float = C.option(1e-5, "Adam weight decay", rows=True)
+    epochs: int = C.option(20, "epochs", rows=True)
+    batch_size: int = C.option(64, "windows per step and worker", rows=True)
+    steps_per_epoch: int | None = C.option(
+        None, "steps per epoch (default: one pass over the train windows)", rows=True
+    )
     windows_per_video: int = C.option(
-        2, "windows of one video in a batch: each batch holds batch_size/windows_per_video videos"
+        2,
+        "windows of one video in a batch: each batch holds batch_size/windows_per_video videos",
+        rows=True,
     )
     aggregation: Literal["max_track_mean", "mean", "confident"] = C.option(
         "max_track_mean",
         "window -> video rule of validation (checkpoint choice, temperature); recorded for scoring to use",
+        rows=True,
     )
     min_loss_drop: float = C.option(
         0.1,
         "how far below a constant answer's loss (the class-balanced ln 2) the best train loss must fall for "
         "the model to be saved: a classifier that learnt nothing fails the job with its figures; 0 saves any",
     )
-    embed_batch_faces: int = C.option(128, "faces per embedder forward pass")
+    embed_batch_faces: int = C.option(128, "faces per embedder forward pass", rows=True)
 
     def __post_init__(self):
         for name in ("hidden_size", "num_layers", "epochs", "batch_size", "windows_per_video"):

@@ -26,39 +26,51 @@ SUMMARY = "Train the triplet-loss face embedder on the train split's face crops 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainEmbedderConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions, T.TrainingRunOptions):
-    input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)")
-    output: str = C.option(help="model directory URI: model.pt, model.json, metrics.json, curves.png")
+    input: str = C.option(help="a segmenter output URI (windows/ with train and val splits)", rows=True)
+    output: str = C.option(
+        help="model directory URI: model.pt, model.json, metrics.json, curves.png", rows=True
+    )
     init: str = C.option(
         "random",
         "initial weights: random (offline), vggface2 (downloads facenet-pytorch's weights), or a state-dict URI",
+        rows=True,
     )
-    code_dim: int = C.option(128, "size of the face code")
+    code_dim: int = C.option(128, "size of the face code", rows=True)
     face_size: int = C.option(
-        160, f"side of the faces fed to the network (crops are resized; >= {MIN_FACE_SIZE})"
+        160,
+        f"side of the faces fed to the network (crops are resized; >= {MIN_FACE_SIZE})",
+        rows=True,
     )
-    dropout: float = C.option(0.2, "dropout before the backbone's last layer")
+    dropout: float = C.option(0.2, "dropout before the backbone's last layer", rows=True)
     loss: Literal["triplet", "contrastive_l1"] = C.option(
         "triplet",
         "triplet: batch-hard triplet loss (default: mines the hardest pair per anchor, so it keeps learning once easy "
         "pairs are solved); contrastive_l1: the seed project's pairwise L1 contrastive loss, for comparison",
+        rows=True,
     )
-    margin: float = C.option(0.5, "margin of the loss")
-    lr: float = C.option(3e-4, "Adam learning rate")
-    weight_decay: float = C.option(1e-5, "Adam weight decay")
-    epochs: int = C.option(5, "epochs")
-    batch_size: int = C.option(32, "faces per step and worker: half REAL, half FAKE (see fakes)")
-    steps_per_epoch: int | None = C.option(None, "steps per epoch (default: one pass over the smaller class)")
+    margin: float = C.option(0.5, "margin of the loss", rows=True)
+    lr: float = C.option(3e-4, "Adam learning rate", rows=True)
+    weight_decay: float = C.option(1e-5, "Adam weight decay", rows=True)
+    epochs: int = C.option(5, "epochs", rows=True)
+    batch_size: int = C.option(32, "faces per step and worker: half REAL, half FAKE (see fakes)", rows=True)
+    steps_per_epoch: int | None = C.option(
+        None, "steps per epoch (default: one pass over the smaller class)", rows=True
+    )
     batchnorm_batches: int = C.option(
         8,
         "training batches the BatchNorm statistics are measured on, with each epoch's weights, before it is "
         "validated and saved (0: the running averages of training, which lag weights that move fast)",
+        rows=True,
     )
     faces_per_window: int = C.option(
-        4, "faces sampled per window (evenly spaced; overlapping windows share faces)"
+        4,
+        "faces sampled per window (evenly spaced; overlapping windows share faces)",
+        rows=True,
     )
     faces_per_video: int = C.option(
         2,
         "faces of one video in a batch: each batch holds batch_size/2/faces_per_video videos per class",
+        rows=True,
     )
 
     def __post_init__(self):

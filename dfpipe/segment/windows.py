@@ -32,11 +32,13 @@ Remainder = Literal["drop", "align_end"]
 class WindowSpec(Options):
     """How each run of usable frames is cut into windows."""
 
-    window_len: int = option(16, "frames per window")
-    window_stride: int = option(8, "frames between the starts of consecutive windows of a run")
-    min_len: int | None = option(None, "runs shorter than this are dropped (default: window_len)")
+    window_len: int = option(16, "frames per window", rows=True)
+    window_stride: int = option(8, "frames between the starts of consecutive windows of a run", rows=True)
+    min_len: int | None = option(None, "runs shorter than this are dropped (default: window_len)", rows=True)
     remainder: Remainder = option(
-        "drop", "a run's tail that no window covers: drop it, or add one last window aligned to the run's end"
+        "drop",
+        "a run's tail that no window covers: drop it, or add one last window aligned to the run's end",
+        rows=True,
     )
 
     def check(self) -> None:
@@ -147,12 +149,14 @@ class SplitRule(Options):
     """
 
     val_parts: tuple[str, ...] = option(
-        (), "parts (names or ranges like 35-39) for val; with test_parts, parts decide splits"
+        (),
+        "parts (names or ranges like 35-39) for val; with test_parts, parts decide splits",
+        rows=True,
     )
-    test_parts: tuple[str, ...] = option((), "parts (names or ranges like 40-49) for test")
-    val_fraction: float = option(0.15, "share of groups in val when splitting by hash")
-    test_fraction: float = option(0.15, "share of groups in test when splitting by hash")
-    split_salt: str = option("dfpipe", "salt of the split hash (change it to draw other splits)")
+    test_parts: tuple[str, ...] = option((), "parts (names or ranges like 40-49) for test", rows=True)
+    val_fraction: float = option(0.15, "share of groups in val when splitting by hash", rows=True)
+    test_fraction: float = option(0.15, "share of groups in test when splitting by hash", rows=True)
+    split_salt: str = option("dfpipe", "salt of the split hash (change it to draw other splits)", rows=True)
 
     def check(self) -> None:
         if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
@@ -211,10 +215,15 @@ class TrackRule(Options):
     track_min_share: float = option(
         0.25,
         "a track counts towards its video's score only if it is on at least this share of the kept frames",
+        rows=True,
     )
-    track_min_mean_prob: float = option(0.95, "... and its mean detection probability is at least this")
+    track_min_mean_prob: float = option(
+        0.95, "... and its mean detection probability is at least this", rows=True
+    )
     track_min_relative_size: float = option(
-        0.5, "... and its median face is at least this fraction of the main (largest such) face"
+        0.5,
+        "... and its median face is at least this fraction of the main (largest such) face",
+        rows=True,
     )
 
     def check(self) -> None:

@@ -7,8 +7,9 @@ records its recipe (``model.json`` -> ``recipe``), and every path that scores wi
 ``rescore``, ``score-video``) extracts and segments with that recipe, says which options a user
 changed on purpose, and refuses existing rows made another way.
 
-The option lists here are also the ones whose hash marks the rows of each step (``config_hash``),
-so "changes the rows" and "belongs to the recipe" cannot drift apart.
+The option lists here are the ones whose hash marks the rows of each step (``config_hash``): both
+come from the ``rows=True`` of each option's declaration, so "changes the rows" and "belongs to the
+recipe" cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,35 +17,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# Every extraction option that changes the face rows.
-EXTRACT_OPTIONS = (
-    "frame_stride",
-    "max_frames",
-    "detect_long_side",
-    "detect_every",
-    "scan_every",
-    "mtcnn",
-    "agree_iou",
-    "verify_boxes",
-    "cut_threshold",
-    "min_face_size",
-    "min_prob",
-    "min_face_px",
-    "crop_margin",
-    "face_size",
-    "jpeg_quality",
-    "track_iou",
-    "track_max_gap",
-)
+from dfpipe import config as C
+from dfpipe.jobs import extract as extract_job
+from dfpipe.jobs import segment as segment_job
+from dfpipe.segment.windows import SplitRule
 
-# Row-changing options added after models and rows were first recorded, each with the value that
-# makes the rows as dfpipe did before it existed. A recipe or an extraction's config without one
-# holds that value, and a config holding it hashes as before the option existed: an old model
-# scores with the rows it learned from, and old rows keep their config_hash.
-ADDED = {
-    "scan_every": 0,  # every keyframe scanned whole (before regions around known faces)
-    "mtcnn": "facenet",  # facenet-pytorch's detect_face (before dfpipe's cascade)
-}
+# The options of each list are those their job declares with ``rows=True`` (:func:`dfpipe.config.option`).
+# Every extraction option that changes the face rows.
+EXTRACT_OPTIONS = extract_job.OUTPUT_FIELDS
+
+# Row-changing extraction options added after models and rows were first recorded, each with the
+# value that makes the rows as dfpipe did before it existed (their ``before=``). A recipe or an
+# extraction's config without one holds that value, and a config holding it hashes as before the
+# option existed: an old model scores with the rows it learned from, and old rows keep their config_hash.
+ADDED = C.added(extract_job.ExtractConfig)
 
 
 def with_added(options: dict) -> dict:
@@ -52,20 +38,11 @@ def with_added(options: dict) -> dict:
     return {**ADDED, **options}
 
 
-# Every segmentation option that changes which windows exist and which count.
-WINDOW_OPTIONS = (
-    "usable_flags",
-    "window_len",
-    "window_stride",
-    "min_len",
-    "remainder",
-    "track_min_share",
-    "track_min_mean_prob",
-    "track_min_relative_size",
-)
-
 # Segmentation options that assign splits (recorded beside the recipe: they change no window).
-SPLIT_OPTIONS = ("val_parts", "test_parts", "val_fraction", "test_fraction", "split_salt")
+SPLIT_OPTIONS = C.row_fields(SplitRule)
+
+# Every segmentation option that changes which windows exist and which count.
+WINDOW_OPTIONS = tuple(k for k in segment_job.OUTPUT_FIELDS if k not in SPLIT_OPTIONS)
 
 
 class RecipeError(ValueError):
