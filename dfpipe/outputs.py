@@ -37,8 +37,7 @@ def segmentation(output: str) -> dict[str, str]:
     return _layout(output, "windows", "tracks", "videos", "stats.json", "config.json")
 
 
-def embeddings(cache: str) -> dict[str, str]:
-    return {**_layout(cache, "windows", "videos"), "meta": storage.join(cache, "cache.json")}
+CACHE_META = "cache.json"  # an embedding cache's embedder, faces and blend
 
 
 def scoring(output: str) -> dict[str, str]:
@@ -46,35 +45,33 @@ def scoring(output: str) -> dict[str, str]:
     return _layout(output, *names)
 
 
-# Chunked folders, marker last: a chunk's files share a name and count only once the marker's exists.
-def segmentation_folders(output: str) -> dict[str, tuple[str, pa.Schema]]:
-    paths = segmentation(output)
+# Chunked folders (storage.ChunkFolders), marker last: a chunk's files share a name and count only
+# once the marker's exists.
+def segmentation_folders(output: storage.Folder) -> storage.ChunkFolders:
     return {
-        "windows": (paths["windows"], R.WINDOWS_SCHEMA),
-        "tracks": (paths["tracks"], R.TRACKS_SCHEMA),
-        "videos": (paths["videos"], R.SEGMENTS_SCHEMA),
+        "windows": (output.sub("windows"), R.WINDOWS_SCHEMA),
+        "tracks": (output.sub("tracks"), R.TRACKS_SCHEMA),
+        "videos": (output.sub("videos"), R.SEGMENTS_SCHEMA),
     }
 
 
-def embedding_folders(cache: str) -> dict[str, tuple[str, pa.Schema]]:
-    paths = embeddings(cache)
+def embedding_folders(cache: storage.Folder) -> storage.ChunkFolders:
     return {
-        "windows": (paths["windows"], R.EMBEDDINGS_SCHEMA),
-        "videos": (paths["videos"], R.EMBEDDED_VIDEOS_SCHEMA),
+        "windows": (cache.sub("windows"), R.EMBEDDINGS_SCHEMA),
+        "videos": (cache.sub("videos"), R.EMBEDDED_VIDEOS_SCHEMA),
     }
 
 
-def scoring_folders(output: str) -> dict[str, tuple[str, pa.Schema]]:
-    paths = scoring(output)
+def scoring_folders(output: storage.Folder) -> storage.ChunkFolders:
     return {
-        "window_scores": (paths["window_scores"], R.WINDOW_SCORES_SCHEMA),
-        "scores": (paths["scores"], R.SCORES_SCHEMA),
+        "window_scores": (output.sub("window_scores"), R.WINDOW_SCORES_SCHEMA),
+        "scores": (output.sub("scores"), R.SCORES_SCHEMA),
     }
 
 
 # Readers take the output as a storage.Folder: its URI and the options that reach it, as one.
 def _read(output: storage.Folder, name: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
-    return storage.read_parquet_dir(output.join(name), columns=columns, schema=schema, options=output.options)
+    return output.read_parquet(name, columns=columns, schema=schema)
 
 
 def read_manifest(output: storage.Folder, columns: list[str] | None = None) -> pa.Table:
@@ -104,7 +101,7 @@ def with_chunks(marker: storage.Folder, schema: pa.Schema, columns: list[str]) -
     """The marker rows of a chunked folder (``columns`` of them) plus ``chunk``, the name of the
     file holding them: the same name holds their payload in the chunk's other folders, which is how
     a worker finds a video's windows or codes without the driver ever reading them."""
-    return storage.read_parquet_dir(marker.uri, columns, schema, marker.options, file_column="chunk")
+    return marker.read_parquet(columns=columns, schema=schema, file_column="chunk")
 
 
 def read_batch_rows(folder: storage.Folder, batch: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -38,8 +38,6 @@ from dfpipe.stage import Later, Resources, Stage, check_reads
 
 log = logging.getLogger(__name__)
 
-Folders = dict[str, tuple[str, pa.Schema]]  # name -> (URI, schema); the last one is the marker
-
 
 @dataclass
 class ChunkWriter:
@@ -48,11 +46,10 @@ class ChunkWriter:
     rows are returned."""
 
     stage: Stage
-    folders: Folders
+    folders: storage.ChunkFolders
     key: str
     split: Callable[[pa.Table, pa.Table], dict[str, pa.Table]] | None = None
     salt: str = ""
-    options: storage.StorageOptions | None = None
 
     @property
     def resources(self) -> Resources:
@@ -66,7 +63,7 @@ class ChunkWriter:
         marker = list(self.folders)[-1]
         tables = self.split(out, batch) if self.split else {marker: out}
         name = storage.chunk_name(batch.column(self.key).to_pylist(), self.salt)
-        storage.write_chunk(self.folders, tables, name, self.options)
+        storage.write_chunk(self.folders, tables, name)
         return tables[marker]
 
 
@@ -78,7 +75,7 @@ class Step:
     cfg: C.RunOptions | None  # the job's config: recorded in config.json, its Ray address joined
     todo: pa.Table  # every row this step should have done, one per key
     stage: Stage | Later  # does one batch of rows (or is made once Ray is joined)
-    folders: Folders  # where its rows go; the last is the marker (one row per key)
+    folders: storage.ChunkFolders  # where its rows go; the last is the marker (one row per key)
     output: storage.Folder | None = None  # config.json goes here (default: the config's output)
     overwrite: bool | None = None  # delete the folders first (default: the config's --overwrite)
     key: str = "video_id"
@@ -134,18 +131,18 @@ class StepRun:
 def run_step(step: Step) -> StepRun:
     """Do what ``step`` declares (see the module docstring)."""
     started = time.monotonic()
-    cfg, opts = step.cfg, step.output.options
-    marker_uri, marker_schema = list(step.folders.values())[-1]
+    cfg = step.cfg
+    marker, marker_schema = list(step.folders.values())[-1]
     if step.overwrite:
-        for uri, _ in step.folders.values():
-            storage.delete(uri, opts)
-    orphans = storage.remove_orphans(step.folders, opts) if not step.marker_on_driver else 0
+        for folder, _ in step.folders.values():
+            folder.delete()
+    orphans = storage.remove_orphans(step.folders) if not step.marker_on_driver else 0
     if orphans:
         log.warning(
             "%s: removed %d files left without their marker by an interrupted run", step.name, orphans
         )
     columns = [step.key] + (["config_hash"] if "config_hash" in marker_schema.names else [])
-    done = storage.read_parquet_dir(marker_uri, columns=columns, schema=marker_schema, options=opts)
+    done = marker.read_parquet(columns=columns, schema=marker_schema)
     digest = C.config_hash(cfg, step.fields) if cfg is not None else None
     if step.fields:
         C.refuse_other_settings(cfg, step.fields, done, step.output.join("config.json"))
@@ -166,15 +163,13 @@ def run_step(step: Step) -> StepRun:
     first_s, sums_at_first = None, None
     writer = None
     if step.marker_on_driver or settled.num_rows:
-        writer = storage.ChunkedParquetWriter(
-            {"marker": (marker_uri, marker_schema)}, step.key, opts, step.flush_rows
-        )
+        writer = storage.ChunkedParquetWriter({"marker": (marker, marker_schema)}, step.key, step.flush_rows)
         writer.add(marker=settled)
     if todo.num_rows:
         runner.ensure_ray(*((cfg.ray_address, cfg.capacity_wait_s) if cfg is not None else ()))
         stage = step.stage() if isinstance(step.stage, Later) else step.stage
         if not step.marker_on_driver:
-            stage = ChunkWriter(stage, step.folders, step.key, step.split, step.salt, opts)
+            stage = ChunkWriter(stage, step.folders, step.key, step.split, step.salt)
         progress = console.Progress(step.name, todo.num_rows, step.unit)
         for table in runner.map_rows(todo, stage, rows_per_block=step.rows_per_block):
             for column in step.sums:

@@ -90,6 +90,30 @@ class Folder:
         """The folder ``parts`` below this one, reached the same way."""
         return Folder(self.join(*parts), self.options)
 
+    def write_text(self, name: str, text: str) -> None:
+        write_text(self.join(name), text, self.options)
+
+    def read_parquet(
+        self, *parts: str, columns: list[str] | None = None, schema: pa.Schema | None = None, file_column=None
+    ) -> pa.Table:
+        """Every Parquet file below this folder (or ``parts`` of it) as one table (:func:`read_parquet_dir`)."""
+        uri = self.join(*parts) if parts else self.uri
+        return read_parquet_dir(
+            uri, columns=columns, schema=schema, options=self.options, file_column=file_column
+        )
+
+    def find(self) -> list[str]:
+        """Every file below this folder as a full URI, sorted (:func:`find`)."""
+        return find(self.uri, self.options)
+
+    def write_parquet(self, name: str, table: pa.Table) -> None:
+        write_parquet(table, self.join(name), self.options)
+
+
+# Folders written in chunks: name -> (folder, schema), the last one the marker. A chunk's files
+# share a name, and count only once the marker's exists.
+ChunkFolders = dict[str, tuple[Folder, pa.Schema]]
+
 
 def protocol_of(uri: str) -> str:
     match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
@@ -300,7 +324,7 @@ COMPACT_TABLES = 32  # pending tables a ChunkedParquetWriter joins into one
 class ChunkedParquetWriter:
     """Buffers rows for one or more folders and writes them as Parquet chunks, each atomically.
 
-    ``folders`` maps a name to ``(folder_uri, schema)``; the last one is the marker. A flush writes
+    ``folders`` maps a name to ``(folder, schema)``; the last one is the marker. A flush writes
     one file per folder, all named by a hash of the sorted ``key`` values in the marker rows, and
     writes the marker's file last: a chunk counts as done only once its marker exists, and files
     without their marker are left-overs of a crash (:meth:`remove_orphans`). No name depends on
@@ -309,14 +333,13 @@ class ChunkedParquetWriter:
 
     def __init__(
         self,
-        folders: dict[str, tuple[str, pa.Schema]],
+        folders: ChunkFolders,
         key: str,
-        options: StorageOptions | None = None,
         flush_rows: int = 500,
         flush_seconds: float = 60.0,
         salt: str = "",
     ):
-        self.folders, self.key, self.options, self.salt = folders, key, options, salt
+        self.folders, self.key, self.salt = folders, key, salt
         self.marker = list(folders)[-1]
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self.pending: dict[str, list[pa.Table]] = {name: [] for name in folders}
@@ -343,14 +366,14 @@ class ChunkedParquetWriter:
             return
         marker_rows = pa.concat_tables(self.pending[self.marker])
         name = chunk_name(marker_rows.column(self.key).to_pylist(), self.salt)
-        write_chunk(self.folders, {k: v for k, v in self.pending.items() if v}, name, self.options)
+        write_chunk(self.folders, {k: v for k, v in self.pending.items() if v}, name)
         self.written += marker_rows.num_rows
         self.pending = {name: [] for name in self.folders}
         self.n_pending, self.last_flush = 0, time.monotonic()
 
     def remove_orphans(self) -> int:
         """Delete chunk files whose marker file is missing (a crash between the two); returns how many."""
-        return remove_orphans(self.folders, self.options)
+        return remove_orphans(self.folders)
 
 
 def chunk_name(keys, salt: str = "") -> str:
@@ -360,31 +383,25 @@ def chunk_name(keys, salt: str = "") -> str:
     return f"part-{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:20]}.parquet"
 
 
-def write_chunk(
-    folders: dict[str, tuple[str, pa.Schema]],
-    tables: dict[str, pa.Table | list[pa.Table]],
-    name: str,
-    options: StorageOptions | None = None,
-) -> None:
+def write_chunk(folders: ChunkFolders, tables: dict[str, pa.Table | list[pa.Table]], name: str) -> None:
     """One file named ``name`` in every folder of ``folders`` (the last one, the marker, last), each
     atomically; a folder without rows gets an empty file, so the chunk is whole."""
-    for folder, (uri, schema) in folders.items():
-        parts = tables.get(folder)
+    for key, (folder, schema) in folders.items():
+        parts = tables.get(key)
         parts = [parts] if isinstance(parts, pa.Table) else list(parts or [])
-        table = pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()
-        write_parquet(table, join(uri, name), options)
+        folder.write_parquet(name, pa.concat_tables(parts).cast(schema) if parts else schema.empty_table())
 
 
-def remove_orphans(folders: dict[str, tuple[str, pa.Schema]], options: StorageOptions | None = None) -> int:
+def remove_orphans(folders: ChunkFolders) -> int:
     """Delete chunk files whose marker file (same name in the last folder) is missing: the left-overs
     of a run that stopped between the two. Returns how many."""
-    marker_uri = list(folders.values())[-1][0]
-    markers = {posixpath.basename(f) for f in find(marker_uri, options)}
+    marker = list(folders.values())[-1][0]
+    markers = {posixpath.basename(f) for f in marker.find()}
     removed = 0
-    for uri, _ in list(folders.values())[:-1]:
-        for f in find(uri, options):
+    for folder, _ in list(folders.values())[:-1]:
+        for f in folder.find():
             if f.endswith(".parquet") and posixpath.basename(f) not in markers:
-                delete(f, options)
+                delete(f, folder.options)
                 removed += 1
     return removed
 

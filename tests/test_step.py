@@ -60,12 +60,13 @@ def toy_tables(out: pa.Table, batch: pa.Table) -> dict[str, pa.Table]:
 
 
 def toy_step(cfg: ToyConfig, videos: list[str]) -> Step:
+    out = cfg.folder(cfg.output)
     return Step(
         name="toy",
         cfg=cfg,
         todo=pa.table({"video_id": videos}),
         stage=ToyStage(cfg.rows, C.config_hash(cfg, ("rows",))),
-        folders={"payload": (f"{cfg.output}/payload", PAYLOAD), "videos": (f"{cfg.output}/videos", MARKER)},
+        folders={"payload": (out.sub("payload"), PAYLOAD), "videos": (out.sub("videos"), MARKER)},
         fields=("rows",),
         split=toy_tables,
         sums=("n_rows",),
@@ -117,7 +118,10 @@ def test_chunk_writer_returns_only_the_marker_rows(tmp_path):
     """What a worker hands back to the driver is the marker table alone, never the payload."""
     writer = ChunkWriter(
         ToyStage(5, "h"),
-        {"payload": (str(tmp_path / "p"), PAYLOAD), "videos": (str(tmp_path / "m"), MARKER)},
+        {
+            "payload": (storage.Folder(str(tmp_path / "p")), PAYLOAD),
+            "videos": (storage.Folder(str(tmp_path / "m")), MARKER),
+        },
         "video_id",
         toy_tables,
     )
@@ -202,7 +206,7 @@ def test_a_step_whose_rows_lack_a_column_its_stage_reads_is_refused_when_built(t
     from dfpipe.segment.stage import SegmentStage
 
     todo = pa.table({"video_id": ["a"], "label": pa.array([0], pa.int8())})
-    folders = {"videos": (str(tmp_path / "out" / "videos"), MARKER)}
+    folders = {"videos": (storage.Folder(str(tmp_path / "out" / "videos")), MARKER)}
     cfg = ToyConfig(output=str(tmp_path / "out"))
     expected = "segment: SegmentStage reads part, original, status, frame_stride, faces_uri, which its input rows lack"
     with pytest.raises(ContractError, match=expected):

@@ -58,21 +58,20 @@ def embed_videos(
     (:func:`sbi_cache`): the blends are made on the workers, and only their codes are stored.
     """
     version = modelio.model_version(embedder)
-    cache_uri, opts = cache.uri, cache.options
-    paths = outputs.embeddings(cache_uri)
-    if storage.exists(paths["meta"], opts):
-        cached = storage.read_json(paths["meta"], opts)
+    folders = outputs.embedding_folders(cache)
+    if cache.exists(outputs.CACHE_META):
+        cached = cache.read_json(outputs.CACHE_META)
         if cached.get("embedder_version") != version:
             raise C.ConfigError(
-                f"embeddings_cache {cache_uri} holds codes of another embedder; give another embeddings_cache"
+                f"embeddings_cache {cache.uri} holds codes of another embedder; give another embeddings_cache"
             )
-        if cached.get("faces_config_hash") != faces and storage.exists(paths["windows"], opts):
+        if cached.get("faces_config_hash") != faces and cache.exists("windows"):
             console.say(
-                f"embed: the cached codes in {cache_uri} were made from faces extracted with other options "
+                f"embed: the cached codes in {cache.uri} were made from faces extracted with other options "
                 f"(extraction {cached.get('faces_config_hash')}, now {faces}): embedding every window again"
             )
-            storage.delete(paths["windows"], opts)
-            storage.delete(paths["videos"], opts)
+            for folder, _ in folders.values():
+                folder.delete()
     meta = {
         "embedder": storage.normalize(embedder.uri),
         "embedder_version": version,
@@ -83,7 +82,7 @@ def embed_videos(
             else {}
         ),
     }
-    storage.write_json(paths["meta"], meta, opts)
+    cache.write_json(outputs.CACHE_META, meta)
     run = run_step(
         Step(
             name="embed",
@@ -98,7 +97,7 @@ def embed_videos(
                 blend=blend,
                 resources=Resources(num_cpus=1, num_gpus=1.0 if use_gpu else 0.0, batch_size=8),
             ),
-            folders=outputs.embedding_folders(cache_uri),
+            folders=folders,
             split=embedded_videos,
             sums=("n_windows",),
             rows_per_block=8,

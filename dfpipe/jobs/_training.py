@@ -109,11 +109,13 @@ class EpochReport:
     def __init__(self, job: str, cfg, shown: tuple[str, ...]):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.job, self.shown, self.options = job, shown, cfg.storage_options
+        self.job, self.shown = job, shown
         self.progress = console.Progress(job, cfg.epochs, "epochs")
-        self.uri = storage.join(cfg.output, "tensorboard")
-        local = storage.is_local(self.uri)
-        self.folder = storage.strip_protocol(self.uri) if local else tempfile.mkdtemp(prefix="dfpipe-tb-")
+        self.board = cfg.folder(cfg.output).sub("tensorboard")
+        local = storage.is_local(self.board.uri)
+        self.folder = (
+            storage.strip_protocol(self.board.uri) if local else tempfile.mkdtemp(prefix="dfpipe-tb-")
+        )
         self.remote = not local
         self.writer = SummaryWriter(log_dir=self.folder)
 
@@ -143,7 +145,8 @@ class EpochReport:
 
     def _upload(self) -> None:
         for name in os.listdir(self.folder):
-            storage.copy(os.path.join(self.folder, name), storage.join(self.uri, name), self.options)
+            with open(os.path.join(self.folder, name), "rb") as f:
+                self.board.write_bytes(name, f.read())
 
 
 def training_hash(cfg) -> str:
@@ -301,30 +304,28 @@ def data_recipe(segment: storage.Folder) -> dict:
 
 def prepare_output(cfg, job: str) -> dict | None:
     """Guard the model directory: returns the existing model.json if training already finished."""
-    opts = cfg.storage_options
+    out = cfg.folder(cfg.output)
     if cfg.overwrite:
-        storage.delete_all_but(cfg.output, {"logs"}, opts)  # this run's log is being written there
-    cfg_uri = storage.join(cfg.output, "config.json")
+        storage.delete_all_but(out.uri, {"logs"}, out.options)  # this run's log is being written there
     digest = training_hash(cfg)
-    if storage.exists(cfg_uri, opts):
-        previous = storage.read_json(cfg_uri, opts)
+    if out.exists("config.json"):
+        previous = out.read_json("config.json")
         if previous.get("config_hash") != digest:
             raise C.ConfigError(
                 f"{cfg.output} holds a {previous.get('job')} run with other settings; pass --overwrite to start "
                 "again, or choose another output"
             )
-        meta_uri = storage.join(cfg.output, "model.json")
-        if storage.exists(meta_uri, opts):
-            meta = storage.read_json(meta_uri, opts)
+        if out.exists("model.json"):
+            meta = out.read_json("model.json")
             if meta.get("epochs_trained", 0) >= cfg.epochs:
                 return meta
-    storage.write_json(cfg_uri, {"job": job, "config": C.to_dict(cfg), "config_hash": digest}, opts)
+    out.write_json("config.json", {"job": job, "config": C.to_dict(cfg), "config_hash": digest})
     return None
 
 
 def export(cfg, best: dict, latest: dict, meta: dict, title: str) -> dict:
     """Write model.pt/model.json (best checkpoint), metrics.json (every epoch) and curves.png."""
-    opts = cfg.storage_options
+    out = cfg.folder(cfg.output)
     history = latest["history"]
     best_epoch = int(best["epoch"])
     meta = {
@@ -335,13 +336,13 @@ def export(cfg, best: dict, latest: dict, meta: dict, title: str) -> dict:
         "best_metrics": next((h for h in history if h["epoch"] == best_epoch), {}),
         "seed": cfg.seed,
     }
-    save_model(cfg.folder(cfg.output), best["model"], meta)
-    storage.write_json(storage.join(cfg.output, "metrics.json"), {"epochs": history}, opts)
+    save_model(out, best["model"], meta)
+    out.write_json("metrics.json", {"epochs": history})
     with tempfile.TemporaryDirectory() as tmp:
         png = os.path.join(tmp, "curves.png")
         plot_curves(history, png, title)
         with open(png, "rb") as f:
-            storage.write_bytes(storage.join(cfg.output, "curves.png"), f.read(), opts)
+            out.write_bytes("curves.png", f.read())
     return meta
 
 

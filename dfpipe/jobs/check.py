@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dfpipe import config as C
-from dfpipe import storage
 from dfpipe.invariants import Report, check_output
 
 NAME = "check"
@@ -21,9 +20,10 @@ class CheckConfig(C.RunOptions):
 
 
 def run(cfg: CheckConfig) -> Report:
-    if not storage.exists(cfg.output, cfg.storage_options):
+    output = cfg.folder(cfg.output)
+    if not output.exists():
         raise C.ConfigError(f"{cfg.output} does not exist")
-    report = check_output(cfg.folder(cfg.output))
+    report = check_output(output)
     if not report.ok:
         raise C.JobError(f"{cfg.output}:\n{report.format()}")
     return report

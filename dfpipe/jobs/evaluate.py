@@ -27,35 +27,39 @@ class EvaluateConfig(C.RunOptions):
 
 
 def run(cfg: EvaluateConfig) -> dict:
-    scored, out = cfg.folder(cfg.input), cfg.folder(cfg.output)
+    scored = cfg.folder(cfg.input)
     if not scored.exists("scores"):
         raise C.ConfigError(f"{cfg.input!r} has no scores/: run 'dfpipe score' first")
     version = cfg.model_version or scored.read_json("config.json")["model_version"]
+    return write_report(scored, cfg.folder(cfg.output), version)
+
+
+def write_report(scored: storage.Folder, out: storage.Folder, version: str) -> dict:
+    """The report of model ``version``'s scores in ``scored`` (a scoring output), written to ``out``
+    (``report.json``, ``report.md`` and the plots) and returned. Scoring runs it as its last step
+    but one, where both classes are labelled."""
     videos = outputs.read_scores(scored).to_pandas()
     videos = videos[videos.model_version == version]
     # Window-level metrics need two columns of every window: read only those (a DFDC-sized output
     # holds millions of windows).
-    windows = storage.read_parquet_dir(
-        scored.join("window_scores"),
-        columns=["label", "prob_fake", "model_version"],
-        schema=R.WINDOW_SCORES_SCHEMA,
-        options=scored.options,
+    windows = scored.read_parquet(
+        "window_scores", columns=["label", "prob_fake", "model_version"], schema=R.WINDOW_SCORES_SCHEMA
     )
     windows = windows.filter(pc.equal(windows.column("model_version"), version)).to_pandas()
     labelled = videos[videos.label.notna()]
     if labelled.empty or labelled.label.nunique() < 2:
         raise C.ConfigError(
-            f"{cfg.input}: evaluation needs labelled REAL and FAKE videos scored by model {version}"
+            f"{scored.uri}: evaluation needs labelled REAL and FAKE videos scored by model {version}"
         )
     report = rep.evaluate(videos, windows)
     report["model_version"] = version
     out.write_json("report.json", report)
-    storage.write_text(out.join("report.md"), rep.markdown(report, version), out.options)
+    out.write_text("report.md", rep.markdown(report, version))
     with tempfile.TemporaryDirectory() as tmp:
         for path in rep.plots(videos, tmp):
             with open(path, "rb") as f:
                 out.write_bytes(os.path.basename(path), f.read())
-    report["report_uri"] = storage.normalize(cfg.output)
+    report["report_uri"] = storage.normalize(out.uri)
     return report
 
 

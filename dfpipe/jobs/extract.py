@@ -130,7 +130,7 @@ def run(cfg: ExtractConfig) -> dict:
             todo=catalog,
             # Made once Ray is joined: its GPUs (and so its videos in flight) depend on the cluster.
             stage=Later(FaceExtractStage, lambda: build_stage(cfg, faces, worker_gpus(cfg))),
-            folders={"videos": (out.join("videos"), R.VIDEOS_SCHEMA)},
+            folders={"videos": (out.sub("videos"), R.VIDEOS_SCHEMA)},
             fields=OUTPUT_FIELDS,
             marker_on_driver=True,
             flush_rows=cfg.manifest_flush_rows,

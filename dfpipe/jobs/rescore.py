@@ -15,6 +15,7 @@ from dfpipe import config as C
 from dfpipe import console, storage
 from dfpipe.jobs import score as score_job
 from dfpipe.lock import LockHeld, run_lock
+from dfpipe.pipeline import Pipeline, Task
 
 NAME = "rescore"
 RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
@@ -78,20 +79,26 @@ def check_names(dumps: tuple[str, ...], root: storage.Folder) -> None:
                 )
 
 
-def run(cfg: RescoreConfig) -> dict:
-    started = time.monotonic()
+def plan_dumps(cfg: RescoreConfig) -> dict[str, score_job.ScoreConfig]:
+    """Each dump's scoring config (its folder under OUTPUT/dumps/), after refusing dumps that
+    would share a folder."""
     root = cfg.folder(cfg.output)
     common = {"model": cfg.model, "all": cfg.all, **C.run_options_of(cfg)}
     check_names(cfg.input, root)
-    configs = {
+    return {
         d: C.build(
             score_job.ScoreConfig,
             {**cfg.score, **common, "input": d, "output": dump_output(root, d).uri},
         )
         for d in cfg.input
     }
+
+
+def score_dumps(cfg: RescoreConfig, configs: dict[str, score_job.ScoreConfig]) -> dict | None:
+    """Score each dump (the scoring pipeline, :data:`dfpipe.jobs.score.SCORE`), under the lock
+    that keeps two overlapping runs from scoring twice; None when another run holds it."""
     try:
-        with run_lock(root, "rescore.lock", cfg.stale_lock_s):
+        with run_lock(cfg.folder(cfg.output), "rescore.lock", cfg.stale_lock_s):
             dumps = {}
             for dump, score_cfg in configs.items():
                 console.say(f"\n== rescore: {dump} ==")
@@ -103,11 +110,29 @@ def run(cfg: RescoreConfig) -> dict:
                     "model_version": stats["model_version"],
                     "review": stats.get("review"),
                 }
+            return dumps
     except LockHeld as exc:
         console.say(f"rescore: another run is in progress ({exc}); nothing done")
-        return {"locked": True, "dumps": {}, "seconds": round(time.monotonic() - started, 1)}
-    summary = {"locked": False, "dumps": dumps, "seconds": round(time.monotonic() - started, 1)}
-    root.write_json("rescore_stats.json", summary)
+        return None
+
+
+RESCORE = Pipeline(
+    NAME,
+    [
+        Task("dumps", plan_dumps, makes="configs"),
+        Task("score", score_dumps, makes="dumps"),
+    ],
+)
+
+
+def run(cfg: RescoreConfig) -> dict:
+    started = time.monotonic()
+    dumps = RESCORE.run(cfg=cfg)["dumps"]
+    seconds = round(time.monotonic() - started, 1)
+    if dumps is None:
+        return {"locked": True, "dumps": {}, "seconds": seconds}
+    summary = {"locked": False, "dumps": dumps, "seconds": seconds}
+    cfg.folder(cfg.output).write_json("rescore_stats.json", summary)
     return summary
 
 

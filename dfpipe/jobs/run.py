@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from dfpipe import config as C
 from dfpipe import console, storage
 from dfpipe.jobs import evaluate, extract, score, segment, train_classifier, train_embedder
+from dfpipe.pipeline import Pipeline, Task
 
 NAME = "run"
 RAY = True  # runs on Ray: as a process, its Ray output goes to OUTPUT/logs/ (dfpipe.cli.run_job)
@@ -83,45 +84,53 @@ class PipelineConfig(C.RunOptions):
         return out
 
 
-def run(cfg: PipelineConfig) -> dict:
-    modules = {
-        "extract": extract,
-        "segment": segment,
-        "train_embedder": train_embedder,
-        "train_classifier": train_classifier,
-        "score": score,
-    }
+def step_configs(cfg: PipelineConfig) -> tuple:
+    """Each step's config (validated when the pipeline's config was made), in :data:`STEPS` order."""
+    cfg.folder(cfg.output).write_json("pipeline.json", {"job": NAME, "config": C.to_dict(cfg)})
     configs = cfg.step_configs
-    storage.write_json(
-        storage.join(cfg.output, "pipeline.json"),
-        {"job": NAME, "config": C.to_dict(cfg)},
-        cfg.storage_options,
-    )
-    timings, results = {}, {}
-    total = time.monotonic()
-    for step in STEPS:
-        console.say(f"\n== pipeline step: {step} ==")
-        start = time.monotonic()
-        results[step] = modules[step].run(configs[step])
-        timings[step] = round(time.monotonic() - start, 1)
-        # The evaluation table is printed once, at the end.
-        summary = modules[step].format_summary(
-            results[step], **({"report": False} if step == "score" else {})
-        )
-        console.say(summary)
-        console.say(f"-- {step} took {timings[step]} s")
-    summary = {
-        "timings_s": timings,
-        "total_s": round(time.monotonic() - total, 1),
-        "score": results["score"],
-        "paths": cfg.paths,
-    }
-    storage.write_json(
-        storage.join(cfg.output, "pipeline_stats.json"),
-        {"timings_s": timings, "total_s": summary["total_s"]},
-        cfg.storage_options,
-    )
-    return summary
+    return tuple(configs[step] for step in STEPS)
+
+
+JOBS = {
+    "extract": extract,
+    "segment": segment,
+    "train_embedder": train_embedder,
+    "train_classifier": train_classifier,
+    "score": score,
+}
+
+# The pipeline: every step a job, run with the config the pipeline made for it, in order; each
+# reuses what a previous run produced (dfpipe.pipeline).
+RUN = Pipeline(
+    NAME,
+    [
+        Task("configs", step_configs, makes=tuple(f"{step}_cfg" for step in STEPS), timed=False),
+        *(Task(step, JOBS[step].run, reads={"cfg": f"{step}_cfg"}, makes=step) for step in STEPS),
+    ],
+)
+
+
+def run(cfg: PipelineConfig) -> dict:
+    """Run the steps of :data:`RUN`, saying each one's summary and time as it ends."""
+    started = time.monotonic()
+
+    def before(task: Task) -> None:
+        if task.name in JOBS:
+            console.say(f"\n== pipeline step: {task.name} ==")
+
+    def after(task: Task, result, seconds: float) -> None:
+        if task.name in JOBS:
+            # The evaluation table is printed once, at the end.
+            console.say(
+                JOBS[task.name].format_summary(result, **({"report": False} if task.name == "score" else {}))
+            )
+            console.say(f"-- {task.name} took {round(seconds, 1)} s")
+
+    done = RUN.run(cfg=cfg, before=before, after=after)
+    timings = {step: round(done["seconds"][step], 1) for step in STEPS}
+    total = round(time.monotonic() - started, 1)
+    cfg.folder(cfg.output).write_json("pipeline_stats.json", {"timings_s": timings, "total_s": total})
+    return {"timings_s": timings, "total_s": total, "score": done["score"], "paths": cfg.paths}
 
 
 def format_summary(summary: dict) -> str:

@@ -22,7 +22,6 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dfpipe import config as C
 from dfpipe import console, outputs, runner, storage
@@ -31,6 +30,7 @@ from dfpipe.jobs import evaluate, recipe
 from dfpipe.jobs import extract as extract_job
 from dfpipe.jobs import segment as segment_job
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
+from dfpipe.pipeline import Pipeline, Task
 from dfpipe.score import review
 from dfpipe.score.stage import (
     VIDEO_COLUMNS,
@@ -40,7 +40,7 @@ from dfpipe.score.stage import (
     score_tables,
 )
 from dfpipe.stage import Resources
-from dfpipe.step import Step, StepTimer, run_step
+from dfpipe.step import Step, run_step
 from dfpipe.train import modelio
 from dfpipe.train.calibration import fit_calibration
 
@@ -167,11 +167,10 @@ def data_plan(meta: dict, model: str, cfg) -> tuple[dict, dict, list[str]]:
 
 
 def extract_config(options: dict, input_uri: str, output: str, cfg) -> extract_job.ExtractConfig:
-    run = {k: getattr(cfg, k) for k in C.RUN_OPTIONS}
+    """The scoring extraction: ``options`` (the recipe's, and the user's), run where ``cfg`` runs."""
     workers = {"num_workers": getattr(cfg, "num_workers", None)}
-    return C.build(
-        extract_job.ExtractConfig, {**workers, **options, **run, "input": input_uri, "output": output}
-    )
+    values = {**workers, **options, **C.run_options_of(cfg), "input": input_uri, "output": output}
+    return C.build(extract_job.ExtractConfig, values)
 
 
 def check_extraction(
@@ -211,11 +210,10 @@ def segment_config(
     """The scoring segmentation: the recipe's window options and the model's splits, in a folder
     named by their hash (so models with other recipes never share windows)."""
     split = meta.get("segment", {}).get("split", {})
-    run = {k: getattr(cfg, k) for k in C.RUN_OPTIONS}
     values = {
         **{k: split[k] for k in recipe.SPLIT_OPTIONS if k in split},
         **options,
-        **run,
+        **C.run_options_of(cfg),
         "input": extract_uri,
         "output": storage.join(output, "segment"),  # named by its hash below
     }
@@ -246,33 +244,20 @@ def model_splits(segmentation: storage.Folder | None) -> pa.Table:
     )
 
 
-def run(cfg: ScoreConfig) -> dict:
-    """Score every video of ``cfg.input`` this model version has not scored (all with ``all=true``)."""
-    started, timer = time.monotonic(), StepTimer()
+def load_model(cfg: ScoreConfig) -> tuple[storage.Folder, dict, storage.Folder, str]:
+    """Step 1: the classifier (``--model``), its meta, its embedder and the combined model version."""
     model = cfg.folder(cfg.model)
-    meta, embedder, version = load_model_meta(model)
-    extraction, segment = extract_and_segment(cfg, meta, timer)
-    manifest, pending, already, replace = pending_videos(cfg, extraction, version)
-    cache = embed_pending(cfg, pending, segment, embedder, timer)
-    todo = score_inputs(pending, segment, cache, meta)
-    calibration = classify(
-        cfg, model, meta, version, cache, todo, (manifest.num_rows, already, replace), timer
-    )
-    n_frames = int(pc.sum(pending.column("n_frames")).as_py() or 0)
-    stats = finish(cfg, version, pending.num_rows, n_frames, time.monotonic() - started, timer, calibration)
-    with timer("review"):
-        stats["review"] = write_review(cfg, meta, version, stats, extraction, segment)
-    return stats
+    return (model, *load_model_meta(model))
 
 
-def extract_and_segment(
-    cfg: ScoreConfig, meta: dict, timer: StepTimer
-) -> tuple[storage.Folder, storage.Folder]:
-    """Steps 1-2, each doing only what is missing: the extraction's folder and the segmentation's.
-
-    Both follow the model's recipe; faces made otherwise stop the run here, before any work. An
-    extraction output given as input is used as it is, else the dataset is extracted under
-    OUTPUT/extract (reusing what an earlier run did there)."""
+def plan_data(
+    cfg: ScoreConfig, meta: dict
+) -> tuple[extract_job.ExtractConfig | None, storage.Folder, segment_job.SegmentConfig, storage.Folder]:
+    """Step 2: the extraction and segmentation this scoring needs, both following the model's recipe
+    (options given on purpose are printed). An extraction output given as input is used as it is
+    (no extraction config), else the dataset is extracted under OUTPUT/extract, reusing what an
+    earlier run did there; faces made otherwise stop the run here, before any work. Returns the
+    extraction's config and folder, and the segmentation's."""
     source, out = cfg.folder(cfg.input), cfg.folder(cfg.output)
     if not source.exists():
         raise C.ConfigError(f"input {cfg.input!r} does not exist")
@@ -284,20 +269,16 @@ def extract_and_segment(
         check_extraction(extraction, ext_cfg, given=given_faces)
     for note in notes:
         console.say(f"score: differs from the model's recipe, as given: {note}")
-    if not given_faces:
-        with timer("extract"):
-            extract_job.run(ext_cfg)
     seg_cfg = segment_config(seg_options, meta, extraction.uri, cfg.output, cfg)
-    with timer("segment"):
-        segment_job.run(seg_cfg)
-    return extraction, cfg.folder(seg_cfg.output)
+    return (None if given_faces else ext_cfg), extraction, seg_cfg, cfg.folder(seg_cfg.output)
 
 
 def pending_videos(
     cfg: ScoreConfig, extraction: storage.Folder, version: str
 ) -> tuple[pa.Table, pa.Table, int, bool]:
-    """The manifest, the videos that need a score from this model version, how many have one, and
-    whether this version's scores are all made again (``all`` or ``calibrate``: removed when scoring starts)."""
+    """Step 5: the manifest, the videos that need a score from this model version, how many have
+    one, and whether this version's scores are all made again (``all`` or ``calibrate``: removed
+    when scoring starts)."""
     manifest = outputs.read_manifest(extraction, columns=[*VIDEO_COLUMNS, "n_frames"])
     scored = outputs.read_scores(cfg.folder(cfg.output), version, columns=["video_id", "model_version"])
     rescore_all = cfg.all or cfg.calibrate  # a calibration fitted now applies to every video
@@ -310,18 +291,31 @@ def pending_videos(
 
 
 def embed_pending(
-    cfg: ScoreConfig, pending: pa.Table, segment: storage.Folder, embedder: storage.Folder, timer: StepTimer
+    cfg: ScoreConfig, pending: pa.Table, segment: storage.Folder, embedder: storage.Folder
 ) -> storage.Folder:
-    """Step 3: the codes of every window of the pending videos, in the embedding cache (returned)."""
+    """Step 6: the codes of every window of the pending videos, in the embedding cache (returned)."""
     cache = cache_for(segment, embedder)
     with_windows = segmented_videos(segment, pending.column("video_id"))
     if with_windows.num_rows:
         runner.ensure_ray(cfg.ray_address, cfg.capacity_wait_s)
         use_gpu = runner.use_gpus(cfg.use_gpu)
-        with timer("embed"):
-            faces = faces_version(segment)
-            embed_videos(with_windows, segment, embedder, cache, use_gpu, 128, faces)
+        embed_videos(with_windows, segment, embedder, cache, use_gpu, 128, faces_version(segment))
     return cache
+
+
+def score_inputs(pending: pa.Table, segment: storage.Folder, cache: storage.Folder, meta: dict) -> pa.Table:
+    """Step 7: the rows :class:`dfpipe.score.stage.VideoScoreStage` scores: each pending video's manifest fields,
+    its segmentation, the split the model learned it in and the cache chunk of its codes (one small
+    row per video: the driver never holds a window)."""
+    summary = outputs.read_summary(
+        segment, columns=["video_id", "split", "n_tracks", "n_tracks_counted", "reason"]
+    ).rename_columns(["video_id", "seg_split", "seg_n_tracks", "n_tracks_counted", "segment_reason"])
+    codes = outputs.with_chunks(cache.sub("videos"), R.EMBEDDED_VIDEOS_SCHEMA, ["video_id"])
+    uri = meta.get("segment", {}).get("uri")  # the model's segmentation, in the same storage
+    learned = model_splits(storage.Folder(uri, segment.options) if uri else None)
+    todo = pending.select(list(VIDEO_COLUMNS)).join(summary, "video_id", join_type="left outer")
+    todo = todo.join(codes, "video_id", join_type="left outer")
+    return todo.join(learned, "video_id", join_type="left outer").sort_by("chunk")
 
 
 def classify(
@@ -331,13 +325,13 @@ def classify(
     version: str,
     cache: storage.Folder,
     todo: pa.Table,
-    counts: tuple[int, int, bool],
-    timer: StepTimer,
+    manifest: pa.Table,
+    already: int,
+    replace: bool,
 ) -> dict | None:
-    """Step 4: one row per pending video, windows or not, written with its window scores by the
-    workers. ``counts``: videos in the manifest, already scored, and whether this version's scores
-    are replaced. With ``calibrate=true`` the calibration is fitted first (returned)."""
-    n_manifest, already, replace = counts
+    """Step 8: one row per pending video (``todo``), windows or not, written with its window scores
+    by the workers. ``already``: videos this version scored before; ``replace``: its scores are
+    made again. With ``calibrate=true`` the calibration is fitted first (returned)."""
     if replace:
         remove_version(cfg.folder(cfg.output), version)
     rule = cfg.video_rule(meta)
@@ -354,42 +348,39 @@ def classify(
     if cfg.calibrate:
         calibration = refit_calibration(todo, scorer, meta, rule, cfg.ray_address)
         scorer.meta = {**meta, "temperature": calibration["temperature"], "offset": calibration["offset"]}
-    with timer("classify"):
-        run_step(
-            Step(
-                name=NAME,
-                cfg=cfg,
-                todo=todo,
-                stage=scorer,
-                folders=outputs.scoring_folders(cfg.output),
-                split=score_tables,
-                salt=version,
-                redo=True,  # ``todo`` is already what this model version has not scored
-                rows_per_block=VIDEOS_PER_BATCH,
-                config={"model_version": version, "recipe": meta["recipe"]},
-                say=lambda total, *_: (
-                    f"{n_manifest} videos, {already} already scored by model {version}, {total} to score"
-                ),
-            )
+    run_step(
+        Step(
+            name=NAME,
+            cfg=cfg,
+            todo=todo,
+            stage=scorer,
+            folders=outputs.scoring_folders(cfg.folder(cfg.output)),
+            split=score_tables,
+            salt=version,
+            redo=True,  # ``todo`` is already what this model version has not scored
+            rows_per_block=VIDEOS_PER_BATCH,
+            config={"model_version": version, "recipe": meta["recipe"]},
+            say=lambda total, *_: (
+                f"{manifest.num_rows} videos, {already} already scored by model {version}, {total} to score"
+            ),
         )
+    )
     return calibration
 
 
-def finish(
-    cfg: ScoreConfig,
-    version: str,
-    n_scored: int,
-    n_frames: int,
-    elapsed: float,
-    timer: StepTimer,
-    calibration: dict | None,
-) -> dict:
-    """The submission, ``stats.json`` and, where both classes are labelled, the evaluation report."""
-    paths, out = outputs.scoring(cfg.output), cfg.folder(cfg.output)
+def write_outputs(
+    cfg: ScoreConfig, version: str, pending: pa.Table, calibration: dict | None, seconds: dict
+) -> tuple[dict, set]:
+    """Step 9: the submission (every video this model version scored) and ``stats.json`` (counts,
+    fallbacks by reason, rates and each step's seconds so far); returns those and the labels seen."""
+    out = cfg.folder(cfg.output)
     write_started = time.perf_counter()
     all_scores = outputs.read_scores(out, version)
     write_submission(all_scores, out)
-    timer.seconds["write"] = time.perf_counter() - write_started
+    step_seconds = {**seconds, "write": time.perf_counter() - write_started}
+    elapsed = sum(step_seconds.values())
+    n_scored = pending.num_rows
+    n_frames = int(pc.sum(pending.column("n_frames")).as_py() or 0)
     stats = {
         "model_version": version,
         "videos": all_scores.num_rows,
@@ -398,21 +389,22 @@ def finish(
         "seconds": round(elapsed, 2),
         "videos_per_s": round(n_scored / elapsed, 3) if elapsed else None,
         "frames_per_s": round(n_frames / elapsed, 2) if elapsed else None,
-        "step_seconds": timer.rounded(),
+        "step_seconds": {k: round(v, 3) for k, v in step_seconds.items()},
     }
     if calibration:
         stats["calibration"] = calibration
     out.write_json("stats.json", stats)
-    labels = {x for x in all_scores.column("label").to_pylist() if x is not None}
+    return stats, {x for x in all_scores.column("label").to_pylist() if x is not None}
+
+
+def evaluation(cfg: ScoreConfig, version: str, labels: set) -> dict | None:
+    """Step 10: the evaluation report (``report/``), where both classes are labelled."""
     if cfg.evaluate and labels == {R.LABEL_REAL, R.LABEL_FAKE}:
-        stats["report"] = evaluate.run(
-            evaluate.EvaluateConfig(
-                input=cfg.output, output=paths["report"], model_version=version, **C.run_options_of(cfg)
-            )
-        )
-    elif cfg.evaluate and labels:
+        out = cfg.folder(cfg.output)
+        return evaluate.write_report(out, out.sub("report"), version)
+    if cfg.evaluate and labels:
         console.say("score: evaluation skipped: the labelled videos are all of one class")
-    return stats
+    return None
 
 
 def write_review(
@@ -420,33 +412,34 @@ def write_review(
     meta: dict,
     version: str,
     stats: dict,
+    report: dict | None,
     extraction: storage.Folder,
     segment: storage.Folder,
 ) -> str:
-    """Step 6: the review page, ``report/index.html`` (:mod:`dfpipe.score.review`). The driver reads
+    """Step 11: the review page, ``report/index.html`` (:mod:`dfpipe.score.review`). The driver reads
     the score rows' table columns; the workers read the faces of the videos with full rows, write
     their thumbnails and return their details. Returns the page's URI.
 
     A run that scored nothing leaves a page made from the same scores and options as it is (a no-op
     rerun stays a no-op: ``report/review.json`` says what the page was made from)."""
     out = cfg.folder(cfg.output)
-    report = out.sub("report")
-    uri = report.join("index.html")
+    pages = out.sub("report")
+    uri = pages.join("index.html")
     made_from = {
         "model_version": version,
         "videos": stats["videos"],
         "review_top": cfg.review_top,
         "review_rows": cfg.review_rows,
-        "evaluated": "report" in stats,
+        "evaluated": report is not None,
     }
-    if not stats["scored_this_run"] and report.exists("index.html") and report.exists("review.json"):
-        if report.read_json("review.json") == made_from:
+    if not stats["scored_this_run"] and pages.exists("index.html") and pages.exists("review.json"):
+        if pages.read_json("review.json") == made_from:
             console.say(f"score: review page up to date: {uri}")
             return uri
     scores = outputs.read_scores(out, version, columns=[*review.TABLE_COLUMNS, "model_version"])
     chosen = review.selection(scores, cfg.review_top)
     listed = review.listed(scores, cfg.review_rows, chosen)
-    details = review_details(cfg, meta, version, chosen, extraction, segment, report)
+    details = review_details(cfg, meta, version, chosen, extraction, segment, pages)
     labelled = pc.sum(pc.is_valid(scores.column("label"))).as_py() or 0
     fallback = sum(stats["fallback_by_reason"].values())
     counts = {
@@ -462,14 +455,14 @@ def write_review(
         model_version=version,
         recipe=meta.get("recipe", {}),
         counts=counts,
-        report=stats.get("report"),
+        report=report,
         rows=listed.select(list(review.TABLE_COLUMNS)),
         details=details,
         left_out=scores.num_rows - listed.num_rows,
         top=cfg.review_top,
     )
-    storage.write_text(uri, page, report.options)
-    report.write_json("review.json", made_from)
+    pages.write_text("index.html", page)
+    pages.write_json("review.json", made_from)
     console.say(f"score: review page: {uri} ({len(page) // 1024} KB, {len(details)} videos with full rows)")
     return uri
 
@@ -538,21 +531,6 @@ REVIEW_BATCH = 16
 VIDEOS_PER_BATCH = 64
 
 
-def score_inputs(pending: pa.Table, segment: storage.Folder, cache: storage.Folder, meta: dict) -> pa.Table:
-    """The rows :class:`dfpipe.score.stage.VideoScoreStage` scores: each pending video's manifest fields,
-    its segmentation, the split the model learned it in and the cache chunk of its codes (one small
-    row per video: the driver never holds a window)."""
-    summary = outputs.read_summary(
-        segment, columns=["video_id", "split", "n_tracks", "n_tracks_counted", "reason"]
-    ).rename_columns(["video_id", "seg_split", "seg_n_tracks", "n_tracks_counted", "segment_reason"])
-    codes = outputs.with_chunks(cache.sub("videos"), R.EMBEDDED_VIDEOS_SCHEMA, ["video_id"])
-    uri = meta.get("segment", {}).get("uri")  # the model's segmentation, in the same storage
-    learned = model_splits(storage.Folder(uri, segment.options) if uri else None)
-    todo = pending.select(list(VIDEO_COLUMNS)).join(summary, "video_id", join_type="left outer")
-    todo = todo.join(codes, "video_id", join_type="left outer")
-    return todo.join(learned, "video_id", join_type="left outer").sort_by("chunk")
-
-
 def refit_calibration(
     todo: pa.Table, scorer: VideoScoreStage, meta: dict, rule: VideoRule, ray_address
 ) -> dict:
@@ -605,17 +583,16 @@ def refit_calibration(
 
 def remove_version(output: storage.Folder, version: str) -> int:
     """Delete the score chunks of one model version (``--all``); the rows are written again right after."""
-    removed, opts, paths = 0, output.options, outputs.scoring(output.uri)
-    for f in storage.find(paths["scores"], opts):
-        fs, path = storage.filesystem(f, opts)
-        with fs.open(path, "rb") as fh:
-            versions = set(pq.read_table(fh, columns=["model_version"]).column("model_version").to_pylist())
-        if versions == {version}:
-            name = posixpath.basename(f)
-            storage.delete(storage.join(paths["window_scores"], name), opts)
-            storage.delete(f, opts)
-            removed += 1
-    return removed
+    folders = outputs.scoring_folders(output)
+    marker, schema = folders["scores"]
+    rows = marker.read_parquet(columns=["model_version"], schema=schema, file_column="chunk")
+    mine = pc.equal(rows.column("model_version"), version)
+    others = set(rows.filter(pc.invert(mine)).column("chunk").to_pylist())
+    chunks = sorted(set(rows.filter(mine).column("chunk").to_pylist()) - others)
+    for name in chunks:
+        for folder, _ in folders.values():  # the marker last
+            folder.delete(name)
+    return len(chunks)
 
 
 def write_submission(scores: pa.Table, output: storage.Folder) -> None:
@@ -633,7 +610,7 @@ def write_submission(scores: pa.Table, output: storage.Folder) -> None:
         key=lambda r: r[1],
     ):
         w.writerow([name or f"{vid}.mp4", f"{p:.6f}"])
-    storage.write_text(output.join("submission.csv"), buf.getvalue(), output.options)
+    output.write_text("submission.csv", buf.getvalue())
 
 
 def _reasons(scores: pa.Table) -> dict:
@@ -643,6 +620,36 @@ def _reasons(scores: pa.Table) -> dict:
             key = R.reason_of(r) or r
             out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items()))
+
+
+# What a scoring run does, in order; each task reads the values its parameters name (what the run
+# is given, ``cfg``, and what the tasks before it made) and makes those it lists (dfpipe.pipeline).
+SCORE = Pipeline(
+    NAME,
+    [
+        Task("model", load_model, makes=("model", "meta", "embedder", "version")),
+        Task("plan", plan_data, makes=("extract_cfg", "extraction", "segment_cfg", "segment")),
+        Task("extract", extract_job.run, reads={"cfg": "extract_cfg"}, when="extract_cfg"),
+        Task("segment", segment_job.run, reads={"cfg": "segment_cfg"}),
+        Task("pending", pending_videos, makes=("manifest", "pending", "already", "replace")),
+        Task("embed", embed_pending, makes="cache"),
+        Task("inputs", score_inputs, makes="todo"),
+        Task("classify", classify, makes="calibration"),
+        Task(
+            "write", write_outputs, makes=("stats", "labels"), timed=False
+        ),  # it times itself, in stats.json
+        Task("evaluate", evaluation, makes="report"),
+        Task("review", write_review, makes="review"),
+    ],
+)
+
+
+def run(cfg: ScoreConfig) -> dict:
+    """Score every video of ``cfg.input`` this model version has not scored (all with ``all=true``):
+    the tasks of :data:`SCORE`. Returns ``stats.json``'s figures, the report and the review page's URI."""
+    done = SCORE.run(cfg=cfg)
+    report = {"report": done["report"]} if done["report"] is not None else {}
+    return {**done["stats"], **report, "review": done["review"]}
 
 
 def format_summary(stats: dict, report: bool = True) -> str:

@@ -95,7 +95,7 @@ def run(cfg: SegmentConfig) -> dict:
             cfg=cfg,
             todo=manifest,
             stage=stage,
-            folders=outputs.segmentation_folders(cfg.output),
+            folders=outputs.segmentation_folders(out),
             fields=OUTPUT_FIELDS,
             split=segment_tables,
             sums=("n_frames",),

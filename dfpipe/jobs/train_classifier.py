@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from dfpipe import config as C
 from dfpipe import console, runner, storage
 from dfpipe import records as R
-from dfpipe.jobs import _codes
+from dfpipe.jobs import _codes, recipe
 from dfpipe.jobs import _training as T
 from dfpipe.jobs._codes import cache_for, embed_videos, faces_version, segmented_videos
 from dfpipe.score.embed import codes_array
@@ -172,7 +172,7 @@ class ClassifierTraining(T.Training):
         return T.Plan(classifier_loop, loop_cfg, datasets, meta, shown, select_by="val_video_loss")
 
     def finish(self, best: dict, history: list[dict], meta: dict) -> None:
-        cfg, opts = self.cfg, self.cfg.storage_options
+        cfg = self.cfg
         learnt(history, meta["train_windows"], cfg.min_loss_drop, self.embedder_meta)
         meta.update(calibrate(best["model"], meta, self.codes).as_meta())
         meta["calibrated_prior"] = CALIBRATED_PRIOR
@@ -182,14 +182,12 @@ class ClassifierTraining(T.Training):
             "config_hash": segment_cfg.get("config_hash"),
             "usable_flags": segment_cfg["config"]["usable_flags"],
             # Scoring assigns the same splits, so its report can single out held-out videos.
-            "split": {
-                k: segment_cfg["config"][k]
-                for k in ("val_parts", "test_parts", "val_fraction", "test_fraction", "split_salt")
-            },
+            "split": {k: segment_cfg["config"][k] for k in recipe.SPLIT_OPTIONS},
         }
         # The classifier directory carries its embedder, so it can be copied and scored anywhere.
+        carried = cfg.folder(cfg.output).sub("embedder")
         for name in ("model.pt", "model.json"):
-            storage.copy(self.embedder.join(name), storage.join(cfg.output, "embedder", name), opts)
+            carried.write_bytes(name, self.embedder.read_bytes(name))
 
 
 def learnt(history: list[dict], windows: dict, min_drop: float, embedder: dict) -> None:
@@ -240,7 +238,7 @@ def val_batches(codes: list[_codes.Codes], shape: tuple[int, int]):
     """The counted val windows' codes, one cache file at a time (only their rows are read), so the
     driver holds one file's codes and every val window's logit, never every code."""
     for c in codes:
-        for f in storage.find(c.windows.uri, c.windows.options):
+        for f in c.windows.find():
             if not f.endswith(".parquet"):
                 continue
             fs, path = storage.arrow_filesystem(f, c.windows.options)
