@@ -161,8 +161,10 @@ COUNT_COLUMNS = ("video_id", "label", "split", "counted", "n_frames", "frame_str
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ScheduleOptions(C.Options):
-    """How the learning rate moves over a training run (both trainings take these)."""
+    """How the optimiser steps over a training run (both trainings take these; ``lr`` is each one's
+    own: their defaults differ)."""
 
+    weight_decay: float = C.option(1e-5, "Adam weight decay", rows=True)
     lr_schedule: Literal["cosine", "constant"] = C.option(
         "cosine",
         "cosine: after the warm-up, the learning rate decays to 0 by the last step, so the last epochs "

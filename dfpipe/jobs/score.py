@@ -3,6 +3,9 @@
 Extraction and segmentation run first for videos not yet done (their outputs are reused); only
 videos with no score for this model version are scored, so a rerun, or a new dump under the same
 output, touches only what is new.
+
+The run is a declaration, :data:`SCORE` (at the end of this module): its steps in order, each a
+function below whose parameters name what it reads; docs/score.md prints the list.
 """
 
 from __future__ import annotations

@@ -44,7 +44,6 @@ class TrainClassifierConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions, T.T
     bidirectional: bool = C.option(True, "bidirectional LSTM", rows=True)
     dropout: float = C.option(0.2, "dropout (between LSTM layers and before the head)", rows=True)
     lr: float = C.option(3e-3, "Adam learning rate", rows=True)
-    weight_decay: float = C.option(1e-5, "Adam weight decay", rows=True)
     epochs: int = C.option(20, "epochs", rows=True)
     batch_size: int = C.option(64, "windows per step and worker", rows=True)
     steps_per_epoch: int | None = C.option(

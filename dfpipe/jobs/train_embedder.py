@@ -50,7 +50,6 @@ class TrainEmbedderConfig(C.RunOptions, T.FakesOptions, T.ScheduleOptions, T.Tra
     )
     margin: float = C.option(0.5, "margin of the loss", rows=True)
     lr: float = C.option(3e-4, "Adam learning rate", rows=True)
-    weight_decay: float = C.option(1e-5, "Adam weight decay", rows=True)
     epochs: int = C.option(5, "epochs", rows=True)
     batch_size: int = C.option(32, "faces per step and worker: half REAL, half FAKE (see fakes)", rows=True)
     steps_per_epoch: int | None = C.option(
