@@ -118,7 +118,7 @@ def check_extract(output: storage.Folder, report: Report) -> None:
 
     config = storage.read_json(paths["config"], options)["config"]
     try:
-        catalog = set(build_catalog(config["input"], options).column("video_id").to_pylist())
+        catalog = set(build_catalog(storage.Folder(config["input"], options)).column("video_id").to_pylist())
     except Exception as exc:  # noqa: BLE001 - an unreadable input is itself the finding
         report.violations.append(f"{out}: cannot rebuild the catalog of {config['input']}: {exc}")
     else:

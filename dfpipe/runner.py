@@ -277,12 +277,12 @@ def map_stage(ds, stage, n_rows: int | None = None):
     )
 
 
-def read_parquet(uri: str, options=None, columns: list[str] | None = None, where=None):
-    """A Ray dataset streamed from the Parquet files under ``uri`` (local or object storage), of
+def read_parquet(folder: storage.Folder, columns: list[str] | None = None, where=None):
+    """A Ray dataset streamed from the Parquet files under ``folder`` (local or object storage), of
     the rows matching ``where`` (a ``pyarrow.compute`` expression, applied as the files are read)."""
     import ray
 
-    fs, path = storage.arrow_filesystem(uri, options)
+    fs, path = storage.arrow_filesystem(folder.uri, folder.options)
     ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
     if where is None:
         return ds
@@ -728,20 +728,18 @@ def staged(ds, folder: storage.Folder) -> TrainingInput:
     """
     import pyarrow.parquet as pq
 
-    uri, storage_options = folder.uri, folder.options
-    done = storage.join(uri, "_SUCCESS")
-    if not storage.exists(done, storage_options):
-        storage.delete(uri, storage_options)
+    if not folder.exists("_SUCCESS"):
+        folder.delete()
         ds.context.execution_options.preserve_order = True
-        fs, path = storage.arrow_filesystem(uri, storage_options)
+        fs, path = storage.arrow_filesystem(folder.uri, folder.options)
         ds.write_parquet(path, filesystem=fs)
-        storage.write_text(done, "", storage_options)
+        folder.write_text("_SUCCESS", "")
     files = []
-    for f in sorted(f for f in storage.find(uri, storage_options) if f.endswith(".parquet")):
-        fs, path = storage.arrow_filesystem(f, storage_options)
+    for f in (f for f in folder.find() if f.endswith(".parquet")):  # sorted by name
+        fs, path = storage.arrow_filesystem(f, folder.options)
         files.append((f, pq.read_metadata(path, filesystem=fs).num_rows))  # a footer read per file
     whole = file_slices(files, 0, sum(rows for _, rows in files))
-    return TrainingInput(_parquet_reader(whole, storage_options), files, storage_options)
+    return TrainingInput(_parquet_reader(whole, folder.options), files, folder.options)
 
 
 def _parquet_reader(slices: list[dict], storage_options):

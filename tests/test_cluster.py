@@ -317,7 +317,9 @@ def test_the_pipeline_and_rescore_s3_to_s3_survive_a_node_lost_in_every_step_and
     assert report.ok, report.format()
     assert len(report.checked) >= 3, report.format()  # extract, segment and score, at least
     manifest = read_manifest(Folder(f"{run}/extract", opts)).to_pandas()
-    assert len(manifest) == build_catalog(str(sample_dataset)).num_rows and manifest.video_id.is_unique
+    assert (
+        len(manifest) == build_catalog(Folder(str(sample_dataset))).num_rows and manifest.video_id.is_unique
+    )
     for model in ("embedder", "classifier"):
         epochs = [e["epoch"] for e in read_json(f"{run}/models/{model}/metrics.json", opts)["epochs"]]
         assert epochs == [0, 1], f"{model}: every epoch once, in order: {epochs}"

@@ -36,7 +36,7 @@ def check_output_complete(dataset: str, output: str) -> dict:
     report = check_output(Folder(output))
     assert report.ok and report.checked, report.format()
     manifest = read_manifest(Folder(output)).to_pandas()
-    assert len(manifest) == build_catalog(dataset).num_rows
+    assert len(manifest) == build_catalog(Folder(dataset)).num_rows
     faces = faces_table(output).drop_columns(["face_jpeg"]).to_pandas()
     stats = json.loads(Path(output, "stats.json").read_text())
     return {"manifest": manifest, "faces": faces, "stats": stats}

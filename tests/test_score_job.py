@@ -68,7 +68,7 @@ def test_no_window_or_face_reaches_the_driver(scored):
     """Workers write faces, windows, codes and window scores; the driver gets one small row per
     video from each step (extract, segment, embed, score), so its memory does not grow with windows."""
     data, _ = scored
-    videos = build_catalog(str(data)).num_rows
+    videos = build_catalog(Folder(str(data))).num_rows
     payload = {"face_jpeg", "faces", "codes", "logit", "windows", "window_id", "start_frame"}
     assert DRIVER_TABLES, "the score run streamed nothing back"
     for columns, _ in DRIVER_TABLES:
@@ -83,7 +83,7 @@ def test_every_video_has_one_clipped_score(scored, messy_dataset):
     data, out = scored
     _, expected = messy_dataset
     scores = read_scores(Folder(str(out))).to_pandas().set_index("video_id")
-    catalog = build_catalog(str(data))
+    catalog = build_catalog(Folder(str(data)))
     assert scores.index.is_unique and set(scores.index) == set(catalog.column("video_id").to_pylist())
     assert scores.prob_fake.between(0.01, 0.99).all()
     assert (scores.n_tracks_counted <= scores.n_tracks).all()

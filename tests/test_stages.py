@@ -175,7 +175,7 @@ def test_catalog_dfdc_with_bad_entries(tmp_path):
     other.mkdir()
     (other / "good.mp4").write_bytes(b"x")  # same id as in part 3
     (other / "metadata.json").write_text(json.dumps({"good.mp4": {"label": "REAL"}}))
-    rows = {(r["part"], r["filename"]): r for r in build_catalog(str(tmp_path)).to_pylist()}
+    rows = {(r["part"], r["filename"]): r for r in build_catalog(Folder(str(tmp_path))).to_pylist()}
     good = rows[("dfdc_train_part_3", "good.mp4")]
     assert (good["label"], good["original"], good["error"]) == (1, "src", None)
     assert rows[("dfdc_train_part_3", "unlisted.mp4")]["label"] is None
@@ -197,7 +197,7 @@ def test_catalog_symlink_outside_is_refused(tmp_path):
     root.mkdir()
     (root / "link.mp4").symlink_to(outside)
     (root / "fine.mp4").write_bytes(b"x")
-    rows = {r["video_id"]: r for r in build_catalog(str(root)).to_pylist()}
+    rows = {r["video_id"]: r for r in build_catalog(Folder(str(root))).to_pylist()}
     assert R.reason_of(rows["link"]["error"]) == R.REASON_UNSAFE_PATH
     assert rows["fine"]["error"] is None and rows["fine"]["label"] is None
 
@@ -207,7 +207,7 @@ def test_catalog_labels_csv(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.mp4").write_bytes(b"x")
     (tmp_path / "labels.csv").write_text("filename,label\na.mp4,FAKE\nsub/b.mp4,0\nc.mp4,1\n")
-    rows = {r["video_id"]: r for r in build_catalog(str(tmp_path)).to_pylist()}
+    rows = {r["video_id"]: r for r in build_catalog(Folder(str(tmp_path))).to_pylist()}
     assert rows["a"]["label"] == 1 and rows["b"]["label"] == 0 and rows["b"]["part"] == "sub"
     assert R.reason_of(rows["c"]["error"]) == R.REASON_MISSING_FILE
 
@@ -219,20 +219,20 @@ def test_top_level_videos_belong_to_the_part_named_after_the_dataset_folder(tmp_
     part.mkdir(parents=True)
     (part / "a.mp4").write_bytes(b"x")
     (part / "metadata.json").write_text(json.dumps({"a.mp4": {"label": "FAKE"}}))
-    from_root = build_catalog(str(tmp_path / "dfdc")).to_pylist()
-    from_part = build_catalog(str(part) + "/").to_pylist()
+    from_root = build_catalog(Folder(str(tmp_path / "dfdc"))).to_pylist()
+    from_part = build_catalog(Folder(str(part) + "/")).to_pylist()
     assert [r["part"] for r in from_root] == [r["part"] for r in from_part] == ["dfdc_train_part_7"]
     dump = tmp_path / "2026-11-25"
     dump.mkdir()
     (dump / "b.mp4").write_bytes(b"x")
-    assert [r["part"] for r in build_catalog(str(dump)).to_pylist()] == ["2026-11-25"]
+    assert [r["part"] for r in build_catalog(Folder(str(dump))).to_pylist()] == ["2026-11-25"]
     (dump / "labels.csv").write_text("filename,label\nb.mp4,REAL\n")
-    assert [r["part"] for r in build_catalog(str(dump)).to_pylist()] == ["2026-11-25"]
+    assert [r["part"] for r in build_catalog(Folder(str(dump))).to_pylist()] == ["2026-11-25"]
 
 
 def test_catalog_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a folder"):
-        build_catalog(str(tmp_path / "nope"))
+        build_catalog(Folder(str(tmp_path / "nope")))
 
 
 def test_config_overrides_and_errors(tmp_path):
@@ -558,3 +558,30 @@ def test_imports_run_one_way_between_packages():
                 where = f"{path.relative_to(root)}:{line} ({LAYERS[mine][0]})"
                 against.append(f"{where} imports {target} ({LAYERS[theirs][0]})")
     assert against == []
+
+
+def test_stored_data_is_named_by_folders_outside_storage():
+    """Outside storage.py a function names stored data by a ``storage.Folder`` (a URI and the options
+    that reach it, as one), never by a URI and options apart, nor by ``Folder | str`` (issue 37)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    apart, either = [], []
+    for path in sorted((root / "dfpipe").rglob("*.py")):
+        if path.name == "storage.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            names = {a.arg for a in args}
+            where = f"{path.relative_to(root)}:{node.lineno} {node.name}"
+            if names & {"options", "opts", "storage_options"} and any(
+                n.endswith("uri") or n in ("root", "path") for n in names
+            ):
+                apart.append(where)
+            for a in args:
+                ann = ast.unparse(a.annotation) if a.annotation else ""
+                if "Folder" in ann and "str" in ann:
+                    either.append(f"{where}({a.arg}: {ann})")
+    assert apart == [] and either == []

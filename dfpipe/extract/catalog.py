@@ -57,12 +57,12 @@ class _Listing:
     ``rel`` (the name relative to the root), ``folder`` (its folder, ``""`` at the top) and
     ``video`` (a video file by its extension), sorted by name."""
 
-    def __init__(self, root: str, options: storage.StorageOptions | None):
-        prefix = root.rstrip("/") + "/"
+    def __init__(self, root: storage.Folder):
+        prefix = root.uri.rstrip("/") + "/"
         rel = pa.chunked_array(
             [
                 pa.array([f[len(prefix) :] if f.startswith(prefix) else f for f in folder], pa.string())
-                for folder in storage.iter_files(root, options)  # a folder's names at a time
+                for folder in storage.iter_files(root.uri, root.options)  # a folder's names at a time
             ],
             pa.string(),
         ).combine_chunks()
@@ -116,10 +116,10 @@ def _chunks(names: pa.ChunkedArray):
 
 
 class _Builder:
-    def __init__(self, root: str, options: storage.StorageOptions | None):
-        self.root = storage.normalize(root)
-        self.options = options
-        self.listing = _Listing(self.root, options)
+    def __init__(self, source: storage.Folder):
+        self.root = storage.normalize(source.uri)
+        self.options = source.options
+        self.listing = _Listing(storage.Folder(self.root, self.options))
         self.tables: list[pa.Table] = []
         self.pending: list[tuple] = []
         # Videos at the top level belong to the part named after the dataset folder, so a DFDC part
@@ -339,14 +339,14 @@ def dataset_part(folder_uri: str) -> str:
     return posixpath.basename(storage.strip_protocol(folder_uri).rstrip("/")) or "."
 
 
-def build_catalog(input_uri: str, options: storage.StorageOptions | None = None) -> pa.Table:
-    """Find the videos under ``input_uri``: DFDC ``metadata.json`` parts, else ``labels.csv``, else every video file."""
-    if not storage.is_dir(input_uri, options):
+def build_catalog(source: storage.Folder) -> pa.Table:
+    """Find the videos under ``source``: DFDC ``metadata.json`` parts, else ``labels.csv``, else every video file."""
+    if not storage.is_dir(source.uri, source.options):
         raise FileNotFoundError(
-            f"input {input_uri!r} is not a folder: give the dataset folder (with metadata.json parts, "
+            f"input {source.uri!r} is not a folder: give the dataset folder (with metadata.json parts, "
             "a labels.csv, or plain video files)"
         )
-    builder = _Builder(input_uri, options)
+    builder = _Builder(source)
     metadata = builder.listing.named("metadata.json")
     if metadata:
         for meta_rel in metadata:

@@ -150,9 +150,9 @@ def read_split(codes: list[Codes], split: str):
     cache in ``codes``."""
     columns = ["window_id", "video_id", "track_id", "label", "split", "counted", "codes"]
     parts = [
-        runner.read_parquet(
-            c.windows.uri, c.windows.options, columns=columns, where=c.where(split)
-        ).map_batches(c.labelled, batch_size=None, batch_format="pyarrow")
+        runner.read_parquet(c.windows, columns=columns, where=c.where(split)).map_batches(
+            c.labelled, batch_size=None, batch_format="pyarrow"
+        )
         for c in codes
     ]
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

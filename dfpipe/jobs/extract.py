@@ -109,7 +109,7 @@ def run(cfg: ExtractConfig) -> dict:
         )
     if cfg.overwrite:
         faces.delete()
-    catalog = build_catalog(source.uri, source.options)
+    catalog = build_catalog(source)
     config_hash = C.config_hash(cfg, OUTPUT_FIELDS)
 
     def settle(pending: pa.Table) -> tuple[pa.Table, pa.Table]:

@@ -169,10 +169,10 @@ def data_plan(meta: dict, model: str, cfg) -> tuple[dict, dict, list[str]]:
     return options["extract"], options["segment"], notes
 
 
-def extract_config(options: dict, input_uri: str, output: str, cfg) -> extract_job.ExtractConfig:
-    """The scoring extraction: ``options`` (the recipe's, and the user's), run where ``cfg`` runs."""
+def extract_config(chosen: dict, input_uri: str, output: str, cfg) -> extract_job.ExtractConfig:
+    """The scoring extraction: the ``chosen`` options (the recipe's, and the user's), run where ``cfg`` runs."""
     workers = {"num_workers": getattr(cfg, "num_workers", None)}
-    values = {**workers, **options, **C.run_options_of(cfg), "input": input_uri, "output": output}
+    values = {**workers, **chosen, **C.run_options_of(cfg), "input": input_uri, "output": output}
     return C.build(extract_job.ExtractConfig, values)
 
 
@@ -207,15 +207,13 @@ def check_extraction(
         )
 
 
-def segment_config(
-    options: dict, meta: dict, extract_uri: str, output: str, cfg
-) -> segment_job.SegmentConfig:
-    """The scoring segmentation: the recipe's window options and the model's splits, in a folder
-    named by their hash (so models with other recipes never share windows)."""
+def segment_config(chosen: dict, meta: dict, extract_uri: str, output: str, cfg) -> segment_job.SegmentConfig:
+    """The scoring segmentation: the ``chosen`` window options (the recipe's, and the user's) and the
+    model's splits, in a folder named by their hash (so models with other recipes never share windows)."""
     split = meta.get("segment", {}).get("split", {})
     values = {
         **{k: split[k] for k in recipe.SPLIT_OPTIONS if k in split},
-        **options,
+        **chosen,
         **C.run_options_of(cfg),
         "input": extract_uri,
         "output": storage.join(output, "segment"),  # named by its hash below
