@@ -79,6 +79,28 @@ def test_no_window_or_face_reaches_the_driver(scored):
     assert max(by_step.values()) <= videos, by_step
 
 
+def test_the_rows_to_score_come_in_one_order_whatever_order_they_were_found_in(scored, classifier_model):
+    """The rows handed to the scoring workers are ordered by chunk, then video: the score files
+    (and the float sums of the report) are the same on every run, as Arrow's joins keep no order."""
+    from dfpipe import outputs
+    from dfpipe.jobs import score as score_job
+    from dfpipe.jobs._codes import cache_for
+    from dfpipe.score.stage import VIDEO_COLUMNS
+    from dfpipe.train import modelio
+
+    _, out = scored
+    model = Folder(str(classifier_model))
+    segment = Folder(str(next(out.glob("segment-*"))))
+    cache = cache_for(segment, model.sub("embedder"))
+    manifest = outputs.read_manifest(Folder(str(out / "extract")), columns=[*VIDEO_COLUMNS, "n_frames"])
+    meta = modelio.read_meta(model)
+    orders = [
+        score_job.score_inputs(manifest.take(rows), segment, cache, meta).column("video_id").to_pylist()
+        for rows in (list(range(manifest.num_rows)), list(reversed(range(manifest.num_rows))))
+    ]
+    assert orders[0] == orders[1] and len(orders[0]) == manifest.num_rows
+
+
 def test_every_video_has_one_clipped_score(scored, messy_dataset):
     data, out = scored
     _, expected = messy_dataset

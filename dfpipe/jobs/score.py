@@ -316,7 +316,9 @@ def score_inputs(pending: pa.Table, segment: storage.Folder, cache: storage.Fold
     learned = model_splits(storage.Folder(uri, segment.options) if uri else None)
     todo = pending.select(list(VIDEO_COLUMNS)).join(summary, "video_id", join_type="left outer")
     todo = todo.join(codes, "video_id", join_type="left outer")
-    return todo.join(learned, "video_id", join_type="left outer").sort_by("chunk")
+    todo = todo.join(learned, "video_id", join_type="left outer")
+    # Arrow's joins keep no row order: chunk, then video, makes the score files the same every run.
+    return todo.sort_by([("chunk", "ascending"), ("video_id", "ascending")])
 
 
 def classify(
