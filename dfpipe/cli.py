@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 import typing
@@ -235,9 +236,15 @@ def main(argv: list[str] | None = None, log_file: bool = False) -> int:
         print(f"dfpipe: unknown job {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     positional = getattr(_job(name)[0], "POSITIONAL", None)
-    if positional and rest and not rest[0].startswith("-") and "=" not in rest[0]:
+    if positional and rest and not rest[0].startswith("-") and not is_override(rest[0]):
         rest = [f"--{positional}", *rest]  # dfpipe score-video FILE.mp4 --model DIR, dfpipe check OUTPUT
     return run_job(name, rest, log_file)
+
+
+def is_override(token: str) -> bool:
+    """Whether ``token`` is an ``option=value`` (or ``section.option=value``) and not a path that
+    holds an ``=`` (``dir/a=b.mp4``, a file named ``<img src=x>.mp4``): an option's name is a word."""
+    return re.match(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)?=", token) is not None
 
 
 def exit_process(code: int) -> NoReturn:

@@ -256,6 +256,20 @@ def test_config_overrides_and_errors(tmp_path):
             parse_args(ExtractConfig, argv)
 
 
+def test_a_positional_path_with_an_equals_sign_is_a_path(tmp_path, capsys):
+    """``dfpipe score-video FILE`` and ``dfpipe check OUTPUT`` take a path whatever its name holds:
+    ``a/b=c.mp4`` or ``<img src=x>.mp4`` is a file, not an option ``key=value``."""
+    from dfpipe.cli import is_override, main
+
+    assert is_override("model=out/m") and is_override("extract.max_frames=60")
+    assert (
+        not is_override("/data/<img src=x>.mp4") and not is_override("runs/a=b") and not is_override("./x=1")
+    )
+    missing = tmp_path / "run=1"
+    assert main(["check", str(missing)]) == 2
+    assert f"{missing} does not exist" in capsys.readouterr().err
+
+
 def test_storage_roundtrip_and_safe_names(tmp_path):
     uri = "file://" + str(tmp_path / "x" / "y.json")
     storage.write_json(uri, {"a": 1})
