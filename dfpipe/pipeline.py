@@ -11,7 +11,8 @@ reads and whose ``makes`` names what it adds, run in order by one small object.
 A task reads its inputs by name from the values given to :meth:`Pipeline.run` and those made by
 the tasks before it (a parameter with a default may be absent); ``reads`` renames a parameter where a
 function's name for a value is not the pipeline's (every job's ``run(cfg)``). ``when`` names a value
-that must be set for the task to run. The pipeline checks when it is declared that every input is
+that must be set for the task to run (a task that may be skipped so should make nothing a later
+task needs). The pipeline checks when it is declared that every input is
 given or made by an earlier task, so a wrong wiring fails at import, not an hour into a run, and
 it times each task (``values["seconds"]``), as a job's ``stats.json`` reports.
 
