@@ -99,9 +99,7 @@ def find_outputs(root: storage.Folder, depth: int = 3) -> list[tuple[storage.Fol
 
 
 def check_no_partial_files(output: storage.Folder, report: Report) -> None:
-    leftovers = [
-        f for f in storage.find(output.uri, output.options) if posixpath.basename(f).startswith(".tmp-")
-    ]
+    leftovers = [f for f in output.find() if posixpath.basename(f).startswith(".tmp-")]
     report.expect(output.uri, leftovers, "half-written temporary files")
 
 
@@ -134,7 +132,7 @@ def check_extract(output: storage.Folder, report: Report) -> None:
         [r["video_id"] for r in rows if r["status"] == R.STATUS_FAILED and not r["error"]],
         "failed without a reason",
     )
-    shards = {storage.normalize(f) for f in storage.find(paths["faces"], options) if f.endswith(".parquet")}
+    shards = {storage.normalize(f) for f in output.sub("faces").find() if f.endswith(".parquet")}
     known = {storage.normalize(u) for u in ok_rows}
     report.expect(out, sorted(shards - known), "face shards of no ok video")
     missing, wrong = [], []
